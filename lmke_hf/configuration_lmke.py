@@ -138,8 +138,9 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
             `softmax(temperature * p(q, k-))` over the query's negatives (paper: 1.0).
         max_negatives_per_query (`int`, *optional*): keep at most this many (random) in-batch negatives per query
             in the loss (paper Fig. 5); `None` keeps all.
-        scoring_memory_mb (`int`, defaults to 512): memory bound of one block of the all-entity scorer's
-            (queries x hidden x keys) activation.
+        scoring_memory_mb (`float`, defaults to 4): memory bound of one tile of the all-entity scorer's
+            (queries x matcher width x keys) activation; cache-sized tiles are fastest on CPUs. Peak memory of
+            ranking is one tile plus the (queries x entities) score block.
         initializer_range (`float`, *optional*): std of the normal init of new layers.
     """
 
@@ -159,7 +160,7 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
         use_degree_features: bool = True,
         adversarial_temperature: float = 1.0,
         max_negatives_per_query: int | None = None,
-        scoring_memory_mb: int = 512,
+        scoring_memory_mb: float = 4,
         initializer_range: float | None = None,
         **kwargs,
     ):
@@ -177,9 +178,9 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
                 f"`max_negatives_per_query` must be None (all in-batch negatives) or >= 1, got {max_negatives_per_query}."
             )
         self.max_negatives_per_query = max_negatives_per_query
-        if scoring_memory_mb < 1:
-            raise ValueError(f"`scoring_memory_mb` must be >= 1, got {scoring_memory_mb}.")
-        self.scoring_memory_mb = int(scoring_memory_mb)
+        if scoring_memory_mb <= 0:
+            raise ValueError(f"`scoring_memory_mb` must be > 0, got {scoring_memory_mb}.")
+        self.scoring_memory_mb = float(scoring_memory_mb)
         super().__init__(**kwargs)
 
 

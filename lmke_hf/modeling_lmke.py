@@ -3,9 +3,10 @@
 Self-contained (relative import of `configuration_lmke` only) so that pushed checkpoints load with
 `trust_remote_code=True` where `lmke_hf` is not installed.
 
-Both models own ONE embedding table for word pieces, relations, the entity mask and entities
-(`word_embeddings`, layout in `configuration_lmke`); the encoders receive `inputs_embeds`, so C-LMKE's query and
-key encoders share that table itself, not copies of it.
+Both models own ONE embedding module for word pieces, the entity mask, relations and entities
+(`word_embeddings`, a `KgEmbeddings`; layout in `configuration_lmke`); the encoders receive `inputs_embeds`, so
+C-LMKE's query and key encoders share that module itself, not copies of it. Inside it, word pieces (`words`) and
+KG tokens (`kg`) are two parameters so that they can train at different learning rates.
 """
 
 from __future__ import annotations
@@ -138,6 +139,42 @@ def _gather(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
 
 
+class KgEmbeddings(nn.Module):
+    """Embedding of the whole vocabulary: `words` for ids `< base_vocab_size`, `kg` for the KG tokens after them.
+
+    Args:
+        base_vocab_size (`int`): number of word pieces.
+        num_kg_tokens (`int`): 1 (entity mask) + relations + entities.
+        embedding_dim (`int`), padding_idx (`int`, *optional*): as in `nn.Embedding` (padding is a word piece).
+    """
+
+    def __init__(self, base_vocab_size: int, num_kg_tokens: int, embedding_dim: int, padding_idx: int | None = None):
+        super().__init__()
+        self.base_vocab_size = base_vocab_size
+        self.words = nn.Embedding(base_vocab_size, embedding_dim, padding_idx=padding_idx)
+        self.kg = nn.Embedding(num_kg_tokens, embedding_dim)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.base_vocab_size + self.kg.num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.words.embedding_dim
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full `(vocabulary, dim)` table (a copy joined from `words` and `kg`, for inspection)."""
+        return torch.cat([self.words.weight, self.kg.weight], 0)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        is_kg = input_ids >= self.base_vocab_size
+        out = self.words(input_ids.clamp(max=self.base_vocab_size - 1))
+        if bool(is_kg.any()):
+            out = out.index_put((is_kg,), self.kg(input_ids[is_kg] - self.base_vocab_size))
+        return out
+
+
 class LmkePreTrainedModel(PreTrainedModel):
     """Weight initialisation, vocabulary checks and `from_encoder_pretrained` for both models."""
 
@@ -146,11 +183,24 @@ class LmkePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     citation = _CITATION
 
-    def get_input_embeddings(self) -> nn.Embedding:
+    def get_input_embeddings(self) -> KgEmbeddings:
         return self.word_embeddings
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    def set_input_embeddings(self, value: KgEmbeddings) -> None:
         self.word_embeddings = value
+
+    def _new_embeddings(self, config) -> KgEmbeddings:
+        return KgEmbeddings(
+            config.base_vocab_size, config.total_vocab_size - config.base_vocab_size, _embedding_size(config.encoder),
+            padding_idx=config.pad_token_id if config.pad_token_id is not None and config.pad_token_id < config.base_vocab_size else None,
+        )
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained at the "head" learning rate: KG token embeddings and the task layers (not the
+        encoders, not the word pieces)."""
+        encoder_ids = {id(p) for enc in self._encoders() for p in enc.parameters()}
+        encoder_ids.add(id(self.word_embeddings.words.weight))
+        return [p for p in self.parameters() if id(p) not in encoder_ids]
 
     def _encoders(self) -> list[PreTrainedModel]:
         raise NotImplementedError
@@ -180,18 +230,19 @@ class LmkePreTrainedModel(PreTrainedModel):
             )
 
     def resize_entity_embeddings(self, num_entities: int) -> nn.Embedding:
-        """Grows (or shrinks) the entity part of the shared table; existing rows are kept."""
+        """Grows (or shrinks) the entity part of the KG table; existing rows are kept, new rows are random (call
+        `init_kg_embeddings(tokenizer, entities=new_ids)` to initialise them from text)."""
         if num_entities < 0:
             raise ValueError(f"`num_entities` must be >= 0, got {num_entities}.")
-        old = self.word_embeddings
-        keep = self.config.entity_token_offset + min(num_entities, self.config.num_entities)
+        old = self.word_embeddings.kg
+        keep = 1 + self.config.num_relations + min(num_entities, self.config.num_entities)
         self.config.num_entities = num_entities
-        new = nn.Embedding(self.config.total_vocab_size, old.embedding_dim, padding_idx=old.padding_idx)
+        new = nn.Embedding(1 + self.config.num_relations + num_entities, old.embedding_dim)
         new.to(device=old.weight.device, dtype=old.weight.dtype)
         with torch.no_grad():
             new.weight.normal_(0.0, self.config.initializer_range)
             new.weight[:keep] = old.weight[:keep]
-        self.word_embeddings = new
+        self.word_embeddings.kg = new
         return new
 
     @torch.no_grad()
@@ -199,11 +250,11 @@ class LmkePreTrainedModel(PreTrainedModel):
         """Initialises KG token rows from word pieces: each entity/relation token gets the mean word embedding
         of its name (or description when the name is empty); the entity mask gets `[MASK]`'s embedding (mean of
         all word embeddings where the tokenizer has no mask). `entities` restricts the entities initialised."""
-        table = self.word_embeddings.weight
+        words = self.word_embeddings.words.weight
+        table = self.word_embeddings.kg.weight  # row 0 mask, then relations, then entities
         base = self.config.base_vocab_size
-        words = table[:base]
         mask_id = getattr(tokenizer.tokenizer, "mask_token_id", None)
-        table[self.config.entity_mask_token_id] = words[mask_id] if mask_id is not None else words.mean(0)
+        table[self.config.entity_mask_token_id - base] = words[mask_id] if mask_id is not None else words.mean(0)
 
         def mean_pieces(pieces: list[list[int]]) -> torch.Tensor:
             fallback = [tokenizer.tokenizer.unk_token_id or 0]
@@ -216,7 +267,7 @@ class LmkePreTrainedModel(PreTrainedModel):
             rel = tokenizer.relation_pieces
             names = tokenizer.name_pieces("relation")
             pieces = [n or r for n, r in zip(names, rel)]
-            off = self.config.relation_token_offset
+            off = self.config.relation_token_offset - base
             table[off : off + self.config.num_relations] = mean_pieces(pieces)
         if self.config.num_entities:
             idx = torch.arange(self.config.num_entities) if entities is None else torch.as_tensor(entities)
@@ -225,7 +276,7 @@ class LmkePreTrainedModel(PreTrainedModel):
             ]
             desc = tokenizer.entity_pieces
             pieces = [n or desc[i][:32] for n, i in zip(names, idx.tolist())]
-            table[self.config.entity_token_offset + idx.to(table.device)] = mean_pieces(pieces)
+            table[self.config.entity_token_offset - base + idx.to(table.device)] = mean_pieces(pieces)
 
     @classmethod
     def from_encoder_pretrained(cls, encoder_name_or_path, tokenizer, init_from_text: bool = True, encoder_kwargs=None, **config_kwargs):
@@ -273,7 +324,7 @@ class LmkePreTrainedModel(PreTrainedModel):
                     f"unexpected {result.unexpected_keys[:5]}."
                 )
         with torch.no_grad():
-            model.word_embeddings.weight[: tokenizer.base_vocab_size] = source_table.weight[: tokenizer.base_vocab_size]
+            model.word_embeddings.words.weight.copy_(source_table.weight[: tokenizer.base_vocab_size])
         if init_from_text:
             model.init_kg_embeddings(tokenizer)
         return model
@@ -294,9 +345,7 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
 
     def __init__(self, config: LmkeConfig):
         super().__init__(config)
-        self.word_embeddings = nn.Embedding(
-            config.total_vocab_size, _embedding_size(config.encoder), padding_idx=config.pad_token_id
-        )
+        self.word_embeddings = self._new_embeddings(config)
         self.encoder = _build_encoder(config.encoder)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.encoder.hidden_size, 1)
@@ -396,39 +445,47 @@ class ClmkeMatcher(nn.Module):
         w_dk = w[:, 4 * h + 1] if self.use_degree_features else None
         return w_q + w_diff, w_k - w_diff, w_prod, w_dq, w_dk
 
-    def pairwise(self, q, k, q_logdeg=None, k_logdeg=None, memory_mb: int = 512) -> torch.Tensor:
+    def pairwise(self, q, k, q_logdeg=None, k_logdeg=None, memory_mb: float = 4) -> torch.Tensor:
         """Logits of every query against every key: q `(Bq, hidden)`, k `(Bk, hidden)` -> `(Bq, Bk)`.
 
-        Cost: one `(block * m, hidden + 2) x (hidden + 2, Bk)` matrix product per block of queries, where `m` is
-        the matcher width; the intermediate `(block, m, Bk)` tensor stays within `memory_mb` megabytes (at least
-        one query per block).
+        The first layer is `W [q; k; q - k; q * k; d] + b = A_q + C_k + W_prod (q * k)`; for one query this is the
+        matrix `[W_prod * q + W_k' | w_dk | A_q]` `(m, hidden + 2)` times the augmented keys `[k | log(d_k+1) | 1]`.
+        Queries and keys are processed in tiles whose `(queries, m, keys)` activation stays within `memory_mb`
+        megabytes (cache-sized by default), so peak memory is one tile plus the `(Bq, Bk)` output, and no
+        `(Bq, Bk, 4 * hidden)` input is ever built. Equal to `forward` on all pairs up to float rounding.
         """
         w_query, w_key, w_prod, w_dq, w_dk = self._split()
-        m = w_prod.shape[0]
-        query_term = q @ w_query.T + self.dense.bias  # (Bq, m)
+        m, h = w_prod.shape
+        query_term = q @ w_query.T + self.dense.bias  # (Bq, m): everything that depends on the query alone
         ones = torch.ones(k.shape[0], 1, dtype=k.dtype, device=k.device)
         if self.use_degree_features:
             query_term = query_term + q_logdeg.to(q.dtype).unsqueeze(1) * w_dq
             keys = torch.cat([k, k_logdeg.to(k.dtype).unsqueeze(1), ones], dim=1)  # (Bk, h + 2)
-            key_weights = torch.cat([w_key, w_dk.unsqueeze(1)], dim=1)  # (m, h + 1)
+            extra = [w_dk.view(1, m, 1)]
         else:
-            keys = torch.cat([k, ones], dim=1)
-            key_weights = w_key
+            keys = torch.cat([k, ones], dim=1)  # (Bk, h + 1)
+            extra = []
         w_out = self.out.weight.view(-1)  # (m,)
-        block = max(1, int(memory_mb * 2**20 // (4 * m * max(k.shape[0], 1))))
-        scores = []
-        for start in range(0, q.shape[0], block):
-            qb = q[start : start + block]
-            # per-query first-layer matrix [W_prod * q + W_key' | w_dk | a_q] of shape (b, m, h + 2)
+        tile_elems = max(int(memory_mb * 2**20 / 4), m)
+        key_block = max(1, min(k.shape[0], 2048, tile_elems // m))
+        query_block = max(1, tile_elems // (m * key_block))
+        rows = []
+        for start in range(0, q.shape[0], query_block):
+            qb = q[start : start + query_block]
+            b = qb.shape[0]
             mats = torch.cat(
-                [w_prod.unsqueeze(0) * qb.unsqueeze(1) + key_weights.unsqueeze(0)[..., : w_prod.shape[1]],
-                 key_weights.unsqueeze(0)[..., w_prod.shape[1] :].expand(qb.shape[0], -1, -1),
-                 query_term[start : start + block].unsqueeze(-1)],
+                [w_prod * qb.unsqueeze(1) + w_key, *(e.expand(b, m, 1) for e in extra),
+                 query_term[start : start + query_block].unsqueeze(-1)],
                 dim=2,
-            )
-            hidden = torch.matmul(mats, keys.T).relu_()  # (b, m, Bk)
-            scores.append(torch.matmul(w_out, hidden) + self.out.bias)  # (b, Bk)
-        return torch.cat(scores, dim=0)
+            ).reshape(b * m, -1)  # (b * m, h + 2)
+            cols = []
+            for k_start in range(0, keys.shape[0], key_block):
+                kc = keys[k_start : k_start + key_block]
+                hidden = (mats @ kc.T).view(b, m, kc.shape[0]).relu_()
+                cols.append(torch.matmul(w_out, hidden))  # (b, keys in tile)
+            rows.append(torch.cat(cols, dim=1) if len(cols) > 1 else cols[0])
+        scores = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+        return scores + self.out.bias
 
 
 class ClmkeForLinkPrediction(LmkePreTrainedModel):
@@ -445,9 +502,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     def __init__(self, config: ClmkeConfig):
         super().__init__(config)
-        self.word_embeddings = nn.Embedding(
-            config.total_vocab_size, _embedding_size(config.encoder), padding_idx=config.pad_token_id
-        )
+        self.word_embeddings = self._new_embeddings(config)
         self.query_encoder = _build_encoder(config.encoder)
         self.key_encoder = _build_encoder(config.encoder)
         self.matcher = ClmkeMatcher(config.encoder.hidden_size, config.matcher_hidden_size, config.use_degree_features)
@@ -655,6 +710,7 @@ def _gather_with_grad(keys: torch.Tensor, entity_ids: torch.Tensor):
 
 
 __all__ = [
+    "KgEmbeddings",
     "LmkePreTrainedModel",
     "LmkeForTripleClassification",
     "ClmkeForLinkPrediction",

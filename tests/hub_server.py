@@ -9,41 +9,50 @@ talk to it over real HTTP once ``HF_ENDPOINT`` points at it (``tests/conftest.py
 
 olah only serves reads. This module mounts a small FastAPI extension on olah's own ``app`` object (the
 subprocess runs this file as a launcher: it imports ``olah.server.app``, prepends the routes below, and
-runs uvicorn) that implements the write routes ``create_repo``/``upload_folder``/``push_to_hub`` use:
+runs uvicorn) that implements the write routes ``create_repo``/``upload_folder``/``push_to_hub``/
+``Dataset.push_to_hub`` use:
 
 - ``POST /api/repos/create`` (409 if the repo exists; ``type`` model/dataset/space; a repo without
   namespace goes to the fake user ``test-user``; like the Hub, a new repo gets an initial commit that
-  holds the Hub's default ``.gitattributes``), ``POST /api/repos/delete``;
+  holds the Hub's default ``.gitattributes``), ``DELETE /api/repos/delete``;
 - ``POST /api/validate-yaml`` (YAML front matter must parse to a mapping, else 400);
-- ``POST /api/{models|datasets|spaces}/{org}/{name}/preupload/{rev}``: every file "regular" by default
-  (the client then sends contents base64 inside the commit), or, with ``LocalHub(lfs="auto")``, "lfs"
-  for files matching the Hub's default LFS patterns, binary samples or >= 10 MiB, which then go through
-  the git-LFS batch API ``POST /[datasets/]{org}/{name}.git/info/lfs/objects/batch`` (basic transfer)
-  and a ``PUT`` into ``<repo>/.git/lfs/objects`` (olah serves such pointers natively);
+- ``POST /api/{models|datasets|spaces}/{org}/{name}/preupload/{rev}``: like the Hub, files matching the
+  default LFS patterns (``*.safetensors``, ``*.parquet``, ``*.bin``, ...), binary samples or files of
+  10 MiB and more are "lfs", the rest "regular"; ``oid`` of unchanged files is reported so the
+  client skips no-op uploads. LFS files go through the git-LFS batch API
+  ``POST /[datasets/]{org}/{name}.git/info/lfs/objects/batch`` (basic transfer) and a ``PUT`` into
+  ``<repo>/.git/lfs/objects`` (olah serves such pointer files natively). ``LocalHub(lfs="never")`` or
+  ``hub.lfs_mode("never")`` makes every file "regular" (then ``Dataset.push_to_hub`` breaks, as it
+  deletes its temporary parquet shards after the LFS pre-upload);
 - ``POST /api/{type}s/{org}/{name}/commit/{rev}``: NDJSON ``header`` (``parentCommit`` checked, 412
   on mismatch), ``file`` (base64 or utf-8), ``lfsFile``, ``deletedFile`` (404 EntryNotFound if
   absent), ``deletedFolder``; committed with ``git fast-import`` into the mirror, then olah's offline
   cache files (``resolved_commit.json`` per branch/tag, exactly one ``meta_head.json``) are refreshed;
-- ``GET /api/whoami-v2``: fake user ``test-user`` (member of org ``test-org``), any or no token;
+- ``GET /api/{type}s/{org}/{name}/commits/{rev}`` (olah's lacks the ``user`` field the client reads),
+  ``POST/DELETE .../branch/{branch}`` and ``.../tag/{rev}``;
+- ``GET /api/whoami-v2``: fake user ``test-user`` (member of org ``test-org``) for any token (the client
+  itself refuses to call it without one);
 - a middleware that gives Hub-like errors where offline olah gives a 401 RepoNotFound: an unknown
   revision of an existing repo -> 404 ``RevisionNotFound``; a missing file in an existing revision
   -> 404 ``EntryNotFound`` (resolve URLs and ``/api/.../{revision|tree|paths-info}/{rev}`` routes).
+  A missing repo stays olah's 401 ``RepoNotFound`` (the Hub answers the same to anonymous callers).
+- ``POST /__localhub__/settings`` ``{"lfs": "auto"|"never"}`` (test helper, ``LocalHub.set_lfs``).
 
 Limits (test-only!)
 -------------------
 - No auth: every token (or none) may read and write everything; private/gated flags are ignored.
-- No Xet: the client must run with ``HF_HUB_DISABLE_XET=1`` (conftest sets it); with the default
-  regular upload mode that does not even matter, in ``lfs="auto"`` mode it does.
-- No PRs (``create_pr=True`` -> 400), no branch/tag creation over HTTP (``LocalHub.create_tag``
-  and git do it), no ``/api/.../commits`` writes beyond the above, no copies of LFS files, no
-  multipart LFS, no spaces runtime, no rate limits, no search/listing APIs beyond olah's.
-- Single branch ``main`` is what tests should use; commits to another existing branch work,
-  creating one over HTTP does not.
+- No Xet: the client must run with ``HF_HUB_DISABLE_XET=1`` (conftest sets it), else it tries to
+  upload LFS files through Xet and fails.
+- No PRs (``create_pr=True`` -> 400), no discussions, no ``refs/convert``, no squash, no copies of
+  LFS files between repos, no multipart LFS, no spaces runtime, no rate limits, no search/listing APIs
+  beyond olah's. Tests should use the single branch ``main``; extra branches/tags exist only as far
+  as the routes above go.
 - Upload size is bounded only by memory (the whole NDJSON body is read at once).
 - Bound to 127.0.0.1, one process, one worker; it is a test fixture, never a server to expose.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the real `Request` class in the route
+# signatures defined inside add_write_routes (fastapi is imported there, not at module level).
 
 import atexit
 import base64
@@ -65,7 +74,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 REPO_TYPES = {"model": "models", "dataset": "datasets", "space": "spaces"}
 PLURAL_TO_TYPE = {v: k for k, v in REPO_TYPES.items()}
@@ -200,6 +209,27 @@ def git_cat(repo: Union[str, Path], rev: str, path: str) -> Optional[bytes]:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def git_exists(repo: Union[str, Path], rev: str, path: str) -> bool:
+    """Whether ``path`` is a file (blob) at commit/ref ``rev``."""
+    out = _git(repo, "cat-file", "-t", f"{rev}:{path}", check=False).strip()
+    return out == b"blob"
+
+
+def git_log(repo: Union[str, Path], rev: str, max_count: int = 1000) -> List[dict]:
+    """Hub-style commit list (newest first) for ``rev``."""
+    out = _git(repo, "log", f"--max-count={max_count}", "--format=%H%x00%an%x00%ct%x00%s%x00%b%x1e", rev)
+    commits = []
+    for rec in out.decode(errors="replace").split("\x1e"):
+        rec = rec.strip("\n")
+        if not rec:
+            continue
+        sha, author, stamp, title, body = rec.split("\x00")
+        date = _dt.datetime.fromtimestamp(int(stamp), _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        commits.append({"id": sha, "title": title, "message": body.strip(), "date": date,
+                        "authors": [{"user": author, "avatar": None}]})
+    return commits
+
+
 def _lfs_object_path(repo: Union[str, Path], oid: str) -> Path:
     return Path(repo) / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
 
@@ -299,6 +329,10 @@ def refresh_olah_cache(cache_dir: Union[str, Path], repo_type: str, repo_id: str
         d = base / ref
         _atomic_write(d / "resolved_commit.json.body", sha.encode())
         _atomic_write(d / "resolved_commit.json", envelope)
+    for stale in base.rglob("resolved_commit.json"):  # deleted branches/tags
+        if stale.parent.relative_to(base).as_posix() not in refs:
+            stale.unlink(missing_ok=True)
+            Path(str(stale) + ".body").unlink(missing_ok=True)
     head = refs.get(DEFAULT_BRANCH) or git_resolve(repo, "HEAD")
     for old in base.glob("*/meta_head.json"):
         if head is None or old.parent.name != head:
@@ -323,7 +357,7 @@ def _hub_error(status: int, code: Optional[str], message: str):
     return JSONResponse(status_code=status, content={"error": message}, headers=headers)
 
 
-def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "never") -> None:
+def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "auto") -> None:
     """Prepend the write routes and the error-fidelity middleware to olah's ``app``."""
     from fastapi import APIRouter, Request
     from fastapi.concurrency import run_in_threadpool
@@ -331,6 +365,7 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "nev
     import yaml
 
     router = APIRouter()
+    settings = {"lfs": lfs_mode}
 
     def repo_dir(repo_type: str, repo_id: str) -> Path:
         return Path(mirrors_dir) / REPO_TYPES[repo_type] / repo_id
@@ -360,6 +395,14 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "nev
             "orgs": [{"type": "org", "name": FAKE_ORG, "fullname": "Test Org", "roleInOrg": "admin"}],
             "auth": {"type": "access_token", "accessToken": {"displayName": "localhub", "role": "write"}},
         }
+
+    @router.post("/__localhub__/settings")
+    async def change_settings(request: Request):
+        body = await request.json()
+        if body.get("lfs") not in (None, "never", "auto"):
+            return _hub_error(400, None, "lfs must be 'never' or 'auto'")
+        settings.update({k: v for k, v in body.items() if k in settings and v is not None})
+        return settings
 
     @router.post("/api/repos/create")
     async def create_repo(request: Request):
@@ -417,7 +460,7 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "nev
         return repo_type, path, None
 
     def _wants_lfs(path: str, size: int, sample: bytes) -> bool:
-        if lfs_mode != "auto" or size == 0:
+        if settings["lfs"] != "auto" or size == 0:
             return False
         name = path.rsplit("/", 1)[-1]
         return (size >= LFS_THRESHOLD or b"\0" in sample
@@ -553,6 +596,64 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "nev
                 "commitUrl": f"{repo_url(request, repo_type, repo_id)}/commit/{sha}",
                 "hookOutput": ""}
 
+    @router.get("/api/{repo_types}/{org}/{name}/commits/{rev:path}")
+    async def list_commits(repo_types: str, org: str, name: str, rev: str):
+        repo_type = PLURAL_TO_TYPE.get(repo_types)
+        path = repo_dir(repo_type, f"{org}/{name}") if repo_type else None
+        if path is None or not path.exists():
+            return _hub_error(401, "RepoNotFound", "Repository not found")
+        sha = git_resolve(path, unquote(rev))
+        if sha is None:
+            return _hub_error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
+        return await run_in_threadpool(git_log, path, sha)
+
+    def _ref_route(kind: str, repo_types: str, org: str, name: str, ref: str, start: Optional[str],
+                   delete: bool):
+        repo_type = PLURAL_TO_TYPE.get(repo_types)
+        path = repo_dir(repo_type, f"{org}/{name}") if repo_type else None
+        if path is None or not path.exists():
+            return _hub_error(404, "RepoNotFound", "Repository not found")
+        full = f"refs/{'heads' if kind == 'branch' else 'tags'}/{ref}"
+        with _repo_lock(path):
+            exists = git_resolve(path, full) is not None
+            if delete:
+                if not exists:
+                    return _hub_error(404, "RevisionNotFound", f"Invalid rev id: {ref}")
+                if full == f"refs/heads/{DEFAULT_BRANCH}":
+                    return _hub_error(403, None, "Cannot delete the default branch")
+                _git(path, "update-ref", "-d", full)
+            else:
+                if exists:
+                    return _hub_error(409, None, f"{kind} {ref} already exists")
+                target = git_resolve(path, start or DEFAULT_BRANCH)
+                if target is None:
+                    return _hub_error(404, "RevisionNotFound", f"Invalid rev id: {start}")
+                if not ref or subprocess.run(["git", "check-ref-format", full], env=_git_env()).returncode != 0:
+                    return _hub_error(400, None, f"Invalid {kind} name {ref!r}")
+                _git(path, "update-ref", full, target)
+            refresh_olah_cache(cache_dir, repo_type, f"{org}/{name}", path)
+        return {}
+
+    @router.post("/api/{repo_types}/{org}/{name}/branch/{branch:path}")
+    async def create_branch(repo_types: str, org: str, name: str, branch: str, request: Request):
+        body = await request.json() if await request.body() else {}
+        return await run_in_threadpool(_ref_route, "branch", repo_types, org, name, unquote(branch),
+                                       body.get("startingPoint"), False)
+
+    @router.delete("/api/{repo_types}/{org}/{name}/branch/{branch:path}")
+    async def delete_branch(repo_types: str, org: str, name: str, branch: str):
+        return await run_in_threadpool(_ref_route, "branch", repo_types, org, name, unquote(branch), None, True)
+
+    @router.post("/api/{repo_types}/{org}/{name}/tag/{rev:path}")
+    async def create_tag(repo_types: str, org: str, name: str, rev: str, request: Request):
+        body = await request.json()
+        return await run_in_threadpool(_ref_route, "tag", repo_types, org, name, body.get("tag", ""),
+                                       unquote(rev), False)
+
+    @router.delete("/api/{repo_types}/{org}/{name}/tag/{tag:path}")
+    async def delete_tag(repo_types: str, org: str, name: str, tag: str):
+        return await run_in_threadpool(_ref_route, "tag", repo_types, org, name, unquote(tag), None, True)
+
     # Prepend our routes so they win over olah's generic ones (e.g. its upstream-proxying whoami).
     n = len(app.router.routes)
     app.include_router(router)
@@ -565,29 +666,31 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "nev
 
     @app.middleware("http")
     async def hub_like_errors(request: Request, call_next):
-        if request.method in ("GET", "HEAD", "POST"):
-            raw = request.scope.get("raw_path") or request.url.path.encode()
-            raw_path = raw.decode("latin-1").split("?", 1)[0]
-            m = resolve_re.match(raw_path) if request.method != "POST" else None
-            file_path = None
+        target = None  # (plural, org, name, rev, file path or None)
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        raw_path = raw.decode("latin-1").split("?", 1)[0]
+        if request.method in ("GET", "HEAD"):
+            m = resolve_re.match(raw_path)
             if m:
                 plural, org, name, rev, file_path = m.groups()
-                plural = plural or "models"
-            else:
-                m = api_re.match(raw_path)
-                if m and (request.method != "POST" or m.group(4) == "paths-info"):
-                    plural, org, name, _, rev, _ = m.groups()
-            if m and org not in ("api", "__localhub__"):
-                path = Path(mirrors_dir) / plural / unquote(org) / unquote(name)
-                if path.exists():
-                    rev = unquote(rev)
-                    sha = git_resolve(path, rev)
-                    if sha is None:
-                        return _hub_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-                    if file_path is not None:
-                        fp = unquote(file_path)
-                        if git_cat(path, sha, fp) is None:
-                            return _hub_error(404, "EntryNotFound", f"{fp} does not exist on \"{rev}\"")
+                target = (plural or "models", org, name, rev, file_path)
+        if target is None and request.method in ("GET", "HEAD", "POST"):
+            m = api_re.match(raw_path)
+            if m and (request.method != "POST" or m.group(4) == "paths-info"):
+                plural, org, name, _, rev, _ = m.groups()
+                target = (plural, org, name, rev, None)
+        if target is not None and target[1] not in ("api", "__localhub__"):
+            plural, org, name, rev, file_path = target
+            path = Path(mirrors_dir) / plural / unquote(org) / unquote(name)
+            if path.exists():
+                rev = unquote(rev)
+                sha = await run_in_threadpool(git_resolve, path, rev)
+                if sha is None:
+                    return _hub_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+                if file_path is not None:
+                    fp = unquote(file_path)
+                    if not await run_in_threadpool(git_exists, path, sha, fp):
+                        return _hub_error(404, "EntryNotFound", f'{fp} does not exist on "{rev}"')
         return await call_next(request)
 
 
@@ -597,8 +700,20 @@ def _serve(argv: List[str]) -> None:
     parser = argparse.ArgumentParser(description="LocalHub launcher: olah + test-only write routes")
     parser.add_argument("--config", required=True)
     parser.add_argument("--log-dir", required=True)
-    parser.add_argument("--lfs", default="never", choices=["never", "auto"])
+    parser.add_argument("--lfs", default="auto", choices=["never", "auto"])
+    parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
+
+    if args.parent_pid:  # exit when the test process dies without stopping us (e.g. SIGKILL)
+        import threading
+
+        def _watch_parent() -> None:
+            while True:
+                time.sleep(0.5)
+                if os.getppid() != args.parent_pid:
+                    os._exit(0)
+
+        threading.Thread(target=_watch_parent, daemon=True).start()
 
     # olah.server builds its settings from these at import (its multi-worker code path).
     os.environ["OLAH_CONFIG"] = args.config
@@ -631,7 +746,7 @@ class LocalHub:
     """
 
     def __init__(self, port: Optional[int] = None, root: Optional[Union[str, Path]] = None,
-                 lfs: str = "never", startup_timeout: float = 30.0, keep_files: bool = False):
+                 lfs: str = "auto", startup_timeout: float = 30.0, keep_files: bool = False):
         if lfs not in ("never", "auto"):
             raise ValueError("lfs must be 'never' or 'auto'")
         self.port = port or free_port()
@@ -685,7 +800,7 @@ class LocalHub:
         env["PYTHONUNBUFFERED"] = "1"
         self._proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "serve", "--config", str(self.config_path),
-             "--log-dir", str(self.log_dir), "--lfs", self.lfs],
+             "--log-dir", str(self.log_dir), "--lfs", self.lfs, "--parent-pid", str(os.getpid())],
             cwd=str(self.root), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, start_new_session=True,
         )
@@ -778,6 +893,24 @@ class LocalHub:
             _git(path, "tag", tag, revision)
             refresh_olah_cache(self.cache_dir, repo_type, repo_id, path)
         return git_resolve(path, tag)  # type: ignore[return-value]
+
+    def set_lfs(self, mode: str) -> None:
+        """Switch the running server's upload mode: "never" (all files regular) or "auto"."""
+        req = urllib.request.Request(f"{self.url}/__localhub__/settings", method="POST",
+                                     data=json.dumps({"lfs": mode}).encode(),
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            self.lfs = json.load(r)["lfs"]
+
+    @contextlib.contextmanager
+    def lfs_mode(self, mode: str):
+        """``with hub.lfs_mode("never"):`` switches the upload mode for the block only."""
+        previous = self.lfs
+        self.set_lfs(mode)
+        try:
+            yield self
+        finally:
+            self.set_lfs(previous)
 
     def list_files(self, repo_id: str, repo_type: str = "model", revision: str = DEFAULT_BRANCH) -> List[str]:
         """Sorted file paths in the git mirror at ``revision``."""

@@ -217,7 +217,7 @@ def test_missing_metadata_errors():
     ev = LinkPredictionEvaluator()
     with pytest.raises(ValueError, match="no queries"):
         ev.compute()
-    ev.update(torch.rand(2, 4), torch.tensor([0, 1]), direction="tail")
+    ev.update(torch.rand(2, 4), torch.tensor([0, 1]), None, None, "tail")  # positional order works
     assert ev.compute()["num_queries"] == 2
     with pytest.raises(ValueError, match="2 of 2 queries.*relations="):
         ev.per_relation()
@@ -225,6 +225,11 @@ def test_missing_metadata_errors():
         ev.per_degree_bucket()
     with pytest.raises(ValueError, match="direction"):
         ev.update(torch.rand(1, 4), torch.tensor([0]), direction="both")
+    with pytest.raises(ValueError, match="direction.*None"):
+        ev.update(torch.rand(1, 4), torch.tensor([0]))  # no silent default direction
+    with pytest.raises(ValueError, match="relations.*>= 0"):
+        ev.update(torch.rand(1, 4), torch.tensor([0]), direction="head", relations=torch.tensor([-1]))
+    assert len(ev) == 2, "failed updates must not store anything"
     with pytest.raises(ValueError, match="gold_degrees.*>= 0"):
         ev.update(torch.rand(1, 4), torch.tensor([0]), direction="tail", gold_degrees=torch.tensor([-2]))
 

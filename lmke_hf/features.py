@@ -1,0 +1,161 @@
+"""Tokenised datasets and collators for LMKE (triple classification) and C-LMKE (link prediction).
+
+Tokenisation runs through batched `Dataset.map` with an `LmkeTokenizer`; collators pad dynamically and, for
+C-LMKE, attach each query's known training answers so that in-batch keys that are true answers become
+positives (multi-label), also for keys gathered from other processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+
+from .tokenization_lmke import LmkeTokenizer
+
+TAIL, HEAD = 0, 1  # values of the `direction` column
+DIRECTION_NAMES = ("tail", "head")
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def _tokenizer_fingerprint(tokenizer: LmkeTokenizer) -> str:
+    return _fingerprint(
+        type(tokenizer.tokenizer).__name__, tokenizer.base_vocab_size, tokenizer.num_entities, tokenizer.num_relations,
+        tokenizer.max_entity_description_length, tokenizer.max_relation_description_length,
+        tokenizer.max_key_description_length, hash(tuple(tokenizer.entity_descriptions[:50])),
+    )
+
+
+def link_prediction_examples(triples: np.ndarray, directions=("tail", "head")) -> datasets.Dataset:
+    """One example per (triple, direction): columns `given`, `relation`, `target`, `direction` (0 tail, 1 head).
+
+    Args:
+        triples (`np.ndarray` of shape `(n, 3)`): head, relation, tail ids.
+    """
+    triples = np.asarray(triples, dtype=np.int64).reshape(-1, 3)
+    if len(triples) == 0:
+        raise ValueError("No triples given: the split is empty.")
+    parts = []
+    for name in directions:
+        if name not in DIRECTION_NAMES:
+            raise ValueError(f"direction must be 'head' or 'tail', got {name!r}.")
+        given, target = (triples[:, 0], triples[:, 2]) if name == "tail" else (triples[:, 2], triples[:, 0])
+        parts.append((given, triples[:, 1], target, np.full(len(triples), DIRECTION_NAMES.index(name), np.int8)))
+    cols = [np.concatenate(c) for c in zip(*parts)]
+    return datasets.Dataset.from_dict(
+        {"given": cols[0], "relation": cols[1], "target": cols[2], "direction": cols[3]}
+    )
+
+
+def tokenize_link_prediction(examples: datasets.Dataset, tokenizer: LmkeTokenizer, num_proc: int | None = None) -> datasets.Dataset:
+    """Adds `query_input_ids` and `key_input_ids` (unpadded lists) with a batched `Dataset.map`."""
+
+    def encode(batch):
+        names = [DIRECTION_NAMES[d] for d in batch["direction"]]
+        return {
+            "query_input_ids": tokenizer.encode_queries(batch["given"], batch["relation"], names)["input_ids"],
+            "key_input_ids": tokenizer.encode_keys(batch["target"])["input_ids"],
+        }
+
+    return examples.map(
+        encode, batched=True, batch_size=2048, num_proc=num_proc, desc="Tokenising queries and keys",
+        new_fingerprint=_fingerprint(examples._fingerprint, _tokenizer_fingerprint(tokenizer), "lp"),
+    )
+
+
+def tokenize_triples(examples: datasets.Dataset, tokenizer: LmkeTokenizer, num_proc: int | None = None) -> datasets.Dataset:
+    """Adds `input_ids` (unpadded) to a dataset with `head`, `relation`, `tail` columns."""
+
+    def encode(batch):
+        return {"input_ids": tokenizer.encode_triples(batch["head"], batch["relation"], batch["tail"])["input_ids"]}
+
+    return examples.map(
+        encode, batched=True, batch_size=2048, num_proc=num_proc, desc="Tokenising triples",
+        new_fingerprint=_fingerprint(examples._fingerprint, _tokenizer_fingerprint(tokenizer), "tc"),
+    )
+
+
+def _pad(sequences, pad_id: int, pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(sequences) == 0:
+        raise ValueError("Cannot collate an empty batch.")
+    lengths = torch.tensor([len(s) for s in sequences])
+    length = int(lengths.max())
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    ids[mask] = torch.as_tensor(np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]))
+    return ids, mask.long()
+
+
+@dataclass
+class ClmkeCollator:
+    """Pads queries and keys and attaches `answer_ids`: the known answers (from `tail_answers`/`head_answers`,
+    built on the TRAINING split) of each query, padded with -1; the model turns them into the multi-label
+    in-batch targets.
+
+    Args:
+        pad_token_id (`int`): the word-piece pad id.
+        tail_answers, head_answers (`AnswerIndex`, *optional*): `kg.answer_index(["train"], "tail")` and
+            `(["train"], "head")`; without them only the diagonal (each query's own key) is positive.
+        pad_to_multiple_of (`int`, *optional*): round padded lengths up (helps fused kernels on GPUs).
+    """
+
+    pad_token_id: int
+    tail_answers: object | None = None
+    head_answers: object | None = None
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        q_ids, q_mask = _pad([f["query_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
+        k_ids, k_mask = _pad([f["key_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
+        batch = {
+            "query_input_ids": q_ids,
+            "query_attention_mask": q_mask,
+            "key_input_ids": k_ids,
+            "key_attention_mask": k_mask,
+        }
+        given = np.asarray([f["given"] for f in features], dtype=np.int64)
+        relation = np.asarray([f["relation"] for f in features], dtype=np.int64)
+        target = np.asarray([f["target"] for f in features], dtype=np.int64)
+        direction = np.asarray([f["direction"] for f in features], dtype=np.int64)
+        columns = [target[:, None]]
+        for value, index in ((TAIL, self.tail_answers), (HEAD, self.head_answers)):
+            rows = direction == value
+            if index is not None and rows.any():
+                sub = index.padded(given[rows], relation[rows], pad_value=-1)
+                padded = np.full((len(features), sub.shape[1]), -1, dtype=np.int64)
+                padded[rows] = sub
+                columns.append(padded)
+        batch["answer_ids"] = torch.from_numpy(np.concatenate(columns, axis=1))
+        return batch
+
+
+@dataclass
+class LmkeCollator:
+    """Pads triples for [`LmkeForTripleClassification`]; passes `labels` (float) when the features have them."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        ids, mask = _pad([f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if "label" in features[0]:
+            batch["labels"] = torch.tensor([float(f["label"]) for f in features])
+        return batch
+
+
+__all__ = [
+    "link_prediction_examples",
+    "tokenize_link_prediction",
+    "tokenize_triples",
+    "ClmkeCollator",
+    "LmkeCollator",
+]

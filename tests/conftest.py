@@ -1,0 +1,111 @@
+"""Shared pytest setup for lmke_hf.
+
+At import (pytest imports conftest.py before any test module, hence before any HF library) the
+Hugging Face client environment is pointed at a local test Hub (``tests/hub_server.py``) on a port
+chosen here, with a throw-away ``HF_HOME`` and no token. huggingface_hub and datasets read these at
+import, and transformers keeps the first HfApi it builds, so they cannot be changed later.
+
+Set ``LMKE_TEST_REAL_HUB=1`` to keep the caller's HF environment (for ``-m hub_online`` runs against
+the real Hub); the ``local_hub`` fixture then refuses to start.
+
+Fixtures: ``local_hub`` (session; the server starts only when a test asks for it),
+``hub_repo_id`` (fresh ``test-org/repo-<uuid8>``), ``tiny_bert_dir`` (session; a tiny random
+BertModel + tokenizer saved as a proper pretrained folder).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hub_server import LocalHub, free_port  # noqa: E402
+
+REAL_HUB = os.environ.get("LMKE_TEST_REAL_HUB") == "1"
+HUB_PORT = free_port()
+HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
+
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+if not REAL_HUB:
+    _HF_HOME = tempfile.mkdtemp(prefix="lmke_hf_home_")
+    atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+    os.environ.update(
+        HF_ENDPOINT=HUB_URL,
+        HF_HOME=_HF_HOME,
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
+        HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+    )
+    for _var in (
+        "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+        "HF_DATASETS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE",
+        "TRANSFORMERS_CACHE", "HF_MODULES_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE",
+        "HF_HUB_ENABLE_HF_TRANSFER",
+    ):
+        os.environ.pop(_var, None)
+
+
+@pytest.fixture(scope="session")
+def local_hub():
+    """A running ``LocalHub`` at ``HF_ENDPOINT`` (started on first use, stopped at session end)."""
+    if REAL_HUB:
+        pytest.skip("LMKE_TEST_REAL_HUB=1: the HF clients point at the real Hub, not at a LocalHub")
+    hub = LocalHub(port=HUB_PORT)
+    try:
+        hub.start()
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture
+def hub_repo_id() -> str:
+    """A fresh repo id ``test-org/repo-<uuid8>`` (not created)."""
+    return f"test-org/repo-{uuid.uuid4().hex[:8]}"
+
+
+TINY_VOCAB_WORDS = (
+    "the a an of and to in is was for on with as by at from that this it be are "
+    "paris france berlin germany rome italy city country capital located person born "
+    "entity relation head tail knowledge graph embedding model link prediction "
+    "red blue green one two three new old big small"
+).split()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A pretrained folder (config.json, model.safetensors, tokenizer files) of a random BertModel:
+    hidden 32, 2 layers, 4 heads, intermediate 37, ~100-token WordPiece vocab. Built offline."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = list("abcdefghijklmnopqrstuvwxyz0123456789.,-")
+    suffixes = ["##s", "##ed", "##ing", "##er", "##ly", "##al", "##ion", "##ity"]
+    vocab = specials + TINY_VOCAB_WORDS + pieces + suffixes
+    vocab = list(dict.fromkeys(vocab))
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # transformers 5: the argument is `vocab` (a vocab.txt path or a dict); `vocab_file` is ignored.
+    tokenizer = BertTokenizerFast(vocab=str(out / "vocab.txt"), do_lower_case=True, model_max_length=64)
+    assert tokenizer.convert_tokens_to_ids("paris") == vocab.index("paris")
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = BertModel(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)  # tokenizer.json + tokenizer_config.json; vocab.txt stays beside them
+    return out
