@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,14 @@ _SOURCE_NOTES = {
 }
 
 _LICENCE_FILE_PATTERNS = ("*LICENSE*", "*LICENCE*", "MSR-LA*", "*_README.txt")
+
+
+def _warn(message: str) -> None:
+    """``warnings.warn`` attributed to the first caller outside this module (the user's ``load_kg`` line)."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -377,8 +386,8 @@ def _arrow(dataset: datasets.Dataset) -> pa.Table:
 
 
 def _split_columns(dataset: datasets.Dataset, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    table = dataset.with_format("numpy", columns=list(columns))[:]
-    return {column: np.asarray(table[column]) for column in columns}
+    table = _arrow(dataset)
+    return {column: table.column(column).to_numpy() for column in columns}
 
 
 def _word_counts(texts: pa.Array) -> np.ndarray:
@@ -402,6 +411,14 @@ class KnowledgeGraph:
         description_source: file (or ``"name"``) the descriptions came from.
         report: what loading did to the raw files (dropped duplicates and conflicts per split, negatives
             seed, ...), kept for the dataset card and :meth:`statistics`.
+
+    Example::
+
+        >>> kg = load_kg("wn18rr", data_dir="/path/to/data")           # doctest: +SKIP
+        >>> kg.triples("train").shape, kg.num_entities                 # doctest: +SKIP
+        ((86835, 3), 40943)
+        >>> buckets = kg.degree_buckets(kg.degrees(["train"]))          # doctest: +SKIP
+        >>> filters = kg.answer_index(["train", "validation", "test"], "tail")  # doctest: +SKIP
     """
 
     name: str
@@ -575,13 +592,15 @@ def _read_lines(path: Path) -> tuple[pa.Array, np.ndarray]:
     line_numbers = np.arange(1, len(lines) + 1, dtype=np.int64)
     blank = np.asarray(pc.equal(pc.utf8_length(lines), 0))
     if blank.any():
-        warnings.warn(f"{path}: skipped {int(blank.sum())} blank lines.", stacklevel=4)
+        _warn(f"{path}: skipped {int(blank.sum())} blank lines.")
         keep = pa.array(~blank)
         lines, line_numbers = lines.filter(keep), line_numbers[~blank]
     return lines, line_numbers
 
 
-def _split_fields(path: Path, lines: pa.Array, line_numbers: np.ndarray, allowed: Sequence[int], what: str, max_splits=None):
+def _split_fields(
+    path: Path, lines: pa.Array, line_numbers: np.ndarray, allowed: Sequence[int], what: str, max_splits=None
+) -> list[pa.Array]:
     """Split tab-separated lines into columns; error naming file and line if a column count is not allowed."""
     parts = pc.split_pattern(lines, "\t", max_splits=max_splits)
     counts = np.asarray(pc.list_value_length(parts), dtype=np.int64)
@@ -611,9 +630,8 @@ def _read_id_list(path: Path, kind: str) -> pa.Array:
         )
     unique = pc.unique(lines)
     if len(unique) != len(lines):
-        warnings.warn(
+        _warn(
             f"{path}: {len(lines) - len(unique)} duplicated {kind} ids removed (kept the first occurrence).",
-            stacklevel=4,
         )
     return unique
 
@@ -674,9 +692,8 @@ def _clean_split(
     split_report["raw_rows"] = int(triples.shape[0])
     split_report["duplicate_rows_dropped"] = int(duplicates)
     if duplicates:
-        warnings.warn(
+        _warn(
             f"{where}: dropped {duplicates} duplicated rows from the {split} split (kept the first occurrence).",
-            stacklevel=4,
         )
         triples, keys, rows = triples[keep], keys[keep], rows[keep]
         label = None if label is None else label[keep]
@@ -687,11 +704,10 @@ def _clean_split(
         if conflicting.size:
             drop = np.isin(keys, conflicting)
             first_row = rows[np.flatnonzero(drop)[0]]
-            warnings.warn(
+            _warn(
                 f"{where}: {conflicting.size} triples are labelled both true and false (first at line {first_row}); "
                 f"dropped their {int(drop.sum())} rows from the {split} split so that evaluation does not "
                 "score contradictory labels.",
-                stacklevel=4,
             )
             split_report["conflicting_triples_dropped"] = int(conflicting.size)
             triples, label = triples[~drop], label[~drop]
@@ -735,10 +751,9 @@ def _read_text_file(path: Path, ids: pa.Array, kind: str) -> pa.Array:
     texts = texts.filter(pa.array(known))
     unique_positions, first = np.unique(position, return_index=True)
     if unique_positions.size != position.size:
-        warnings.warn(
+        _warn(
             f"{path}: {position.size - unique_positions.size} {kind} ids have more than one line; "
             "kept the first text of each.",
-            stacklevel=4,
         )
     aligned = np.full(len(ids), -1, dtype=np.int64)
     aligned[unique_positions] = first
@@ -749,12 +764,14 @@ def _read_text_file(path: Path, ids: pa.Array, kind: str) -> pa.Array:
 def _fill_missing(texts: pa.Array, fallback: pa.Array, message: str) -> pa.Array:
     missing = int(texts.null_count)
     if missing:
-        warnings.warn(message.format(count=missing, total=len(texts)), stacklevel=4)
+        _warn(message.format(count=missing, total=len(texts)))
         return pc.coalesce(texts, fallback)
     return texts
 
 
-def _entity_texts(folder: Path, name: str, ids: pa.Array, description: str, report: dict) -> tuple[pa.Array, pa.Array, str]:
+def _entity_texts(
+    folder: Path, name: str, ids: pa.Array, description: str, report: dict
+) -> tuple[pa.Array, pa.Array, str]:
     """(names, descriptions, description_source) of the entities of a KG-BERT folder."""
     layout = _TEXT_LAYOUTS.get(name, _TextLayout())
     cache: dict[Path, pa.Array] = {}
@@ -766,10 +783,9 @@ def _entity_texts(folder: Path, name: str, ids: pa.Array, description: str, repo
 
     name_file = next((folder / f for f in layout.names if (folder / f).is_file()), None)
     if name_file is None:
-        warnings.warn(
+        _warn(
             f"{folder}: no entity name file ({', '.join(layout.names)}); the names of all {len(ids)} entities "
             "are their ids.",
-            stacklevel=3,
         )
         names = ids
     else:
@@ -789,10 +805,9 @@ def _entity_texts(folder: Path, name: str, ids: pa.Array, description: str, repo
     if description == "auto":
         path = next((folder / f for f in layout.descriptions if (folder / f).is_file()), None)
         if path is None:
-            warnings.warn(
+            _warn(
                 f"{folder}: no description file ({', '.join(layout.descriptions)}); the descriptions of all "
                 f"{len(ids)} entities are their names.",
-                stacklevel=3,
             )
             return names, names, "name"
     else:
@@ -806,7 +821,7 @@ def _entity_texts(folder: Path, name: str, ids: pa.Array, description: str, repo
             )
     for stand_in, message in layout.stand_ins:
         if path.name == stand_in:
-            warnings.warn(message.format(folder=folder), stacklevel=3)
+            _warn(message.format(folder=folder))
     texts = read(path)
     if path.name == "FB15k_mid2description.txt":
         # DKRL's file stores '"text"@en'; LMKE strips both markers the same way.
@@ -820,8 +835,8 @@ def _entity_texts(folder: Path, name: str, ids: pa.Array, description: str, repo
 def _relation_texts(folder: Path, ids: pa.Array) -> tuple[pa.Array, pa.Array]:
     path = folder / "relation2text.txt"
     if not path.is_file():
-        warnings.warn(
-            f"{folder}: no relation2text.txt; the names of all {len(ids)} relations are their ids.", stacklevel=3
+        _warn(
+            f"{folder}: no relation2text.txt; the names of all {len(ids)} relations are their ids.",
         )
         return ids, ids
     texts = _fill_missing(
@@ -836,14 +851,20 @@ def _load_kgbert_folder(folder: Path, name: str, description: str) -> KnowledgeG
     report: dict = {"format": "kg-bert"}
     raw = {split: _read_triple_file(folder / SPLIT_FILES[split]) for split in SPLITS}
     vocabularies = {}
-    for kind, list_file, columns in (("entity", "entities.txt", ("head", "tail")), ("relation", "relations.txt", ("relation",))):
+    for kind, list_file, columns in (
+        ("entity", "entities.txt", ("head", "tail")),
+        ("relation", "relations.txt", ("relation",)),
+    ):
         path = folder / list_file
         if path.is_file():
             vocabularies[kind] = (_read_id_list(path, kind), path.name)
         else:
             every = pa.chunked_array([raw[s][c] for s in SPLITS for c in columns]).combine_chunks()
             vocabularies[kind] = (pc.unique(every).sort(), f"the triples (no {list_file})")
-            logger.info("%s: no %s; %d %s ids taken from the triples, sorted.", folder, list_file, len(vocabularies[kind][0]), kind)
+            logger.info(
+                "%s: no %s; %d %s ids taken from the triples, sorted.",
+                folder, list_file, len(vocabularies[kind][0]), kind,
+            )
     entity_ids, entity_source = vocabularies["entity"]
     relation_ids, relation_source = vocabularies["relation"]
     num_entities, num_relations = len(entity_ids), len(relation_ids)
@@ -860,7 +881,9 @@ def _load_kgbert_folder(folder: Path, name: str, description: str) -> KnowledgeG
             ],
             axis=1,
         )
-        triples, label = _clean_split(triples, columns["label"], columns["line"], where, split, num_entities, num_relations, report)
+        triples, label = _clean_split(
+            triples, columns["label"], columns["line"], where, split, num_entities, num_relations, report
+        )
         splits[split] = _split_dataset(triples, label)
 
     names, descriptions, description_source = _entity_texts(folder, name, entity_ids, description, report)
@@ -884,16 +907,14 @@ def _load_kgbert_folder(folder: Path, name: str, description: str) -> KnowledgeG
 def _check_metadata(metadata: dict, where: str) -> dict:
     unknown = sorted(set(metadata) - _METADATA_KEYS)
     if unknown:
-        warnings.warn(
+        _warn(
             f"{where}: ignored {len(unknown)} unknown metadata keys {unknown} (written by a newer lmke_hf?).",
-            stacklevel=4,
         )
     version = metadata.get("format_version", PREPARED_FORMAT_VERSION)
     if version > PREPARED_FORMAT_VERSION:
-        warnings.warn(
+        _warn(
             f"{where}: format_version {version} is newer than this lmke_hf reads ({PREPARED_FORMAT_VERSION}); "
             "upgrade lmke_hf if loading fails.",
-            stacklevel=4,
         )
     return metadata
 
@@ -909,7 +930,9 @@ def _kg_from_tables(
     ):
         missing = [c for c in required if c not in table.column_names]
         if missing:
-            raise ValueError(f"{where[label]}: missing columns {missing}; a prepared {label} table needs {list(required)}.")
+            raise ValueError(
+                f"{where[label]}: missing columns {missing}; a prepared {label} table needs {list(required)}."
+            )
     entity_ids = entities.column("id").combine_chunks().cast(pa.string())
     relation_ids = relations.column("id").combine_chunks().cast(pa.string())
     for label, ids in (("entities", entity_ids), ("relations", relation_ids)):
@@ -936,7 +959,10 @@ def _kg_from_tables(
         rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
         encoded = np.stack(
             [
-                _encode(table.column(c).combine_chunks().cast(pa.string()), vocabulary, where[split] + " row", rows, kind, where[vocabulary_name])
+                _encode(
+                    table.column(c).combine_chunks().cast(pa.string()), vocabulary, f"{where[split]} row", rows, kind,
+                    where[vocabulary_name],
+                )
                 for c, vocabulary, kind, vocabulary_name in (
                     ("head", entity_ids, "entity", "entities"),
                     ("relation", relation_ids, "relation", "relations"),
@@ -1139,8 +1165,12 @@ def load_kg(
 def _rng(seed) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer, Sequence)):
-        raise TypeError(f"`seed`={seed!r} must be an int (or a np.random.Generator) so that negatives are reproducible.")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(
+            f"`seed`={seed!r} must be an int (or a np.random.Generator) so that negatives are reproducible."
+        )
+    if seed < 0:
+        raise ValueError(f"`seed`={seed} must be non-negative (numpy seeds are unsigned).")
     return np.random.default_rng(seed)
 
 
@@ -1223,6 +1253,8 @@ def add_classification_negatives(kg: KnowledgeGraph, seed: int = 0) -> Knowledge
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)):
         raise TypeError(f"`seed`={seed!r} must be an int.")
+    if seed < 0:
+        raise ValueError(f"`seed`={seed} must be non-negative (numpy seeds are unsigned).")
     splits = dict(kg.splits)
     negatives = dict(kg.report.get("negatives", {}))
     for stream, split in ((1, "validation"), (2, "test")):
@@ -1277,7 +1309,10 @@ def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str
         "| | entities | relations | train | validation | test |",
         "|---|---|---|---|---|---|",
         f"| triples | {statistics['entities']:,} | {statistics['relations']:,} | "
-        + " | ".join(f"{splits[s]['triples']:,}" + (f" + {splits[s]['negatives']:,} negatives" if splits[s]["labelled"] else "") for s in SPLITS)
+        + " | ".join(
+            f"{splits[s]['triples']:,}" + (f" + {splits[s]['negatives']:,} negatives" if splits[s]["labelled"] else "")
+            for s in SPLITS
+        )
         + " |",
     ]
     negatives = kg.report.get("negatives", {})
@@ -1300,7 +1335,8 @@ def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str
             *rows,
             "",
             f"- Entity descriptions: `{statistics['description_source']}`, "
-            f"{statistics['avg_description_words']} words on average (median {statistics['median_description_words']}).",
+            f"{statistics['avg_description_words']} words on average "
+            f"(median {statistics['median_description_words']}).",
             f"- Entities unseen in train: {statistics['entities_unseen_in_train']}.",
             *(f"- Negatives of `{split}`: {how}." for split, how in negatives.items()),
             "",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,9 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_lmke import ClmkeConfig, LmkeConfig
+from .tokenization_lmke import KG_VOCAB_FILE, LmkeTokenizer
+
+ENTITY_INDEX_FILE = "entity_index.safetensors"
 
 _CITATION = """@inproceedings{wang2022lmke,
   title     = {Language Models as Knowledge Embeddings},
@@ -253,8 +257,6 @@ class LmkePreTrainedModel(PreTrainedModel):
         words = self.word_embeddings.words.weight
         table = self.word_embeddings.kg.weight  # row 0 mask, then relations, then entities
         base = self.config.base_vocab_size
-        mask_id = getattr(tokenizer.tokenizer, "mask_token_id", None)
-        table[self.config.entity_mask_token_id - base] = words[mask_id] if mask_id is not None else words.mean(0)
 
         def mean_pieces(pieces: list[list[int]]) -> torch.Tensor:
             fallback = [tokenizer.tokenizer.unk_token_id or 0]
@@ -263,12 +265,17 @@ class LmkePreTrainedModel(PreTrainedModel):
             offsets = torch.tensor([0] + [len(p) for p in pieces[:-1]], device=table.device).cumsum(0)
             return F.embedding_bag(flat, words, offsets, mode="mean")
 
-        if self.config.num_relations:
-            rel = tokenizer.relation_pieces
-            names = tokenizer.name_pieces("relation")
-            pieces = [n or r for n, r in zip(names, rel)]
-            off = self.config.relation_token_offset - base
-            table[off : off + self.config.num_relations] = mean_pieces(pieces)
+        if entities is None:  # mask and relations only on a full initialisation (not when adding entities)
+            mask_id = getattr(tokenizer.tokenizer, "mask_token_id", None)
+            table[self.config.entity_mask_token_id - base] = words[mask_id] if mask_id is not None else words.mean(0)
+
+
+            if self.config.num_relations:
+                rel = tokenizer.relation_pieces
+                names = tokenizer.name_pieces("relation")
+                pieces = [n or r for n, r in zip(names, rel)]
+                off = self.config.relation_token_offset - base
+                table[off : off + self.config.num_relations] = mean_pieces(pieces)
         if self.config.num_entities:
             idx = torch.arange(self.config.num_entities) if entities is None else torch.as_tensor(entities)
             names = tokenizer.name_pieces("entity") if entities is None else [
@@ -657,6 +664,156 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             query_entity_ids=q_ent, key_entity_ids=k_ent,
         )
         return output if return_dict else output.to_tuple()
+
+    # ------------------------------------------------------------ prediction from a loaded model
+    @property
+    def kg_tokenizer(self) -> LmkeTokenizer:
+        """The `LmkeTokenizer` saved with this checkpoint (loaded on first use), or the one attached."""
+        if getattr(self, "_kg_tokenizer", None) is None:
+            source = self.name_or_path
+            if not source:
+                raise ValueError("No tokenizer attached: call `model.attach_tokenizer(tokenizer)` first.")
+            try:
+                self._kg_tokenizer = LmkeTokenizer.from_pretrained(source)
+            except OSError as err:
+                raise ValueError(
+                    f"{source} carries no {KG_VOCAB_FILE}; attach the KG tokenizer with `model.attach_tokenizer`."
+                ) from err
+            self.check_tokenizer(self._kg_tokenizer)
+        return self._kg_tokenizer
+
+    def attach_tokenizer(self, tokenizer: LmkeTokenizer) -> None:
+        """Attaches the KG tokenizer; it is then saved (and pushed) with the model."""
+        self.check_tokenizer(tokenizer)
+        self._kg_tokenizer = tokenizer
+
+    @torch.no_grad()
+    def encode_entities(self, entities=None, batch_size: int = 256) -> torch.Tensor:
+        """Key embeddings `(N, hidden)` of `entities` (ids or names' ids; default all), batched by length."""
+        tokenizer = self.kg_tokenizer
+        was_training = self.training
+        self.eval()
+        index = torch.arange(tokenizer.num_entities) if entities is None else torch.as_tensor(tokenizer.entity_to_index(entities))
+        encoded = tokenizer.encode_keys(index.numpy())["input_ids"] if len(index) else []
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        device = self.device
+        out = torch.empty(len(encoded), self.config.encoder.hidden_size, device=device)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]})
+            emb, _ = self.encode_keys(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            out[torch.as_tensor(rows, device=device)] = emb.to(out.dtype)
+        self.train(was_training)
+        return out
+
+    @property
+    def entity_index(self) -> torch.Tensor:
+        """Keys of all entities `(num_entities, hidden)`: loaded from `entity_index.safetensors` when the
+        checkpoint has one, else encoded (and kept) on first use."""
+        keys = getattr(self, "_entity_keys", None)
+        if keys is None or keys.shape[0] != self.config.num_entities:
+            keys = self._load_entity_index()
+            if keys is None:
+                keys = self.encode_entities()
+            self._entity_keys = keys
+        return self._entity_keys
+
+    def _load_entity_index(self):
+        from safetensors.torch import load_file
+
+        source = self.name_or_path
+        if not source:
+            return None
+        path = os.path.join(source, ENTITY_INDEX_FILE)
+        if not os.path.isfile(path):
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = hf_hub_download(source, ENTITY_INDEX_FILE)
+            except Exception:  # noqa: BLE001 - no index shipped: encode instead
+                return None
+        keys = load_file(path)["keys"].to(self.device)
+        return keys if keys.shape[0] == self.config.num_entities else None
+
+    def build_entity_index(self) -> torch.Tensor:
+        """(Re-)encodes every entity key; saved as `entity_index.safetensors` by `save_pretrained`."""
+        self._entity_keys = self.encode_entities()
+        return self._entity_keys
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the KG tokenizer and the entity index when present."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("push_to_hub"):
+            return result
+        if getattr(self, "_kg_tokenizer", None) is not None:
+            self._kg_tokenizer.save_pretrained(save_directory)
+        keys = getattr(self, "_entity_keys", None)
+        if keys is not None and keys.shape[0] == self.config.num_entities:
+            from safetensors.torch import save_file
+
+            save_file(
+                {"keys": keys.detach().float().cpu().contiguous(), "degrees": self.entity_degrees.cpu().contiguous()},
+                os.path.join(save_directory, ENTITY_INDEX_FILE),
+                metadata={"num_entities": str(self.config.num_entities)},
+            )
+        return result
+
+    def _resolve(self, value, kind: str) -> int:
+        tokenizer = self.kg_tokenizer
+        ids, names = (tokenizer.entity_ids, tokenizer.entity_names) if kind == "entity" else (tokenizer.relation_ids, tokenizer.relation_names)
+        lookup = tokenizer._entity_index if kind == "entity" else tokenizer._relation_index
+        if isinstance(value, (int,)) and not isinstance(value, bool):
+            return int(tokenizer.entity_to_index([value])[0] if kind == "entity" else tokenizer.relation_to_index([value])[0])
+        value = str(value)
+        if value in lookup:
+            return lookup[value]
+        matches = [i for i, n in enumerate(names) if n == value] or [i for i, n in enumerate(names) if n.lower() == value.lower()]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise KeyError(f"Unknown {kind} {value!r}: neither an id nor a name of this model's {len(ids)} {'entities' if kind == 'entity' else 'relations'}; add new entities with `add_entities`.")
+        shown = ", ".join(f"{ids[i]} ({names[i]})" for i in matches[:10])
+        raise KeyError(f"{kind} name {value!r} is ambiguous: {len(matches)} candidates: {shown}. Pass the id instead.")
+
+    @torch.no_grad()
+    def predict(self, head=None, relation=None, tail=None, top_k: int = 10, filter_known: bool = False) -> list[dict]:
+        """Ranks all entities for `(head, relation, ?)` or `(?, relation, tail)`; entities and relations by id or name.
+
+        Returns the `top_k` candidates as dicts `{"entity_id", "name", "score"}` (score = p(q, k)), best first.
+        `filter_known` is not supported without the dataset: known triples are not stored with the model.
+        """
+        if (head is None) == (tail is None):
+            raise ValueError("Give exactly one of `head` (predict the tail) or `tail` (predict the head).")
+        if relation is None:
+            raise ValueError("`relation` is required.")
+        if top_k < 1:
+            raise ValueError(f"`top_k` must be >= 1, got {top_k}.")
+        tokenizer = self.kg_tokenizer
+        given = self._resolve(head if head is not None else tail, "entity")
+        rel = self._resolve(relation, "relation")
+        batch = tokenizer.pad(tokenizer.encode_queries([given], [rel], "tail" if head is not None else "head"))
+        was_training = self.training
+        self.eval()
+        q, q_ent = self.encode_queries(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+        scores = torch.sigmoid(self.score_all(q, q_ent, self.entity_index))[0]
+        self.train(was_training)
+        values, order = scores.topk(min(top_k, scores.numel()))
+        return [
+            {"entity_id": tokenizer.entity_ids[i], "name": tokenizer.entity_names[i], "score": float(v)}
+            for v, i in zip(values.tolist(), order.tolist())
+        ]
+
+    @torch.no_grad()
+    def add_entities(self, ids, names=None, descriptions=None) -> torch.Tensor:
+        """Adds unseen entities without retraining (the inductive case): registers their tokens (initialised from
+        their names' word pieces), degree 0, and encodes their keys into the entity index. Returns their ids."""
+        tokenizer = self.kg_tokenizer
+        keys = self.entity_index
+        new = tokenizer.add_entities(ids, names, descriptions)
+        self.resize_entity_embeddings(tokenizer.num_entities)
+        self.init_kg_embeddings(tokenizer, entities=torch.as_tensor(new))
+        self._entity_keys = torch.cat([keys, self.encode_entities(new)], 0)
+        return torch.as_tensor(new)
 
     # ------------------------------------------------------------ ranking against all entities
     @torch.no_grad()

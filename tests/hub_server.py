@@ -412,7 +412,7 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
             return _hub_error(400, None, f"Invalid repo type {repo_type!r}")
         name = body.get("name")
         org = body.get("organization") or FAKE_USER
-        if not name or "/" in name or "/" in org:
+        if not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", x or "") and ".." not in x for x in (name, org)):
             return _hub_error(400, None, "Invalid repo name")
         repo_id = f"{org}/{name}"
         url = repo_url(request, repo_type, repo_id)
@@ -571,7 +571,10 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
             message = header.get("summary") or "Upload files"
             if header.get("description"):
                 message += "\n\n" + header["description"]
-            sha = git_commit(path, files, deletions, message=message, branch=rev)
+            try:
+                sha = git_commit(path, files, deletions, message=message, branch=rev)
+            except ValueError as e:  # invalid path in repo
+                return {"status": 400, "code": None, "error": str(e)}
             refresh_olah_cache(cache_dir, repo_type, repo_id, path)
         return {"sha": sha}
 

