@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
 from lmke_hf.data import load_kg  # noqa: E402
 from lmke_hf.evaluation import plot_degree_buckets  # noqa: E402
 from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
+from lmke_hf.modelcard import ModelCard  # noqa: E402
 from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402
 from lmke_hf.training import add_common_arguments, check_arguments, train  # noqa: E402
 
@@ -127,12 +129,25 @@ def main(args) -> dict:
         saved = evaluator.save(Path(args.output_dir) / "test_metrics", relation_names=relation_names)
         plot_degree_buckets(evaluator.per_degree_bucket(), Path(args.output_dir) / "test_metrics" / "degree_buckets.png", title=f"C-LMKE on {kg.name} (test)")
         best.save_pretrained(args.output_dir)  # with tokenizer and entity index
+        shutil.copy(Path(args.output_dir) / "test_metrics" / "degree_buckets.png", Path(args.output_dir) / "degree_buckets.png")
+        ModelCard(
+            task="link-prediction", dataset=kg.name, results=results, args=vars(args),
+            command="accelerate launch examples/train_clmke.py " + " ".join(sys.argv[1:]),
+            model_id=args.hub_model_id or f"your-org/{Path(args.output_dir).name}",
+            description_source=kg.description_source, degree_features=not args.no_degree_features,
+            train_runtime_s=summary["train_runtime_s"], plot="degree_buckets.png",
+            degree_buckets=evaluator.per_degree_bucket(),
+        ).save(args.output_dir)
         (Path(args.output_dir) / "all_results.json").write_text(json.dumps(results, indent=2))
         (Path(args.output_dir) / "train_history.json").write_text(json.dumps(summary["history"], indent=2, default=float))
         logger.info("test metrics: " + json.dumps({k: round(v, 4) for k, v in results.items() if isinstance(v, float)}))
         print(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}, indent=2))
-        if args.push_to_hub:
-            best.push_to_hub(args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
+        if args.push_to_hub:  # the saved folder as is: weights, code, tokenizer, entity index, card, plot
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=args.hub_token)
+            repo_id = api.create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True).repo_id
+            api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoints/*", "best/*", "test_metrics/ranks.*"])
     return results
 
 

@@ -28,6 +28,7 @@ from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.data import add_classification_negatives, generate_negatives, load_kg  # noqa: E402
 from lmke_hf.evaluation import classification_report  # noqa: E402
 from lmke_hf.features import LmkeCollator, tokenize_triples  # noqa: E402
+from lmke_hf.modelcard import ModelCard  # noqa: E402
 from lmke_hf.inference import score_triples  # noqa: E402
 from lmke_hf.training import add_common_arguments, check_arguments, train  # noqa: E402
 
@@ -113,12 +114,21 @@ def main(args) -> dict:
             num_processes=accelerator.num_processes, device=str(accelerator.device),
         )
         save(best, args.output_dir)
+        ModelCard(
+            task="triple-classification", dataset=kg.name, results=results, args=vars(args),
+            command="accelerate launch examples/train_lmke.py " + " ".join(sys.argv[1:]),
+            model_id=args.hub_model_id or f"your-org/{Path(args.output_dir).name}",
+            description_source=kg.description_source, train_runtime_s=summary["train_runtime_s"],
+        ).save(args.output_dir)
         (Path(args.output_dir) / "all_results.json").write_text(json.dumps(results, indent=2, default=float))
         (Path(args.output_dir) / "thresholds.json").write_text(json.dumps(report.get("thresholds_per_relation", {}), default=float))
         print(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}, indent=2, default=float))
         if args.push_to_hub:
-            best.push_to_hub(args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
-            tokenizer.save_pretrained(args.output_dir, push_to_hub=True, repo_id=args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=args.hub_token)
+            repo_id = api.create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True).repo_id
+            api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoints/*", "best/*"])
     return results
 
 

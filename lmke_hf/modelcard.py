@@ -1,0 +1,158 @@
+"""Model cards generated from a training run (never written by hand).
+
+`ModelCard` is a dataclass rendered to README.md with YAML metadata whose `model-index` carries the test
+metrics, in the format the Hub reads (as sentence-transformers does).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .modeling_lmke import _CITATION
+
+LINK_PREDICTION_METRICS = {"mrr": "MRR", "mr": "MR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10"}
+CLASSIFICATION_METRICS = {
+    "accuracy": "Accuracy (threshold 0.5)",
+    "accuracy_tuned_global": "Accuracy (global threshold tuned on validation)",
+    "accuracy_tuned_per_relation": "Accuracy (per-relation thresholds tuned on validation)",
+}
+
+
+@dataclass
+class ModelCard:
+    """Everything a card says; `render()` gives the README text.
+
+    Args:
+        task: "link-prediction" (C-LMKE) or "triple-classification" (LMKE).
+        dataset: short name of the KG; results: `all_results.json` of the run (keys `test_*`).
+        args: the run's flags (hyperparameters); command: the exact command that produced the run.
+        model_id: the repo id used in the usage snippet.
+        description_source: where entity texts came from; degree_features: on/off (C-LMKE).
+        hardware / train_runtime_s: where and how long it trained.
+        plot: file name (next to the card) of the degree-bucket plot, if any.
+        degree_buckets: per-bucket metrics table.
+    """
+
+    task: str
+    dataset: str
+    results: dict
+    args: dict
+    command: str
+    model_id: str = "your-org/lmke-model"
+    description_source: str = ""
+    degree_features: bool | None = None
+    hardware: str = field(default_factory=lambda: f"{platform.processor() or platform.machine()} ({platform.system()})")
+    train_runtime_s: float | None = None
+    plot: str | None = None
+    degree_buckets: dict | None = None
+
+    def _metrics(self) -> list[dict]:
+        names = LINK_PREDICTION_METRICS if self.task == "link-prediction" else CLASSIFICATION_METRICS
+        out = []
+        for key, label in names.items():
+            value = self.results.get(f"test_{key}")
+            if value is not None:
+                out.append({"type": key, "name": label, "value": round(float(value), 4)})
+        return out
+
+    def metadata(self) -> dict:
+        metrics = self._metrics()
+        if not metrics:
+            raise ValueError(
+                f"The results hold no test metrics for {self.task} (expected keys like test_mrr / test_accuracy): "
+                "a card without metrics would be misleading; evaluate the model first."
+            )
+        return {
+            "library_name": "transformers",
+            "tags": ["knowledge-graph-embedding", "lmke", "clmke" if self.task == "link-prediction" else "lmke-triple-classification"],
+            "datasets": [self.dataset],
+            "pipeline_tag": None,
+            "model-index": [
+                {
+                    "name": self.model_id.split("/")[-1],
+                    "results": [
+                        {
+                            "task": {"type": self.task, "name": self.task.replace("-", " ").title()},
+                            "dataset": {"type": self.dataset, "name": self.dataset, "split": "test"},
+                            "metrics": metrics,
+                        }
+                    ],
+                }
+            ],
+        }
+
+    def render(self) -> str:
+        meta = {k: v for k, v in self.metadata().items() if v is not None}
+        lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
+        model = "C-LMKE" if self.task == "link-prediction" else "LMKE"
+        lines += [f"# {model} on {self.dataset}", ""]
+        lines += [
+            f"{model} (Wang et al., *Language Models as Knowledge Embeddings*, IJCAI 2022) trained with "
+            f"[lmke_hf](https://github.com/) on **{self.dataset}**, encoder `{self.args.get('encoder')}`"
+            + (f" (first {self.args['encoder_layers']} layers)" if self.args.get("encoder_layers") else "")
+            + ".",
+            "",
+            "## Results (test split)",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        lines += [f"| {m['name']} | {m['value']} |" for m in self._metrics()]
+        lines += ["", "## Evaluation protocol", ""]
+        if self.task == "link-prediction":
+            lines += [
+                "- Filtered ranking of every test triple in both directions, (h, r, ?) and (?, r, t), against all "
+                "entities; the filter removes every other known true triple of train, validation and test.",
+                "- Ties are resolved with the realistic rank (mean of optimistic and pessimistic ranks).",
+                f"- Degree features: {'on' if self.degree_features else 'off'}; degrees are counted on the training split only, "
+                "and each candidate uses its own degree (no gold-answer leak).",
+            ]
+        else:
+            lines += [
+                "- Accuracy on the test positives and their fixed negatives (one corrupted triple per positive, never a known "
+                "triple), at the paper's 0.5 threshold and with thresholds tuned on validation (global, per relation).",
+            ]
+        lines += [f"- Entity descriptions: {self.description_source or 'as loaded by lmke_hf.data.load_kg'}.", ""]
+        if self.degree_buckets:
+            lines += ["## By entity degree (log2 buckets of the gold entity's training degree)", "", "| bucket | queries | MRR | Hits@1 | Hits@10 |", "|---|---|---|---|---|"]
+            for bucket, row in sorted(self.degree_buckets.items(), key=lambda kv: int(kv[0])):
+                lines.append(f"| {bucket} | {row.get('count')} | {row.get('mrr', 0):.3f} | {row.get('hits@1', 0):.3f} | {row.get('hits@10', 0):.3f} |")
+            lines.append("")
+        if self.plot:
+            lines += [f"![Hits@1 and Hits@10 by degree bucket]({self.plot})", ""]
+        lines += ["## Training", "", f"- Command: `{self.command}`", f"- Hardware: {self.hardware}"]
+        if self.train_runtime_s is not None:
+            lines.append(f"- Training time: {self.train_runtime_s / 60:.1f} min")
+        lines += ["- Hyperparameters:", "", "```json", json.dumps({k: v for k, v in self.args.items() if isinstance(v, (int, float, str, bool)) or v is None}, indent=2), "```", ""]
+        lines += ["## Usage", "", "```python", "import lmke_hf  # registers the Auto classes (or pass trust_remote_code=True)", "from transformers import AutoModel", "", f'model = AutoModel.from_pretrained("{self.model_id}")']
+        if self.task == "link-prediction":
+            lines += ["entity = model.kg_tokenizer.entity_names[0]", "relation = model.kg_tokenizer.relation_ids[0]", "print(model.predict(head=entity, relation=relation, top_k=5))"]
+        else:
+            lines += ["from lmke_hf import LmkeTokenizer", f'tokenizer = LmkeTokenizer.from_pretrained("{self.model_id}")', "batch = tokenizer.pad(tokenizer.encode_triples([0], [0], [1]))", "print(model(**batch).logits.sigmoid())"]
+        lines += ["```", "", "## Limitations", ""]
+        lines += [
+            "- Trained and evaluated on one benchmark; scores are not calibrated probabilities across relations.",
+            "- Entities unseen in training get tokens initialised from their names and are represented mainly by their text.",
+            "- See the evaluation protocol above before comparing numbers with papers that use other filters or tie policies.",
+            "",
+            "## Citation",
+            "",
+            "```bibtex",
+            _CITATION,
+            "```",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def save(self, directory) -> Path:
+        path = Path(directory) / "README.md"
+        path.write_text(self.render(), encoding="utf-8")
+        return path
+
+
+__all__ = ["ModelCard"]
