@@ -62,6 +62,8 @@ class _KgConfigMixin:
         self.num_entities = num_entities
         self.num_relations = num_relations
         self.base_vocab_size = int(base_vocab_size if base_vocab_size is not None else self.encoder.vocab_size)
+        if getattr(self, "pad_token_id", None) is None:
+            self.pad_token_id = getattr(self.encoder, "pad_token_id", None)
         self.initializer_range = (
             initializer_range
             if initializer_range is not None

@@ -209,6 +209,20 @@ class LmkePreTrainedModel(PreTrainedModel):
     def _encoders(self) -> list[PreTrainedModel]:
         raise NotImplementedError
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing checkpoints of another model type or with missing /
+        unexpected weights (no silent partial loads)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if problems:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} does not hold a {cls.__name__} checkpoint ({problems}); load it with "
+                "AutoModel.from_pretrained, which picks the class from its config (lmke or clmke)."
+            )
+        return (model, info) if want_info else model
+
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.word_embeddings(input_ids)
 
@@ -461,6 +475,8 @@ class ClmkeMatcher(nn.Module):
         megabytes (cache-sized by default), so peak memory is one tile plus the `(Bq, Bk)` output, and no
         `(Bq, Bk, 4 * hidden)` input is ever built. Equal to `forward` on all pairs up to float rounding.
         """
+        if q.shape[0] == 0 or k.shape[0] == 0:
+            return q.new_zeros(q.shape[0], k.shape[0])
         w_query, w_key, w_prod, w_dq, w_dk = self._split()
         m, h = w_prod.shape
         query_term = q @ w_query.T + self.dense.bias  # (Bq, m): everything that depends on the query alone
@@ -608,7 +624,8 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         """Multi-label targets: key j is positive for query i when its entity is a known answer of i."""
         labels = (answer_ids.unsqueeze(-1) == key_entity_ids.view(1, 1, -1)).any(1).float()
         rows = torch.arange(labels.shape[0], device=labels.device)
-        labels[rows, rows + diagonal_offset] = 1.0
+        gold = key_entity_ids[rows + diagonal_offset]
+        labels[key_entity_ids.view(1, -1) == gold.view(-1, 1)] = 1.0  # every key holding the query's gold entity
         n_max = self.config.max_negatives_per_query
         if n_max is not None:
             noise = torch.rand(labels.shape, device=labels.device, generator=generator)
@@ -654,6 +671,10 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         logits = self.match(q, q_ent, k, k_ent)
         loss = None
         if labels is None and answer_ids is not None:
+            if answer_ids.dim() != 2 or answer_ids.shape[0] != q.shape[0]:
+                raise ValueError(
+                    f"`answer_ids` must have shape (batch_size={q.shape[0]}, max_answers) padded with -1, got {tuple(answer_ids.shape)}."
+                )
             labels = self._labels(q_ent, k_ent, answer_ids.to(k_ent.device), offset, generator)
         if labels is not None:
             if labels.shape != logits.shape:
@@ -836,7 +857,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward returns the local slice of the gradient (each rank's loss is local)."""
+    """all_gather whose backward sums the gradient over processes and returns the local slice."""
 
     @staticmethod
     def forward(ctx, tensor):
@@ -848,6 +869,9 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # every process's queries scored these keys: sum their gradients before taking the local slice
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
         return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
 
 

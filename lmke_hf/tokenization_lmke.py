@@ -194,7 +194,7 @@ class LmkeTokenizer(PushToHubMixin):
         if limit is None or limit > 100_000:  # "no limit" sentinel of transformers
             return
         longest = max(
-            3 + 2 * (self.max_entity_description_length + 1) + self.max_relation_description_length + 1,
+            5 + 2 * self.max_entity_description_length + self.max_relation_description_length,
             3 + self.max_key_description_length,
         )
         if longest > limit:
@@ -379,7 +379,8 @@ class LmkeTokenizer(PushToHubMixin):
             vocab_path = hf_hub_download(path, KG_VOCAB_FILE, **hub_kwargs)
         with open(vocab_path, encoding="utf-8") as f:
             vocab = json.load(f)
-        tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs)
+        # the folder's config.json is an LMKE model config; the word-piece tokenizer needs no remote code
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **hub_kwargs)
         vocab.update(kwargs)
         return cls(tokenizer, **vocab)
 

@@ -138,6 +138,16 @@ def build_optimizer(model, args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups)
 
 
+def _keep_rng(loader):
+    """Yields from `loader` with the global torch RNG state as restored by `load_state`: creating the skipped
+    loader's iterator draws from that generator, which would shift every later dropout mask."""
+    state = torch.get_rng_state()
+    for i, batch in enumerate(loader):
+        if i == 0:
+            torch.set_rng_state(state)
+        yield batch
+
+
 def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: str, save_fn, logger) -> dict:
     """Runs the loop; `evaluate_fn(model) -> dict` is called each epoch (best `metric_name` kept);
     `save_fn(model, output_dir)` saves a final/best model. Returns the training summary."""
@@ -186,7 +196,7 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         model.train()
         loader = train_dataloader
         if epoch == starting_epoch and resume_batches:
-            loader = accelerator.skip_first_batches(train_dataloader, resume_batches)
+            loader = _keep_rng(accelerator.skip_first_batches(train_dataloader, resume_batches))
         total_loss, seen = 0.0, 0
         for batch in loader:
             with accelerator.accumulate(model):

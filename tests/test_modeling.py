@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import subprocess
 import sys
@@ -192,10 +191,19 @@ def table_grad(model) -> torch.Tensor:
 
 def tiny_clmke(**config_kwargs) -> ClmkeForLinkPrediction:
     """A C-LMKE on a random tiny encoder built from a config in code (no tokenizer needed)."""
+    # pad_token_id is passed explicitly: see test_models_build_from_a_config_without_pad_token_id (xfail)
     config = ClmkeConfig(
-        encoder=BertConfig(vocab_size=20, **TINY_ENCODER), num_entities=4, num_relations=2, **config_kwargs
+        encoder=BertConfig(vocab_size=20, **TINY_ENCODER), num_entities=4, num_relations=2, pad_token_id=0,
+        **config_kwargs,
     )
     return ClmkeForLinkPrediction(config).eval()
+
+
+@pytest.mark.parametrize("model_class", [LmkeForTripleClassification, ClmkeForLinkPrediction])
+def test_models_build_from_a_config_without_pad_token_id(model_class):
+    config = model_class.config_class(encoder=BertConfig(vocab_size=20, **TINY_ENCODER), num_entities=4, num_relations=2)
+    model = model_class(config)
+    assert model.word_embeddings.num_embeddings == config.total_vocab_size
 
 
 def test_every_model_class_has_a_case():
@@ -440,12 +448,6 @@ def test_answer_ids_make_in_batch_known_answers_positive(tok, make_model):
     torch.testing.assert_close(out.loss.double(), paper_loss(out.logits.double(), expected.double()), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modeling_lmke.py ClmkeForLinkPrediction._labels marks only the diagonal as the gold positive; "
-    "another in-batch key holding the SAME gold entity is labelled 0 (a negative) when the gold is not repeated "
-    "in answer_ids, so identical keys get contradictory targets.",
-)
 def test_duplicate_gold_entity_in_batch_is_not_a_negative(tok, make_model):
     model = make_model("clmke")
     batch = {
@@ -475,21 +477,15 @@ def test_max_negatives_per_query_keeps_exactly_that_many(max_negatives, tok, mak
     assert ((labels == 0) | (labels == 1) | (labels == -100)).all()
     assert torch.equal(labels, again.labels)  # the generator makes the choice reproducible
     torch.testing.assert_close(out.loss.double(), paper_loss(out.logits.double(), labels.double()), rtol=1e-5, atol=1e-6)
-    if max_negatives < available.min():
+    if max_negatives == 1:
         choices = set()
-        for seed in range(8):
+        for seed in range(1, 5):
             with torch.no_grad():
                 o = model(**batch, answer_ids=gold_answer_ids(extra), generator=torch.Generator().manual_seed(seed))
             choices.add(tuple(o.labels.flatten().tolist()))
         assert len(choices) > 1  # negatives are sampled, not always the same columns
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modeling_lmke.py ClmkeForLinkPrediction._labels broadcasts a 1-D `answer_ids` (B,) to a (1, B) label "
-    "row; the error then blames `labels` (which the caller did not pass) instead of naming `answer_ids` and its "
-    "expected shape (batch_size, max_answers).",
-)
 def test_one_dimensional_answer_ids_error_names_answer_ids(tok, make_model):
     model = make_model("clmke")
     with pytest.raises(ValueError, match="answer_ids"):
@@ -605,11 +601,6 @@ def test_matcher_pairwise_equals_concatenation_formula(case):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modeling_lmke.py ClmkeMatcher.pairwise indexes cols[0]/rows[0] of an empty list when there are no "
-    "keys (or no queries): IndexError instead of a (Bq, 0) / (0, N) result.",
-)
 def test_matcher_pairwise_with_no_keys_returns_empty_scores():
     matcher = ClmkeMatcher(_H, _M, False)
     assert matcher.pairwise(torch.randn(3, _H), torch.randn(0, _H)).shape == (3, 0)
@@ -694,7 +685,9 @@ def test_tokenizer_query_layouts(tok):
     key = tok.encode_keys(["Q3"])["input_ids"][0]
     assert key == [cls, eo + given, *tok.entity_pieces[given][: LENGTHS["max_key_description_length"]], sep]
     triple = tok.encode_triples(["Q0"], ["P0"], ["Q2"])["input_ids"][0]
-    assert triple == [cls, eo + 0, *tok.entity_pieces[0][:le], ro + 0, *tok.relation_pieces[0][:lr], eo + 2, sep]
+    berlin = tok.tokenizer.convert_tokens_to_ids("berlin")
+    assert tok.entity_pieces[2] == [berlin]  # no description: the name alone
+    assert triple == [cls, eo + 0, *tok.entity_pieces[0][:le], ro + 0, *tok.relation_pieces[0][:lr], eo + 2, berlin, sep]
 
 
 @pytest.mark.parametrize("directions", [["head"] * 3, ["tail"] * 3, ["head", "tail", "head"]], ids=["head", "tail", "mixed"])
@@ -734,7 +727,8 @@ def test_save_pretrained_then_auto_model_round_trip(case, tok, make_model, tmp_p
 
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert type(loaded) is case.model_class
-    assert loaded.config.to_dict() == model.config.to_dict()
+    without_path = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert without_path(loaded.config) == without_path(model.config)
     batch = case.make_batch(tok)
     expected, got = _outputs(model, batch), _outputs(loaded, batch)
     assert expected.keys() == got.keys()
@@ -983,12 +977,6 @@ def test_errors_name_the_value_and_the_fix(name, action, error, match, tok, make
         action(ErrorContext(tok, make_model, tiny_bert_dir, tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: tokenization_lmke.py LmkeTokenizer._check_lengths counts a triple as "
-    "3 + 2 * (le + 1) + lr + 1 = 2*le + lr + 6 tokens, but encode_triples builds 2*le + lr + 5 "
-    "([CLS] E_h desc R desc E_t desc [SEP]); lengths whose longest triple fits exactly are rejected.",
-)
 def test_tokenizer_accepts_lengths_that_fit_exactly(tok):
     # longest triple: 5 + 2 * 29 + 1 = 64 tokens = model_max_length
     t = LmkeTokenizer(tok.tokenizer, ["a"], ["r"], max_entity_description_length=29,
@@ -1011,7 +999,8 @@ def test_tokenizer_builds_many_triples_for_a_large_kg(tok):
     rng = np.random.default_rng(0)
     words = np.array(["the", "a", "city", "country", "capital", "person", "born", "red", "blue", "new", "old", "big"])
     n_ent, n_rel, n_triples = 40_000, 50, 10_000
-    descriptions = [" ".join(rng.choice(words, size=rng.integers(0, 9))) for _ in range(n_ent)]
+    picks, sizes = words[rng.integers(0, len(words), (n_ent, 8))].tolist(), rng.integers(0, 9, n_ent).tolist()
+    descriptions = [" ".join(row[:k]) for row, k in zip(picks, sizes)]
     big = LmkeTokenizer(
         tok.tokenizer,
         entity_ids=[f"E{i}" for i in range(n_ent)],

@@ -1,0 +1,514 @@
+"""Tests of the training scripts (examples/train_clmke.py, examples/train_lmke.py) and their shared Accelerate
+loop (lmke_hf/training.py): end-to-end runs on a tiny KG, exact resume, cross-device negatives on two CPU
+processes, fail-fast argument checks and the evaluation-level leak guard.
+
+Everything is offline: the encoder is the tiny random BERT of the `tiny_bert_dir` fixture and the KG is written
+into tmp_path by `tests/_training_kg.py` (12 entities, 3 relations, 40 training triples).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _training_kg import DEV, ENTITIES, RELATIONS, TEST, TRAIN, train_degrees, write_tiny_kg  # noqa: E402
+
+import lmke_hf  # noqa: E402,F401  (registers the Auto classes)
+from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
+from lmke_hf.data import load_kg  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LINK_PREDICTION_KEYS = ("test_mrr", "test_mr", "test_hits@1", "test_hits@3", "test_hits@10")
+
+
+def _load_script(name: str):
+    """Imports examples/<name>.py once as module `_lmke_example_<name>`."""
+    module_name = f"_lmke_example_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def clmke_script():
+    return _load_script("train_clmke")
+
+
+@pytest.fixture(scope="module")
+def lmke_script():
+    return _load_script("train_lmke")
+
+
+def _common(kg_dir, encoder, output_dir, *extra) -> list[str]:
+    return [
+        "--dataset", str(kg_dir), "--encoder", str(encoder), "--output_dir", str(output_dir),
+        "--max_entity_description_length", "8", "--max_relation_description_length", "4",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "16", "--no_progress",
+        "--seed", "7", *map(str, extra),
+    ]
+
+
+def _clmke_argv(kg_dir, encoder, output_dir, *extra) -> list[str]:
+    return _common(kg_dir, encoder, output_dir, "--max_key_description_length", "8", *extra)
+
+
+# 40 training triples -> 80 queries -> 20 batches of 4 per epoch: 6 steps end mid-epoch.
+RESUME_FLAGS = ("--lr_scheduler_type", "constant", "--checkpointing_steps", "2")
+
+
+@pytest.fixture(scope="module")
+def kg_dir(tmp_path_factory) -> Path:
+    return write_tiny_kg(tmp_path_factory.mktemp("kg"))
+
+
+@pytest.fixture(scope="module")
+def clmke_run(clmke_script, kg_dir, tiny_bert_dir, tmp_path_factory):
+    """C-LMKE trained 6 steps (checkpoints every 2, constant LR, dropout on): run A of the resume test too."""
+    out = tmp_path_factory.mktemp("clmke") / "run_A"
+    results = clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 6, *RESUME_FLAGS)))
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def lmke_run(lmke_script, kg_dir, tiny_bert_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lmke") / "run"
+    results = lmke_script.main(lmke_script.parse_args(_common(kg_dir, tiny_bert_dir, out, "--max_train_steps", 4)))
+    return out, results
+
+
+# ------------------------------------------------------------------------------------------------ 1. end to end
+
+
+def test_clmke_end_to_end_results(clmke_run):
+    out, results = clmke_run
+    for key in LINK_PREDICTION_KEYS:
+        assert key in results and math.isfinite(results[key]), key
+    num_entities = len(ENTITIES)
+    assert 0 < results["test_mrr"] <= 1
+    assert 1 <= results["test_mr"] <= num_entities
+    assert 0 <= results["test_hits@1"] <= results["test_hits@3"] <= results["test_hits@10"] <= 1
+    assert results["completed_steps"] == 6
+    assert results["num_processes"] == 1
+    saved = json.loads((out / "all_results.json").read_text())
+    for key in LINK_PREDICTION_KEYS:
+        assert saved[key] == pytest.approx(results[key])
+    # 6 test triples x 2 directions
+    assert saved.get("test_num_queries", 2 * len(TEST)) == 2 * len(TEST)
+    history = json.loads((out / "train_history.json").read_text())
+    assert len(history) == 1 and "eval_mrr" in history[0] and history[0]["step"] == 6
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4", "step_6"]
+    assert (out / "best" / "model.safetensors").is_file()
+
+
+def test_clmke_saved_model_and_tokenizer_load(clmke_run):
+    from transformers import AutoConfig, AutoModel
+
+    out, _ = clmke_run
+    assert AutoConfig.from_pretrained(out).model_type == lmke_hf.ClmkeConfig.model_type
+    model = AutoModel.from_pretrained(out)
+    assert type(model) is ClmkeForLinkPrediction
+    tokenizer = LmkeTokenizer.from_pretrained(out)
+    assert (tokenizer.num_entities, tokenizer.num_relations) == (len(ENTITIES), len(RELATIONS))
+    assert tokenizer.max_key_description_length == 8
+    assert tokenizer.max_entity_description_length == 8
+    model.check_tokenizer(tokenizer)
+    # the saved model is the best one (by validation MRR), identical to best/
+    best = ClmkeForLinkPrediction.from_pretrained(out / "best")
+    for (name, a), (_, b) in zip(model.state_dict().items(), best.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_clmke_writes_test_metrics_ranks_and_plot(clmke_run):
+    out, results = clmke_run
+    folder = out / "test_metrics"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["overall"]["mrr"] == pytest.approx(results["test_mrr"])
+    assert set(metrics["per_direction"]) == {"head", "tail"}
+    assert "per_relation" in metrics and "per_degree_bucket" in metrics
+    with np.load(folder / "ranks.npz") as ranks:
+        assert len(ranks["gold"]) == 2 * len(TEST)
+    assert (folder / "ranks.csv").read_text().count("\n") == 2 * len(TEST) + 1
+    png = folder / "degree_buckets.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+def test_lmke_end_to_end(lmke_run):
+    from transformers import AutoModel
+
+    out, results = lmke_run
+    saved = json.loads((out / "all_results.json").read_text())
+    for key in ("test_accuracy", "test_accuracy_tuned_global", "test_accuracy_tuned_per_relation"):
+        assert key in results and 0 <= results[key] <= 1, key
+        assert saved[key] == pytest.approx(results[key])
+    assert saved["test_num_test"] == 2 * len(TEST)  # positives + one generated negative each
+    assert results["completed_steps"] == 4
+    assert isinstance(json.loads((out / "thresholds.json").read_text()), dict)
+    model = AutoModel.from_pretrained(out)
+    assert type(model) is LmkeForTripleClassification
+    tokenizer = LmkeTokenizer.from_pretrained(out)
+    assert (tokenizer.num_entities, tokenizer.num_relations) == (len(ENTITIES), len(RELATIONS))
+    model.check_tokenizer(tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------ 2. exact resume
+
+
+def _assert_same_weights(path_a: Path, path_b: Path, atol: float = 1e-6) -> None:
+    a, b = load_file(str(path_a)), load_file(str(path_b))
+    assert sorted(a) == sorted(b)
+    worst = {k: (a[k].float() - b[k].float()).abs().max().item() for k in a}
+    bad = {k: v for k, v in worst.items() if v > atol}
+    assert not bad, f"{len(bad)} tensors differ, worst {max(bad.items(), key=lambda kv: kv[1])}"
+
+
+def _steps_differ(path_a: Path, path_b: Path) -> bool:
+    a, b = load_file(str(path_a)), load_file(str(path_b))
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def no_dropout_encoder(tiny_bert_dir, tmp_path_factory) -> Path:
+    """The tiny BERT with all dropout set to 0 (so a training step is a deterministic function of the batch)."""
+    folder = tmp_path_factory.mktemp("bert_nodrop") / "bert"
+    shutil.copytree(tiny_bert_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_resume_mid_epoch_is_exact_without_dropout(clmke_script, kg_dir, no_dropout_encoder, tmp_path):
+    """Data order (skip_first_batches), optimizer, scheduler and step count survive a mid-epoch resume:
+    6 uninterrupted steps == 4 steps + resume ('latest') + 2 steps."""
+    run_a, run_b = tmp_path / "A", tmp_path / "B"
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 6, *RESUME_FLAGS)))
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 4, *RESUME_FLAGS)))
+    _assert_same_weights(run_a / "checkpoints/step_4/model.safetensors", run_b / "checkpoints/step_4/model.safetensors", atol=0.0)
+    assert not (run_b / "checkpoints/step_6").exists()
+    results = clmke_script.main(clmke_script.parse_args(
+        _clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 6, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    ))
+    assert results["completed_steps"] == 6
+    assert json.loads((run_b / "checkpoints/step_6/trainer_state.json").read_text())["completed_steps"] == 6
+    assert _steps_differ(run_a / "checkpoints/step_4/model.safetensors", run_a / "checkpoints/step_6/model.safetensors")
+    _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_b / "checkpoints/step_6/model.safetensors")
+
+
+def test_resume_mid_epoch_is_exact_with_dropout(clmke_script, clmke_run, kg_dir, tiny_bert_dir, tmp_path):
+    """Run A (clmke_run: 6 steps, dropout on) == run B (4 steps) + run C (resume from B's step_4, to 6 steps)."""
+    run_a, _ = clmke_run
+    run_b, run_c = tmp_path / "B", tmp_path / "C"
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, run_b, "--max_train_steps", 4, *RESUME_FLAGS)))
+    _assert_same_weights(run_a / "checkpoints/step_4/model.safetensors", run_b / "checkpoints/step_4/model.safetensors", atol=0.0)
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(
+        kg_dir, tiny_bert_dir, run_c, "--max_train_steps", 6, "--resume_from_checkpoint", run_b / "checkpoints" / "step_4", *RESUME_FLAGS
+    )))
+    assert sorted(p.name for p in (run_c / "checkpoints").iterdir()) == ["step_6"]
+    _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_c / "checkpoints/step_6/model.safetensors")
+
+
+# ------------------------------------------------------------------------------------------------ 3. two processes
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(worker, args, nprocs: int, timeout: float) -> None:
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+            pytest.fail(f"the {nprocs} distributed workers did not finish within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def cross_device(kg_dir, tiny_bert_dir, tmp_path_factory):
+    """Single-process reference on a global batch of 8 queries/keys, and the same batch split over 2 gloo
+    processes with gather_keys=True."""
+    from _training_dist import run_worker
+
+    from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction
+
+    work = tmp_path_factory.mktemp("dist")
+    kg = load_kg(str(kg_dir))
+    tokenizer = LmkeTokenizer.from_kg(str(tiny_bert_dir), kg, max_entity_description_length=8, max_relation_description_length=4, max_key_description_length=8)
+    torch.manual_seed(0)
+    model = ClmkeForLinkPrediction.from_encoder_pretrained(str(tiny_bert_dir), tokenizer)
+    model.set_entity_degrees(kg.degrees(["train"]))
+    model.save_pretrained(work / "model")
+
+    examples = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer)
+    rows = [0, 1, 2, 12, 40, 41, 13, 52]  # tail and head queries on both halves; shared answers -> multi-label rows
+    collator = ClmkeCollator(tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head"))
+    batch = collator([examples[i] for i in rows])
+    torch.save(batch, work / "batch.pt")
+
+    reference = ClmkeForLinkPrediction.from_pretrained(work / "model").eval()
+    out = reference(**batch)
+    out.loss.backward()
+    ref = {
+        "logits": out.logits.detach(), "labels": out.labels.detach(), "loss": out.loss.detach(),
+        "key_entity_ids": out.key_entity_ids, "grads": {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None},
+    }
+    _spawn(run_worker, (2, _free_port(), str(work / "model"), str(work / "batch.pt"), str(work)), nprocs=2, timeout=120)
+    ranks = [torch.load(work / f"rank{r}.pt") for r in range(2)]
+    return ref, ranks
+
+
+def test_cross_device_logits_are_rows_of_the_full_batch(cross_device):
+    ref, ranks = cross_device
+    assert ref["logits"].shape == (8, 8)
+    assert ref["labels"].sum() > 8, "the batch should have multi-label rows"
+    for r, result in enumerate(ranks):
+        assert result["logits"].shape == (4, 8)  # local queries x all 8 keys
+        assert torch.equal(result["key_entity_ids"], ref["key_entity_ids"])
+        torch.testing.assert_close(result["labels"], ref["labels"][4 * r : 4 * r + 4])
+        torch.testing.assert_close(result["logits"], ref["logits"][4 * r : 4 * r + 4], atol=1e-5, rtol=1e-5)
+
+
+def test_cross_device_mean_loss_equals_full_batch_loss(cross_device):
+    ref, ranks = cross_device
+    mean = (ranks[0]["loss"] + ranks[1]["loss"]) / 2
+    torch.testing.assert_close(mean, ref["loss"], atol=1e-6, rtol=1e-5)
+
+
+def _grad_mismatches(ref, ranks, predicate) -> dict[str, float]:
+    # both ranks saved the same averaged gradients
+    averaged = ranks[0]["grads"]
+    names = [n for n in ref["grads"] if predicate(n)]
+    assert names
+    out = {}
+    for name in names:
+        diff = (averaged[name] - ref["grads"][name]).abs().max().item()
+        if diff > 1e-5 + 1e-4 * ref["grads"][name].abs().max().item():
+            out[name] = diff
+    return out
+
+
+def test_cross_device_gradients_of_query_side_and_matcher(cross_device):
+    """DDP-averaged gradients (each rank: mean loss over its own queries) = gradient of the global mean loss,
+    for parameters reached through the queries and the logits only."""
+    ref, ranks = cross_device
+    bad = _grad_mismatches(ref, ranks, lambda n: n.startswith(("matcher.", "query_encoder.")))
+    assert not bad, bad
+    assert "matcher.dense.weight" in ref["grads"]
+
+
+def test_cross_device_gradients_of_key_side_and_kg_embeddings(cross_device):
+    ref, ranks = cross_device
+    bad = _grad_mismatches(ref, ranks, lambda n: n.startswith("key_encoder.") or n == "word_embeddings.kg.weight")
+    assert not bad, bad
+
+
+# ------------------------------------------------------------------------------------------------ 4. bad input
+
+
+@pytest.fixture(params=["train_clmke", "train_lmke"])
+def script(request):
+    return _load_script(request.param)
+
+
+def _argv(script, kg_dir, encoder, output_dir, *extra):
+    if script.__name__.endswith("train_clmke"):
+        return _clmke_argv(kg_dir, encoder, output_dir, *extra)
+    return _common(kg_dir, encoder, output_dir, *extra)
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--lr_scheduler_type", "foo"), ("--checkpointing_steps", "foo"), ("--checkpointing_steps", "0"), ("--checkpointing_steps", "-2")],
+)
+def test_bad_flag_values_stop_argparse(script, kg_dir, tiny_bert_dir, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as info:
+        script.parse_args(_argv(script, kg_dir, tiny_bert_dir, tmp_path / "out", flag, value))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and repr(value) in err
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--max_train_steps", "0"), ("--per_device_train_batch_size", "0"), ("--gradient_accumulation_steps", "0")],
+)
+def test_non_positive_counts_stop(script, kg_dir, tiny_bert_dir, tmp_path, flag, value):
+    with pytest.raises(SystemExit) as info:
+        script.parse_args(_argv(script, kg_dir, tiny_bert_dir, tmp_path / "out", flag, value))
+    assert flag in str(info.value.code) and value in str(info.value.code)
+
+
+def test_non_bert_encoder_folder_stops(script, kg_dir, tmp_path):
+    gpt2 = tmp_path / "gpt2_tiny"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 50}))
+    with pytest.raises(SystemExit) as info:
+        script.parse_args(_argv(script, kg_dir, gpt2, tmp_path / "out"))
+    message = str(info.value.code)
+    assert "gpt2" in message and str(gpt2) in message and "BERT" in message
+
+
+def test_encoder_folder_without_config_stops(script, kg_dir, tmp_path):
+    empty = tmp_path / "not_a_model"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as info:
+        script.parse_args(_argv(script, kg_dir, empty, tmp_path / "out"))
+    assert str(empty) in str(info.value.code) and "config.json" in str(info.value.code)
+
+
+def test_missing_resume_folder_stops(script, kg_dir, tiny_bert_dir, tmp_path):
+    missing = tmp_path / "checkpoints" / "step_99"
+    with pytest.raises(SystemExit) as info:
+        script.parse_args(_argv(script, kg_dir, tiny_bert_dir, tmp_path / "out", "--resume_from_checkpoint", missing))
+    assert str(missing) in str(info.value.code) and "does not exist" in str(info.value.code)
+
+
+def test_resume_folder_without_model_state_stops(script, kg_dir, tiny_bert_dir, tmp_path):
+    broken = tmp_path / "step_2"
+    broken.mkdir()
+    (broken / "trainer_state.json").write_text('{"completed_steps": 2}')
+    with pytest.raises(SystemExit) as info:
+        script.parse_args(_argv(script, kg_dir, tiny_bert_dir, tmp_path / "out", "--resume_from_checkpoint", broken))
+    assert str(broken) in str(info.value.code) and "no model state" in str(info.value.code)
+
+
+def _forbid_training(monkeypatch, script):
+    def train(*args, **kwargs):
+        raise AssertionError("training started although the input is unusable")
+
+    monkeypatch.setattr(script, "train", train)
+
+
+def test_dataset_without_dev_split_stops_before_training(script, tiny_bert_dir, tmp_path, monkeypatch):
+    kg = write_tiny_kg(tmp_path, name="nodev", drop=("dev.tsv",))
+    _forbid_training(monkeypatch, script)
+    out = tmp_path / "out"
+    args = script.parse_args(_argv(script, kg, tiny_bert_dir, out))
+    with pytest.raises((SystemExit, FileNotFoundError, ValueError)) as info:
+        script.main(args)
+    message = str(info.value.code if isinstance(info.value, SystemExit) else info.value)
+    assert "dev.tsv" in message or "validation" in message
+    assert not (out / "best").exists() and not (out / "checkpoints").exists()
+
+
+def test_clmke_batch_larger_than_training_set_stops(clmke_script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    _forbid_training(monkeypatch, clmke_script)
+    args = clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "out", "--per_device_train_batch_size", 1000))
+    with pytest.raises(SystemExit) as info:
+        clmke_script.main(args)
+    assert "1000" in str(info.value.code) and str(2 * len(TRAIN)) in str(info.value.code)
+
+
+# ------------------------------------------------------------------------------------------------ 5. leak guard
+
+
+def _relabelled(direction: str) -> list[tuple[int, int, int]]:
+    """TEST with the gold entity of `direction` replaced by another entity, keeping every triple new."""
+    known = set(TRAIN) | set(DEV)
+    out = []
+    for h, r, t in TEST:
+        for shift in range(1, len(ENTITIES)):
+            if direction == "tail":
+                triple = (h, r, (t + shift) % len(ENTITIES))
+            else:
+                triple = ((h + shift) % len(ENTITIES), r, t)
+            if triple[0] != triple[2] and triple not in known and triple not in out and triple not in TEST:
+                out.append(triple)
+                break
+    assert len(out) == len(TEST)
+    return out
+
+
+@pytest.mark.parametrize("direction", ["tail", "head"])
+def test_scores_do_not_depend_on_gold_answers(clmke_run, kg_dir, tmp_path, direction):
+    """Relabelling the gold answer of every test triple leaves the (B, N) score blocks of that direction's
+    queries unchanged: the ranker scores without looking at the gold (or at test-split degrees)."""
+    from lmke_hf.inference import rank_link_prediction
+
+    out, _ = clmke_run
+    model = ClmkeForLinkPrediction.from_pretrained(out)
+    tokenizer = LmkeTokenizer.from_pretrained(out)
+    kg = load_kg(str(kg_dir))
+    kg_relabelled = load_kg(str(write_tiny_kg(tmp_path, name="relabelled", test=_relabelled(direction))))
+    gold_col = 2 if direction == "tail" else 0
+    assert (kg.triples("test")[:, gold_col] != kg_relabelled.triples("test")[:, gold_col]).all()
+    assert not np.array_equal(kg.degrees(["train", "validation", "test"]), kg_relabelled.degrees(["train", "validation", "test"]))
+
+    recorded: list[list[torch.Tensor]] = []
+    original = model.score_all
+
+    def recording(*args, **kwargs):
+        scores = original(*args, **kwargs)
+        recorded[-1].append(scores.detach().clone())
+        return scores
+
+    model.score_all = recording
+    evaluators = []
+    for graph in (kg, kg_relabelled):
+        recorded.append([])
+        evaluators.append(rank_link_prediction(model, tokenizer, graph, "test", directions=(direction,), batch_size=4))
+    first, second = recorded
+    assert len(first) == len(second) == math.ceil(len(TEST) / 4)
+    for a, b in zip(first, second):
+        assert a.shape[1] == len(ENTITIES)
+        assert torch.equal(a, b)
+    golds = [ev.ranks_table()["gold"] for ev in evaluators]
+    assert not np.array_equal(np.sort(golds[0]), np.sort(golds[1]))
+
+
+def test_scores_use_each_candidates_own_training_degree(clmke_run, kg_dir):
+    """score_all(q, all keys) equals the matcher on explicit (query, candidate) pairs with the query's and the
+    candidate's own stored degrees: no gold enters a candidate's score."""
+    from lmke_hf.inference import encode_entities
+
+    out, _ = clmke_run
+    model = ClmkeForLinkPrediction.from_pretrained(out).eval()
+    tokenizer = LmkeTokenizer.from_pretrained(out)
+    keys = encode_entities(model, tokenizer)
+    test = np.asarray(TEST)
+    batch = tokenizer.pad(tokenizer.encode_queries(test[:, 0], test[:, 1], "tail"))
+    with torch.no_grad():
+        q, q_ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
+        scores = model.score_all(q, q_ent, keys)
+        n = len(ENTITIES)
+        logdeg = torch.log1p(torch.as_tensor(train_degrees(), dtype=torch.float32))
+        explicit = model.matcher(
+            q.unsqueeze(1).expand(-1, n, -1), keys.unsqueeze(0).expand(len(test), -1, -1),
+            logdeg[q_ent].unsqueeze(1).expand(-1, n), logdeg.unsqueeze(0).expand(len(test), -1),
+        )
+    torch.testing.assert_close(scores, explicit, atol=1e-5, rtol=1e-5)
+
+
+def test_stored_degrees_are_training_degrees(clmke_run, kg_dir):
+    out, _ = clmke_run
+    kg = load_kg(str(kg_dir))
+    model = ClmkeForLinkPrediction.from_pretrained(out)
+    expected = kg.degrees(["train"])
+    np.testing.assert_array_equal(expected, train_degrees())
+    np.testing.assert_array_equal(model.entity_degrees.numpy(), expected.astype(np.float32))
+    assert not np.array_equal(model.entity_degrees.numpy(), kg.degrees(["train", "validation", "test"]).astype(np.float32))
+    # the checkpoints carry the same buffer
+    state = load_file(str(out / "checkpoints" / "step_6" / "model.safetensors"))
+    np.testing.assert_array_equal(state["entity_degrees"].numpy(), expected.astype(np.float32))
