@@ -14,6 +14,8 @@ import lmke_hf
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer
 from lmke_hf.modelcard import ModelCard
 
+from _hide_package import HIDE_LMKE_HF
+
 ENTITIES = ["cat", "dog", "wolf", "animal", "pet"]
 DESCRIPTIONS = ["cat, a small feline pet", "dog, a domestic animal", "wolf, a wild dog", "animal, a living thing", ""]
 
@@ -83,7 +85,7 @@ def test_trust_remote_code_from_hub_without_lmke_hf(trained, local_hub, hub_repo
     model, _ = trained
     model.push_to_hub(hub_repo_id, token="test")
     expected = model.predict(tail="animal", relation="is_a", top_k=3)
-    script = f"""
+    script = HIDE_LMKE_HF + f"""
 import sys
 sys.path = [p for p in sys.path if 'work/main' not in p and p not in ('', '.')]
 try:

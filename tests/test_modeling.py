@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import textwrap
+
+from _hide_package import HIDE_LMKE_HF
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -755,7 +757,7 @@ def test_tokenizer_save_and_load_round_trip(tok, tmp_path):
         LmkeTokenizer.from_pretrained(plain)
 
 
-_CHILD = textwrap.dedent(
+_CHILD = HIDE_LMKE_HF + textwrap.dedent(
     """
     import os, sys
     repo = os.path.realpath(sys.argv[2])
