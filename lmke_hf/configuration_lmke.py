@@ -140,7 +140,7 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
             `softmax(temperature * p(q, k-))` over the query's negatives (paper: 1.0).
         max_negatives_per_query (`int`, *optional*): keep at most this many (random) in-batch negatives per query
             in the loss (paper Fig. 5); `None` keeps all.
-        scoring_memory_mb (`float`, defaults to 4): memory bound of one tile of the all-entity scorer's
+        scoring_memory_mb (`float`, defaults to 1): memory bound of one tile of the all-entity scorer's
             (queries x matcher width x keys) activation; cache-sized tiles are fastest on CPUs. Peak memory of
             ranking is one tile plus the (queries x entities) score block.
         initializer_range (`float`, *optional*): std of the normal init of new layers.
@@ -162,7 +162,7 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
         use_degree_features: bool = True,
         adversarial_temperature: float = 1.0,
         max_negatives_per_query: int | None = None,
-        scoring_memory_mb: float = 4,
+        scoring_memory_mb: float = 1,
         initializer_range: float | None = None,
         **kwargs,
     ):

@@ -466,7 +466,7 @@ class ClmkeMatcher(nn.Module):
         w_dk = w[:, 4 * h + 1] if self.use_degree_features else None
         return w_q + w_diff, w_k - w_diff, w_prod, w_dq, w_dk
 
-    def pairwise(self, q, k, q_logdeg=None, k_logdeg=None, memory_mb: float = 4) -> torch.Tensor:
+    def pairwise(self, q, k, q_logdeg=None, k_logdeg=None, memory_mb: float = 1) -> torch.Tensor:
         """Logits of every query against every key: q `(Bq, hidden)`, k `(Bk, hidden)` -> `(Bq, Bk)`.
 
         The first layer is `W [q; k; q - k; q * k; d] + b = A_q + C_k + W_prod (q * k)`; for one query this is the
