@@ -17,19 +17,16 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
-from lmke_hf.data import load_kg  # noqa: E402
 from lmke_hf.evaluation import plot_degree_buckets  # noqa: E402
 from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
 from lmke_hf.modelcard import ModelCard  # noqa: E402
 from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402
-from lmke_hf.training import add_common_arguments, check_arguments, train  # noqa: E402
+from lmke_hf.training import add_common_arguments, check_arguments, setup_run, train  # noqa: E402
 
 logger = logging.getLogger("train_clmke")
 
@@ -50,20 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args) -> dict:
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=args.report_to if args.with_tracking else None,
-        project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    set_seed(args.seed)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-
-    kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
-    for split in ("train", "validation", "test"):
-        if split not in kg.splits:
-            raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; C-LMKE needs train, validation and test.")
+    accelerator, kg = setup_run(args, "C-LMKE")
     tokenizer = LmkeTokenizer.from_kg(
         args.encoder, kg,
         max_entity_description_length=args.max_entity_description_length,
@@ -126,7 +110,7 @@ def main(args) -> dict:
             num_processes=accelerator.num_processes, device=str(accelerator.device),
         )
         relation_names = list(kg.relations["id"])
-        saved = evaluator.save(Path(args.output_dir) / "test_metrics", relation_names=relation_names)
+        evaluator.save(Path(args.output_dir) / "test_metrics", relation_names=relation_names)
         plot_degree_buckets(evaluator.per_degree_bucket(), Path(args.output_dir) / "test_metrics" / "degree_buckets.png", title=f"C-LMKE on {kg.name} (test)")
         best.save_pretrained(args.output_dir)  # with tokenizer and entity index
         shutil.copy(Path(args.output_dir) / "test_metrics" / "degree_buckets.png", Path(args.output_dir) / "degree_buckets.png")

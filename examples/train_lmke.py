@@ -16,21 +16,18 @@ import logging
 import sys
 from pathlib import Path
 
-import datasets
 import numpy as np
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
-from lmke_hf.data import add_classification_negatives, generate_negatives, load_kg  # noqa: E402
+from lmke_hf.data import add_classification_negatives, generate_negatives  # noqa: E402
 from lmke_hf.evaluation import classification_report  # noqa: E402
 from lmke_hf.features import LmkeCollator, tokenize_triples  # noqa: E402
 from lmke_hf.modelcard import ModelCard  # noqa: E402
 from lmke_hf.inference import score_triples  # noqa: E402
-from lmke_hf.training import add_common_arguments, check_arguments, train  # noqa: E402
+from lmke_hf.training import add_common_arguments, check_arguments, setup_run, train  # noqa: E402
 
 logger = logging.getLogger("train_lmke")
 
@@ -51,20 +48,7 @@ def _labelled(kg, split):
 
 
 def main(args) -> dict:
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=args.report_to if args.with_tracking else None,
-        project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    set_seed(args.seed)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-
-    kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
-    for split in ("train", "validation", "test"):
-        if split not in kg.splits:
-            raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; LMKE needs train, validation and test.")
+    accelerator, kg = setup_run(args, "LMKE")
     kg = add_classification_negatives(kg, seed=args.negatives_seed)
     tokenizer = LmkeTokenizer.from_kg(
         args.encoder, kg,

@@ -116,6 +116,34 @@ def find_checkpoint(args) -> Path | None:
     return max(candidates, key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
 
 
+def setup_run(args, method: str):
+    """Accelerator, seeded RNGs, output folder and the KG (with train/validation/test checked) of a run."""
+    import logging
+
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+
+    from .data import load_kg
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+    )
+    set_seed(args.seed)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
+    for split in ("train", "validation", "test"):
+        if split not in kg.splits:
+            raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test.")
+    return accelerator, kg
+
+
 def build_optimizer(model, args) -> torch.optim.Optimizer:
     """AdamW with two groups: encoders + word pieces at `learning_rate`, KG embeddings + task layers at
     `head_learning_rate`; no weight decay on biases and LayerNorm weights."""
@@ -248,4 +276,4 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
     }
 
 
-__all__ = ["add_common_arguments", "check_arguments", "build_optimizer", "train", "default_encoder", "SCHEDULERS"]
+__all__ = ["add_common_arguments", "check_arguments", "setup_run", "build_optimizer", "train", "default_encoder", "SCHEDULERS"]
