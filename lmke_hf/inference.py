@@ -114,16 +114,14 @@ def rank_link_prediction(
         part = triples[rows]
         queries = tokenizer.encode_queries(part[:, given_col], part[:, 1], direction)["input_ids"]
         lengths = np.fromiter((len(x) for x in queries), dtype=np.int64, count=len(queries))
-        ranks_local = []
+        block = LinkPredictionEvaluator()
         for batch_rows in _length_sorted_batches(lengths, batch_size):
             ids, mask = _pad([queries[i] for i in batch_rows], tokenizer.pad_token_id)
             q, q_ent = model.encode_queries(ids.to(device), mask.to(device))
+            # scored without the gold; ranked right away so that only one (batch x entities) block is alive
             scores = model.score_all(q, q_ent, entity_embeddings, dtype=score_dtype)
             sub = part[batch_rows]
             f_rows, f_cols = index.pairs(sub[:, given_col], sub[:, 1])
-            ranks_local.append((batch_rows, sub, scores, f_rows, f_cols))
-        block = LinkPredictionEvaluator()
-        for batch_rows, sub, scores, f_rows, f_cols in ranks_local:
             gold = torch.as_tensor(sub[:, target_col], device=scores.device)
             block.update(
                 scores, gold, torch.as_tensor(f_rows, device=scores.device), torch.as_tensor(f_cols, device=scores.device),

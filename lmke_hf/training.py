@@ -76,6 +76,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     a("--hub_token", default=None, help="Token for --push_to_hub (default: the logged-in one).")
     a("--num_proc", type=int, default=None, help="Processes for tokenisation (datasets.map).")
     a("--no_progress", action="store_true", help="Disable progress bars.")
+    a("--cpu_threads", type=int, default=None, help="Torch threads when training on CPU (default: every core this process may use when it is the only process; `accelerate launch` alone pins one).")
     return parser
 
 
@@ -95,6 +96,8 @@ def check_arguments(args) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "num_train_epochs"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    if args.cpu_threads is not None and args.cpu_threads < 1:
+        raise SystemExit(f"--cpu_threads must be >= 1, got {args.cpu_threads}.")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise SystemExit(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
     if args.resume_from_checkpoint not in (None, "latest"):
@@ -116,6 +119,23 @@ def find_checkpoint(args) -> Path | None:
     return max(candidates, key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
 
 
+def set_cpu_threads(accelerator, threads: int | None = None) -> int:
+    """Sets torch's intra-op threads for a CPU run and returns them.
+
+    `accelerate launch` exports OMP_NUM_THREADS=1 unless told `--cpu` or `--num_cpu_threads_per_process`,
+    which halves a single CPU process's speed on a 2-core machine; with `threads=None` a lone CPU process
+    takes every core it may run on, several processes share them evenly. GPU runs are left alone.
+    """
+    if accelerator.device.type != "cpu":
+        return torch.get_num_threads()
+    if threads is None:
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, available // max(1, accelerator.num_processes))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
 def setup_run(args, method: str):
     """Accelerator, seeded RNGs, output folder and the KG (with train/validation/test checked) of a run."""
     import logging
@@ -135,6 +155,7 @@ def setup_run(args, method: str):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
     )
+    set_cpu_threads(accelerator, args.cpu_threads)
     set_seed(args.seed)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)

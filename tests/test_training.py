@@ -352,7 +352,7 @@ def test_bad_flag_values_stop_argparse(script, kg_dir, tiny_bert_dir, tmp_path, 
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--max_train_steps", "0"), ("--per_device_train_batch_size", "0"), ("--gradient_accumulation_steps", "0")],
+    [("--max_train_steps", "0"), ("--per_device_train_batch_size", "0"), ("--gradient_accumulation_steps", "0"), ("--cpu_threads", "0")],
 )
 def test_non_positive_counts_stop(script, kg_dir, tiny_bert_dir, tmp_path, flag, value):
     with pytest.raises(SystemExit) as info:

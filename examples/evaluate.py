@@ -1,0 +1,179 @@
+#!/usr/bin/env python
+"""Evaluate a trained LMKE / C-LMKE model (a saved folder or a Hub id) on a split of a knowledge graph.
+
+    accelerate launch examples/evaluate.py --model outputs/clmke-umls --dataset umls --split test
+
+The task follows the checkpoint's `model_type`: `clmke` -> filtered link prediction over all entities
+(MR, MRR, Hits@1/3/10 overall, per direction, per relation and per degree bucket, with a degree-bucket plot);
+`lmke` -> triple classification (accuracy at the 0.5 threshold and with thresholds tuned on
+`--threshold_split`, globally and per relation). Metrics go to `--output_dir/<split>_results.json`.
+
+The model scores with the training degrees stored in the checkpoint; the KG only supplies the triples to
+rank, the filter and the gold degrees for the bucket table. The KG's entity and relation ids must be the
+ones the model was trained with (same order), which the script checks before spending any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
+from lmke_hf.data import add_classification_negatives, load_kg  # noqa: E402
+from lmke_hf.evaluation import classification_report, plot_degree_buckets  # noqa: E402
+from lmke_hf.inference import rank_link_prediction, score_triples  # noqa: E402
+
+logger = logging.getLogger("evaluate")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = parser.add_argument
+    a("--model", required=True, help="Saved output folder or Hub repo id of a trained LMKE / C-LMKE model.")
+    a("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
+    a("--token", default=None, help="Hub token for private repos (default: the cached login).")
+    a("--dataset", required=True, help="KG: a short name (umls, wn18rr, fb15k-237, fb13, ...), a KG-BERT or prepared folder, or a Hub dataset id.")
+    a("--data_dir", default=None, help="Where short dataset names are looked up (default: $LMKE_HF_DATA_DIR).")
+    a("--split", default="test", choices=["train", "validation", "test"], help="Split to evaluate.")
+    a("--output_dir", default=None, help="Where metrics are written (default: --model when it is a folder, else ./eval-<name>).")
+    a("--per_device_eval_batch_size", type=int, default=256, help="Queries / triples / entity keys per forward pass.")
+    a("--max_queries", type=int, default=None, help="Evaluate only the first N triples of the split (quick checks).")
+    a("--filter_splits", nargs="+", default=["train", "validation", "test"], help="Known true triples removed from the ranking (link prediction).")
+    a("--directions", nargs="+", default=["tail", "head"], choices=["tail", "head"], help="Which entity to predict (link prediction).")
+    a("--reencode_entities", action="store_true", help="Encode all entity keys instead of using the checkpoint's entity_index.safetensors.")
+    a("--threshold_split", default="validation", choices=["train", "validation", "test"], help="Split on which triple-classification thresholds are tuned.")
+    a("--negatives_seed", type=int, default=0, help="Seed of the classification negatives of splits that ship none (train_lmke.py's default: 0).")
+    a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (GPUs / CPUs with bf16 units; may change ties).")
+    a("--no_progress", action="store_true", help="No progress bars.")
+    args = parser.parse_args(argv)
+    if args.per_device_eval_batch_size < 1:
+        parser.error(f"--per_device_eval_batch_size must be >= 1, got {args.per_device_eval_batch_size}.")
+    if args.max_queries is not None and args.max_queries < 1:
+        parser.error(f"--max_queries must be >= 1, got {args.max_queries}.")
+    return args
+
+
+def load_model(name_or_path: str, revision=None, token=None):
+    """The checkpoint as `ClmkeForLinkPrediction` or `LmkeForTripleClassification` (by its `model_type`) and its
+    `LmkeTokenizer`; errors name the source instead of surfacing a library traceback."""
+    from transformers import AutoConfig, AutoModel
+
+    hub = {"revision": revision, "token": token}
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **hub)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--model {name_or_path!r}: cannot load its config ({err}). Give a folder written by train_*.py or a Hub id.") from err
+    if config.model_type not in ("lmke", "clmke"):
+        raise SystemExit(f"--model {name_or_path!r} is a {config.model_type!r} checkpoint, not an LMKE / C-LMKE model (model_type 'lmke' or 'clmke').")
+    model = AutoModel.from_pretrained(name_or_path, **hub)
+    tokenizer = LmkeTokenizer.from_pretrained(name_or_path, **{k: v for k, v in hub.items() if v is not None})
+    model.check_tokenizer(tokenizer)
+    return model, tokenizer
+
+
+def check_same_kg(tokenizer: LmkeTokenizer, kg, model_name: str) -> None:
+    """The model's entity/relation token k must be the KG's entity/relation k: KG triples are integer ids."""
+    for kind, ours, theirs in (
+        ("entities", tokenizer.entity_ids, list(kg.entities["id"])),
+        ("relations", tokenizer.relation_ids, list(kg.relations["id"])),
+    ):
+        if ours != [str(x) for x in theirs]:
+            missing = sorted(set(map(str, theirs)) - set(ours))
+            raise SystemExit(
+                f"--model {model_name!r} was trained on other {kind} than --dataset {kg.name!r} "
+                f"({len(ours)} vs {len(theirs)} {kind}"
+                + (f"; e.g. unknown to the model: {missing[:5]}" if missing else "; same ids in another order")
+                + "). Evaluate on the KG the model was trained on, or add new entities with `model.add_entities`."
+            )
+
+
+def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
+    model.attach_tokenizer(tokenizer)
+    keys = None
+    if not args.reencode_entities:
+        keys = model._load_entity_index()
+        if keys is not None:
+            logger.info("using the checkpoint's entity_index.safetensors (%d keys)", keys.shape[0])
+    evaluator = rank_link_prediction(
+        model, tokenizer, kg, args.split, filter_splits=tuple(args.filter_splits),
+        batch_size=args.per_device_eval_batch_size, max_queries=args.max_queries, directions=tuple(args.directions),
+        entity_embeddings=keys.to(accelerator.device) if keys is not None else None, accelerator=accelerator,
+        score_dtype=torch.bfloat16 if args.score_bf16 else None,
+        progress=not args.no_progress and accelerator.is_main_process,
+    )
+    if not accelerator.is_main_process:
+        return {}
+    metrics = {f"{args.split}_{k}": v for k, v in evaluator.compute().items()}
+    metrics["num_examples"] = len(evaluator) // len(args.directions)  # triples ranked
+    for direction, values in evaluator.per_direction().items():
+        metrics.update({f"{args.split}_{direction}_{k}": v for k, v in values.items()})
+    tables = out_dir / f"{args.split}_metrics"
+    evaluator.save(tables, relation_names=list(kg.relations["id"]))  # with every rank (ranks.npz / .csv)
+    plot_degree_buckets(evaluator.per_degree_bucket(), tables / "degree_buckets.png", title=f"C-LMKE on {kg.name} ({args.split})")
+    return metrics
+
+
+def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
+    kg = add_classification_negatives(kg, seed=args.negatives_seed)  # the same negatives train_lmke.py scored
+
+    def labelled(split):
+        triples, labels = kg.triples(split, positives_only=False), kg.labels(split)
+        if (labels == 0).sum() == 0:
+            raise SystemExit(f"Split {split!r} of {kg.name} has no negative triples, so accuracy is undefined; use validation or test.")
+        return triples, labels
+
+    triples, labels = labelled(args.split)
+    if args.max_queries is not None:
+        triples, labels = triples[: args.max_queries], labels[: args.max_queries]
+    tune_triples, tune_labels = labelled(args.threshold_split)
+    scores = score_triples(model, tokenizer, triples, args.per_device_eval_batch_size, accelerator)
+    tune_scores = score_triples(model, tokenizer, tune_triples, args.per_device_eval_batch_size, accelerator)
+    if not accelerator.is_main_process:
+        return {}
+    report = classification_report(scores, labels, triples[:, 1], tune_scores, tune_labels, tune_triples[:, 1])
+    (out_dir / f"{args.split}_thresholds.json").write_text(json.dumps(report.get("thresholds_per_relation", {}), default=float))
+    return {**{f"{args.split}_{k}": v for k, v in report.items() if not isinstance(v, dict)}, "num_examples": len(triples)}
+
+
+def main(args) -> dict:
+    from accelerate import Accelerator
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    accelerator = Accelerator()
+    kg = load_kg(args.dataset, data_dir=args.data_dir)
+    if args.split not in kg.splits:
+        raise SystemExit(f"--split {args.split!r}: {kg.name} has splits {sorted(kg.splits)}.")
+    model, tokenizer = load_model(args.model, args.revision, args.token)
+    check_same_kg(tokenizer, kg, args.model)
+    model.to(accelerator.device)
+    out_dir = Path(args.output_dir) if args.output_dir else (Path(args.model) if Path(args.model).is_dir() else Path(f"eval-{Path(args.model).name}"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if isinstance(model, ClmkeForLinkPrediction):
+        task, results = "link-prediction", evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir)
+    elif isinstance(model, LmkeForTripleClassification):
+        task, results = "triple-classification", evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_dir)
+    else:  # load_model only returns the two
+        raise SystemExit(f"--model {args.model!r}: unsupported model class {type(model).__name__}.")
+    if accelerator.is_main_process:
+        results.update(
+            model=args.model, revision=args.revision, dataset=kg.name, split=args.split, task=task,
+            eval_runtime_s=time.perf_counter() - start, num_processes=accelerator.num_processes, device=str(accelerator.device),
+        )
+        path = out_dir / f"{args.split}_results.json"
+        path.write_text(json.dumps(results, indent=2, default=float))
+        logger.info("metrics written to %s", path)
+        print(json.dumps({k: v for k, v in results.items() if k.startswith(args.split)}, indent=2, default=float))
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())

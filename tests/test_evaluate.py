@@ -1,0 +1,139 @@
+"""Tests of examples/evaluate.py: a saved folder or a Hub id, both tasks, any split, metrics to JSON, bad input.
+
+The models are trained for a few steps by the training scripts on the tiny KG of `tests/_training_kg.py`; the
+evaluation script must reproduce the metrics the training script wrote for the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _training_kg import DEV, ENTITIES, TEST, write_tiny_kg  # noqa: E402
+from test_training import _clmke_argv, _common, _load_script  # noqa: E402
+
+LINK_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
+
+
+@pytest.fixture(scope="module")
+def evaluate_script():
+    return _load_script("evaluate")
+
+
+@pytest.fixture(scope="module")
+def kg_dir(tmp_path_factory) -> Path:
+    return write_tiny_kg(tmp_path_factory.mktemp("kg_eval"))
+
+
+@pytest.fixture(scope="module")
+def clmke_out(kg_dir, tiny_bert_dir, tmp_path_factory):
+    script = _load_script("train_clmke")
+    out = tmp_path_factory.mktemp("eval_clmke") / "run"
+    results = script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 3)))
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def lmke_out(kg_dir, tiny_bert_dir, tmp_path_factory):
+    script = _load_script("train_lmke")
+    out = tmp_path_factory.mktemp("eval_lmke") / "run"
+    results = script.main(script.parse_args(_common(kg_dir, tiny_bert_dir, out, "--max_train_steps", 3)))
+    return out, results
+
+
+def _run(script, *argv):
+    return script.main(script.parse_args([*map(str, argv), "--no_progress"]))
+
+
+def test_link_prediction_reproduces_training_metrics(evaluate_script, clmke_out, kg_dir, tmp_path):
+    out, trained = clmke_out
+    results = _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--output_dir", tmp_path)
+    for key in LINK_KEYS:
+        assert results[f"test_{key}"] == pytest.approx(trained[f"test_{key}"], abs=1e-6), key
+    assert results["task"] == "link-prediction" and results["num_examples"] == len(TEST)
+    assert {"test_tail_mrr", "test_head_mrr"} <= set(results)
+    saved = json.loads((tmp_path / "test_results.json").read_text())
+    assert saved["test_mrr"] == pytest.approx(results["test_mrr"])
+    tables = json.loads((tmp_path / "test_metrics" / "metrics.json").read_text())
+    assert {"overall", "per_direction", "per_relation", "per_degree_bucket"} <= set(tables)
+    assert (tmp_path / "test_metrics" / "ranks.csv").read_text().count("\n") == 2 * len(TEST) + 1
+    assert (tmp_path / "test_metrics" / "degree_buckets.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reencoded_entities_give_the_same_ranks(evaluate_script, clmke_out, kg_dir, tmp_path):
+    """The shipped entity_index.safetensors is what the weights encode (no stale index)."""
+    out, trained = clmke_out
+    results = _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--output_dir", tmp_path, "--reencode_entities")
+    assert results["test_mrr"] == pytest.approx(trained["test_mrr"], abs=1e-6)
+
+
+def test_validation_split_one_direction_and_max_queries(evaluate_script, clmke_out, kg_dir, tmp_path):
+    out, _ = clmke_out
+    results = _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--output_dir", tmp_path,
+                   "--split", "validation", "--directions", "tail", "--max_queries", 4)
+    assert results["split"] == "validation" and results["validation_num_queries"] == 4
+    assert "validation_head_mrr" not in results and 0 < results["validation_tail_mrr"] <= 1
+    assert (tmp_path / "validation_results.json").is_file()
+    assert len(DEV) > 4
+
+
+def test_default_output_dir_is_the_model_folder(evaluate_script, clmke_out, kg_dir):
+    out, _ = clmke_out
+    _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--split", "validation")
+    assert json.loads((out / "validation_results.json").read_text())["validation_mrr"] > 0
+
+
+def test_triple_classification_reproduces_training_metrics(evaluate_script, lmke_out, kg_dir, tmp_path):
+    out, trained = lmke_out
+    results = _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--output_dir", tmp_path)
+    assert results["task"] == "triple-classification"
+    for key in ("test_accuracy", "test_accuracy_tuned_global", "test_accuracy_tuned_per_relation"):
+        assert results[key] == pytest.approx(trained[key]), key
+    assert results["num_examples"] == 2 * len(TEST)  # positives + the generated negatives of seed 0
+    assert isinstance(json.loads((tmp_path / "test_thresholds.json").read_text()), dict)
+
+
+def test_hub_id_gives_the_same_metrics(evaluate_script, clmke_out, kg_dir, local_hub, hub_repo_id, tmp_path):
+    from huggingface_hub import HfApi
+
+    out, trained = clmke_out
+    api = HfApi(token="test")
+    api.create_repo(hub_repo_id, exist_ok=True)
+    api.upload_folder(repo_id=hub_repo_id, folder_path=str(out), ignore_patterns=["checkpoints/*", "best/*", "test_metrics/*"])
+    results = _run(evaluate_script, "--model", hub_repo_id, "--dataset", kg_dir, "--output_dir", tmp_path)
+    assert results["test_mrr"] == pytest.approx(trained["test_mrr"], abs=1e-6)
+    assert results["model"] == hub_repo_id
+
+
+def test_other_kg_stops_before_evaluating(evaluate_script, clmke_out, tmp_path):
+    out, _ = clmke_out
+    other = write_tiny_kg(tmp_path / "other", name="other")
+    (other / "entities.txt").write_text("\n".join(reversed(ENTITIES)) + "\n")  # same ids, other order
+    with pytest.raises(SystemExit) as info:
+        _run(evaluate_script, "--model", out, "--dataset", other, "--output_dir", tmp_path / "o")
+    message = str(info.value.code)
+    assert "other entities" in message and "another order" in message
+
+
+def test_non_lmke_checkpoint_stops(evaluate_script, tiny_bert_dir, kg_dir, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        _run(evaluate_script, "--model", tiny_bert_dir, "--dataset", kg_dir, "--output_dir", tmp_path)
+    assert "'bert'" in str(info.value.code) and "not an LMKE" in str(info.value.code)
+
+
+def test_missing_model_stops_with_its_name(evaluate_script, kg_dir, tmp_path, local_hub):
+    with pytest.raises(SystemExit) as info:
+        _run(evaluate_script, "--model", "test-org/does-not-exist", "--dataset", kg_dir, "--output_dir", tmp_path)
+    assert "test-org/does-not-exist" in str(info.value.code)
+
+
+@pytest.mark.parametrize("flag, value", [("--per_device_eval_batch_size", "0"), ("--max_queries", "0"), ("--split", "dev")])
+def test_bad_flags_stop_argparse(evaluate_script, kg_dir, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as info:
+        evaluate_script.parse_args(["--model", str(tmp_path), "--dataset", str(kg_dir), flag, value])
+    assert info.value.code == 2
+    assert flag in capsys.readouterr().err
