@@ -66,9 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--learning_rate", type=float, default=1e-5, help="AdamW learning rate of the encoders and word pieces.")
     a("--head_learning_rate", type=float, default=5e-4, help="AdamW learning rate of KG embeddings and the matcher.")
     a("--weight_decay", type=float, default=1e-7, help="AdamW weight decay.")
-    a("--adamw", choices=["library", "foreach", "fused"], default="library",
-      help="Optimizer: 'library' = lmke_hf.training.build_optimizer as is (torch's default AdamW implementation); "
-           "'foreach' / 'fused' = the same parameter groups with AdamW(foreach=True) / AdamW(fused=True), to compare.")
+    a("--adamw", choices=["library", "foreach", "forloop"], default="library",
+      help="Optimizer: 'library' = lmke_hf.training.build_optimizer as is (fused AdamW); 'foreach' / 'forloop' = the "
+           "same parameter groups with AdamW(foreach=True) / AdamW(foreach=False, fused=False), to compare.")
     a("--num_workers", type=int, default=0, help="DataLoader workers (0 = in the training process, as examples/train_clmke.py).")
     a("--target_overhead", type=float, default=0.25, help="Target for ours / bare - 1.")
     a("--profile", action="store_true", help="Also profile a few steps of ours (torch.profiler, top ops by self CPU time).")
@@ -151,7 +151,8 @@ def main(args) -> dict:
     ))
     if args.adamw != "library":
         optimizer = torch.optim.AdamW(
-            [{k: g[k] for k in ("params", "lr", "weight_decay")} for g in optimizer.param_groups], **{args.adamw: True}
+            [{k: g[k] for k in ("params", "lr", "weight_decay")} for g in optimizer.param_groups],
+            foreach=args.adamw == "foreach", fused=False,
         )
     n_params = sum(p.numel() for p in model.parameters())
     n_encoder = sum(p.numel() for enc in (model.query_encoder, model.key_encoder) for p in enc.parameters())

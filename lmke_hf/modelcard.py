@@ -15,12 +15,33 @@ import yaml
 
 from .modeling_lmke import _CITATION
 
+_SECRET_ARGS = {"hub_token", "token"}  # never rendered into a card that may be pushed
 LINK_PREDICTION_METRICS = {"mrr": "MRR", "mr": "MR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10"}
 CLASSIFICATION_METRICS = {
     "accuracy": "Accuracy (threshold 0.5)",
     "accuracy_tuned_global": "Accuracy (global threshold tuned on validation)",
     "accuracy_tuned_per_relation": "Accuracy (per-relation thresholds tuned on validation)",
 }
+
+
+def describe_hardware() -> str:
+    """"1 x NVIDIA H100 80GB HBM3" or "AMD EPYC 7B13 (2 cores, 2 torch threads)": what a card's reader needs to
+    compare wall times."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{count} x {torch.cuda.get_device_name(0)}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({cores} cores, {torch.get_num_threads()} torch threads, {platform.system()})"
 
 
 @dataclass
@@ -46,7 +67,7 @@ class ModelCard:
     model_id: str = "your-org/lmke-model"
     description_source: str = ""
     degree_features: bool | None = None
-    hardware: str = field(default_factory=lambda: f"{platform.processor() or platform.machine()} ({platform.system()})")
+    hardware: str = field(default_factory=describe_hardware)
     train_runtime_s: float | None = None
     plot: str | None = None
     degree_buckets: dict | None = None
@@ -93,7 +114,7 @@ class ModelCard:
         lines += [f"# {model} on {self.dataset}", ""]
         lines += [
             f"{model} (Wang et al., *Language Models as Knowledge Embeddings*, IJCAI 2022) trained with "
-            f"[lmke_hf](https://github.com/) on **{self.dataset}**, encoder `{self.args.get('encoder')}`"
+            f"`lmke_hf` on **{self.dataset}**, encoder `{self.args.get('encoder')}`"
             + (f" (first {self.args['encoder_layers']} layers)" if self.args.get("encoder_layers") else "")
             + ".",
             "",
@@ -128,7 +149,7 @@ class ModelCard:
         lines += ["## Training", "", f"- Command: `{self.command}`", f"- Hardware: {self.hardware}"]
         if self.train_runtime_s is not None:
             lines.append(f"- Training time: {self.train_runtime_s / 60:.1f} min")
-        lines += ["- Hyperparameters:", "", "```json", json.dumps({k: v for k, v in self.args.items() if isinstance(v, (int, float, str, bool)) or v is None}, indent=2), "```", ""]
+        lines += ["- Hyperparameters:", "", "```json", json.dumps({k: v for k, v in self.args.items() if k not in _SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)}, indent=2), "```", ""]
         lines += ["## Usage", "", "```python", "import lmke_hf  # registers the Auto classes (or pass trust_remote_code=True)", "from transformers import AutoModel", "", f'model = AutoModel.from_pretrained("{self.model_id}")']
         if self.task == "link-prediction":
             lines += ["entity = model.kg_tokenizer.entity_names[0]", "relation = model.kg_tokenizer.relation_ids[0]", "print(model.predict(head=entity, relation=relation, top_k=5))"]
@@ -155,4 +176,33 @@ class ModelCard:
         return path
 
 
-__all__ = ["ModelCard"]
+def export_card(run_dir, destination) -> list[Path]:
+    """Copies a finished run's generated card (README.md), degree-bucket plot and metrics into `destination`
+    (e.g. `model_cards/clmke-wn18rr/`), so that the repository keeps the cards without the weights."""
+    import shutil
+
+    run_dir, destination = Path(run_dir), Path(destination)
+    if not (run_dir / "README.md").is_file() or not (run_dir / "all_results.json").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no README.md + all_results.json: not a finished training run.")
+    destination.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in ("README.md", "all_results.json", "degree_buckets.png", "train_history.json", "test_metrics/metrics.json"):
+        if (run_dir / name).is_file():
+            target = destination / Path(name).name
+            shutil.copyfile(run_dir / name, target)
+            copied.append(target)
+    return copied
+
+
+__all__ = ["ModelCard", "describe_hardware", "export_card"]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Copy a finished run's generated model card into model_cards/.")
+    parser.add_argument("run_dir", help="Output folder of train_clmke.py / train_lmke.py.")
+    parser.add_argument("destination", help="Folder to write, e.g. model_cards/clmke-wn18rr.")
+    cli = parser.parse_args()
+    for path in export_card(cli.run_dir, cli.destination):
+        print(path)

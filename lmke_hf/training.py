@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -158,6 +159,16 @@ def setup_run(args, method: str):
     set_cpu_threads(accelerator, args.cpu_threads)
     set_seed(args.seed)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:  # what produced this folder, for cards and for anyone reading it later
+        from .modelcard import describe_hardware
+
+        info = {
+            "method": method, "command": " ".join(["accelerate launch", *sys.argv]) if sys.argv and sys.argv[0].endswith(".py") else None,
+            "hardware": describe_hardware(), "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "args": {k: v for k, v in vars(args).items() if k != "hub_token"},
+        }
+        (Path(args.output_dir) / "training_args.json").write_text(json.dumps(info, indent=2, default=str))
     kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
     for split in ("train", "validation", "test"):
         if split not in kg.splits:

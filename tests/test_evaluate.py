@@ -137,3 +137,29 @@ def test_bad_flags_stop_argparse(evaluate_script, kg_dir, tmp_path, capsys, flag
         evaluate_script.parse_args(["--model", str(tmp_path), "--dataset", str(kg_dir), flag, value])
     assert info.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ run records and cards
+
+
+def test_run_records_its_arguments_and_card_omits_tokens(kg_dir, tiny_bert_dir, tmp_path):
+    script = _load_script("train_clmke")
+    out = tmp_path / "run"
+    script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 1, "--hub_token", "hf_SECRET123")))
+    info = json.loads((out / "training_args.json").read_text())
+    assert info["method"] == "C-LMKE" and info["args"]["max_train_steps"] == 1 and info["num_processes"] == 1
+    assert "hub_token" not in info["args"] and "cores" in info["hardware"]
+    card = (out / "README.md").read_text()
+    assert "hf_SECRET123" not in card and "hf_SECRET123" not in (out / "training_args.json").read_text()
+    assert info["hardware"] in card
+
+
+def test_export_card_copies_the_generated_files(clmke_out, tmp_path):
+    from lmke_hf.modelcard import export_card
+
+    out, _ = clmke_out
+    copied = {p.name for p in export_card(out, tmp_path / "cards" / "x")}
+    assert {"README.md", "all_results.json", "degree_buckets.png", "metrics.json"} <= copied
+    assert (tmp_path / "cards" / "x" / "README.md").read_text() == (out / "README.md").read_text()
+    with pytest.raises(FileNotFoundError, match="not a finished training run"):
+        export_card(tmp_path / "cards", tmp_path / "y")
