@@ -247,6 +247,56 @@ class LmkePreTrainedModel(PreTrainedModel):
                 f"{theirs}. Load the tokenizer saved with this checkpoint, or rebuild the model from the KG."
             )
 
+    # ------------------------------------------------------------ the KG tokenizer travels with the model
+    @property
+    def kg_tokenizer(self) -> LmkeTokenizer:
+        """The `LmkeTokenizer` saved with this checkpoint (loaded on first use), or the one attached."""
+        if getattr(self, "_kg_tokenizer", None) is None:
+            source = self.name_or_path
+            if not source:
+                raise ValueError("No tokenizer attached: call `model.attach_tokenizer(tokenizer)` first.")
+            try:
+                self._kg_tokenizer = LmkeTokenizer.from_pretrained(source)
+            except OSError as err:
+                raise ValueError(
+                    f"{source} carries no {KG_VOCAB_FILE}; attach the KG tokenizer with `model.attach_tokenizer`."
+                ) from err
+            self.check_tokenizer(self._kg_tokenizer)
+        return self._kg_tokenizer
+
+    def attach_tokenizer(self, tokenizer: LmkeTokenizer) -> None:
+        """Attaches the KG tokenizer; it is then saved (and pushed) with the model."""
+        self.check_tokenizer(tokenizer)
+        self._kg_tokenizer = tokenizer
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the attached KG tokenizer (and, for C-LMKE, the entity index)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("push_to_hub"):
+            self._save_extras(save_directory)
+        return result
+
+    def _save_extras(self, save_directory) -> None:
+        if getattr(self, "_kg_tokenizer", None) is not None:
+            self._kg_tokenizer.save_pretrained(save_directory)
+
+    def _resolve(self, value, kind: str) -> int:
+        tokenizer = self.kg_tokenizer
+        ids, names = (tokenizer.entity_ids, tokenizer.entity_names) if kind == "entity" else (tokenizer.relation_ids, tokenizer.relation_names)
+        lookup = tokenizer._entity_index if kind == "entity" else tokenizer._relation_index
+        if isinstance(value, (int,)) and not isinstance(value, bool):
+            return int(tokenizer.entity_to_index([value])[0] if kind == "entity" else tokenizer.relation_to_index([value])[0])
+        value = str(value)
+        if value in lookup:
+            return lookup[value]
+        matches = [i for i, n in enumerate(names) if n == value] or [i for i, n in enumerate(names) if n.lower() == value.lower()]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise KeyError(f"Unknown {kind} {value!r}: neither an id nor a name of this model's {len(ids)} {'entities' if kind == 'entity' else 'relations'}; add new entities with `add_entities`.")
+        shown = ", ".join(f"{ids[i]} ({names[i]})" for i in matches[:10])
+        raise KeyError(f"{kind} name {value!r} is ambiguous: {len(matches)} candidates: {shown}. Pass the id instead.")
+
     def resize_entity_embeddings(self, num_entities: int) -> nn.Embedding:
         """Grows (or shrinks) the entity part of the KG table; existing rows are kept, new rows are random (call
         `init_kg_embeddings(tokenizer, entities=new_ids)` to initialise them from text)."""
@@ -432,6 +482,38 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
             attentions=out.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+
+    @torch.no_grad()
+    def predict(self, head, relation, tail, threshold: float = 0.5, batch_size: int = 256) -> list[dict]:
+        """p(true) of triples given by entity / relation ids or names (single values or equal-length lists).
+
+        Returns one dict per triple, in order: `{"head", "relation", "tail", "score", "is_true"}` with
+        `score = sigmoid(logit)` and `is_true = score > threshold` (the paper's 0.5 by default; the training
+        run's tuned thresholds are in its `thresholds.json`).
+        """
+        single = lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)  # noqa: E731
+        heads, relations, tails = ([v] if single(v) else list(v) for v in (head, relation, tail))
+        if not (len(heads) == len(relations) == len(tails)) or not heads:
+            raise ValueError(f"Give as many heads, relations and tails (got {len(heads)}, {len(relations)}, {len(tails)}), at least one.")
+        tokenizer = self.kg_tokenizer
+        h = [self._resolve(v, "entity") for v in heads]
+        r = [self._resolve(v, "relation") for v in relations]
+        t = [self._resolve(v, "entity") for v in tails]
+        was_training = self.training
+        self.eval()
+        scores = []
+        for start in range(0, len(h), batch_size):
+            sl = slice(start, start + batch_size)
+            batch = tokenizer.pad(tokenizer.encode_triples(h[sl], r[sl], t[sl]))
+            logits = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).logits
+            scores += torch.sigmoid(logits.float()).tolist()
+        self.train(was_training)
+        return [
+            {"head": tokenizer.entity_ids[a], "relation": tokenizer.relation_ids[b], "tail": tokenizer.entity_ids[c],
+             "score": p, "is_true": p > threshold}
+            for a, b, c, p in zip(h, r, t, scores)
+        ]
 
 
 # ---------------------------------------------------------------------------------------------------- C-LMKE
@@ -687,27 +769,6 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------ prediction from a loaded model
-    @property
-    def kg_tokenizer(self) -> LmkeTokenizer:
-        """The `LmkeTokenizer` saved with this checkpoint (loaded on first use), or the one attached."""
-        if getattr(self, "_kg_tokenizer", None) is None:
-            source = self.name_or_path
-            if not source:
-                raise ValueError("No tokenizer attached: call `model.attach_tokenizer(tokenizer)` first.")
-            try:
-                self._kg_tokenizer = LmkeTokenizer.from_pretrained(source)
-            except OSError as err:
-                raise ValueError(
-                    f"{source} carries no {KG_VOCAB_FILE}; attach the KG tokenizer with `model.attach_tokenizer`."
-                ) from err
-            self.check_tokenizer(self._kg_tokenizer)
-        return self._kg_tokenizer
-
-    def attach_tokenizer(self, tokenizer: LmkeTokenizer) -> None:
-        """Attaches the KG tokenizer; it is then saved (and pushed) with the model."""
-        self.check_tokenizer(tokenizer)
-        self._kg_tokenizer = tokenizer
-
     @torch.no_grad()
     def encode_entities(self, entities=None, batch_size: int = 256) -> torch.Tensor:
         """Key embeddings `(N, hidden)` of `entities` (ids or names' ids; default all), batched by length."""
@@ -761,13 +822,8 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         self._entity_keys = self.encode_entities()
         return self._entity_keys
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the KG tokenizer and the entity index when present."""
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("push_to_hub"):
-            return result
-        if getattr(self, "_kg_tokenizer", None) is not None:
-            self._kg_tokenizer.save_pretrained(save_directory)
+    def _save_extras(self, save_directory) -> None:
+        super()._save_extras(save_directory)
         keys = getattr(self, "_entity_keys", None)
         if keys is not None and keys.shape[0] == self.config.num_entities:
             from safetensors.torch import save_file
@@ -777,24 +833,6 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 os.path.join(save_directory, ENTITY_INDEX_FILE),
                 metadata={"num_entities": str(self.config.num_entities)},
             )
-        return result
-
-    def _resolve(self, value, kind: str) -> int:
-        tokenizer = self.kg_tokenizer
-        ids, names = (tokenizer.entity_ids, tokenizer.entity_names) if kind == "entity" else (tokenizer.relation_ids, tokenizer.relation_names)
-        lookup = tokenizer._entity_index if kind == "entity" else tokenizer._relation_index
-        if isinstance(value, (int,)) and not isinstance(value, bool):
-            return int(tokenizer.entity_to_index([value])[0] if kind == "entity" else tokenizer.relation_to_index([value])[0])
-        value = str(value)
-        if value in lookup:
-            return lookup[value]
-        matches = [i for i, n in enumerate(names) if n == value] or [i for i, n in enumerate(names) if n.lower() == value.lower()]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise KeyError(f"Unknown {kind} {value!r}: neither an id nor a name of this model's {len(ids)} {'entities' if kind == 'entity' else 'relations'}; add new entities with `add_entities`.")
-        shown = ", ".join(f"{ids[i]} ({names[i]})" for i in matches[:10])
-        raise KeyError(f"{kind} name {value!r} is ambiguous: {len(matches)} candidates: {shown}. Pass the id instead.")
 
     @torch.no_grad()
     def predict(self, head=None, relation=None, tail=None, top_k: int = 10, filter_known: bool = False) -> list[dict]:

@@ -163,3 +163,33 @@ def test_export_card_copies_the_generated_files(clmke_out, tmp_path):
     assert (tmp_path / "cards" / "x" / "README.md").read_text() == (out / "README.md").read_text()
     with pytest.raises(FileNotFoundError, match="not a finished training run"):
         export_card(tmp_path / "cards", tmp_path / "y")
+
+
+# ------------------------------------------------------------------------------------------------ LMKE predict
+
+
+def test_lmke_predict_by_id_and_name_matches_batch_scoring(lmke_out):
+    import numpy as np
+    from transformers import AutoModel
+
+    from lmke_hf import LmkeTokenizer
+    from lmke_hf.inference import score_triples
+
+    out, _ = lmke_out
+    model = AutoModel.from_pretrained(out)
+    tokenizer = LmkeTokenizer.from_pretrained(out)
+    triples = np.array(TEST)
+    expected = score_triples(model, tokenizer, triples)
+    heads = [tokenizer.entity_ids[h] for h in triples[:, 0]]
+    tails = [tokenizer.entity_names[t] for t in triples[:, 2]]  # names work too (unique here)
+    relations = [tokenizer.relation_ids[r] for r in triples[:, 1]]
+    got = model.predict(heads, relations, tails, batch_size=4)
+    assert [g["head"] for g in got] == heads and [g["tail"] for g in got] == [tokenizer.entity_ids[t] for t in triples[:, 2]]
+    np.testing.assert_allclose([g["score"] for g in got], expected, rtol=1e-5, atol=1e-6)
+    assert [g["is_true"] for g in got] == [p > 0.5 for p in expected]
+    single = model.predict(heads[0], relations[0], tails[0], threshold=0.0)
+    assert len(single) == 1 and single[0]["is_true"] and single[0]["score"] == pytest.approx(expected[0], abs=1e-6)
+    with pytest.raises(KeyError, match="Unknown entity 'atlantis'"):
+        model.predict("atlantis", relations[0], tails[0])
+    with pytest.raises(ValueError, match="as many heads"):
+        model.predict(heads[:2], relations[:1], tails[:2])
