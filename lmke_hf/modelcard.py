@@ -154,7 +154,7 @@ class ModelCard:
         if self.task == "link-prediction":
             lines += ["entity = model.kg_tokenizer.entity_names[0]", "relation = model.kg_tokenizer.relation_ids[0]", "print(model.predict(head=entity, relation=relation, top_k=5))"]
         else:
-            lines += ["from lmke_hf import LmkeTokenizer", f'tokenizer = LmkeTokenizer.from_pretrained("{self.model_id}")', "batch = tokenizer.pad(tokenizer.encode_triples([0], [0], [1]))", "print(model(**batch).logits.sigmoid())"]
+            lines += ["kg = model.kg_tokenizer  # entity / relation ids, names and descriptions", "print(model.predict(kg.entity_ids[0], kg.relation_ids[0], kg.entity_ids[1]))  # ids or names"]
         lines += ["```", "", "## Limitations", ""]
         lines += [
             "- Trained and evaluated on one benchmark; scores are not calibrated probabilities across relations.",

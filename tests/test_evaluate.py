@@ -193,3 +193,17 @@ def test_lmke_predict_by_id_and_name_matches_batch_scoring(lmke_out):
         model.predict("atlantis", relations[0], tails[0])
     with pytest.raises(ValueError, match="as many heads"):
         model.predict(heads[:2], relations[:1], tails[:2])
+
+
+@pytest.mark.parametrize("run", ["clmke_out", "lmke_out"])
+def test_card_usage_snippet_runs(run, request):
+    """The card's Python block works as written (with the local folder in place of the Hub id)."""
+    import re
+
+    out, _ = request.getfixturevalue(run)
+    card = (out / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    model_id = re.search(r'from_pretrained\("([^"]+)"\)', code).group(1)
+    namespace: dict = {}
+    exec(code.replace(model_id, str(out)), namespace)  # noqa: S102 - the card's own snippet
+    assert namespace["model"].name_or_path == str(out)
