@@ -41,7 +41,7 @@ from bench_eval import DEFAULT_DATA, build, load_avg, minilm_folder, peak_rss_mi
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
-from lmke_hf.training import build_optimizer  # noqa: E402
+from lmke_hf.training import build_optimizer, keep_freed_memory  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--adamw", choices=["library", "foreach", "forloop"], default="library",
       help="Optimizer: 'library' = lmke_hf.training.build_optimizer as is (fused AdamW); 'foreach' / 'forloop' = the "
            "same parameter groups with AdamW(foreach=True) / AdamW(foreach=False, fused=False), to compare.")
+    a("--default_malloc", action="store_true", help="Leave glibc's malloc as is (the training scripts call keep_freed_memory on CPU; this shows what it saves).")
     a("--num_workers", type=int, default=0, help="DataLoader workers (0 = in the training process, as examples/train_clmke.py).")
     a("--target_overhead", type=float, default=0.25, help="Target for ours / bare - 1.")
     a("--profile", action="store_true", help="Also profile a few steps of ours (torch.profiler, top ops by self CPU time).")
@@ -124,13 +125,14 @@ def bare_step(model, inputs, timings):
 def main(args) -> dict:
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
+    kept = False if args.default_malloc else keep_freed_memory()  # as lmke_hf.training.setup_run does on CPU
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), threads={torch.get_num_threads()}, "
-          f"cores={os.cpu_count()}, load average at start {load_avg()}", flush=True)
+          f"cores={os.cpu_count()}, malloc keeps freed memory: {kept}, load average at start {load_avg()}", flush=True)
     result = {
         "machine": {
             "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "load_avg_start": load_avg(),
+            "load_avg_start": load_avg(), "keep_freed_memory": kept,
         },
         "args": vars(args),
     }
