@@ -214,7 +214,9 @@ class LmkePreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.from_pretrained`, refusing checkpoints of another model type or with missing /
         unexpected weights (no silent partial loads)."""
         want_info = kwargs.pop("output_loading_info", False)
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k) is not None}
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model._hub_kwargs = hub_kwargs  # the tokenizer and entity index are read from the same revision
         problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             raise ValueError(
@@ -256,7 +258,7 @@ class LmkePreTrainedModel(PreTrainedModel):
             if not source:
                 raise ValueError("No tokenizer attached: call `model.attach_tokenizer(tokenizer)` first.")
             try:
-                self._kg_tokenizer = LmkeTokenizer.from_pretrained(source)
+                self._kg_tokenizer = LmkeTokenizer.from_pretrained(source, **getattr(self, "_hub_kwargs", {}))
             except OSError as err:
                 raise ValueError(
                     f"{source} carries no {KG_VOCAB_FILE}; attach the KG tokenizer with `model.attach_tokenizer`."
@@ -811,7 +813,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             try:
                 from huggingface_hub import hf_hub_download
 
-                path = hf_hub_download(source, ENTITY_INDEX_FILE)
+                path = hf_hub_download(source, ENTITY_INDEX_FILE, **getattr(self, "_hub_kwargs", {}))
             except Exception:  # noqa: BLE001 - no index shipped: encode instead
                 return None
         keys = load_file(path)["keys"].to(self.device)

@@ -164,3 +164,25 @@ def test_card_without_metrics_is_an_error():
     card = ModelCard(task="link-prediction", dataset="toy", results={}, args={}, command="x")
     with pytest.raises(ValueError, match="no test metrics"):
         card.render()
+
+
+def test_revision_pins_tokenizer_and_entity_index_too(trained, local_hub, hub_repo_id):
+    """A model loaded at an older revision reads that revision's kg_vocab.json and entity index, not main's."""
+    import copy
+
+    from huggingface_hub import HfApi
+
+    model, _ = trained
+    first = model.push_to_hub(hub_repo_id, token="test").oid
+    newer = copy.deepcopy(model)
+    with torch.no_grad():
+        newer.key_encoder.embeddings.LayerNorm.weight.mul_(1.5)  # different keys on main
+    newer.attach_tokenizer(copy.deepcopy(model.kg_tokenizer))
+    newer.add_entities(["e5"], ["fox"], ["fox, a wild animal"])
+    newer.push_to_hub(hub_repo_id, token="test")
+    assert HfApi().model_info(hub_repo_id).sha != first
+    old = AutoModel.from_pretrained(hub_repo_id, revision=first)
+    assert old.kg_tokenizer.num_entities == 5
+    assert torch.allclose(old.entity_index, model.entity_index, atol=1e-6)
+    latest = AutoModel.from_pretrained(hub_repo_id)
+    assert latest.kg_tokenizer.num_entities == 6 and latest.entity_index.shape[0] == 6
