@@ -66,6 +66,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     a("--max_grad_norm", type=float, default=None, help="Clip gradients to this norm (original: no clipping).")
     a("--seed", type=int, default=42, help="Seed of everything random (sampling, dropout, init of new rows).")
     a("--checkpointing_steps", type=_checkpointing_steps, default=None, help="Save state every N steps, or 'epoch'.")
+    a("--checkpoints_total_limit", type=int, default=None, help="Keep only the N most recent checkpoints (each holds weights + optimizer state); all by default.")
     a("--resume_from_checkpoint", default=None, help="A checkpoint folder (step_N / epoch_N) to resume from, or 'latest' in --output_dir.")
     a("--with_tracking", action="store_true", help="Log to the trackers of --report_to.")
     a("--report_to", default="tensorboard", help="Tracker(s) for --with_tracking: tensorboard, wandb, all, ...")
@@ -97,6 +98,8 @@ def check_arguments(args) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "num_train_epochs"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise SystemExit(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}.")
     if args.cpu_threads is not None and args.cpu_threads < 1:
         raise SystemExit(f"--cpu_threads must be >= 1, got {args.cpu_threads}.")
     if args.max_train_steps is not None and args.max_train_steps < 1:
@@ -275,6 +278,13 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         accelerator.save_state(str(path))
         if accelerator.is_main_process:
             (path / "trainer_state.json").write_text(json.dumps({"completed_steps": completed_steps, "best": best}))
+            if args.checkpoints_total_limit:
+                import shutil
+
+                saved = [p for p in path.parent.iterdir() if (p / "trainer_state.json").is_file()]
+                saved.sort(key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
+                for old in saved[: -args.checkpoints_total_limit]:
+                    shutil.rmtree(old)
 
     from tqdm.auto import tqdm
 

@@ -207,3 +207,4 @@ def test_card_usage_snippet_runs(run, request):
     namespace: dict = {}
     exec(code.replace(model_id, str(out)), namespace)  # noqa: S102 - the card's own snippet
     assert namespace["model"].name_or_path == str(out)
+

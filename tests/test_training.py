@@ -352,7 +352,7 @@ def test_bad_flag_values_stop_argparse(script, kg_dir, tiny_bert_dir, tmp_path, 
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--max_train_steps", "0"), ("--per_device_train_batch_size", "0"), ("--gradient_accumulation_steps", "0"), ("--cpu_threads", "0")],
+    [("--max_train_steps", "0"), ("--per_device_train_batch_size", "0"), ("--gradient_accumulation_steps", "0"), ("--cpu_threads", "0"), ("--checkpoints_total_limit", "0")],
 )
 def test_non_positive_counts_stop(script, kg_dir, tiny_bert_dir, tmp_path, flag, value):
     with pytest.raises(SystemExit) as info:
@@ -512,3 +512,9 @@ def test_stored_degrees_are_training_degrees(clmke_run, kg_dir):
     # the checkpoints carry the same buffer
     state = load_file(str(out / "checkpoints" / "step_6" / "model.safetensors"))
     np.testing.assert_array_equal(state["entity_degrees"].numpy(), expected.astype(np.float32))
+
+
+def test_checkpoints_total_limit_keeps_the_newest(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 6, "--checkpointing_steps", 2, "--checkpoints_total_limit", 2)))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4", "step_6"]
