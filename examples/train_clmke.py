@@ -38,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--max_key_description_length", type=int, default=64, help="Word pieces of the entity description in a key (original 508).")
     a("--max_negatives_per_query", type=int, default=None, help="Keep at most N in-batch negatives per query (paper Fig. 5); all by default.")
     a("--no_degree_features", action="store_true", help="Drop the log-degree features from the matcher.")
+    a("--self_negatives", action="store_true", help="Also match each query against its own given entity's key (a negative unless a known answer; SimKGC's self-negatives). Not in the paper.")
     a("--adversarial_temperature", type=float, default=1.0, help="Self-adversarial temperature on negatives (paper: 1).")
     a("--matcher_hidden_size", type=int, default=None, help="Hidden width of the matcher MLP (default: encoder hidden size).")
     a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (faster on CPUs with bf16 units).")
@@ -67,7 +68,8 @@ def main(args) -> dict:
     with accelerator.main_process_first():
         train_set = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer, args.num_proc)
     collator = ClmkeCollator(
-        tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head")
+        tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head"),
+        self_negatives=tokenizer if args.self_negatives else None,
     )
     train_dataloader = DataLoader(
         train_set, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collator, drop_last=True,

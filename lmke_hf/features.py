@@ -105,12 +105,15 @@ class ClmkeCollator:
         tail_answers, head_answers (`AnswerIndex`, *optional*): `kg.answer_index(["train"], "tail")` and
             `(["train"], "head")`; without them only the diagonal (each query's own key) is positive.
         pad_to_multiple_of (`int`, *optional*): round padded lengths up (helps fused kernels on GPUs).
+        self_negatives (`LmkeTokenizer`, *optional*): also give the keys of the queries' own given entities as
+            `extra_key_input_ids` (self-negatives, as in SimKGC), encoded with this tokenizer.
     """
 
     pad_token_id: int
     tail_answers: object | None = None
     head_answers: object | None = None
     pad_to_multiple_of: int | None = None
+    self_negatives: object | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         q_ids, q_mask = _pad([f["query_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
@@ -134,6 +137,9 @@ class ClmkeCollator:
                 padded[rows] = sub
                 columns.append(padded)
         batch["answer_ids"] = torch.from_numpy(np.concatenate(columns, axis=1))
+        if self.self_negatives is not None:
+            own = self.self_negatives.encode_keys(given)["input_ids"]
+            batch["extra_key_input_ids"], batch["extra_key_attention_mask"] = _pad(own, self.pad_token_id, self.pad_to_multiple_of)
         return batch
 
 

@@ -730,6 +730,8 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         gather_keys: bool = False,
         generator: torch.Generator | None = None,
         return_dict: bool | None = None,
+        extra_key_input_ids: torch.LongTensor | None = None,
+        extra_key_attention_mask: torch.LongTensor | None = None,
         **kwargs,
     ) -> LinkPredictionOutput | tuple:
         r"""
@@ -743,6 +745,11 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             labels (`torch.Tensor` of shape `(batch_size, num_keys)`, *optional*): explicit targets (1 / 0 / -100).
             gather_keys (`bool`): with `torch.distributed` initialised, match each query against the keys of
                 all processes (cross-device negatives; gradients flow through the local keys).
+            extra_key_input_ids (`torch.LongTensor` of shape `(num_extra, key_length)`, *optional*): more keys
+                every query is matched against (after the in-batch keys), e.g. the keys of the queries' own given
+                entities (`ClmkeCollator(self_negatives=True)`): without them a bi-encoder learns to rank the
+                query's own entity first, since its text is in the query. Labelled like the others (positive
+                only when the entity is a known answer).
         """
         return_dict = True if return_dict is None else return_dict
         q, q_ent = self.encode_queries(query_input_ids, query_attention_mask)
@@ -752,6 +759,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         offset = 0
         if gather_keys and torch.distributed.is_available() and torch.distributed.is_initialized():
             k, k_ent, offset = _gather_with_grad(k, k_ent)
+        if extra_key_input_ids is not None:  # appended after the (gathered) in-batch keys: the gold offsets hold
+            extra, extra_ent = self.encode_keys(extra_key_input_ids, extra_key_attention_mask)
+            k, k_ent = torch.cat([k, extra], 0), torch.cat([k_ent, extra_ent], 0)
         logits = self.match(q, q_ent, k, k_ent)
         loss = None
         if labels is None and answer_ids is not None:

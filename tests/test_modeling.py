@@ -1066,3 +1066,46 @@ def test_add_entities_and_resize_keep_old_tokens(case, tok, make_model):
         with torch.no_grad():
             out = model(**tok.pad(tok.encode_triples(["N0"], ["P0"], ["N1"])))
         assert out.logits.shape == (1,)
+
+
+# ---------------------------------------------------------------------------------------------------- self-negatives
+def test_extra_keys_are_matched_and_labelled_by_entity(tok, make_model):
+    """Self-negatives: the keys of the queries' own given entities are appended after the in-batch keys; the
+    logits of those columns equal a direct match, and a given entity is positive only where it is a known answer."""
+    model = make_model("clmke")
+    batch = clmke_batch(tok)
+    own = tok.pad(tok.encode_keys(QUERIES["given"]), prefix="extra_key_")
+    extra = {2: [QUERIES["given"][2]]}  # query 2's given entity is also one of its known answers: (x, r, x)
+    with torch.no_grad():
+        out = model(**batch, **own, answer_ids=gold_answer_ids(extra))
+        k_own, k_own_ent = model.encode_keys(own["extra_key_input_ids"], own["extra_key_attention_mask"])
+        q, q_ent = model.encode_queries(batch["query_input_ids"], batch["query_attention_mask"])
+        direct = model.match(q, q_ent, k_own, k_own_ent)
+    b = len(QUERIES["given"])
+    assert out.logits.shape == (b, 2 * b)
+    torch.testing.assert_close(out.logits[:, b:], direct, rtol=1e-5, atol=1e-6)
+    given, gold = torch.tensor(QUERIES["given"]), torch.tensor(QUERIES["gold"])
+    own_is_gold = (given.view(1, -1) == gold.view(-1, 1)).float()  # another query's given entity is my gold
+    expected = torch.cat([torch.eye(b), own_is_gold], 1)
+    expected[2, b:][given == given[2]] = 1.0
+    expected[2, :b][gold == given[2]] = 1.0  # ... and so is the in-batch key holding that entity
+    assert 0 < own_is_gold.sum() < b * b and expected[:, b:].diagonal().sum() == 1  # both cases occur
+    torch.testing.assert_close(out.labels, expected)
+    torch.testing.assert_close(out.loss.double(), paper_loss(out.logits.double(), expected.double()), rtol=1e-5, atol=1e-6)
+
+
+def test_collator_self_negatives_are_the_given_entities_keys(tok):
+    from lmke_hf.features import ClmkeCollator
+
+    features = [
+        {"query_input_ids": q, "key_input_ids": k, "given": g, "relation": r, "target": t, "direction": 0}
+        for q, k, g, r, t in zip(
+            tok.encode_queries(QUERIES["given"], QUERIES["relations"], "tail")["input_ids"],
+            tok.encode_keys(QUERIES["gold"])["input_ids"], QUERIES["given"], QUERIES["relations"], QUERIES["gold"],
+        )
+    ]
+    batch = ClmkeCollator(tok.pad_token_id, self_negatives=tok)(features)
+    expected = tok.pad(tok.encode_keys(QUERIES["given"]))
+    torch.testing.assert_close(batch["extra_key_input_ids"], expected["input_ids"])
+    torch.testing.assert_close(batch["extra_key_attention_mask"], expected["attention_mask"])
+    assert "extra_key_input_ids" not in ClmkeCollator(tok.pad_token_id)(features)

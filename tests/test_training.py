@@ -518,3 +518,10 @@ def test_checkpoints_total_limit_keeps_the_newest(clmke_script, kg_dir, tiny_ber
     out = tmp_path / "run"
     clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 6, "--checkpointing_steps", 2, "--checkpoints_total_limit", 2)))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4", "step_6"]
+
+
+def test_clmke_trains_with_self_negatives(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    results = clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--self_negatives")))
+    assert math.isfinite(results["test_mrr"]) and results["completed_steps"] == 2
+    assert json.loads((out / "training_args.json").read_text())["args"]["self_negatives"] is True
