@@ -134,6 +134,19 @@ def _check_input_ids(input_ids: torch.Tensor, config, name: str = "input_ids") -
         )
 
 
+# keyword arguments transformers' own loops may pass to any model's forward; anything else is a caller's typo
+_IGNORED_FORWARD_KWARGS = {"num_items_in_batch"}
+
+
+def _check_no_unknown_kwargs(kwargs: dict, model_name: str) -> None:
+    unknown = sorted(set(kwargs) - _IGNORED_FORWARD_KWARGS)
+    if unknown:
+        raise TypeError(
+            f"{model_name}.forward got unexpected arguments {unknown}; they would be silently ignored. "
+            "See the forward docstring for the accepted names (C-LMKE: query_/key_ prefixed inputs)."
+        )
+
+
 def _first_position(mask: torch.Tensor) -> torch.Tensor:
     """Index of the first True per row of a (batch, length) bool tensor."""
     return mask.int().argmax(dim=1)
@@ -445,6 +458,7 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
             labels (`torch.Tensor` of shape `(batch_size,)`, *optional*): 1 for true triples, 0 for false; the
                 loss is computed only when given.
         """
+        _check_no_unknown_kwargs(kwargs, type(self).__name__)
         _check_input_ids(input_ids, self.config)
         return_dict = True if return_dict is None else return_dict
         out = self._run_encoder(
@@ -751,6 +765,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 query's own entity first, since its text is in the query. Labelled like the others (positive
                 only when the entity is a known answer).
         """
+        _check_no_unknown_kwargs(kwargs, type(self).__name__)
         return_dict = True if return_dict is None else return_dict
         q, q_ent = self.encode_queries(query_input_ids, query_attention_mask)
         k, k_ent = self.encode_keys(key_input_ids, key_attention_mask)

@@ -1109,3 +1109,15 @@ def test_collator_self_negatives_are_the_given_entities_keys(tok):
     torch.testing.assert_close(batch["extra_key_input_ids"], expected["input_ids"])
     torch.testing.assert_close(batch["extra_key_attention_mask"], expected["attention_mask"])
     assert "extra_key_input_ids" not in ClmkeCollator(tok.pad_token_id)(features)
+
+
+@pytest.mark.parametrize("case", MAIN_CASES, ids=_ids)
+def test_forward_refuses_unknown_keyword_arguments(case, tok, make_model):
+    """A misspelt input (e.g. `attention_mask` for C-LMKE, whose masks are query_/key_ prefixed) must not be
+    ignored silently; `num_items_in_batch` (passed by transformers' Trainer) is accepted."""
+    model = make_model(case.name)
+    batch = case.make_batch(tok)
+    with torch.no_grad():
+        model(**batch, num_items_in_batch=4)
+        with pytest.raises(TypeError, match=r"unexpected arguments \['atention_mask'\]"):
+            model(**batch, atention_mask=torch.ones(1))
