@@ -499,7 +499,6 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-
     @torch.no_grad()
     def predict(self, head, relation, tail, threshold: float = 0.5, batch_size: int = 256) -> list[dict]:
         """p(true) of triples given by entity / relation ids or names (single values or equal-length lists).
@@ -761,7 +760,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 all processes (cross-device negatives; gradients flow through the local keys).
             extra_key_input_ids (`torch.LongTensor` of shape `(num_extra, key_length)`, *optional*): more keys
                 every query is matched against (after the in-batch keys), e.g. the keys of the queries' own given
-                entities (`ClmkeCollator(self_negatives=True)`): without them a bi-encoder learns to rank the
+                entities (`ClmkeCollator(..., self_negatives=tokenizer)`): without them a bi-encoder learns to rank the
                 query's own entity first, since its text is in the query. Labelled like the others (positive
                 only when the entity is a known answer).
         """
