@@ -260,6 +260,7 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
 
     completed_steps, starting_epoch, resume_batches = 0, 0, 0
     best = {"metric": -math.inf, "epoch": None}
+    runtime_before, history = 0.0, []
     checkpoint = find_checkpoint(args)
     if checkpoint is not None:
         try:
@@ -269,6 +270,9 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
             raise SystemExit(f"Could not resume from {checkpoint}: {err}. Delete it or point --resume_from_checkpoint elsewhere.") from err
         completed_steps = state["completed_steps"]
         best = state.get("best", best)
+        # time and validation history of the run so far (None: a checkpoint written before these were recorded)
+        runtime_before = state.get("train_runtime_s")
+        history = list(state.get("history", []))
         starting_epoch = completed_steps // steps_per_epoch
         resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
         logger.info(f"Resumed from {checkpoint} at step {completed_steps} (epoch {starting_epoch}, batch {resume_batches}).")
@@ -277,7 +281,8 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         path = Path(args.output_dir) / "checkpoints" / tag
         accelerator.save_state(str(path))
         if accelerator.is_main_process:
-            (path / "trainer_state.json").write_text(json.dumps({"completed_steps": completed_steps, "best": best}))
+            state = {"completed_steps": completed_steps, "best": best, "train_runtime_s": runtime(), "history": history}
+            (path / "trainer_state.json").write_text(json.dumps(state, default=float))
             if args.checkpoints_total_limit:
                 import shutil
 
@@ -290,7 +295,10 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
 
     progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process or args.no_progress, initial=completed_steps)
     start = time.time()
-    history = []
+
+    def runtime() -> float | None:  # training time over all segments of a resumed run
+        return None if runtime_before is None else runtime_before + time.time() - start
+
     for epoch in range(starting_epoch, args.num_train_epochs):
         model.train()
         loader = train_dataloader
@@ -338,7 +346,8 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
     if args.with_tracking:
         accelerator.end_training()
     return {
-        "train_runtime_s": time.time() - start,
+        "train_runtime_s": runtime(),
+        "resumed_from": str(checkpoint) if checkpoint is not None else None,
         "completed_steps": completed_steps,
         "best_epoch": best["epoch"],
         f"best_eval_{metric_name}": best["metric"],

@@ -525,3 +525,32 @@ def test_clmke_trains_with_self_negatives(clmke_script, kg_dir, tiny_bert_dir, t
     results = clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--self_negatives")))
     assert math.isfinite(results["test_mrr"]) and results["completed_steps"] == 2
     assert json.loads((out / "training_args.json").read_text())["args"]["self_negatives"] is True
+
+
+def test_resume_keeps_validation_history_and_training_time(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
+    """20 steps per epoch: the run is cut at step 21 (after epoch 0's validation) and resumed to step 22; the
+    history holds both epochs and the training time counts both segments."""
+    out = tmp_path / "run"
+    flags = ("--lr_scheduler_type", "constant", "--checkpointing_steps", 21)
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 21, *flags)))
+    state = json.loads((out / "checkpoints" / "step_21" / "trainer_state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [0] and state["train_runtime_s"] > 0
+    results = clmke_script.main(clmke_script.parse_args(
+        _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 22, "--resume_from_checkpoint", "latest", *flags)
+    ))
+    assert results["train_runtime_s"] > state["train_runtime_s"]
+    history = json.loads((out / "train_history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1] and [h["step"] for h in history] == [20, 22]
+
+
+def test_resume_from_a_checkpoint_without_timing_reports_unknown_time(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--checkpointing_steps", 2)))
+    path = out / "checkpoints" / "step_2" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({"completed_steps": state["completed_steps"], "best": state["best"]}))  # an older checkpoint
+    results = clmke_script.main(clmke_script.parse_args(
+        _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 3, "--resume_from_checkpoint", "latest")
+    ))
+    assert results["train_runtime_s"] is None and results["completed_steps"] == 3
+    assert "Training time" not in (out / "README.md").read_text()
