@@ -30,6 +30,7 @@ from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTok
 from lmke_hf.data import add_classification_negatives, load_kg  # noqa: E402
 from lmke_hf.evaluation import classification_report, plot_degree_buckets  # noqa: E402
 from lmke_hf.inference import rank_link_prediction, score_triples  # noqa: E402
+from lmke_hf.training import set_cpu_threads  # noqa: E402
 
 logger = logging.getLogger("evaluate")
 
@@ -43,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--dataset", required=True, help="KG: a short name (umls, wn18rr, fb15k-237, fb13, ...), a KG-BERT or prepared folder, or a Hub dataset id.")
     a("--data_dir", default=None, help="Where short dataset names are looked up (default: $LMKE_HF_DATA_DIR).")
     a("--split", default="test", choices=["train", "validation", "test"], help="Split to evaluate.")
-    a("--output_dir", default=None, help="Where metrics are written (default: --model when it is a folder, else ./eval-<name>).")
+    a("--output_dir", default=None, help="Where metrics are written (default: <model folder>/eval, else ./eval-<name>; never the training run's own test_metrics).")
     a("--per_device_eval_batch_size", type=int, default=256, help="Queries / triples / entity keys per forward pass.")
     a("--max_queries", type=int, default=None, help="Evaluate only the first N triples of the split (quick checks).")
     a("--filter_splits", nargs="+", default=["train", "validation", "test"], help="Known true triples removed from the ranking (link prediction).")
@@ -53,11 +54,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--negatives_seed", type=int, default=0, help="Seed of the classification negatives of splits that ship none (train_lmke.py's default: 0).")
     a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (GPUs / CPUs with bf16 units; may change ties).")
     a("--no_progress", action="store_true", help="No progress bars.")
+    a("--cpu_threads", type=int, default=None, help="Torch threads on CPU (default: every core this process may use; `accelerate launch` alone pins one).")
     args = parser.parse_args(argv)
     if args.per_device_eval_batch_size < 1:
         parser.error(f"--per_device_eval_batch_size must be >= 1, got {args.per_device_eval_batch_size}.")
     if args.max_queries is not None and args.max_queries < 1:
         parser.error(f"--max_queries must be >= 1, got {args.max_queries}.")
+    if args.cpu_threads is not None and args.cpu_threads < 1:
+        parser.error(f"--cpu_threads must be >= 1, got {args.cpu_threads}.")
     return args
 
 
@@ -85,13 +89,20 @@ def check_same_kg(tokenizer: LmkeTokenizer, kg, model_name: str) -> None:
         ("entities", tokenizer.entity_ids, list(kg.entities["id"])),
         ("relations", tokenizer.relation_ids, list(kg.relations["id"])),
     ):
-        if ours != [str(x) for x in theirs]:
-            missing = sorted(set(map(str, theirs)) - set(ours))
+        theirs = [str(x) for x in theirs]
+        if ours != theirs:
+            unknown, extra = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
+            detail = "; ".join(
+                part for part in (
+                    f"unknown to the model: {unknown[:5]}" if unknown else "",
+                    f"not in the KG: {extra[:5]}" if extra else "",
+                    "same ids in another order" if not unknown and not extra else "",
+                ) if part
+            )
             raise SystemExit(
                 f"--model {model_name!r} was trained on other {kind} than --dataset {kg.name!r} "
-                f"({len(ours)} vs {len(theirs)} {kind}"
-                + (f"; e.g. unknown to the model: {missing[:5]}" if missing else "; same ids in another order")
-                + "). Evaluate on the KG the model was trained on, or add new entities with `model.add_entities`."
+                f"({len(ours)} vs {len(theirs)} {kind}; {detail}). Evaluate on the KG the model was trained on, "
+                "or add new entities with `model.add_entities`."
             )
 
 
@@ -122,6 +133,8 @@ def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: P
 
 
 def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
+    if args.threshold_split == args.split:
+        raise SystemExit(f"--threshold_split {args.threshold_split} is the split being evaluated: tuned accuracies would be tuned on the test labels; pick another split.")
     kg = add_classification_negatives(kg, seed=args.negatives_seed)  # the same negatives train_lmke.py scored
 
     def labelled(split):
@@ -148,13 +161,14 @@ def main(args) -> dict:
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     accelerator = Accelerator()
+    set_cpu_threads(accelerator, args.cpu_threads)
     kg = load_kg(args.dataset, data_dir=args.data_dir)
     if args.split not in kg.splits:
         raise SystemExit(f"--split {args.split!r}: {kg.name} has splits {sorted(kg.splits)}.")
     model, tokenizer = load_model(args.model, args.revision, args.token)
     check_same_kg(tokenizer, kg, args.model)
     model.to(accelerator.device)
-    out_dir = Path(args.output_dir) if args.output_dir else (Path(args.model) if Path(args.model).is_dir() else Path(f"eval-{Path(args.model).name}"))
+    out_dir = Path(args.output_dir) if args.output_dir else (Path(args.model) / "eval" if Path(args.model).is_dir() else Path(f"eval-{Path(args.model).name}"))
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if isinstance(model, ClmkeForLinkPrediction):

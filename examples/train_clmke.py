@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
 from lmke_hf.evaluation import plot_degree_buckets  # noqa: E402
 from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
-from lmke_hf.modelcard import ModelCard  # noqa: E402
+from lmke_hf.modelcard import ModelCard, describe_hardware  # noqa: E402
 from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402
-from lmke_hf.training import add_common_arguments, check_arguments, setup_run, train  # noqa: E402
+from lmke_hf.training import add_common_arguments, check_arguments, run_command, setup_run, train  # noqa: E402
 
 logger = logging.getLogger("train_clmke")
 
@@ -118,7 +118,7 @@ def main(args) -> dict:
         shutil.copy(Path(args.output_dir) / "test_metrics" / "degree_buckets.png", Path(args.output_dir) / "degree_buckets.png")
         ModelCard(
             task="link-prediction", dataset=kg.name, results=results, args=vars(args),
-            command="accelerate launch examples/train_clmke.py " + " ".join(sys.argv[1:]),
+            command=run_command("examples/train_clmke.py"), hardware=describe_hardware(accelerator.device),
             model_id=args.hub_model_id or f"your-org/{Path(args.output_dir).name}",
             description_source=kg.description_source, degree_features=not args.no_degree_features,
             train_runtime_s=summary["train_runtime_s"], plot="degree_buckets.png",

@@ -25,9 +25,9 @@ from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.data import add_classification_negatives, generate_negatives  # noqa: E402
 from lmke_hf.evaluation import classification_report  # noqa: E402
 from lmke_hf.features import LmkeCollator, tokenize_triples  # noqa: E402
-from lmke_hf.modelcard import ModelCard  # noqa: E402
+from lmke_hf.modelcard import ModelCard, describe_hardware  # noqa: E402
 from lmke_hf.inference import score_triples  # noqa: E402
-from lmke_hf.training import add_common_arguments, check_arguments, setup_run, train  # noqa: E402
+from lmke_hf.training import add_common_arguments, check_arguments, run_command, setup_run, train  # noqa: E402
 
 logger = logging.getLogger("train_lmke")
 
@@ -100,7 +100,7 @@ def main(args) -> dict:
         save(best, args.output_dir)
         ModelCard(
             task="triple-classification", dataset=kg.name, results=results, args=vars(args),
-            command="accelerate launch examples/train_lmke.py " + " ".join(sys.argv[1:]),
+            command=run_command("examples/train_lmke.py"), hardware=describe_hardware(accelerator.device),
             model_id=args.hub_model_id or f"your-org/{Path(args.output_dir).name}",
             description_source=kg.description_source, train_runtime_s=summary["train_runtime_s"],
         ).save(args.output_dir)

@@ -32,14 +32,15 @@ def encoder_label(encoder) -> str:
     return f"`{text}`"
 
 
-def describe_hardware() -> str:
+def describe_hardware(device=None) -> str:
     """"1 x NVIDIA H100 80GB HBM3" or "AMD EPYC 7B13 (2 cores, 2 torch threads)": what a card's reader needs to
-    compare wall times."""
+    compare wall times. `device`: the run's device (default: CUDA when available)."""
     import os
 
     import torch
 
-    if torch.cuda.is_available():
+    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
         count = torch.cuda.device_count()
         return f"{count} x {torch.cuda.get_device_name(0)}"
     model = platform.processor() or platform.machine()

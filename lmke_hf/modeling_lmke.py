@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -299,7 +300,7 @@ class LmkePreTrainedModel(PreTrainedModel):
         tokenizer = self.kg_tokenizer
         ids, names = (tokenizer.entity_ids, tokenizer.entity_names) if kind == "entity" else (tokenizer.relation_ids, tokenizer.relation_names)
         lookup = tokenizer._entity_index if kind == "entity" else tokenizer._relation_index
-        if isinstance(value, (int,)) and not isinstance(value, bool):
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
             return int(tokenizer.entity_to_index([value])[0] if kind == "entity" else tokenizer.relation_to_index([value])[0])
         value = str(value)
         if value in lookup:
@@ -507,7 +508,7 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
         `score = sigmoid(logit)` and `is_true = score > threshold` (the paper's 0.5 by default; the training
         run's tuned thresholds are in its `thresholds.json`).
         """
-        single = lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)  # noqa: E731
+        single = lambda v: isinstance(v, (str, int, np.integer)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
         heads, relations, tails = ([v] if single(v) else list(v) for v in (head, relation, tail))
         if not (len(heads) == len(relations) == len(tails)) or not heads:
             raise ValueError(f"Give as many heads, relations and tails (got {len(heads)}, {len(relations)}, {len(tails)}), at least one.")

@@ -123,6 +123,34 @@ def find_checkpoint(args) -> Path | None:
     return max(candidates, key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
 
 
+_SECRET_FLAGS = ("--hub_token", "--token")
+
+
+def redact_argv(argv) -> list[str]:
+    """`argv` with the values of token flags replaced by `***` (commands are written into cards and uploaded)."""
+    def secret(flag: str) -> bool:  # argparse also accepts unique prefixes such as --hub_tok
+        return flag.startswith("--") and flag not in ("--", "--hub", "--hub_") and any(f.startswith(flag) for f in _SECRET_FLAGS)
+
+    out, hide_next = [], False
+    for item in map(str, argv):
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif secret(item):
+            out.append(item)
+            hide_next = True
+        elif "=" in item and secret(item.split("=", 1)[0]):
+            out.append(item.split("=", 1)[0] + "=***")
+        else:
+            out.append(item)
+    return out
+
+
+def run_command(script: str) -> str:
+    """The command line of this run as a reader would type it, tokens redacted."""
+    return " ".join(["accelerate launch", script, *redact_argv(sys.argv[1:])])
+
+
 def set_cpu_threads(accelerator, threads: int | None = None) -> int:
     """Sets torch's intra-op threads for a CPU run and returns them.
 
@@ -191,8 +219,8 @@ def setup_run(args, method: str):
         from .modelcard import describe_hardware
 
         info = {
-            "method": method, "command": " ".join(["accelerate launch", *sys.argv]) if sys.argv and sys.argv[0].endswith(".py") else None,
-            "hardware": describe_hardware(), "num_processes": accelerator.num_processes,
+            "method": method, "command": " ".join(["accelerate launch", *redact_argv(sys.argv)]) if sys.argv and sys.argv[0].endswith(".py") else None,
+            "hardware": describe_hardware(accelerator.device), "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "args": {k: v for k, v in vars(args).items() if k != "hub_token"},
         }
@@ -226,8 +254,12 @@ def build_optimizer(model, args) -> torch.optim.Optimizer:
     # The fused kernel updates all tensors in one pass: on the dense embedding tables (30k word pieces plus one
     # row per entity) the default per-tensor loop costs as much as the encoders' forward+backward (bench_train).
     params = [p for group in param_groups for p in group["params"]]
-    fused = all(p.device.type in ("cpu", "cuda", "mps", "xpu") and p.is_floating_point() for p in params)
-    return torch.optim.AdamW(param_groups, fused=fused, foreach=None if fused else True)
+    if all(p.device.type in ("cpu", "cuda", "mps", "xpu") and p.is_floating_point() for p in params):
+        try:
+            return torch.optim.AdamW(param_groups, fused=True)
+        except RuntimeError:  # torch < 2.4 has no fused CPU kernel
+            pass
+    return torch.optim.AdamW(param_groups, foreach=True)
 
 
 def _keep_rng(loader):
@@ -286,9 +318,9 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
             if args.checkpoints_total_limit:
                 import shutil
 
-                saved = [p for p in path.parent.iterdir() if (p / "trainer_state.json").is_file()]
+                saved = [p for p in path.parent.iterdir() if (p / "trainer_state.json").is_file() and p != path]
                 saved.sort(key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
-                for old in saved[: -args.checkpoints_total_limit]:
+                for old in saved[: max(0, len(saved) - (args.checkpoints_total_limit - 1))]:  # `path` is the newest
                     shutil.rmtree(old)
 
     from tqdm.auto import tqdm

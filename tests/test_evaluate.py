@@ -81,10 +81,12 @@ def test_validation_split_one_direction_and_max_queries(evaluate_script, clmke_o
     assert len(DEV) > 4
 
 
-def test_default_output_dir_is_the_model_folder(evaluate_script, clmke_out, kg_dir):
+def test_default_output_dir_is_inside_the_model_folder_and_leaves_the_run_alone(evaluate_script, clmke_out, kg_dir):
     out, _ = clmke_out
-    _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--split", "validation")
-    assert json.loads((out / "validation_results.json").read_text())["validation_mrr"] > 0
+    before = (out / "test_metrics" / "metrics.json").read_bytes()
+    _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--max_queries", 2)
+    assert json.loads((out / "eval" / "test_results.json").read_text())["test_mrr"] > 0
+    assert (out / "test_metrics" / "metrics.json").read_bytes() == before  # the training run's full-test metrics
 
 
 def test_triple_classification_reproduces_training_metrics(evaluate_script, lmke_out, kg_dir, tmp_path):
@@ -142,16 +144,34 @@ def test_bad_flags_stop_argparse(evaluate_script, kg_dir, tmp_path, capsys, flag
 # ------------------------------------------------------------------------------------------------ run records and cards
 
 
-def test_run_records_its_arguments_and_card_omits_tokens(kg_dir, tiny_bert_dir, tmp_path):
+def test_run_records_its_arguments_and_card_omits_tokens(kg_dir, tiny_bert_dir, tmp_path, monkeypatch):
     script = _load_script("train_clmke")
     out = tmp_path / "run"
-    script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 1, "--hub_token", "hf_SECRET123")))
+    argv = _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 1, "--hub_token", "hf_SECRET123")
+    monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", *argv])  # the command line goes into card and JSON
+    script.main(script.parse_args(argv))
     info = json.loads((out / "training_args.json").read_text())
     assert info["method"] == "C-LMKE" and info["args"]["max_train_steps"] == 1 and info["num_processes"] == 1
     assert "hub_token" not in info["args"] and "cores" in info["hardware"]
     card = (out / "README.md").read_text()
     assert "hf_SECRET123" not in card and "hf_SECRET123" not in (out / "training_args.json").read_text()
     assert info["hardware"] in card
+    assert "--hub_token ***" in card and "--hub_token ***" in info["command"] and "--max_train_steps 1" in info["command"]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--hub_token", "hf_a", "--seed", "1"], ["--hub_token", "***", "--seed", "1"]),
+        (["--hub_token=hf_a"], ["--hub_token=***"]),
+        (["--hub_tok", "hf_a"], ["--hub_tok", "***"]),  # argparse accepts unique prefixes
+        (["--token", "x", "--hub_model_id", "org/m"], ["--token", "***", "--hub_model_id", "org/m"]),
+    ],
+)
+def test_redact_argv(argv, expected):
+    from lmke_hf.training import redact_argv
+
+    assert redact_argv(argv) == expected
 
 
 def test_export_card_copies_the_generated_files(clmke_out, tmp_path):
@@ -193,6 +213,16 @@ def test_lmke_predict_by_id_and_name_matches_batch_scoring(lmke_out):
         model.predict("atlantis", relations[0], tails[0])
     with pytest.raises(ValueError, match="as many heads"):
         model.predict(heads[:2], relations[:1], tails[:2])
+    # numpy integers are entity / relation indices, one by one or as arrays
+    by_index = model.predict(triples[:, 0], triples[:, 1], triples[:, 2])
+    np.testing.assert_allclose([g["score"] for g in by_index], expected, rtol=1e-5, atol=1e-6)
+    assert model.predict(triples[0, 0], triples[0, 1], triples[0, 2])[0]["head"] == heads[0]
+
+
+def test_thresholds_tuned_on_the_evaluated_split_are_refused(evaluate_script, lmke_out, kg_dir, tmp_path):
+    out, _ = lmke_out
+    with pytest.raises(SystemExit, match="--threshold_split validation is the split being evaluated"):
+        _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--split", "validation", "--output_dir", tmp_path)
 
 
 @pytest.mark.parametrize("run", ["clmke_out", "lmke_out"])
