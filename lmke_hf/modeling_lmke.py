@@ -285,11 +285,18 @@ class LmkePreTrainedModel(PreTrainedModel):
         self.check_tokenizer(tokenizer)
         self._kg_tokenizer = tokenizer
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the attached KG tokenizer (and, for C-LMKE, the entity index)."""
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the attached KG tokenizer (and, for C-LMKE, the entity index).
+
+        With `push_to_hub=True` the folder is saved first and then uploaded by the mixin's `push_to_hub`, so the
+        tokenizer and the index reach the Hub too (`repo_id`, `commit_message`, `private`, `create_pr`, `token`).
+        """
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "commit_description", "private", "create_pr", "revision", "tags") if k in kwargs}
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        if not kwargs.get("push_to_hub"):
-            self._save_extras(save_directory)
+        self._save_extras(save_directory)
+        if push_to_hub and kwargs.get("is_main_process", True):
+            repo_id = hub.pop("repo_id", None) or os.path.basename(os.path.normpath(str(save_directory)))
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub)
         return result
 
     def _save_extras(self, save_directory) -> None:

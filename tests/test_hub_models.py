@@ -186,3 +186,12 @@ def test_revision_pins_tokenizer_and_entity_index_too(trained, local_hub, hub_re
     assert torch.allclose(old.entity_index, model.entity_index, atol=1e-6)
     latest = AutoModel.from_pretrained(hub_repo_id)
     assert latest.kg_tokenizer.num_entities == 6 and latest.entity_index.shape[0] == 6
+
+
+def test_save_pretrained_with_push_to_hub_uploads_tokenizer_and_index(trained, local_hub, hub_repo_id, tmp_path):
+    model, _ = trained
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder, push_to_hub=True, repo_id=hub_repo_id, token="test")
+    assert (folder / "kg_vocab.json").is_file() and (folder / "entity_index.safetensors").is_file()
+    files = set(local_hub.list_files(hub_repo_id))
+    assert {"model.safetensors", "config.json", "kg_vocab.json", "entity_index.safetensors", "modeling_lmke.py"} <= files
