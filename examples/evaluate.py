@@ -134,7 +134,7 @@ def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: P
 
 def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
     if args.threshold_split == args.split:
-        raise SystemExit(f"--threshold_split {args.threshold_split} is the split being evaluated: tuned accuracies would be tuned on the test labels; pick another split.")
+        raise SystemExit(f"--threshold_split {args.threshold_split} is the split being evaluated: the tuned accuracies would be tuned on the labels they are measured on; pick another split.")
     kg = add_classification_negatives(kg, seed=args.negatives_seed)  # the same negatives train_lmke.py scored
 
     def labelled(split):

@@ -841,12 +841,18 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         if not source:
             return None
         path = os.path.join(source, ENTITY_INDEX_FILE)
+        if os.path.isdir(source) and not os.path.isfile(path):
+            return None  # a folder without an index: encode instead
         if not os.path.isfile(path):
-            try:
-                from huggingface_hub import hf_hub_download
+            from huggingface_hub import constants, hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+            # "no index there" means encode instead; a failed download is an error (in a multi-process run, one
+            # process silently encoding while the others do not would hang the collective in encode_entities)
+            absent = (EntryNotFoundError, RepositoryNotFoundError, HFValidationError) + ((LocalEntryNotFoundError,) if constants.HF_HUB_OFFLINE else ())
+            try:
                 path = hf_hub_download(source, ENTITY_INDEX_FILE, **getattr(self, "_hub_kwargs", {}))
-            except Exception:  # noqa: BLE001 - no index shipped: encode instead
+            except absent:
                 return None
         keys = load_file(path)["keys"].to(self.device)
         return keys if keys.shape[0] == self.config.num_entities else None
