@@ -156,13 +156,18 @@ def set_cpu_threads(accelerator, threads: int | None = None) -> int:
 
     `accelerate launch` exports OMP_NUM_THREADS=1 unless told `--cpu` or `--num_cpu_threads_per_process`,
     which halves a single CPU process's speed on a 2-core machine; with `threads=None` a lone CPU process
-    takes every core it may run on, several processes share them evenly. GPU runs are left alone.
+    takes every core it may run on, the processes of one machine share them evenly, and an OMP_NUM_THREADS
+    set outside `accelerate launch` is respected. GPU runs are left alone.
     """
     if accelerator.device.type != "cpu":
         return torch.get_num_threads()
     if threads is None:
+        launched = any(k.startswith("ACCELERATE_") for k in os.environ)  # set by `accelerate launch`
+        if "OMP_NUM_THREADS" in os.environ and not launched:
+            return torch.get_num_threads()  # the user's own OMP_NUM_THREADS is kept
         available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, available // max(1, accelerator.num_processes))
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # this machine's share
+        threads = max(1, available // max(1, local_processes))
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads

@@ -554,3 +554,32 @@ def test_resume_from_a_checkpoint_without_timing_reports_unknown_time(clmke_scri
     ))
     assert results["train_runtime_s"] is None and results["completed_steps"] == 3
     assert "Training time" not in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "env, threads, expected",
+    [
+        ({"ACCELERATE_MIXED_PRECISION": "no", "OMP_NUM_THREADS": "1"}, None, "all"),  # accelerate launch's pin is undone
+        ({"OMP_NUM_THREADS": "1"}, None, "kept"),  # the user's own setting stays
+        ({}, None, "all"),
+        ({"ACCELERATE_MIXED_PRECISION": "no"}, 1, 1),  # --cpu_threads wins
+    ],
+)
+def test_set_cpu_threads(env, threads, expected, monkeypatch):
+    import os
+    import types
+
+    from lmke_hf.training import set_cpu_threads
+
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_")] + ["OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"]:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    before = torch.get_num_threads()
+    accelerator = types.SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    try:
+        got = set_cpu_threads(accelerator, threads)
+        want = {"all": len(os.sched_getaffinity(0)), "kept": before}.get(expected, expected)
+        assert got == want and torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
