@@ -338,6 +338,13 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
 
     for epoch in range(starting_epoch, args.num_train_epochs):
         model.train()
+        # The epoch seeds the shuffle order (seedable sampler) and any per-epoch data (a dataset's `set_epoch`,
+        # e.g. resampled negatives). A fresh process starts its loader at iteration 0, so set it explicitly:
+        # otherwise a run resumed in epoch k would replay epoch 0's order.
+        train_dataloader.set_epoch(epoch)
+        dataset = getattr(train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
         loader = train_dataloader
         if epoch == starting_epoch and resume_batches:
             loader = _keep_rng(accelerator.skip_first_batches(train_dataloader, resume_batches))

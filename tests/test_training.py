@@ -223,6 +223,19 @@ def test_resume_mid_epoch_is_exact_with_dropout(clmke_script, clmke_run, kg_dir,
     _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_c / "checkpoints/step_6/model.safetensors")
 
 
+def test_resume_in_a_later_epoch_is_exact(clmke_script, kg_dir, no_dropout_encoder, tmp_path):
+    """A resume in epoch 1 (step 24 of 20-step epochs) continues epoch 1's shuffle order, not epoch 0's:
+    26 uninterrupted steps == 24 steps + resume + 2 steps."""
+    run_a, run_b = tmp_path / "A", tmp_path / "B"
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 26, *RESUME_FLAGS)))
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 24, *RESUME_FLAGS)))
+    _assert_same_weights(run_a / "checkpoints/step_24/model.safetensors", run_b / "checkpoints/step_24/model.safetensors", atol=0.0)
+    clmke_script.main(clmke_script.parse_args(
+        _clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 26, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    ))
+    _assert_same_weights(run_a / "checkpoints/step_26/model.safetensors", run_b / "checkpoints/step_26/model.safetensors")
+
+
 # ------------------------------------------------------------------------------------------------ 3. two processes
 
 
