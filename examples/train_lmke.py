@@ -2,7 +2,8 @@
 """Train LMKE for triple classification: `accelerate launch examples/train_lmke.py --dataset umls ...`.
 
 Training negatives: one corrupted triple per positive (head or tail replaced by a uniformly drawn entity, never
-a known training triple), drawn once per run from `--seed`. Evaluation uses the dataset's fixed negatives
+a known training triple), drawn once per run from `--seed` as in the original code, or anew each epoch with
+`--resample_negatives`. Evaluation uses the dataset's fixed negatives
 (FB13/WN11 ship them; for the others `add_classification_negatives` generates them once, seeded). Validation
 accuracy each epoch keeps the best model; test accuracy at the paper's 0.5 threshold and with thresholds tuned on
 validation (global and per relation) goes to `output_dir/all_results.json`.
@@ -22,9 +23,9 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
-from lmke_hf.data import add_classification_negatives, generate_negatives  # noqa: E402
+from lmke_hf.data import add_classification_negatives  # noqa: E402
 from lmke_hf.evaluation import classification_report  # noqa: E402
-from lmke_hf.features import LmkeCollator, tokenize_triples  # noqa: E402
+from lmke_hf.features import LmkeCollator, TrainingTriples  # noqa: E402
 from lmke_hf.modelcard import ModelCard, describe_hardware  # noqa: E402
 from lmke_hf.inference import score_triples  # noqa: E402
 from lmke_hf.training import add_common_arguments, check_arguments, run_command, setup_run, train  # noqa: E402
@@ -36,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--negatives_seed", type=int, default=0, help="Seed of the evaluation negatives generated for datasets that ship none.")
+    parser.add_argument("--resample_negatives", action="store_true", help="Draw new training negatives each epoch (default: once per run, as the original code).")
     args = parser.parse_args(argv)
     check_arguments(args)
     return args
@@ -59,12 +61,11 @@ def main(args) -> dict:
     encoder_kwargs = {"num_hidden_layers": args.encoder_layers} if args.encoder_layers else {}
     model = LmkeForTripleClassification.from_encoder_pretrained(args.encoder, tokenizer, encoder_kwargs=encoder_kwargs)
 
-    # training set: positives + one negative each (fixed for the run; seed makes it reproducible)
-    with accelerator.main_process_first():
-        train_rows = generate_negatives(kg, "train", seed=args.seed, known_splits=["train"])
-        train_set = tokenize_triples(train_rows, tokenizer, args.num_proc)
+    # training set: positives + one negative each; with --resample_negatives redrawn per epoch by the loop's
+    # set_epoch (seeded: the same in every process and after a resume)
+    train_set = TrainingTriples(kg, tokenizer, seed=args.seed, resample=args.resample_negatives)
     train_dataloader = DataLoader(
-        train_set.select_columns(["input_ids", "label"]), batch_size=args.per_device_train_batch_size,
+        train_set, batch_size=args.per_device_train_batch_size,
         shuffle=True, collate_fn=LmkeCollator(tokenizer.pad_token_id), drop_last=False,
     )
     valid_triples, valid_labels = _labelled(kg, "validation")

@@ -14,6 +14,7 @@ import datasets
 import numpy as np
 import torch
 
+from .data import generate_negatives
 from .tokenization_lmke import LmkeTokenizer
 
 TAIL, HEAD = 0, 1  # values of the `direction` column
@@ -143,6 +144,55 @@ class ClmkeCollator:
         return batch
 
 
+class TrainingTriples(torch.utils.data.Dataset):
+    """LMKE training examples: each positive of `split` followed by one corrupted negative (head or tail replaced,
+    never a positive of `known_splits`; see `generate_negatives`), items `{"input_ids", "label"}` tokenised on access.
+
+    Epoch 0's negatives are `generate_negatives(kg, split, seed)`; with `resample=True` epoch `e > 0` draws its own
+    from `np.random.default_rng([seed, e])`. Either way they are the same in every process of a multi-process run
+    and after a resume. The training loop calls `set_epoch(e)` at the start of each epoch.
+
+    Args:
+        kg (`KnowledgeGraph`): the graph.
+        tokenizer (`LmkeTokenizer`): encodes the triples.
+        seed (`int`): seed of the negatives.
+        split (`str`): the split whose positives are used (default `"train"`).
+        known_splits (sequence of `str`): splits whose positives a negative must avoid (default the training
+            split only: validation and test triples stay unseen).
+        resample (`bool`): draw new negatives each epoch, or keep epoch 0's for the whole run (default, as the
+            original code, which draws them once).
+    """
+
+    def __init__(self, kg, tokenizer: LmkeTokenizer, seed: int = 0, split: str = "train", known_splits=("train",), resample: bool = False):
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
+        self.kg, self.tokenizer, self.seed, self.split = kg, tokenizer, int(seed), split
+        self.known_splits, self.resample = list(known_splits), bool(resample)
+        self.epoch = None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        epoch = int(epoch) if self.resample else 0
+        if epoch == self.epoch:
+            return
+        rows = generate_negatives(self.kg, self.split, seed=np.random.default_rng([self.seed, epoch]) if epoch else self.seed, known_splits=self.known_splits)
+        self.triples = np.stack([np.asarray(rows[c], dtype=np.int64) for c in ("head", "relation", "tail")], axis=1)
+        self.labels = np.asarray(rows["label"], dtype=np.int64)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices) -> list[dict]:  # batched fetch (torch DataLoader): one tokeniser call per batch
+        indices = np.asarray(indices, dtype=np.int64)
+        triples = self.triples[indices]
+        ids = self.tokenizer.encode_triples(triples[:, 0], triples[:, 1], triples[:, 2])["input_ids"]
+        return [{"input_ids": x, "label": int(y)} for x, y in zip(ids, self.labels[indices])]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+
 @dataclass
 class LmkeCollator:
     """Pads triples for [`LmkeForTripleClassification`]; passes `labels` (float) when the features have them."""
@@ -162,6 +212,7 @@ __all__ = [
     "link_prediction_examples",
     "tokenize_link_prediction",
     "tokenize_triples",
+    "TrainingTriples",
     "ClmkeCollator",
     "LmkeCollator",
 ]

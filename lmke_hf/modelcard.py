@@ -146,6 +146,8 @@ class ModelCard:
             lines += [
                 "- Accuracy on the test positives and their fixed negatives (one corrupted triple per positive, never a known "
                 "triple), at the paper's 0.5 threshold and with thresholds tuned on validation (global, per relation).",
+                "- Training negatives: one corrupted triple per training positive, never a known training triple, "
+                + ("drawn anew each epoch." if self.args.get("resample_negatives") else "drawn once for the whole run."),
             ]
         lines += [f"- Entity descriptions: {self.description_source or 'as loaded by lmke_hf.data.load_kg'}.", ""]
         if self.degree_buckets:

@@ -27,7 +27,7 @@ from _training_kg import DEV, ENTITIES, RELATIONS, TEST, TRAIN, train_degrees, w
 
 import lmke_hf  # noqa: E402,F401  (registers the Auto classes)
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
-from lmke_hf.data import load_kg  # noqa: E402
+from lmke_hf.data import generate_negatives, load_kg  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LINK_PREDICTION_KEYS = ("test_mrr", "test_mr", "test_hits@1", "test_hits@3", "test_hits@10")
@@ -159,11 +159,62 @@ def test_lmke_end_to_end(lmke_run):
     assert saved["test_num_test"] == 2 * len(TEST)  # positives + one generated negative each
     assert results["completed_steps"] == 4
     assert isinstance(json.loads((out / "thresholds.json").read_text()), dict)
+    assert "drawn once for the whole run" in (out / "README.md").read_text()  # default: the original code's negatives
     model = AutoModel.from_pretrained(out)
     assert type(model) is LmkeForTripleClassification
     tokenizer = LmkeTokenizer.from_pretrained(out)
     assert (tokenizer.num_entities, tokenizer.num_relations) == (len(ENTITIES), len(RELATIONS))
     model.check_tokenizer(tokenizer)
+
+
+def test_training_triples_redraw_negatives_each_epoch(kg_dir, tiny_bert_dir):
+    from lmke_hf.features import TrainingTriples
+
+    kg = load_kg(str(kg_dir))
+    tokenizer = LmkeTokenizer.from_kg(str(tiny_bert_dir), kg, max_entity_description_length=8, max_relation_description_length=4, max_key_description_length=0)
+    train = {tuple(t) for t in kg.triples("train").tolist()}
+    data = TrainingTriples(kg, tokenizer, seed=3, resample=True)
+    assert len(data) == 2 * len(TRAIN) and data.labels.tolist() == [1, 0] * len(TRAIN)
+    epochs = {}
+    for epoch in (0, 1, 0):
+        data.set_epoch(epoch)
+        positives, negatives = data.triples[0::2], data.triples[1::2]
+        assert [tuple(t) for t in positives.tolist()] == [tuple(t) for t in kg.triples("train").tolist()]
+        assert not train & {tuple(t) for t in negatives.tolist()}  # never a known training triple
+        changed = (positives != negatives).sum(1)
+        assert (changed == 1).all() and (positives[:, 1] == negatives[:, 1]).all()  # head or tail, not both
+        epochs.setdefault(epoch, negatives.copy())
+        np.testing.assert_array_equal(negatives, epochs[epoch])  # epoch e's negatives are reproducible
+    assert not np.array_equal(epochs[0], epochs[1])
+    np.testing.assert_array_equal(TrainingTriples(kg, tokenizer, seed=3, resample=True).triples, data.triples)  # any process
+    fixed = TrainingTriples(kg, tokenizer, seed=3)  # the default: the original code's one draw per run
+    fixed.set_epoch(1)
+    np.testing.assert_array_equal(fixed.triples[1::2], epochs[0])
+    np.testing.assert_array_equal(fixed.triples, np.asarray(generate_negatives(kg, "train", seed=3, known_splits=["train"]).to_pandas()[["head", "relation", "tail"]]))
+    items = data.__getitems__([0, 3, 5])
+    expected = tokenizer.encode_triples(data.triples[[0, 3, 5], 0], data.triples[[0, 3, 5], 1], data.triples[[0, 3, 5], 2])["input_ids"]
+    assert [x["input_ids"] for x in items] == expected and [x["label"] for x in items] == [1, 0, 0]
+    assert data[3] == items[1]
+    with pytest.raises(ValueError, match="seed"):
+        TrainingTriples(kg, tokenizer, seed=-1)
+
+
+def test_lmke_loop_sets_each_epochs_negatives_also_after_a_resume(lmke_script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    """40 positives + 40 negatives in batches of 4: 20 steps per epoch. The loop calls set_epoch(0), (1); a run
+    resumed at step 21 starts with set_epoch(1), so it trains on epoch 1's negatives; the card says which."""
+    from lmke_hf.features import TrainingTriples
+
+    calls = []
+    original = TrainingTriples.set_epoch
+    monkeypatch.setattr(TrainingTriples, "set_epoch", lambda self, epoch: (calls.append(epoch), original(self, epoch))[1])
+    out = tmp_path / "run"
+    flags = ("--lr_scheduler_type", "constant", "--checkpointing_steps", 21, "--eval_max_queries", 4, "--resample_negatives")
+    lmke_script.main(lmke_script.parse_args(_common(kg_dir, tiny_bert_dir, out, "--max_train_steps", 21, *flags)))
+    assert [e for i, e in enumerate(calls) if i == 0 or calls[i - 1] != e] == [0, 1]  # repeated calls are no-ops
+    calls.clear()
+    lmke_script.main(lmke_script.parse_args(_common(kg_dir, tiny_bert_dir, out, "--max_train_steps", 22, "--resume_from_checkpoint", "latest", *flags)))
+    assert calls[0] == 0 and set(calls[1:]) == {1}
+    assert "drawn anew each epoch" in (out / "README.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------------ 2. exact resume
