@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,9 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import ClmkeConfig, LmkeConfig
 from .tokenization_lmke import KG_VOCAB_FILE, LmkeTokenizer
+
+logger = hf_logging.get_logger(__name__)
 
 ENTITY_INDEX_FILE = "entity_index.safetensors"
 
@@ -36,6 +40,33 @@ _CITATION = """@inproceedings{wang2022lmke,
   year      = {2022},
   doi       = {10.24963/ijcai.2022/318}
 }"""
+
+
+def _load_encoder(name_or_path, encoder_kwargs=None):
+    """`AutoModel.from_pretrained(name_or_path, **encoder_kwargs)`. With `num_hidden_layers` (keep the first
+    layers), the weights of the dropped layers are reported in one line instead of transformers' table of
+    UNEXPECTED keys; any other missing, mismatched or unexpected weight is still a warning."""
+    kwargs = dict(encoder_kwargs or {})
+    layers = kwargs.get("num_hidden_layers")
+    if layers is None:
+        return AutoModel.from_pretrained(name_or_path, **kwargs)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        encoder, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    layer_of = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+    dropped = [k for k in info["unexpected_keys"] if (m := layer_of.search(k)) and int(m.group(1)) >= layers]
+    surprises = {
+        "missing": list(info["missing_keys"]),
+        "mismatched": [str(k) for k in info["mismatched_keys"]],
+        "unexpected": [k for k in info["unexpected_keys"] if k not in set(dropped)],
+    }
+    if any(surprises.values()):
+        logger.warning(f"Loading {name_or_path} with num_hidden_layers={layers}: " + "; ".join(f"{k}: {v}" for k, v in surprises.items() if v))
+    logger.info(f"Kept the first {layers} layers of {name_or_path}: {len(dropped)} weights of the later layers not loaded.")
+    return encoder
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -384,7 +415,7 @@ class LmkePreTrainedModel(PreTrainedModel):
                 to keep the first layers).
             **config_kwargs: any other field of the model's config (e.g. `use_degree_features=False`).
         """
-        encoder = AutoModel.from_pretrained(encoder_name_or_path, **(encoder_kwargs or {}))
+        encoder = _load_encoder(encoder_name_or_path, encoder_kwargs)
         source_table = encoder.get_input_embeddings()
         if source_table is None or not hasattr(encoder, "embeddings"):
             raise ValueError(

@@ -853,6 +853,26 @@ def test_from_encoder_pretrained_without_text_init_keeps_random_kg_rows(tiny_ber
     assert model.config.max_entity_description_length == LENGTHS["max_entity_description_length"]
 
 
+def test_keeping_the_first_layers_reports_one_line_not_a_table(tiny_bert_dir, tok, source_encoder, caplog, capfd):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lmke_hf"):
+        model = LmkeForTripleClassification.from_encoder_pretrained(str(tiny_bert_dir), tok, encoder_kwargs={"num_hidden_layers": 1})
+    assert model.config.encoder.num_hidden_layers == 1 and len(model.encoder.encoder.layer) == 1
+    source = source_encoder.state_dict()
+    for name, value in model.encoder.state_dict().items():
+        assert torch.equal(value, source[name]), name  # the first layer is the pretrained one
+    assert "UNEXPECTED" not in capfd.readouterr().err
+    dropped = len([k for k in source if k.startswith("encoder.layer.1.")])
+    assert f"Kept the first 1 layers of {tiny_bert_dir}: {dropped} weights of the later layers not loaded." in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lmke_hf"):  # more layers than pretrained: new weights are a warning
+        LmkeForTripleClassification.from_encoder_pretrained(str(tiny_bert_dir), tok, encoder_kwargs={"num_hidden_layers": 3})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "missing: [" in warnings[0] and "encoder.layer.2." in warnings[0]
+
+
 def test_from_encoder_pretrained_passes_config_kwargs(tiny_bert_dir, tok):
     model = ClmkeForLinkPrediction.from_encoder_pretrained(
         str(tiny_bert_dir), tok, use_degree_features=False, matcher_hidden_size=12, max_negatives_per_query=3
