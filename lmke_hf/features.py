@@ -1,6 +1,7 @@
 """Tokenised datasets and collators for LMKE (triple classification) and C-LMKE (link prediction).
 
-Tokenisation runs through batched `Dataset.map` with an `LmkeTokenizer`; collators pad dynamically and, for
+C-LMKE examples are tokenised once with a batched `Dataset.map`; LMKE training triples (`TrainingTriples`, whose
+negatives can change every epoch) are tokenised on access, a batch at a time. Collators pad dynamically and, for
 C-LMKE, attach each query's known training answers so that in-batch keys that are true answers become
 positives (multi-label), also for keys gathered from other processes.
 """

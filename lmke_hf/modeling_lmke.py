@@ -12,6 +12,7 @@ KG tokens (`kg`) are two parameters so that they can train at different learning
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import re
@@ -42,26 +43,49 @@ _CITATION = """@inproceedings{wang2022lmke,
 }"""
 
 
+class _HoldLoadReport(logging.Filter):
+    """Holds back transformers' weight-loading report (the table of MISSING / UNEXPECTED keys) on its logger."""
+
+    MARKERS = ("LOAD REPORT", "were not used when initializing")  # transformers 5 table / 4.x sentence
+
+    def __init__(self):
+        super().__init__()
+        self.held = []
+
+    def filter(self, record):
+        if any(marker in record.getMessage() for marker in self.MARKERS):
+            self.held.append(record)
+            return False
+        return True
+
+
 def _load_encoder(name_or_path, encoder_kwargs=None):
     """`AutoModel.from_pretrained(name_or_path, **encoder_kwargs)`. With `num_hidden_layers` (keep the first
     layers), the weights of the dropped layers are reported in one line instead of transformers' table of
-    UNEXPECTED keys; any other missing, mismatched or unexpected weight is still a warning."""
+    UNEXPECTED keys; any other missing, mismatched or unexpected weight is a warning, and when loading fails the
+    held table is logged before the error."""
     kwargs = dict(encoder_kwargs or {})
     layers = kwargs.get("num_hidden_layers")
     if layers is None:
         return AutoModel.from_pretrained(name_or_path, **kwargs)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    source = logging.getLogger("transformers.modeling_utils")
+    hold = _HoldLoadReport()
+    source.addFilter(hold)
     try:
         encoder, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    except Exception:
+        source.removeFilter(hold)
+        for record in hold.held:
+            source.handle(record)
+        raise
     finally:
-        hf_logging.set_verbosity(verbosity)
+        source.removeFilter(hold)
     layer_of = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
-    dropped = [k for k in info["unexpected_keys"] if (m := layer_of.search(k)) and int(m.group(1)) >= layers]
+    dropped = {k for k in info["unexpected_keys"] if (m := layer_of.search(k)) and int(m.group(1)) >= layers}
     surprises = {
-        "missing": list(info["missing_keys"]),
+        "missing": sorted(info["missing_keys"]),
         "mismatched": [str(k) for k in info["mismatched_keys"]],
-        "unexpected": [k for k in info["unexpected_keys"] if k not in set(dropped)],
+        "unexpected": sorted(k for k in info["unexpected_keys"] if k not in dropped),
     }
     if any(surprises.values()):
         logger.warning(f"Loading {name_or_path} with num_hidden_layers={layers}: " + "; ".join(f"{k}: {v}" for k, v in surprises.items() if v))

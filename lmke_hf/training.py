@@ -76,7 +76,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     a("--push_to_hub", action="store_true", help="Push the final model, tokenizer and card to the Hub.")
     a("--hub_model_id", default=None, help="Repo id for --push_to_hub (default: the output_dir name).")
     a("--hub_token", default=None, help="Token for --push_to_hub (default: the logged-in one).")
-    a("--num_proc", type=int, default=None, help="Processes for tokenisation (datasets.map).")
+    a("--num_proc", type=int, default=None, help="Processes for the C-LMKE tokenisation (datasets.map); LMKE tokenises its batches on access.")
     a("--no_progress", action="store_true", help="Disable progress bars.")
     a("--cpu_threads", type=int, default=None, help="Torch threads when training on CPU (default: every core this process may use when it is the only process; `accelerate launch` alone pins one).")
     return parser
@@ -348,7 +348,7 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         loader = train_dataloader
         if epoch == starting_epoch and resume_batches:
             loader = _keep_rng(accelerator.skip_first_batches(train_dataloader, resume_batches))
-        total_loss, seen = 0.0, 0
+        total_loss, seen, pending_checkpoint = 0.0, 0, None
         for batch in loader:
             with accelerator.accumulate(model):
                 outputs = model(**batch, **({"gather_keys": True} if metric_name == "mrr" and accelerator.num_processes > 1 else {}))
@@ -368,7 +368,10 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
                 if args.with_tracking:
                     accelerator.log({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=completed_steps)
                 if isinstance(args.checkpointing_steps, str) and args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
-                    save_checkpoint(f"step_{completed_steps}")
+                    if completed_steps % steps_per_epoch:
+                        save_checkpoint(f"step_{completed_steps}")
+                    else:  # an epoch's last step: save after its validation, which a resume would not redo
+                        pending_checkpoint = f"step_{completed_steps}"
             if completed_steps >= args.max_train_steps:
                 break
         metrics = evaluate_fn(accelerator.unwrap_model(model))
@@ -383,6 +386,8 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_fn(accelerator.unwrap_model(model), Path(args.output_dir) / "best")
+        if pending_checkpoint:
+            save_checkpoint(pending_checkpoint)
         if args.checkpointing_steps == "epoch":
             save_checkpoint(f"epoch_{epoch}")
         if completed_steps >= args.max_train_steps:

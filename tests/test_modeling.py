@@ -853,24 +853,47 @@ def test_from_encoder_pretrained_without_text_init_keeps_random_kg_rows(tiny_ber
     assert model.config.max_entity_description_length == LENGTHS["max_entity_description_length"]
 
 
-def test_keeping_the_first_layers_reports_one_line_not_a_table(tiny_bert_dir, tok, source_encoder, caplog, capfd):
+@pytest.fixture
+def transformers_records(caplog):
+    """caplog that also sees transformers' own records (its library logger does not propagate by default)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        yield caplog
+    finally:
+        hf_logging.disable_propagation()
+
+
+def test_keeping_the_first_layers_reports_one_line_not_a_table(tiny_bert_dir, tok, source_encoder, transformers_records):
     import logging
 
+    from transformers.utils import logging as hf_logging
+
+    caplog, verbosity = transformers_records, hf_logging.get_verbosity()
     with caplog.at_level(logging.INFO, logger="lmke_hf"):
         model = LmkeForTripleClassification.from_encoder_pretrained(str(tiny_bert_dir), tok, encoder_kwargs={"num_hidden_layers": 1})
     assert model.config.encoder.num_hidden_layers == 1 and len(model.encoder.encoder.layer) == 1
     source = source_encoder.state_dict()
     for name, value in model.encoder.state_dict().items():
         assert torch.equal(value, source[name]), name  # the first layer is the pretrained one
-    assert "UNEXPECTED" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
     dropped = len([k for k in source if k.startswith("encoder.layer.1.")])
     assert f"Kept the first 1 layers of {tiny_bert_dir}: {dropped} weights of the later layers not loaded." in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert hf_logging.get_verbosity() == verbosity
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lmke_hf"):  # more layers than pretrained: new weights are a warning
         LmkeForTripleClassification.from_encoder_pretrained(str(tiny_bert_dir), tok, encoder_kwargs={"num_hidden_layers": 3})
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("lmke_hf")]
     assert len(warnings) == 1 and "missing: [" in warnings[0] and "encoder.layer.2." in warnings[0]
+    caplog.clear()
+    with pytest.raises(RuntimeError):  # a shape mismatch still fails, and the held table says which weights
+        LmkeForTripleClassification.from_encoder_pretrained(
+            str(tiny_bert_dir), tok, encoder_kwargs={"num_hidden_layers": 1, "intermediate_size": 40}
+        )
+    assert [r for r in caplog.records if "LOAD REPORT" in r.getMessage() and "intermediate.dense" in r.getMessage()]
+    assert not logging.getLogger("transformers.modeling_utils").filters
 
 
 def test_from_encoder_pretrained_passes_config_kwargs(tiny_bert_dir, tok):
