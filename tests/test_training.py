@@ -340,7 +340,7 @@ def cross_device(kg_dir, tiny_bert_dir, tmp_path_factory):
         "logits": out.logits.detach(), "labels": out.labels.detach(), "loss": out.loss.detach(),
         "key_entity_ids": out.key_entity_ids, "grads": {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None},
     }
-    _spawn(run_worker, (2, _free_port(), str(work / "model"), str(work / "batch.pt"), str(work)), nprocs=2, timeout=120)
+    _spawn(run_worker, (2, _free_port(), str(work / "model"), str(work / "batch.pt"), str(work)), nprocs=2, timeout=600)  # a hang guard: generous, the 2 workers take ~20 s on a quiet machine
     ranks = [torch.load(work / f"rank{r}.pt") for r in range(2)]
     return ref, ranks
 
