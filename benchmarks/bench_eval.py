@@ -335,7 +335,6 @@ def main(args) -> dict:
     f_rows, f_cols = filter_coords(kg, given[sel], relation[sel], direction[sel])
     per_query_filters = [f_cols[f_rows == i] for i in range(len(sel))]
 
-    naive_block = []
     t0 = time.perf_counter()
     timed = list(range(min(args.naive_queries, len(sel))))
     for i in timed:
