@@ -16,6 +16,12 @@ import yaml
 from .modeling_lmke import _CITATION
 
 _SECRET_ARGS = {"hub_token", "token"}  # never rendered into a card that may be pushed
+CARD_DATA_FILE = "card.json"
+
+
+def _public_args(args: dict) -> dict:
+    """The flags a card shows: plain values, secrets left out."""
+    return {k: v for k, v in args.items() if k not in _SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)}
 LINK_PREDICTION_METRICS = {"mrr": "MRR", "mr": "MR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10"}
 CLASSIFICATION_METRICS = {
     "accuracy": "Accuracy (threshold 0.5)",
@@ -160,7 +166,7 @@ class ModelCard:
         lines += ["## Training", "", f"- Command: `{self.command}`", f"- Hardware: {self.hardware}"]
         if self.train_runtime_s is not None:
             lines.append(f"- Training time: {self.train_runtime_s / 60:.1f} min")
-        lines += ["- Hyperparameters:", "", "```json", json.dumps({k: v for k, v in self.args.items() if k not in _SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)}, indent=2), "```", ""]
+        lines += ["- Hyperparameters:", "", "```json", json.dumps(_public_args(self.args), indent=2), "```", ""]
         lines += ["## Usage", "", "```python", "import lmke_hf  # registers the Auto classes (or pass trust_remote_code=True)", "from transformers import AutoModel", "", f'model = AutoModel.from_pretrained("{self.model_id}")']
         if self.task == "link-prediction":
             lines += ["entity = model.kg_tokenizer.entity_names[0]", "relation = model.kg_tokenizer.relation_ids[0]", "print(model.predict(head=entity, relation=relation, top_k=5))"]
@@ -182,30 +188,77 @@ class ModelCard:
         return "\n".join(lines)
 
     def save(self, directory) -> Path:
+        """Writes README.md and, beside it, `card.json` (what the card says, secrets left out) from which
+        `ModelCard.from_run` renders it again, e.g. with a later version's template."""
         path = Path(directory) / "README.md"
         path.write_text(self.render(), encoding="utf-8")
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["args"] = _public_args(self.args)
+        (Path(directory) / CARD_DATA_FILE).write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
         return path
 
+    @classmethod
+    def from_run(cls, run_dir) -> "ModelCard":
+        """The card of a finished training run, from its `card.json`; for runs older than that file, rebuilt
+        from `training_args.json`, `all_results.json` and `test_metrics/metrics.json` (descriptions' source
+        read from the run's README.md)."""
+        run_dir = Path(run_dir)
+        if (run_dir / CARD_DATA_FILE).is_file():
+            return cls(**json.loads((run_dir / CARD_DATA_FILE).read_text()))
+        missing = [n for n in ("training_args.json", "all_results.json") if not (run_dir / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{run_dir} has no {CARD_DATA_FILE} and no {' / '.join(missing)}: not a finished training run.")
+        info = json.loads((run_dir / "training_args.json").read_text())
+        results = json.loads((run_dir / "all_results.json").read_text())
+        args, link = info["args"], info.get("method") == "C-LMKE"
+        if args.get("max_train_steps") is None and "completed_steps" in results:  # as the loop set it: the run finished
+            args = {**args, "max_train_steps": results["completed_steps"]}
+        kg = info.get("kg") or {}
+        description_source = kg.get("description_source")
+        if description_source is None and (run_dir / "README.md").is_file():
+            prefix = "- Entity descriptions: "
+            lines = [l for l in (run_dir / "README.md").read_text().splitlines() if l.startswith(prefix)]
+            description_source = lines[0][len(prefix):].rstrip(".") if lines else ""
+        metrics = run_dir / "test_metrics" / "metrics.json"
+        buckets = json.loads(metrics.read_text()).get("per_degree_bucket") if link and metrics.is_file() else None
+        return cls(
+            task="link-prediction" if link else "triple-classification",
+            dataset=kg.get("name") or Path(str(args["dataset"])).name, results=results, args=args,
+            command=info.get("command") or "", hardware=info.get("hardware") or "unknown",
+            model_id=args.get("hub_model_id") or f"your-org/{run_dir.name}", description_source=description_source or "",
+            degree_features=(not args.get("no_degree_features")) if link else None,
+            train_runtime_s=results.get("train_runtime_s"),
+            plot="degree_buckets.png" if link and (run_dir / "degree_buckets.png").is_file() else None,
+            degree_buckets=buckets,
+        )
 
-def export_card(run_dir, destination) -> list[Path]:
-    """Copies a finished run's generated card (README.md), degree-bucket plot and metrics into `destination`
-    (e.g. `model_cards/clmke-wn18rr/`), so that the repository keeps the cards without the weights."""
+
+def export_card(run_dir, destination, rerender: bool = False) -> list[Path]:
+    """Copies a finished run's generated card (README.md, card.json), degree-bucket plot and metrics into
+    `destination` (e.g. `model_cards/clmke-wn18rr/`), so that the repository keeps the cards without the weights.
+    `rerender=True` writes README.md and card.json anew from the run (`ModelCard.from_run`) with this version's
+    template instead of copying them."""
     import shutil
 
     run_dir, destination = Path(run_dir), Path(destination)
     if not (run_dir / "README.md").is_file() or not (run_dir / "all_results.json").is_file():
         raise FileNotFoundError(f"{run_dir} holds no README.md + all_results.json: not a finished training run.")
+    card = ModelCard.from_run(run_dir) if rerender else None
     destination.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name in ("README.md", "all_results.json", "degree_buckets.png", "train_history.json", "test_metrics/metrics.json"):
+    for name in ("README.md", CARD_DATA_FILE, "all_results.json", "degree_buckets.png", "train_history.json", "test_metrics/metrics.json"):
+        if rerender and name in ("README.md", CARD_DATA_FILE):
+            continue
         if (run_dir / name).is_file():
             target = destination / Path(name).name
             shutil.copyfile(run_dir / name, target)
             copied.append(target)
+    if card is not None:
+        copied += [card.save(destination), destination / CARD_DATA_FILE]
     return copied
 
 
-__all__ = ["ModelCard", "describe_hardware", "export_card"]
+__all__ = ["ModelCard", "describe_hardware", "export_card", "CARD_DATA_FILE"]
 
 
 if __name__ == "__main__":
@@ -214,6 +267,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Copy a finished run's generated model card into model_cards/.")
     parser.add_argument("run_dir", help="Output folder of train_clmke.py / train_lmke.py.")
     parser.add_argument("destination", help="Folder to write, e.g. model_cards/clmke-wn18rr.")
+    parser.add_argument("--rerender", action="store_true", help="Render README.md anew from the run's data with this version's template.")
     cli = parser.parse_args()
-    for path in export_card(cli.run_dir, cli.destination):
+    for path in export_card(cli.run_dir, cli.destination, rerender=cli.rerender):
         print(path)

@@ -229,8 +229,10 @@ def setup_run(args, method: str):
             "mixed_precision": accelerator.mixed_precision, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "args": {k: v for k, v in vars(args).items() if k != "hub_token"},
         }
-        (Path(args.output_dir) / "training_args.json").write_text(json.dumps(info, indent=2, default=str))
     kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
+    if accelerator.is_main_process:
+        info["kg"] = {"name": kg.name, "description_source": kg.description_source}
+        (Path(args.output_dir) / "training_args.json").write_text(json.dumps(info, indent=2, default=str))
     for split in ("train", "validation", "test"):
         if split not in kg.splits:
             raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test.")

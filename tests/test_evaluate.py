@@ -185,6 +185,40 @@ def test_export_card_copies_the_generated_files(clmke_out, tmp_path):
         export_card(tmp_path / "cards", tmp_path / "y")
 
 
+@pytest.mark.parametrize("run", ["clmke_out", "lmke_out"])
+def test_card_renders_again_from_the_run(run, request, tmp_path):
+    """card.json holds what the card says: from_run reproduces README.md exactly, and export_card(rerender=True)
+    writes that same text; a run without card.json (older runs) is rebuilt from its other files."""
+    import shutil
+
+    from lmke_hf.modelcard import ModelCard, export_card
+
+    out, _ = request.getfixturevalue(run)
+    readme = (out / "README.md").read_text()
+    assert ModelCard.from_run(out).render() == readme
+    assert "hub_token" not in (out / "card.json").read_text()
+    export_card(out, tmp_path / "card", rerender=True)
+    assert (tmp_path / "card" / "README.md").read_text() == readme
+    assert ModelCard.from_run(tmp_path / "card").render() == readme  # model_cards/<name> can be re-rendered too
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy, ignore=shutil.ignore_patterns("card.json", "checkpoints", "best", "*.safetensors"))
+    info = json.loads((legacy / "training_args.json").read_text())
+    assert info["kg"]["name"] == "tinykg" and info["kg"]["description_source"]
+    del info["kg"]  # as written before the KG was recorded
+    (legacy / "training_args.json").write_text(json.dumps(info))
+    rebuilt = ModelCard.from_run(legacy)
+    card = ModelCard.from_run(out)
+    for name in ("task", "dataset", "results", "hardware", "description_source", "degree_features", "train_runtime_s", "plot"):
+        assert getattr(rebuilt, name) == getattr(card, name), name
+    assert rebuilt.command.startswith("accelerate launch ")  # (under pytest both commands name pytest's own argv)
+    assert (rebuilt.degree_buckets is None) == (card.degree_buckets is None)
+    if card.degree_buckets:
+        assert {str(k): v for k, v in rebuilt.degree_buckets.items()} == {str(k): v for k, v in card.degree_buckets.items()}
+    with pytest.raises(FileNotFoundError, match="not a finished training run"):
+        ModelCard.from_run(tmp_path / "nothing")
+
+
 # ------------------------------------------------------------------------------------------------ LMKE predict
 
 
