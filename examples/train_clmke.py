@@ -118,7 +118,7 @@ def main(args) -> dict:
         shutil.copy(Path(args.output_dir) / "test_metrics" / "degree_buckets.png", Path(args.output_dir) / "degree_buckets.png")
         ModelCard(
             task="link-prediction", dataset=kg.name, results=results, args=vars(args),
-            command=run_command("examples/train_clmke.py"), hardware=describe_hardware(accelerator.device),
+            command=run_command("examples/train_clmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
             model_id=args.hub_model_id or f"your-org/{Path(args.output_dir).name}",
             description_source=kg.description_source, degree_features=not args.no_degree_features,
             train_runtime_s=summary["train_runtime_s"], plot="degree_buckets.png",

@@ -101,7 +101,7 @@ def main(args) -> dict:
         save(best, args.output_dir)
         ModelCard(
             task="triple-classification", dataset=kg.name, results=results, args=vars(args),
-            command=run_command("examples/train_lmke.py"), hardware=describe_hardware(accelerator.device),
+            command=run_command("examples/train_lmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
             model_id=args.hub_model_id or f"your-org/{Path(args.output_dir).name}",
             description_source=kg.description_source, train_runtime_s=summary["train_runtime_s"],
         ).save(args.output_dir)

@@ -146,8 +146,14 @@ def redact_argv(argv) -> list[str]:
     return out
 
 
-def run_command(script: str) -> str:
-    """The command line of this run as a reader would type it, tokens redacted."""
+def run_command(script: str, output_dir=None) -> str:
+    """The command line of this run as a reader would type it, tokens redacted: the one `output_dir`'s
+    training_args.json recorded when the run started (a resumed run's card names its first command, not the
+    resume), else this process's own."""
+    if output_dir is not None and (Path(output_dir) / "training_args.json").is_file():
+        recorded = json.loads((Path(output_dir) / "training_args.json").read_text()).get("command")
+        if recorded:
+            return recorded
     return " ".join(["accelerate launch", script, *redact_argv(sys.argv[1:])])
 
 
@@ -232,7 +238,12 @@ def setup_run(args, method: str):
     kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
     if accelerator.is_main_process:
         info["kg"] = {"name": kg.name, "description_source": kg.description_source}
-        (Path(args.output_dir) / "training_args.json").write_text(json.dumps(info, indent=2, default=str))
+        path = Path(args.output_dir) / "training_args.json"
+        if args.resume_from_checkpoint and path.is_file():  # keep how the run started; list its resumes
+            first = json.loads(path.read_text())
+            info["resumes"] = [*first.get("resumes", []), {k: info[k] for k in ("command", "started_at", "hardware")}]
+            info.update(command=first.get("command"), started_at=first.get("started_at"))
+        path.write_text(json.dumps(info, indent=2, default=str))
     for split in ("train", "validation", "test"):
         if split not in kg.splits:
             raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test.")

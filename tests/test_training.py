@@ -624,6 +624,22 @@ def test_checkpoint_on_an_epochs_last_step_holds_its_validation(clmke_script, kg
     assert [h["epoch"] for h in history] == [0, 1] and [h["step"] for h in history] == [20, 22]
 
 
+def test_a_resumed_runs_card_names_its_first_command(clmke_script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    first = _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--checkpointing_steps", 2)
+    monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", *first])
+    clmke_script.main(clmke_script.parse_args(first))
+    started = json.loads((out / "training_args.json").read_text())
+    resume = _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 3, "--resume_from_checkpoint", "latest")
+    monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", *resume])
+    clmke_script.main(clmke_script.parse_args(resume))
+    info = json.loads((out / "training_args.json").read_text())
+    assert info["command"] == started["command"] and "--resume_from_checkpoint" not in info["command"]
+    assert info["started_at"] == started["started_at"] and info["args"]["max_train_steps"] == 3
+    assert len(info["resumes"]) == 1 and "--resume_from_checkpoint latest" in info["resumes"][0]["command"]
+    assert f"- Command: `{started['command']}`" in (out / "README.md").read_text()
+
+
 def test_resume_from_a_checkpoint_without_timing_reports_unknown_time(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
     out = tmp_path / "run"
     clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--checkpointing_steps", 2)))
