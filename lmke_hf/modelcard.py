@@ -22,6 +22,8 @@ CARD_DATA_FILE = "card.json"
 def _public_args(args: dict) -> dict:
     """The flags a card shows: plain values, secrets left out."""
     return {k: v for k, v in args.items() if k not in _SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)}
+
+
 LINK_PREDICTION_METRICS = {"mrr": "MRR", "mr": "MR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10"}
 CLASSIFICATION_METRICS = {
     "accuracy": "Accuracy (threshold 0.5)",
