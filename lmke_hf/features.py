@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import torch
 
-from .data import generate_negatives
+from .data import _rng, generate_negatives
 from .tokenization_lmke import LmkeTokenizer
 
 TAIL, HEAD = 0, 1  # values of the `direction` column
@@ -165,8 +165,7 @@ class TrainingTriples(torch.utils.data.Dataset):
     """
 
     def __init__(self, kg, tokenizer: LmkeTokenizer, seed: int = 0, split: str = "train", known_splits=("train",), resample: bool = False):
-        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
+        _rng(seed)  # the same checks as generate_negatives: a non-negative int
         self.kg, self.tokenizer, self.seed, self.split = kg, tokenizer, int(seed), split
         self.known_splits, self.resample = list(known_splits), bool(resample)
         self.epoch = None
