@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _training_kg import DEV, ENTITIES, TEST, write_tiny_kg  # noqa: E402
@@ -272,3 +273,76 @@ def test_card_usage_snippet_runs(run, request):
     exec(code.replace(model_id, str(out)), namespace)  # noqa: S102 - the card's own snippet
     assert namespace["model"].name_or_path == str(out)
 
+
+
+# ---------------------------------------------------------------- examples/own_entity_first.py
+
+
+@pytest.fixture(scope="module")
+def own_first_script():
+    return _load_script("own_entity_first")
+
+
+def _scored_by(rule):
+    """A stand-in for `score_all`: one call for the whole split (batch_size >= its size), row i = triple i."""
+    def score_all(q, q_ent, keys):
+        return rule(torch.zeros(q.shape[0], keys.shape[0]))
+    return score_all
+
+
+@pytest.mark.parametrize("direction", ["tail", "head"])
+def test_own_entity_first_counts_after_the_filter(own_first_script, clmke_out, kg_dir, direction, monkeypatch):
+    from lmke_hf.data import load_kg
+
+    out, _ = clmke_out
+    model, tokenizer = own_first_script.load_model(str(out))
+    kg = load_kg(str(kg_dir))
+    triples = kg.triples("train")
+    given, gold = (triples[:, 0], triples[:, 2]) if direction == "tail" else (triples[:, 2], triples[:, 0])
+    index = kg.answer_index(["train", "validation", "test"], direction)
+    rows, cols = index.pairs(given, triples[:, 1])
+    others = [(r, c) for r, c in zip(rows, cols) if c != gold[r]]
+    assert others, "the tiny KG must have queries with more than one known answer"
+    arange = torch.arange(len(triples))
+
+    def count(rule):
+        monkeypatch.setattr(model, "score_all", _scored_by(rule))
+        result = own_first_script.own_entity_first(model, tokenizer, kg, "train", direction, batch_size=len(triples))
+        assert result["queries"] == len(triples)
+        return result["own_entity_first"]
+
+    def given_top(s):
+        s[arange, torch.as_tensor(given)] = 1.0
+        return s
+
+    def others_above_given(s):  # other known answers outscore the given entity, but are filtered out
+        s = given_top(s)
+        for r, c in others:
+            s[r, c] = 2.0
+        return s
+
+    def gold_above_given(s):  # the gold is never filtered
+        s = given_top(s)
+        s[arange, torch.as_tensor(gold)] = 2.0
+        return s
+
+    def everything_above_given(s):  # entities that are no known answer outrank the given one
+        return given_top(s + 2.0)
+
+    assert count(given_top) == len(triples)
+    assert count(others_above_given) == len(triples)
+    assert count(gold_above_given) == 0
+    assert count(everything_above_given) == 0
+
+
+def test_own_entity_first_cli(own_first_script, clmke_out, kg_dir, capsys):
+    out, _ = clmke_out
+    result = own_first_script.main(own_first_script.parse_args(["--model", str(out), "--dataset", str(kg_dir), "--max_queries", "4"]))
+    assert result["queries"] == 4 and 0 <= result["own_entity_first"] <= 4
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["queries"] == 4
+
+
+def test_own_entity_first_refuses_an_lmke_model(own_first_script, lmke_out, kg_dir):
+    out, _ = lmke_out
+    with pytest.raises(SystemExit, match="triple classifier"):
+        own_first_script.main(own_first_script.parse_args(["--model", str(out), "--dataset", str(kg_dir)]))

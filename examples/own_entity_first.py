@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""How often a C-LMKE model puts the query's own given entity at the top of the filtered ranking.
+
+    python examples/own_entity_first.py --model outputs/clmke-wn18rr-sn --dataset wn18rr --data_dir ../shared/data --max_queries 300
+
+A bi-encoder sees the given entity's text in the query, so without negatives that contain it (in-batch keys
+almost never do) it learns that the key most like the query is the given entity itself, and ranks it first:
+the failure `--self_negatives` of train_clmke.py addresses. The filtered protocol keeps the given entity as a
+candidate (it is not a known answer), so this failure costs Hits@1 directly. The top candidate is taken after
+removing the other known answers (train, validation and test), the gold answer kept, as in the evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from evaluate import check_same_kg, load_model  # noqa: E402
+
+from lmke_hf.data import load_kg  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = parser.add_argument
+    a("--model", required=True, help="Saved output folder or Hub repo id of a trained C-LMKE model.")
+    a("--dataset", required=True, help="The KG the model was trained on (short name, folder or Hub dataset id).")
+    a("--data_dir", default=None, help="Where short dataset names are looked up (default: $LMKE_HF_DATA_DIR).")
+    a("--split", default="test", choices=["train", "validation", "test"])
+    a("--direction", default="tail", choices=["tail", "head"], help="Which entity the queries ask for.")
+    a("--max_queries", type=int, default=None, help="Only the first N triples of the split.")
+    a("--batch_size", type=int, default=64)
+    args = parser.parse_args(argv)
+    for name in ("max_queries", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}.")
+    return args
+
+
+@torch.no_grad()
+def own_entity_first(model, tokenizer, kg, split="test", direction="tail", max_queries=None, batch_size=64) -> dict:
+    """`{"queries": n, "own_entity_first": k, "rate": k / n}` over the first `max_queries` triples of `split`."""
+    model.attach_tokenizer(tokenizer)
+    model.eval()
+    triples = kg.triples(split)[:max_queries]
+    given_col, target_col = (0, 2) if direction == "tail" else (2, 0)
+    index = kg.answer_index(["train", "validation", "test"], direction)
+    keys = model.entity_index
+    first = 0
+    for start in range(0, len(triples), batch_size):
+        part = triples[start : start + batch_size]
+        batch = tokenizer.pad(tokenizer.encode_queries(part[:, given_col], part[:, 1], direction))
+        q, q_ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
+        scores = model.score_all(q, q_ent, keys)
+        rows, cols = (torch.as_tensor(x) for x in index.pairs(part[:, given_col], part[:, 1]))
+        other = cols != torch.as_tensor(part[:, target_col])[rows]  # the gold answer stays a candidate
+        scores[rows[other], cols[other]] = float("-inf")
+        first += int((scores.argmax(1) == torch.as_tensor(part[:, given_col])).sum())
+    return {"queries": len(triples), "own_entity_first": first, "rate": first / max(len(triples), 1)}
+
+
+def main(args) -> dict:
+    model, tokenizer = load_model(args.model)
+    if model.config.model_type != "clmke":
+        raise SystemExit(f"--model {args.model!r} is an LMKE triple classifier; this diagnostic is for C-LMKE (link prediction).")
+    kg = load_kg(args.dataset, data_dir=args.data_dir)
+    check_same_kg(tokenizer, kg, args.model)
+    result = own_entity_first(model, tokenizer, kg, args.split, args.direction, args.max_queries, args.batch_size)
+    print(json.dumps({"model": args.model, "split": args.split, "direction": args.direction, **result}))
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
