@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--max_negatives_per_query", type=int, default=None, help="Keep at most N in-batch negatives per query (paper Fig. 5); all by default.")
     a("--no_degree_features", action="store_true", help="Drop the log-degree features from the matcher.")
     a("--self_negatives", action="store_true", help="Also match each query against its own given entity's key (a negative unless a known answer; SimKGC's self-negatives). Not in the paper.")
-    a("--adversarial_temperature", type=float, default=1.0, help="Self-adversarial temperature on negatives (paper: 1).")
+    a("--adversarial_temperature", type=float, default=1.0, help="Self-adversarial temperature T: negatives weighted by softmax(T * p) (paper: 1, near-uniform over many negatives; higher T focuses on hard ones, self-negatives included).")
     a("--matcher_hidden_size", type=int, default=None, help="Hidden width of the matcher MLP (default: encoder hidden size).")
     a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (faster on CPUs with bf16 units).")
     args = parser.parse_args(argv)
