@@ -58,8 +58,8 @@ def own_entity_first(model, tokenizer, kg, split="test", direction="tail", max_q
     for start in range(0, len(triples), batch_size):
         part = triples[start : start + batch_size]
         batch = tokenizer.pad(tokenizer.encode_queries(part[:, given_col], part[:, 1], direction))
-        q, q_ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
-        scores = model.score_all(q, q_ent, keys)
+        q, q_ent = model.encode_queries(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
+        scores = model.score_all(q, q_ent, keys).cpu()
         rows, cols = (torch.as_tensor(x) for x in index.pairs(part[:, given_col], part[:, 1]))
         other = cols != torch.as_tensor(part[:, target_col])[rows]  # the gold answer stays a candidate
         scores[rows[other], cols[other]] = float("-inf")
@@ -69,6 +69,7 @@ def own_entity_first(model, tokenizer, kg, split="test", direction="tail", max_q
 
 def main(args) -> dict:
     model, tokenizer = load_model(args.model)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     if model.config.model_type != "clmke":
         raise SystemExit(f"--model {args.model!r} is an LMKE triple classifier; this diagnostic is for C-LMKE (link prediction).")
     kg = load_kg(args.dataset, data_dir=args.data_dir)
