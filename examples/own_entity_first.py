@@ -13,6 +13,7 @@ removing the other known answers (train, validation and test), the gold answer k
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,11 +21,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from evaluate import check_same_kg, load_model  # noqa: E402
 
 from lmke_hf.data import load_kg  # noqa: E402
+
+
+def _evaluate_script():
+    """examples/evaluate.py by path (an installed Hugging Face `evaluate` package must not shadow it)."""
+    name = "_lmke_example_evaluate"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "evaluate.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,12 +76,13 @@ def own_entity_first(model, tokenizer, kg, split="test", direction="tail", max_q
 
 
 def main(args) -> dict:
-    model, tokenizer = load_model(args.model)
+    evaluate = _evaluate_script()
+    model, tokenizer = evaluate.load_model(args.model)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     if model.config.model_type != "clmke":
         raise SystemExit(f"--model {args.model!r} is an LMKE triple classifier; this diagnostic is for C-LMKE (link prediction).")
     kg = load_kg(args.dataset, data_dir=args.data_dir)
-    check_same_kg(tokenizer, kg, args.model)
+    evaluate.check_same_kg(tokenizer, kg, args.model)
     result = own_entity_first(model, tokenizer, kg, args.split, args.direction, args.max_queries, args.batch_size)
     print(json.dumps({"model": args.model, "split": args.split, "direction": args.direction, **result}))
     return result
