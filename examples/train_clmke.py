@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
+from lmke_hf.configuration_lmke import LOSSES, POOLINGS, SCORERS  # noqa: E402
 from lmke_hf.evaluation import plot_degree_buckets  # noqa: E402
 from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
 from lmke_hf.modelcard import ModelCard, describe_hardware  # noqa: E402
@@ -42,8 +44,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--adversarial_temperature", type=float, default=1.0, help="Self-adversarial temperature T: negatives weighted by softmax(T * p) (paper: 1, near-uniform over many negatives; higher T focuses on hard ones, self-negatives included).")
     a("--matcher_hidden_size", type=int, default=None, help="Hidden width of the matcher MLP (default: encoder hidden size).")
     a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (faster on CPUs with bf16 units).")
+    a("--no_test_eval", action="store_true", help="Stop after training: write train_history.json (validation at each --eval_steps) and skip the test ranking and the final model folder (for benchmarks).")
+    # levers beyond the paper (defaults: the paper's model); see ClmkeConfig
+    a("--pooling", choices=POOLINGS, default="entity", help="Query/key representation: 'entity' (paper: mask slot / entity token), 'mean' (mean of all outputs, as sentence encoders), 'cls'.")
+    a("--scorer", choices=SCORERS, default="matcher", help="'matcher' (paper: MLP over [q; k; q-k; q*k; degrees]) or 'cosine' (SimKGC).")
+    a("--loss", choices=LOSSES, default="adversarial_bce", help="'adversarial_bce' (paper) or 'infonce' (softmax cross-entropy of each positive against the query's negatives).")
+    a("--infonce_temperature", type=float, default=0.05, help="InfoNCE temperature (start value when learned; SimKGC 0.05).")
+    a("--fixed_temperature", action="store_true", help="Keep the InfoNCE temperature fixed instead of learning it.")
+    a("--infonce_margin", type=float, default=0.0, help="InfoNCE additive margin subtracted from positive scores (SimKGC 0.02).")
+    a("--key_queue_size", type=int, default=0, help="Detached keys of previous batches kept as extra negatives (SimKGC pre-batch / MoCo-style queue); 0: none.")
+    a("--freeze_layers", type=int, default=0, help="Freeze the embeddings and the first N encoder layers (forward only, no backward); KG tokens then keep their text initialisation.")
     args = parser.parse_args(argv)
     check_arguments(args)
+    for name, low in (("infonce_temperature", None), ("infonce_margin", 0.0), ("key_queue_size", 0), ("freeze_layers", 0), ("adversarial_temperature", 0.0)):
+        value = getattr(args, name)
+        if not math.isfinite(value) or (value <= 0 if low is None else value < low):
+            parser.error(f"--{name} must be {'> 0' if low is None else f'>= {low:g}'} and finite, got {value}.")
+    if args.freeze_layers and args.encoder_layers and args.freeze_layers > args.encoder_layers:
+        parser.error(f"--freeze_layers {args.freeze_layers} exceeds --encoder_layers {args.encoder_layers}.")
     return args
 
 
@@ -62,6 +80,9 @@ def main(args) -> dict:
         adversarial_temperature=args.adversarial_temperature,
         max_negatives_per_query=args.max_negatives_per_query,
         matcher_hidden_size=args.matcher_hidden_size,
+        pooling=args.pooling, scorer=args.scorer, loss=args.loss, infonce_temperature=args.infonce_temperature,
+        learn_temperature=not args.fixed_temperature, infonce_margin=args.infonce_margin, key_queue_size=args.key_queue_size,
+        freeze_layers=args.freeze_layers,
     )
     model.set_entity_degrees(kg.degrees(["train"]))  # training degrees only: the leak-free setting
 
@@ -91,6 +112,10 @@ def main(args) -> dict:
 
     summary = train(args, accelerator, model, train_dataloader, evaluate, "mrr", save, logger)
     accelerator.wait_for_everyone()
+    if args.no_test_eval:  # benchmarks: the validation history is the result; no test ranking, no final folder
+        if accelerator.is_main_process:
+            (Path(args.output_dir) / "train_history.json").write_text(json.dumps(summary["history"], indent=2, default=float))
+        return {k: summary[k] for k in ("train_runtime_s", "completed_steps", "best_epoch", "best_eval_mrr", "history")}
 
     best = ClmkeForLinkPrediction.from_pretrained(Path(args.output_dir) / "best").to(accelerator.device)
     best.attach_tokenizer(tokenizer)

@@ -15,7 +15,13 @@ Entities come last so that new (inductive) entities append without moving any ot
 
 from __future__ import annotations
 
+import math
+
 from transformers import AutoConfig, BertConfig, PretrainedConfig
+
+POOLINGS = ("entity", "mean", "cls")
+SCORERS = ("matcher", "cosine")
+LOSSES = ("adversarial_bce", "infonce")
 
 
 def _encoder_config(encoder) -> PretrainedConfig:
@@ -144,6 +150,26 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
             (queries x matcher width x keys) activation; cache-sized tiles are fastest on CPUs. Peak memory of
             ranking is one tile plus the (queries x entities) score block.
         initializer_range (`float`, *optional*): std of the normal init of new layers.
+
+        The fields below are levers beyond the paper; their defaults are the paper's model.
+
+        pooling (`str`, defaults to `"entity"`): what represents a query and a key. `"entity"` (paper): the output
+            at the query's `[ENT_MASK]` slot and at the key's entity token; `"mean"`: the mean of all (unpadded)
+            outputs, the pooling sentence encoders such as all-MiniLM-L6-v2 were trained with; `"cls"`: `[CLS]`.
+        scorer (`str`, defaults to `"matcher"`): `"matcher"` (paper): the MLP over `[q; k; q-k; q*k; d]`;
+            `"cosine"`: the cosine of `q` and `k` (SimKGC; no matcher weights, no degree features).
+        loss (`str`, defaults to `"adversarial_bce"`): `"adversarial_bce"` (paper): binary cross-entropy with
+            self-adversarial weights on the negatives; `"infonce"`: softmax cross-entropy of each positive
+            against the query's negatives, `-log(e^{s+} / (e^{s+} + sum_{k-} e^{s-}))` with `s = (score - margin
+            on positives) / temperature`, averaged over a query's positives.
+        infonce_temperature (`float`, defaults to 0.05): InfoNCE temperature (its start value when learned; SimKGC 0.05).
+        learn_temperature (`bool`, defaults to `True`): learn the temperature (as `log(1 / t)`, `t >= 0.01`).
+        infonce_margin (`float`, defaults to 0.0): InfoNCE additive margin subtracted from positive scores (SimKGC 0.02).
+        key_queue_size (`int`, defaults to 0): keep the detached keys of the last `key_queue_size` training keys
+            (previous batches: SimKGC's pre-batch negatives, a MoCo-style queue without a momentum encoder) as
+            extra negatives of every query; keys of known answers among them are ignored, not positives.
+        freeze_layers (`int`, defaults to 0): freeze the embeddings (word pieces, KG tokens, positions) and the first
+            `freeze_layers` layers of both encoders: they run forward only, no backward.
     """
 
     model_type = "clmke"
@@ -164,16 +190,43 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
         max_negatives_per_query: int | None = None,
         scoring_memory_mb: float = 1,
         initializer_range: float | None = None,
+        pooling: str = "entity",
+        scorer: str = "matcher",
+        loss: str = "adversarial_bce",
+        infonce_temperature: float = 0.05,
+        learn_temperature: bool = True,
+        infonce_margin: float = 0.0,
+        key_queue_size: int = 0,
+        freeze_layers: int = 0,
         **kwargs,
     ):
         self._init_kg(encoder, num_entities, num_relations, base_vocab_size, initializer_range)
+        choices = {"pooling": (pooling, POOLINGS), "scorer": (scorer, SCORERS), "loss": (loss, LOSSES)}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+        self.pooling, self.scorer, self.loss = pooling, scorer, loss
+        if not (isinstance(infonce_temperature, (int, float)) and math.isfinite(infonce_temperature) and infonce_temperature > 0):
+            raise ValueError(f"`infonce_temperature` must be a finite number > 0, got {infonce_temperature!r}.")
+        self.infonce_temperature = float(infonce_temperature)
+        self.learn_temperature = bool(learn_temperature)
+        if not (isinstance(infonce_margin, (int, float)) and math.isfinite(infonce_margin) and infonce_margin >= 0):
+            raise ValueError(f"`infonce_margin` must be a finite number >= 0, got {infonce_margin!r}.")
+        self.infonce_margin = float(infonce_margin)
+        for name, value in (("key_queue_size", key_queue_size), ("freeze_layers", freeze_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"`{name}` must be an int >= 0, got {value!r}.")
+        layers = getattr(self.encoder, "num_hidden_layers", None)
+        if layers is not None and freeze_layers > layers:
+            raise ValueError(f"`freeze_layers` is {freeze_layers} but the encoder has {layers} layers.")
+        self.key_queue_size, self.freeze_layers = key_queue_size, freeze_layers
         self.max_entity_description_length = max_entity_description_length
         self.max_relation_description_length = max_relation_description_length
         self.max_key_description_length = max_key_description_length
         self.matcher_hidden_size = matcher_hidden_size or self.encoder.hidden_size
         self.use_degree_features = bool(use_degree_features)
-        if adversarial_temperature < 0:
-            raise ValueError(f"`adversarial_temperature` must be >= 0, got {adversarial_temperature}.")
+        if not math.isfinite(adversarial_temperature) or adversarial_temperature < 0:
+            raise ValueError(f"`adversarial_temperature` must be a finite number >= 0, got {adversarial_temperature}.")
         self.adversarial_temperature = float(adversarial_temperature)
         if max_negatives_per_query is not None and max_negatives_per_query < 1:
             raise ValueError(

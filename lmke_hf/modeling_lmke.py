@@ -203,6 +203,55 @@ def _check_no_unknown_kwargs(kwargs: dict, model_name: str) -> None:
         )
 
 
+def _encoder_layers(encoder) -> nn.ModuleList:
+    """The transformer layers of a BERT-family encoder (`encoder.layer`, `transformer.layer`, ...), in order."""
+    n = getattr(encoder.config, "num_hidden_layers", None)
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers") and (n is None or len(module) == n):
+            return module
+    raise ValueError(f"{type(encoder).__name__} has no list of {n} layers (`*.layer`); freeze_layers needs a BERT-family encoder.")
+
+
+class KeyQueue:
+    """First-in first-out store of the last `size` detached training keys and their entity ids: the pre-batch
+    negatives of SimKGC, or a MoCo-style queue (here without a momentum encoder). Not model weights: it has
+    `state_dict` / `load_state_dict` for `accelerator.register_for_checkpointing`, so a resumed run continues
+    with the same queue, and it is never saved with the model."""
+
+    def __init__(self, size: int):
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"`size` must be an int >= 0, got {size!r}.")
+        self.size = size
+        self.keys = torch.empty(0, 0)
+        self.entities = torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.entities.shape[0]
+
+    def get(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(keys (n, hidden), entity_ids (n,))`, newest first."""
+        return self.keys.to(device), self.entities.to(device)
+
+    @torch.no_grad()
+    def push(self, keys: torch.Tensor, entity_ids: torch.Tensor) -> None:
+        if not self.size:
+            return
+        keys, entity_ids = keys.detach(), entity_ids.detach()
+        if len(self):
+            keys = torch.cat([keys, self.keys.to(keys.device, keys.dtype)], 0)
+            entity_ids = torch.cat([entity_ids, self.entities.to(entity_ids.device)], 0)
+        self.keys, self.entities = keys[: self.size], entity_ids[: self.size]
+
+    def clear(self) -> None:
+        self.keys, self.entities = torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+
+    def state_dict(self) -> dict:
+        return {"keys": self.keys.cpu(), "entities": self.entities.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.keys, self.entities = state["keys"], state["entities"]
+
+
 def _first_position(mask: torch.Tensor) -> torch.Tensor:
     """Index of the first True per row of a (batch, length) bool tensor."""
     return mask.int().argmax(dim=1)
@@ -688,10 +737,27 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         self.word_embeddings = self._new_embeddings(config)
         self.query_encoder = _build_encoder(config.encoder)
         self.key_encoder = _build_encoder(config.encoder)
-        self.matcher = ClmkeMatcher(config.encoder.hidden_size, config.matcher_hidden_size, config.use_degree_features)
+        if config.scorer == "matcher":
+            self.matcher = ClmkeMatcher(config.encoder.hidden_size, config.matcher_hidden_size, config.use_degree_features)
+        if config.loss == "infonce":  # SimKGC's parametrisation: log(1 / t), so that t stays positive
+            self.log_inv_temperature = nn.Parameter(torch.zeros(()), requires_grad=config.learn_temperature)
         self.register_buffer("entity_degrees", torch.zeros(config.num_entities, dtype=torch.float32), persistent=True)
+        self.key_queue = KeyQueue(config.key_queue_size)
         self.post_init()
         self._tie_encoders_init()
+        self._freeze_lower_layers()
+
+    def _freeze_lower_layers(self) -> None:
+        """`config.freeze_layers`: the embeddings and the first layers of both encoders get no gradient. Their
+        inputs then need none either, so autograd records nothing below the first trained layer: forward only."""
+        n = self.config.freeze_layers
+        if not n:
+            return
+        self.word_embeddings.requires_grad_(False)
+        for encoder in self._encoders():
+            encoder.embeddings.requires_grad_(False)
+            for layer in _encoder_layers(encoder)[:n]:
+                layer.requires_grad_(False)
 
     @torch.no_grad()
     def _tie_encoders_init(self) -> None:
@@ -704,6 +770,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         super()._init_weights(module)
         if module is self and hasattr(self, "entity_degrees"):
             self.entity_degrees.zero_()
+        if module is self and hasattr(self, "log_inv_temperature"):
+            with torch.no_grad():
+                self.log_inv_temperature.fill_(math.log(1.0 / self.config.infonce_temperature))
 
     def _encoders(self):
         return [self.query_encoder, self.key_encoder]
@@ -741,7 +810,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             raise ValueError("Each query must hold exactly one (given) entity token; build queries with `encode_queries`.")
         given = input_ids[is_entity] - self.config.entity_token_offset
         hidden = self._run_encoder(self.query_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
-        return _gather(hidden, _first_position(is_mask)), given
+        return self._pool(hidden, attention_mask, _first_position(is_mask)), given
 
     def encode_keys(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns `(embeddings (B, hidden), entity_ids (B,))`: outputs at the key's entity token (position 1)."""
@@ -750,10 +819,27 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         if bool((entity < 0).any()):
             raise ValueError("Keys must start `[CLS] E_e`; build keys with `encode_keys`.")
         hidden = self._run_encoder(self.key_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
-        return hidden[:, 1], entity
+        return self._pool(hidden, attention_mask, torch.ones_like(entity)), entity
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, slot: torch.Tensor) -> torch.Tensor:
+        """`config.pooling`: the output at `slot` (paper: the mask slot / the key's entity token), at `[CLS]`, or
+        the mean over unpadded positions."""
+        if self.config.pooling == "entity":
+            return _gather(hidden, slot)
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(1)
+        if attention_mask.shape != hidden.shape[:2]:
+            raise ValueError(f"`attention_mask` has shape {tuple(attention_mask.shape)}, expected {tuple(hidden.shape[:2])}.")
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids) -> torch.Tensor:
-        """Matcher logits of every query against every key, `(Bq, Bk)`. Degrees come from each side's OWN entity."""
+        """Scores of every query against every key, `(Bq, Bk)`: matcher logits (paper; degrees come from each
+        side's OWN entity) or cosines (`config.scorer="cosine"`)."""
+        if self.config.scorer == "cosine":
+            return F.normalize(query_embeddings, dim=-1) @ F.normalize(key_embeddings, dim=-1).T
         q_deg = self.log_degrees(query_entity_ids) if self.config.use_degree_features else None
         k_deg = self.log_degrees(key_entity_ids) if self.config.use_degree_features else None
         return self.matcher.pairwise(
@@ -762,6 +848,45 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     # ------------------------------------------------------------ loss
     def contrastive_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of `config.loss` (`adversarial_bce_loss`, the paper's, or `infonce_loss`) on `(Bq, Bk)` scores
+        and labels (1 positive, 0 negative, anything else ignored)."""
+        if self.config.loss == "infonce":
+            return self.infonce_loss(logits, labels)
+        return self.adversarial_bce_loss(logits, labels)
+
+    @property
+    def temperature(self) -> float:
+        """The InfoNCE temperature in use (learned or fixed); `None` with the paper's loss."""
+        if not hasattr(self, "log_inv_temperature"):
+            return None
+        return float(1.0 / self._inverse_temperature().detach())
+
+    def _inverse_temperature(self) -> torch.Tensor:
+        return self.log_inv_temperature.exp().clamp(max=100.0)  # t >= 0.01, as SimKGC
+
+    def infonce_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        r"""InfoNCE with multiple positives, averaged over the queries that have a positive:
+        `L(q) = 1/|K+| sum_{k+} -log(e^{s(q,k+)} / (e^{s(q,k+)} + sum_{k-} e^{s(q,k-)}))`,
+        `s = (score - margin * [k positive]) / t` (SimKGC, van den Oord et al. 2018). Each positive competes with
+        the negatives only, not with the other positives (known answers are not pushed apart).
+
+        Args:
+            scores (`(Bq, Bk)`): cosines or matcher logits.
+            labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value ignored.
+        """
+        positive, negative = labels == 1, labels == 0
+        logits = (scores - self.config.infonce_margin * positive.to(scores.dtype)) * self._inverse_temperature()
+        floor = torch.finfo(logits.dtype).min  # no negatives: the positive's term is 0, with finite gradients
+        negatives = logits.masked_fill(~negative, floor).logsumexp(1, keepdim=True)
+        per_positive = (torch.logaddexp(logits, negatives) - logits).masked_fill(~positive, 0.0)
+        n_pos = positive.sum(1)
+        per_query = per_positive.sum(1) / n_pos.clamp(min=1)
+        has_positive = n_pos > 0
+        if not bool(has_positive.any()):
+            return logits.sum() * 0.0
+        return per_query[has_positive].mean()
+
+    def adversarial_bce_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         r"""Paper's loss, averaged over queries:
         `L(q, K) = -sum_{k+} 1/|K+| log p(q, k+) - sum_{k-} w_{q,k-} log(1 - p(q, k-))`,
         `w_{q,k-} = softmax_{k-}(T * p(q, k-))` treated as constants (T = `adversarial_temperature`).
@@ -836,9 +961,16 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         offset = 0
         if gather_keys and torch.distributed.is_available() and torch.distributed.is_initialized():
             k, k_ent, offset = _gather_with_grad(k, k_ent)
+        batch_keys, batch_entities = k, k_ent
         if extra_key_input_ids is not None:  # appended after the (gathered) in-batch keys: the gold offsets hold
             extra, extra_ent = self.encode_keys(extra_key_input_ids, extra_key_attention_mask)
             k, k_ent = torch.cat([k, extra], 0), torch.cat([k_ent, extra_ent], 0)
+        # keys of earlier batches (detached) as extra negatives: only in training, with labels from answer_ids
+        queued = self.training and labels is None and answer_ids is not None and len(self.key_queue)
+        num_live = k.shape[0]
+        if queued:
+            old_keys, old_entities = self.key_queue.get(k.device)
+            k, k_ent = torch.cat([k, old_keys.to(k.dtype)], 0), torch.cat([k_ent, old_entities], 0)
         logits = self.match(q, q_ent, k, k_ent)
         loss = None
         if labels is None and answer_ids is not None:
@@ -847,6 +979,10 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                     f"`answer_ids` must have shape (batch_size={q.shape[0]}, max_answers) padded with -1, got {tuple(answer_ids.shape)}."
                 )
             labels = self._labels(q_ent, k_ent, answer_ids.to(k_ent.device), offset, generator)
+            if queued:  # a queued key of a known answer is stale: ignored rather than pulled towards
+                labels[:, num_live:] = labels[:, num_live:].masked_fill(labels[:, num_live:] == 1, -100.0)
+            if self.training and self.config.key_queue_size:
+                self.key_queue.push(batch_keys.detach(), batch_entities)
         if labels is not None:
             if labels.shape != logits.shape:
                 raise ValueError(f"`labels` has shape {tuple(labels.shape)}, expected {tuple(logits.shape)}.")
@@ -933,7 +1069,8 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
     def predict(self, head=None, relation=None, tail=None, top_k: int = 10, filter_known: bool = False) -> list[dict]:
         """Ranks all entities for `(head, relation, ?)` or `(?, relation, tail)`; entities and relations by id or name.
 
-        Returns the `top_k` candidates as dicts `{"entity_id", "name", "score"}` (score = p(q, k)), best first.
+        Returns the `top_k` candidates as dicts `{"entity_id", "name", "score"}` (score = p(q, k), or the cosine
+        with `config.scorer="cosine"`), best first.
         `filter_known` is not supported without the dataset: known triples are not stored with the model.
         """
         if (head is None) == (tail is None):
@@ -949,7 +1086,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         was_training = self.training
         self.eval()
         q, q_ent = self.encode_queries(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-        scores = torch.sigmoid(self.score_all(q, q_ent, self.entity_index))[0]
+        scores = self.score_all(q, q_ent, self.entity_index)[0]
+        if self.config.scorer == "matcher":
+            scores = torch.sigmoid(scores)
         self.train(was_training)
         values, order = scores.topk(min(top_k, scores.numel()))
         return [
@@ -1029,6 +1168,7 @@ __all__ = [
     "LmkeForTripleClassification",
     "ClmkeForLinkPrediction",
     "ClmkeMatcher",
+    "KeyQueue",
     "TripleClassificationOutput",
     "LinkPredictionOutput",
 ]

@@ -62,6 +62,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     a("--weight_decay", type=float, default=1e-7, help="AdamW weight decay (original: 1e-7).")
     a("--lr_scheduler_type", type=_scheduler, default="constant_with_warmup", help=f"One of {SCHEDULERS}.")
     a("--num_warmup_steps", type=int, default=0, help="Warmup steps of the scheduler.")
+    a("--warmup_ratio", type=float, default=None, help="Warmup as a fraction of all training steps (overrides --num_warmup_steps; SimKGC: 0.1).")
     a("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimizer step.")
     a("--max_grad_norm", type=float, default=None, help="Clip gradients to this norm (original: no clipping).")
     a("--seed", type=int, default=42, help="Seed of everything random (sampling, dropout, init of new rows).")
@@ -71,6 +72,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     a("--with_tracking", action="store_true", help="Log to the trackers of --report_to.")
     a("--report_to", default="tensorboard", help="Tracker(s) for --with_tracking: tensorboard, wandb, all, ...")
     a("--eval_max_queries", type=int, default=None, help="Validate on at most this many triples per epoch (all if unset).")
+    a("--eval_steps", type=int, default=None, help="Also validate every N optimizer steps (not only at the end of each epoch); the history records examples seen and training time at each point.")
     a("--max_entity_description_length", type=int, default=48, help="Word pieces of an entity description in a triple/query (original 241).")
     a("--max_relation_description_length", type=int, default=16, help="Word pieces of a relation text (original 16).")
     a("--push_to_hub", action="store_true", help="Push the final model, tokenizer and card to the Hub.")
@@ -98,8 +100,13 @@ def check_arguments(args) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "num_train_epochs"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    ratio = getattr(args, "warmup_ratio", None)
+    if ratio is not None and not 0 <= ratio <= 1:
+        raise SystemExit(f"--warmup_ratio must be in [0, 1], got {ratio}.")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise SystemExit(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}.")
+    if getattr(args, "eval_steps", None) is not None and args.eval_steps < 1:
+        raise SystemExit(f"--eval_steps must be >= 1, got {args.eval_steps}.")
     if args.cpu_threads is not None and args.cpu_threads < 1:
         raise SystemExit(f"--cpu_threads must be >= 1, got {args.cpu_threads}.")
     if args.max_train_steps is not None and args.max_train_steps < 1:
@@ -298,19 +305,25 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
     if args.max_train_steps is None:
         args.max_train_steps = args.num_train_epochs * steps_per_epoch
     args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    if getattr(args, "warmup_ratio", None) is not None:
+        args.num_warmup_steps = math.ceil(args.warmup_ratio * args.max_train_steps)
     scheduler = get_scheduler(
         args.lr_scheduler_type, optimizer=optimizer,
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
+    queue = getattr(model, "key_queue", None)
     model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+    if queue is not None and queue.size:  # pre-batch negatives: a resume continues with the same queue
+        accelerator.register_for_checkpointing(queue)
     if args.with_tracking:
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(Path(args.output_dir).name or "lmke", config)
 
     completed_steps, starting_epoch, resume_batches = 0, 0, 0
     best = {"metric": -math.inf, "epoch": None}
-    runtime_before, history = 0.0, []
+    runtime_before, history, eval_before = 0.0, [], 0.0
+    eval_steps = getattr(args, "eval_steps", None)
     checkpoint = find_checkpoint(args)
     if checkpoint is not None:
         try:
@@ -323,6 +336,7 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         # time and validation history of the run so far (None: a checkpoint written before these were recorded)
         runtime_before = state.get("train_runtime_s")
         history = list(state.get("history", []))
+        eval_before = state.get("eval_runtime_s", 0.0)
         starting_epoch = completed_steps // steps_per_epoch
         resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
         logger.info(f"Resumed from {checkpoint} at step {completed_steps} (epoch {starting_epoch}, batch {resume_batches}).")
@@ -331,7 +345,8 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         path = Path(args.output_dir) / "checkpoints" / tag
         accelerator.save_state(str(path))
         if accelerator.is_main_process:
-            state = {"completed_steps": completed_steps, "best": best, "train_runtime_s": runtime(), "history": history}
+            state = {"completed_steps": completed_steps, "best": best, "train_runtime_s": runtime(), "history": history,
+                     "eval_runtime_s": eval_before + eval_seconds[0]}
             (path / "trainer_state.json").write_text(json.dumps(state, default=float))
             if args.checkpoints_total_limit:
                 import shutil
@@ -348,6 +363,34 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
 
     def runtime() -> float | None:  # training time over all segments of a resumed run
         return None if runtime_before is None else runtime_before + time.time() - start
+
+    eval_seconds = [0.0]  # time spent validating in this segment (not training time)
+    examples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+
+    def validate(epoch, train_loss: float, end_of_epoch: bool) -> dict:
+        nonlocal best
+        began = time.time()
+        metrics = evaluate_fn(accelerator.unwrap_model(model))
+        metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        spent = runtime()
+        metrics.update(
+            epoch=epoch, train_loss=train_loss, step=completed_steps, examples_seen=completed_steps * examples_per_step,
+            end_of_epoch=end_of_epoch,
+            train_minutes_excluding_eval=None if spent is None else (spent - eval_seconds[0] - eval_before) / 60,
+        )
+        history.append(metrics)
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if not isinstance(v, dict)}
+        logger.info(f"validation at step {completed_steps}: {json.dumps(shown)}")
+        if args.with_tracking:
+            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=completed_steps)
+        if metrics[f"eval_{metric_name}"] > best["metric"]:
+            best = {"metric": metrics[f"eval_{metric_name}"], "epoch": epoch, "step": completed_steps}
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_fn(accelerator.unwrap_model(model), Path(args.output_dir) / "best")
+        model.train()
+        eval_seconds[0] += time.time() - began
+        return metrics
 
     for epoch in range(starting_epoch, args.num_train_epochs):
         model.train()
@@ -380,6 +423,8 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
                 progress.set_postfix(loss=f"{total_loss / seen:.4f}")
                 if args.with_tracking:
                     accelerator.log({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=completed_steps)
+                if eval_steps and completed_steps % eval_steps == 0 and completed_steps % steps_per_epoch and completed_steps < args.max_train_steps:
+                    validate(epoch, total_loss / max(seen, 1), end_of_epoch=False)
                 if isinstance(args.checkpointing_steps, str) and args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
                     if completed_steps % steps_per_epoch:
                         save_checkpoint(f"step_{completed_steps}")
@@ -387,18 +432,7 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
                         pending_checkpoint = f"step_{completed_steps}"
             if completed_steps >= args.max_train_steps:
                 break
-        metrics = evaluate_fn(accelerator.unwrap_model(model))
-        metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        metrics.update(epoch=epoch, train_loss=total_loss / max(seen, 1), step=completed_steps)
-        history.append(metrics)
-        logger.info(f"epoch {epoch}: {json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)})}")
-        if args.with_tracking:
-            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=completed_steps)
-        if metrics[f"eval_{metric_name}"] > best["metric"]:
-            best = {"metric": metrics[f"eval_{metric_name}"], "epoch": epoch}
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_fn(accelerator.unwrap_model(model), Path(args.output_dir) / "best")
+        validate(epoch, total_loss / max(seen, 1), end_of_epoch=completed_steps % steps_per_epoch == 0)
         if pending_checkpoint:
             save_checkpoint(pending_checkpoint)
         if args.checkpointing_steps == "epoch":
