@@ -30,7 +30,7 @@ from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTok
 from lmke_hf.data import add_classification_negatives, load_kg  # noqa: E402
 from lmke_hf.evaluation import classification_report, plot_degree_buckets  # noqa: E402
 from lmke_hf.inference import rank_link_prediction, score_triples  # noqa: E402
-from lmke_hf.training import set_cpu_threads  # noqa: E402
+from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, set_cpu_threads  # noqa: E402
 
 logger = logging.getLogger("evaluate")
 
@@ -45,16 +45,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--data_dir", default=None, help="Where short dataset names are looked up (default: $LMKE_HF_DATA_DIR).")
     a("--split", default="test", choices=["train", "validation", "test"], help="Split to evaluate.")
     a("--output_dir", default=None, help="Where metrics are written (default: <model folder>/eval, else ./eval-<name>; never the training run's own test_metrics).")
-    a("--per_device_eval_batch_size", type=int, default=256, help="Queries / triples / entity keys per forward pass.")
-    a("--max_queries", type=int, default=None, help="Evaluate only the first N triples of the split (quick checks).")
+    a("--per_device_eval_batch_size", type=POSITIVE_INT, default=256, help="Queries / triples / entity keys per forward pass.")
+    a("--max_queries", type=POSITIVE_INT, default=None, help="Evaluate only the first N triples of the split (quick checks).")
     a("--filter_splits", nargs="+", default=["train", "validation", "test"], help="Known true triples removed from the ranking (link prediction).")
     a("--directions", nargs="+", default=["tail", "head"], choices=["tail", "head"], help="Which entity to predict (link prediction).")
     a("--reencode_entities", action="store_true", help="Encode all entity keys instead of using the checkpoint's entity_index.safetensors.")
     a("--threshold_split", default="validation", choices=["train", "validation", "test"], help="Split on which triple-classification thresholds are tuned.")
-    a("--negatives_seed", type=int, default=0, help="Seed of the classification negatives of splits that ship none (train_lmke.py's default: 0).")
+    a("--negatives_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the classification negatives of splits that ship none (train_lmke.py's default: 0).")
     a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (GPUs / CPUs with bf16 units; may change ties).")
     a("--no_progress", action="store_true", help="No progress bars.")
-    a("--cpu_threads", type=int, default=None, help="Torch threads on CPU (default: every core this process may use; `accelerate launch` alone pins one).")
+    a("--cpu_threads", type=POSITIVE_INT, default=None, help="Torch threads on CPU (default: every core this process may use; `accelerate launch` alone pins one).")
     args = parser.parse_args(argv)
     if args.per_device_eval_batch_size < 1:
         parser.error(f"--per_device_eval_batch_size must be >= 1, got {args.per_device_eval_batch_size}.")

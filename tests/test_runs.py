@@ -1,0 +1,124 @@
+"""Runs that cannot lose work, mix runs or leak secrets (issue 14): the output folder's lock and emptiness rule,
+resume settings, damaged and partial checkpoints, atomic JSON files, no token or local path in what a run
+writes. Tiny and offline (conftest's random BERT, the tiny KG of `_training_kg`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_training import RESUME_FLAGS, _clmke_argv, _load_script, kg_dir, no_dropout_encoder  # noqa: F401 (fixtures)
+
+from lmke_hf.modelcard import write_json
+from lmke_hf.training import LOCK_FILE
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script("train_clmke")
+
+
+def _train(script, kg, encoder, out, *extra):
+    return script.main(script.parse_args(_clmke_argv(kg, encoder, out, *extra)))
+
+
+def test_no_token_and_no_local_path_reaches_any_file_of_the_run(script, kg_dir, tiny_bert_dir, tmp_path):  # noqa: F811
+    """--with_tracking used to send every flag, --hub_token included, to TensorBoard's hparams files inside
+    output_dir (uploaded by --push_to_hub); cards recorded the encoder's and the data's local folders."""
+    token = "hf_FAKEtoken1234567890"
+    out = tmp_path / "run"
+    _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--with_tracking", "--hub_token", token)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any("events.out.tfevents" in p.name or p.name == "hparams.yml" for p in files), "the tracker wrote nothing"
+    leaked = [str(p.relative_to(out)) for p in files if token.encode() in p.read_bytes()]
+    assert not leaked, f"token found in {leaked}"
+    for name in ("README.md", "card.json", "training_args.json"):
+        text = (out / name).read_text()
+        for local in (str(tiny_bert_dir), str(kg_dir), str(tmp_path)):
+            assert local not in text, f"{name} holds the local path {local}"
+    assert f".../{Path(tiny_bert_dir).name}" in (out / "card.json").read_text()
+
+
+def test_a_second_run_into_a_locked_folder_stops_naming_the_first(script, kg_dir, tiny_bert_dir, tmp_path):  # noqa: F811
+    from filelock import FileLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / (LOCK_FILE + ".owner")).write_text("pid 4242 on host, started today")
+    with FileLock(str(out / LOCK_FILE)):
+        with pytest.raises(SystemExit) as info:
+            _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 1)
+    assert "in use by another run" in str(info.value.code) and "pid 4242" in str(info.value.code)
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_run_unless_overwrite(script, kg_dir, tiny_bert_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--checkpointing_steps", 1)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as info:
+        _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--seed", 3)
+    assert "--overwrite_output_dir" in str(info.value.code) and "checkpoints" in str(info.value.code)
+    assert (out / "model.safetensors").read_bytes() == before  # nothing was touched
+    _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 1, "--seed", 3, "--overwrite_output_dir")
+    assert not (out / "checkpoints" / "step_2").exists()  # the old run's checkpoints are gone, `latest` cannot find them
+    assert not list(out.glob(LOCK_FILE + "*"))  # the lock goes with the run
+
+
+def test_a_resume_with_other_settings_stops_naming_each_flag(script, kg_dir, tiny_bert_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, *RESUME_FLAGS)
+    with pytest.raises(SystemExit) as info:
+        _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest",
+               "--learning_rate", "3e-5", "--per_device_train_batch_size", 2, *RESUME_FLAGS)
+    message = str(info.value.code)
+    assert "--learning_rate" in message and "--per_device_train_batch_size" in message and "--seed" not in message
+    # what may change (the length of the run) may change
+    results = _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    assert results["completed_steps"] == 4
+
+
+def test_a_run_that_fails_before_training_leaves_no_folder(script, kg_dir, tiny_bert_dir, tmp_path):  # noqa: F811
+    broken = tmp_path / "kg"
+    shutil.copytree(kg_dir, broken)
+    (broken / "test.tsv").unlink()
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit):
+        _train(script, broken, tiny_bert_dir, out, "--max_train_steps", 1)
+    assert not out.exists()
+
+
+def test_latest_skips_a_damaged_checkpoint_with_a_warning_and_names_a_damaged_explicit_one(script, kg_dir, no_dropout_encoder, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, *RESUME_FLAGS)
+    (out / "checkpoints" / "step_4" / "trainer_state.json").write_text("{broken")
+    (out / "checkpoints" / "step_6.partial").mkdir()  # an interrupted save
+    with pytest.warns(UserWarning, match="Skipping damaged checkpoint .*step_4"):
+        results = _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 6, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    assert results["completed_steps"] == 6
+    assert not (out / "checkpoints" / "step_6.partial").exists()
+    assert json.loads((out / "checkpoints" / "step_6" / "trainer_state.json").read_text())["completed_steps"] == 6
+    (out / "checkpoints" / "step_6" / "optimizer.bin").unlink()
+    with pytest.raises(SystemExit) as info:
+        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 8, "--resume_from_checkpoint", out / "checkpoints" / "step_6", *RESUME_FLAGS)
+    assert "step_6" in str(info.value.code) and "optimizer.bin" in str(info.value.code)
+
+
+def test_a_resume_without_random_states_warns_that_it_is_not_exact(script, kg_dir, no_dropout_encoder, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 2, *RESUME_FLAGS)
+    (out / "checkpoints" / "step_2" / "random_states_0.pkl").unlink()
+    with pytest.warns(UserWarning, match="NOT exactly reproducible"):
+        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    state = json.loads((out / "checkpoints" / "step_4" / "trainer_state.json").read_text())
+    assert state["exact_resume"] is False
+
+
+def test_write_json_is_atomic(tmp_path):
+    path = tmp_path / "state.json"
+    write_json(path, {"step": 1})
+    with pytest.raises(TypeError):
+        write_json(path, {"step": object()})  # fails half-way through dumping
+    assert json.loads(path.read_text()) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left behind
