@@ -2,9 +2,12 @@
 
 Example::
 
-    python examples/prepare_kg.py umls --data-dir /path/to/data --output-dir outputs/umls-kg
-    python examples/prepare_kg.py wn18rr --data-dir /path/to/data --output-dir outputs/wn18rr-kg \\
-        --push-to-hub my-org/wn18rr-lmke
+    python examples/prepare_kg.py umls --data_dir /path/to/data --output_dir outputs/umls-kg
+    python examples/prepare_kg.py wn18rr --data_dir /path/to/data --output_dir outputs/wn18rr-kg \\
+        --push_to_hub my-org/wn18rr-lmke
+
+Flags are spelled as in the other scripts (`--output_dir`); the dashed spellings of version 0.1.0
+(`--output-dir`, `--push-to-hub`, ...) are still accepted and go in the next release.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "or Hub dataset repo id.",
     )
     parser.add_argument(
+        "--data_dir",
         "--data-dir",
         default=None,
         help="Folder holding one sub-folder per short name (default: $LMKE_HF_DATA_DIR).",
@@ -34,20 +38,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="'auto' (longest description file available), 'name' (names only) or a text file name in the folder.",
     )
     parser.add_argument("--revision", default=None, help="Hub revision when name_or_path is a Hub repo id.")
-    parser.add_argument("--output-dir", required=True, help="Folder to write the prepared dataset into.")
+    parser.add_argument("--output_dir", "--output-dir", required=True, help="Folder to write the prepared dataset into.")
     parser.add_argument(
+        "--negatives_seed",
         "--negatives-seed",
         type=int,
         default=0,
         help="Seed of the validation/test negatives generated for splits that ship without labels.",
     )
     parser.add_argument(
+        "--no_negatives",
         "--no-negatives",
         action="store_true",
         help="Do not generate validation/test negatives; unlabelled splits stay positives only.",
     )
-    parser.add_argument("--no-card", action="store_true", help="Do not write the README.md dataset card.")
+    parser.add_argument("--no_card", "--no-card", action="store_true", help="Do not write the README.md dataset card.")
     parser.add_argument(
+        "--push_to_hub",
         "--push-to-hub",
         default=None,
         metavar="REPO_ID",

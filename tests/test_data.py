@@ -565,7 +565,7 @@ def _example_module():
 
 def test_prepare_kg_example(toy_kg_dir, tmp_path, capsys):
     example = _example_module()
-    args = example.parse_args([str(toy_kg_dir), "--output-dir", str(tmp_path / "out"), "--negatives-seed", "3"])
+    args = example.parse_args([str(toy_kg_dir), "--output_dir", str(tmp_path / "out"), "--negatives_seed", "3"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = example.main(args)
@@ -574,7 +574,16 @@ def test_prepare_kg_example(toy_kg_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         example.parse_args(["--help"])
     parser_help = capsys.readouterr().out
-    assert "--output-dir" in parser_help and "--push-to-hub" in parser_help and "--negatives-seed" in parser_help
+    assert "--output_dir" in parser_help and "--push_to_hub" in parser_help and "--negatives_seed" in parser_help
+
+
+def test_prepare_kg_example_keeps_dashed_flags():
+    """The dashed spellings of 0.1.0 parse to the same flags as the underscore ones (for one release)."""
+    example = _example_module()
+    underscore = ["--data_dir", "d", "--output_dir", "o", "--negatives_seed", "3", "--no_negatives", "--no_card", "--push_to_hub", "org/kg"]
+    dashed = [flag.replace("_", "-") if flag.startswith("--") else flag for flag in underscore]
+    assert vars(example.parse_args(["toy", *dashed])) == vars(example.parse_args(["toy", *underscore]))
+    assert example.parse_args(["toy", *underscore]).push_to_hub == "org/kg"
 
 
 # ------------------------------------------------------------------------------------------ real data (slow)
