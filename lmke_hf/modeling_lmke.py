@@ -305,6 +305,25 @@ class LmkePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     citation = _CITATION
 
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """BERT's initialisation for the layers this package adds (KG embeddings, classifier, matcher): normal
+        weights with std `config.initializer_range`, zero biases, unit LayerNorms. Written here rather than taken
+        from `PreTrainedModel`'s generic init, so that a fresh model does not depend on the installed
+        transformers version. The encoders keep their own `_init_weights`."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
     def get_input_embeddings(self) -> KgEmbeddings:
         return self.word_embeddings
 
@@ -766,6 +785,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             if pk.device.type != "meta":
                 pk.copy_(pq)
 
+    @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
         if module is self and hasattr(self, "entity_degrees"):

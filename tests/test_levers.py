@@ -261,3 +261,20 @@ def test_eval_steps_validates_at_fixed_points_and_records_examples_and_training_
     assert all(m > 0 for m in minutes) and minutes == sorted(minutes)
     assert json.loads((out / "train_history.json").read_text())[0]["step"] == 3
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+
+
+def test_added_layers_are_initialised_by_the_package_not_by_the_transformers_version(monkeypatch):
+    """`LmkePreTrainedModel._init_weights` initialises the classifier, matcher and KG rows itself: with
+    transformers' generic init switched off, they still get N(0, initializer_range) weights and zero biases."""
+    from transformers import PreTrainedModel
+
+    from lmke_hf import LmkeConfig, LmkeForTripleClassification
+
+    monkeypatch.setattr(PreTrainedModel, "_init_weights", lambda self, module: None)
+    encoder = dict(model_type="bert", hidden_size=1024, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=50)
+    torch.manual_seed(0)
+    lmke = LmkeForTripleClassification(LmkeConfig(encoder=encoder, num_entities=300, num_relations=2, initializer_range=0.5))
+    clmke = ClmkeForLinkPrediction(ClmkeConfig(encoder=encoder, num_entities=300, num_relations=2, initializer_range=0.5, matcher_hidden_size=16))
+    for weight, bias in ((lmke.classifier.weight, lmke.classifier.bias), (clmke.matcher.dense.weight, clmke.matcher.dense.bias)):
+        assert 0.45 < float(weight.std()) < 0.55 and float(bias.abs().max()) == 0.0
+    assert 0.45 < float(clmke.word_embeddings.kg.weight.std()) < 0.55
