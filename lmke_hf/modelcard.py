@@ -310,13 +310,27 @@ def export_card(run_dir, destination, rerender: bool = False) -> list[Path]:
 __all__ = ["ModelCard", "describe_hardware", "export_card", "CARD_DATA_FILE"]
 
 
-if __name__ == "__main__":
+def parse_args(argv=None):
+    """Flags of `python -m lmke_hf.modelcard` / `lmke-hf export-card`."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Copy a finished run's generated model card into model_cards/.")
     parser.add_argument("run_dir", help="Output folder of train_clmke.py / train_lmke.py.")
     parser.add_argument("destination", help="Folder to write, e.g. model_cards/clmke-wn18rr.")
     parser.add_argument("--rerender", action="store_true", help="Render README.md anew from the run's data with this version's template.")
-    cli = parser.parse_args()
-    for path in export_card(cli.run_dir, cli.destination, rerender=cli.rerender):
+    return parser.parse_args(argv)
+
+
+def main(args) -> list[Path]:
+    """Runs `export_card` with the parsed flags and prints every path written."""
+    try:
+        paths = export_card(args.run_dir, args.destination, rerender=args.rerender)
+    except FileNotFoundError as err:  # a user's mistake: one clear line, no traceback
+        raise SystemExit(f"export-card: {err}") from err
+    for path in paths:
         print(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main(parse_args())

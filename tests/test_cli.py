@@ -1,0 +1,145 @@
+"""The `lmke-hf` command: the installed console script, and `lmke_hf.cli.main` delegating to the scripts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+from conftest_data import toy_kg_dir  # noqa: F401  (a fixture)
+
+import lmke_hf
+from lmke_hf import cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _installed_command() -> str:
+    """The `lmke-hf` this interpreter's install created (pip puts console scripts in its scripts folder)."""
+    name = "lmke-hf.exe" if os.name == "nt" else "lmke-hf"
+    beside = Path(sysconfig.get_path("scripts")) / name
+    found = str(beside) if beside.is_file() else shutil.which("lmke-hf")
+    assert found, "no lmke-hf command on PATH: install the package with `pip install -e .` (it makes the entry point)"
+    return found
+
+
+def _run_installed(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([_installed_command(), *argv], capture_output=True, text=True, timeout=300, env=env, check=False)
+
+
+# ------------------------------------------------------------------------------------------ installed command
+
+
+def test_installed_help_lists_every_command():
+    done = _run_installed("--help")
+    assert done.returncode == 0, done.stderr
+    for name, command in cli.COMMANDS.items():
+        assert name in done.stdout and command.help in done.stdout
+
+
+def test_installed_subcommand_help_is_the_scripts_own():
+    done = _run_installed("train-clmke", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: lmke-hf train-clmke ") and "--output_dir" in done.stdout
+
+
+def test_installed_unknown_command_exits_2_naming_the_choices():
+    done = _run_installed("train-transe")
+    assert done.returncode == 2
+    assert "invalid choice: 'train-transe'" in done.stderr and "train-clmke" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------ in process
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lmke-hf {lmke_hf.__version__}"
+
+
+def test_no_command_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([])
+    assert exit_info.value.code == 2
+    assert "required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["train-clmke", "train-lmke", "evaluate", "prepare", "export-card"])
+def test_every_command_shows_its_scripts_help_under_its_own_name(name, capsys):
+    argv_before = list(sys.argv)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: lmke-hf {name} ")
+    assert sys.argv == argv_before
+
+
+def test_evaluate_is_the_example_even_when_a_module_named_evaluate_exists(monkeypatch, capsys):
+    """An installed Hugging Face `evaluate` package must not stand in for examples/evaluate.py."""
+    monkeypatch.setitem(sys.modules, "evaluate", types.ModuleType("evaluate"))
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    assert "--model" in capsys.readouterr().out
+    loaded = sys.modules["lmke_hf_examples.evaluate"]
+    assert Path(loaded.__file__).resolve() == REPO_ROOT / "examples" / "evaluate.py"
+
+
+def test_without_examples_folder_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "EXAMPLES_DIR", tmp_path / "no-examples")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train-lmke", "--help"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no examples/ folder" in err and "pip install -e ." in err
+
+
+def _prepare_example():
+    spec = importlib.util.spec_from_file_location("prepare_kg_for_cli_test", REPO_ROOT / "examples" / "prepare_kg.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_prepare_writes_what_the_example_writes(toy_kg_dir, tmp_path, capsys):  # noqa: F811
+    flags = ["--negatives_seed", "3"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(tmp_path / "cli"), *flags]) == 0
+        by_cli = capsys.readouterr().out
+        example = _prepare_example()
+        example.main(example.parse_args([str(toy_kg_dir), "--output_dir", str(tmp_path / "example"), *flags]))
+        by_example = capsys.readouterr().out
+    assert by_cli.replace(str(tmp_path / "cli"), "OUT") == by_example.replace(str(tmp_path / "example"), "OUT")
+    written = _folder_bytes(tmp_path / "cli")
+    assert written and written == _folder_bytes(tmp_path / "example")
+
+
+def test_export_card_copies_a_finished_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "README.md").write_text("---\nlibrary_name: transformers\n---\n# card\n")
+    (run / "all_results.json").write_text(json.dumps({"test_mrr": 0.5}))
+    assert cli.main(["export-card", str(run), str(tmp_path / "card")]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "card" / "README.md"), str(tmp_path / "card" / "all_results.json")]
+    assert (tmp_path / "card" / "README.md").read_text() == (run / "README.md").read_text()
+
+
+def test_export_card_of_a_folder_that_is_no_run_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="export-card: .* not a finished training run"):
+        cli.main(["export-card", str(tmp_path), str(tmp_path / "card")])
