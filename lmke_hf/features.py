@@ -27,10 +27,18 @@ def _fingerprint(*parts) -> str:
 
 
 def _tokenizer_fingerprint(tokenizer: LmkeTokenizer) -> str:
+    """What the tokenised columns depend on: the word-piece tokenizer, the lengths and every id and text. Hashed
+    with sha256, not Python's `hash()`, which is salted per process (the `datasets` cache never matched across
+    runs) and covered only the first 50 descriptions (a changed later description reused stale tokens)."""
+    texts = hashlib.sha256()
+    for part in (tokenizer.entity_ids, tokenizer.entity_names, tokenizer.entity_descriptions, tokenizer.relation_ids,
+                 getattr(tokenizer, "relation_names", []), getattr(tokenizer, "relation_descriptions", [])):
+        texts.update("\x1f".join(map(str, part)).encode())
+        texts.update(b"\x1e")
     return _fingerprint(
-        type(tokenizer.tokenizer).__name__, tokenizer.base_vocab_size, tokenizer.num_entities, tokenizer.num_relations,
-        tokenizer.max_entity_description_length, tokenizer.max_relation_description_length,
-        tokenizer.max_key_description_length, hash(tuple(tokenizer.entity_descriptions[:50])),
+        type(tokenizer.tokenizer).__name__, tokenizer.tokenizer.name_or_path, tokenizer.base_vocab_size,
+        tokenizer.num_entities, tokenizer.num_relations, tokenizer.max_entity_description_length,
+        tokenizer.max_relation_description_length, tokenizer.max_key_description_length, texts.hexdigest(),
     )
 
 

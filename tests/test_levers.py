@@ -278,3 +278,27 @@ def test_added_layers_are_initialised_by_the_package_not_by_the_transformers_ver
     for weight, bias in ((lmke.classifier.weight, lmke.classifier.bias), (clmke.matcher.dense.weight, clmke.matcher.dense.bias)):
         assert 0.45 < float(weight.std()) < 0.55 and float(bias.abs().max()) == 0.0
     assert 0.45 < float(clmke.word_embeddings.kg.weight.std()) < 0.55
+
+
+def test_tokenizer_fingerprint_is_stable_across_processes_and_sees_every_description(kg_tok):
+    """The `datasets` cache key of tokenised columns: the same in a fresh interpreter (Python's `hash()` of
+    strings is salted per process), and different when any description changes, not only the first 50."""
+    import copy
+    import subprocess
+    import sys
+
+    from lmke_hf.features import _tokenizer_fingerprint
+
+    here = _tokenizer_fingerprint(kg_tok)
+    code = (
+        "import sys, pickle; sys.path.insert(0, 'tests'); from lmke_hf.features import _tokenizer_fingerprint; "
+        "print(_tokenizer_fingerprint(pickle.load(sys.stdin.buffer)))"
+    )
+    import pickle
+
+    other = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(kg_tok), capture_output=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": "random"}).stdout.decode().strip()
+    assert other == here
+    changed = copy.deepcopy(kg_tok)
+    changed.entity_descriptions[-1] = changed.entity_descriptions[-1] + " changed"
+    assert _tokenizer_fingerprint(changed) != here
