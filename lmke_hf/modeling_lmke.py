@@ -173,6 +173,8 @@ def _embedding_size(encoder_config) -> int:
 def _check_input_ids(input_ids: torch.Tensor, config, name: str = "input_ids") -> None:
     if input_ids is None:
         raise ValueError(f"`{name}` is required.")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"`{name}` must be an integer tensor (torch.long) of token ids, got {getattr(input_ids, 'dtype', type(input_ids).__name__)}.")
     if input_ids.dim() != 2 or input_ids.shape[0] == 0:
         raise ValueError(f"`{name}` must have shape (batch_size > 0, sequence_length), got {tuple(input_ids.shape)}.")
     limit = getattr(config.encoder, "max_position_embeddings", None)
@@ -250,6 +252,13 @@ class KeyQueue:
 
     def load_state_dict(self, state: dict) -> None:
         self.keys, self.entities = state["keys"], state["entities"]
+
+
+def _check_label_values(labels: torch.Tensor, allowed: tuple, name: str) -> None:
+    bad = ~torch.isin(labels, torch.tensor(allowed, dtype=labels.dtype, device=labels.device))
+    if bool(bad.any()):
+        raise ValueError(f"`{name}` may only hold {list(allowed)}, got {labels[bad][:5].tolist()} (1 true / positive, 0 false / negative"
+                         + (", -100 ignored)." if -100 in allowed else ")."))
 
 
 def _first_position(mask: torch.Tensor) -> torch.Tensor:
@@ -368,6 +377,11 @@ class LmkePreTrainedModel(PreTrainedModel):
     def _run_encoder(self, encoder, input_ids, attention_mask, token_type_ids=None, **kwargs):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"The attention mask has shape {tuple(attention_mask.shape)} but its input ids {tuple(input_ids.shape)}; "
+                "pad both together (`LmkeTokenizer.pad`)."
+            )
         return encoder(
             inputs_embeds=self._embed(input_ids),
             attention_mask=attention_mask,
@@ -432,14 +446,20 @@ class LmkePreTrainedModel(PreTrainedModel):
         lookup = tokenizer._entity_index if kind == "entity" else tokenizer._relation_index
         if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
             return int(tokenizer.entity_to_index([value])[0] if kind == "entity" else tokenizer.relation_to_index([value])[0])
-        value = str(value)
+        if not isinstance(value, str):
+            raise TypeError(f"An {kind} is given by its id or name (str) or its row index (int), got {value!r} ({type(value).__name__}).")
         if value in lookup:
             return lookup[value]
         matches = [i for i, n in enumerate(names) if n == value] or [i for i, n in enumerate(names) if n.lower() == value.lower()]
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise KeyError(f"Unknown {kind} {value!r}: neither an id nor a name of this model's {len(ids)} {'entities' if kind == 'entity' else 'relations'}; add new entities with `add_entities`.")
+            import difflib
+
+            close = difflib.get_close_matches(value, list(dict.fromkeys([*names, *ids])), n=3, cutoff=0.75)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            advice = " Add unseen entities with `add_entities`." if kind == "entity" else " Relations are fixed at training time."
+            raise KeyError(f"Unknown {kind} {value!r}: neither an id nor a name of this model's {len(ids)} {'entities' if kind == 'entity' else 'relations'}.{hint}{advice}")
         shown = ", ".join(f"{ids[i]} ({names[i]})" for i in matches[:10])
         raise KeyError(f"{kind} name {value!r} is ambiguous: {len(matches)} candidates: {shown}. Pass the id instead.")
 
@@ -617,6 +637,7 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
             labels = labels.to(logits.dtype).view(-1)
             if labels.shape != logits.shape:
                 raise ValueError(f"`labels` has {labels.numel()} values for a batch of {logits.numel()} triples.")
+            _check_label_values(labels, (0, 1), "labels")
             loss = F.binary_cross_entropy_with_logits(logits, labels)
         output = TripleClassificationOutput(
             loss=loss,
@@ -803,6 +824,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         degrees = torch.as_tensor(degrees, dtype=torch.float32).view(-1)
         if degrees.numel() != self.config.num_entities:
             raise ValueError(f"Got {degrees.numel()} degrees for {self.config.num_entities} entities.")
+        if not bool(torch.isfinite(degrees).all()):
+            bad = torch.nonzero(~torch.isfinite(degrees)).view(-1)[:5].tolist()
+            raise ValueError(f"Degrees must be finite; entities {bad} have {degrees[bad].tolist()}.")
         if bool((degrees < 0).any()):
             raise ValueError("Degrees must be >= 0.")
         self.entity_degrees.copy_(degrees.to(self.entity_degrees.device))
@@ -1006,6 +1030,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         if labels is not None:
             if labels.shape != logits.shape:
                 raise ValueError(f"`labels` has shape {tuple(labels.shape)}, expected {tuple(logits.shape)}.")
+            _check_label_values(labels, (0, 1, -100), "labels")
             loss = self.contrastive_loss(logits, labels.to(logits.dtype))
         output = LinkPredictionOutput(
             loss=loss, logits=logits, labels=labels, query_embeddings=q, key_embeddings=k,
@@ -1086,13 +1111,25 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             )
 
     @torch.no_grad()
-    def predict(self, head=None, relation=None, tail=None, top_k: int = 10, filter_known: bool = False) -> list[dict]:
+    def predict(self, head=None, relation=None, tail=None, top_k: int = 10, filter_known=None,
+                filter_splits=("train", "validation", "test")) -> list[dict]:
         """Ranks all entities for `(head, relation, ?)` or `(?, relation, tail)`; entities and relations by id or name.
 
         Returns the `top_k` candidates as dicts `{"entity_id", "name", "score"}` (score = p(q, k), or the cosine
         with `config.scorer="cosine"`), best first.
-        `filter_known` is not supported without the dataset: known triples are not stored with the model.
+
+        Args:
+            filter_known (`KnowledgeGraph`, *optional*): this model's KG (`lmke_hf.load_kg(...)`); the query's known
+                answers in its `filter_splits` are left out of the ranking (the filtered setting). The model stores
+                no triples, so filtering needs the graph.
         """
+        if isinstance(filter_known, (bool, np.bool_)):
+            raise TypeError(
+                "`filter_known` takes the KnowledgeGraph whose known triples are left out (e.g. "
+                "`lmke_hf.load_kg('wn18rr')`), not a bool: the model stores no triples."
+            )
+        if filter_known is not None and not hasattr(filter_known, "answer_index"):
+            raise TypeError(f"`filter_known` must be a KnowledgeGraph (lmke_hf.load_kg), got {type(filter_known).__name__}.")
         if (head is None) == (tail is None):
             raise ValueError("Give exactly one of `head` (predict the tail) or `tail` (predict the head).")
         if relation is None:
@@ -1110,7 +1147,17 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         if self.config.scorer == "matcher":
             scores = torch.sigmoid(scores)
         self.train(was_training)
-        values, order = scores.topk(min(top_k, scores.numel()))
+        if filter_known is not None:
+            kg_ids = list(filter_known.entities["id"]) if hasattr(filter_known, "entities") else None
+            if filter_known.num_entities != self.config.num_entities or (kg_ids is not None and kg_ids != list(tokenizer.entity_ids)):
+                raise ValueError(
+                    f"`filter_known` is a graph of {filter_known.num_entities} entities, this model has {self.config.num_entities} "
+                    "(or they are in another order): pass the KG the model was trained on."
+                )
+            index = filter_known.answer_index(list(filter_splits), "tail" if head is not None else "head")
+            known = torch.as_tensor(index.answers(given, rel), dtype=torch.long, device=scores.device)
+            scores = scores.index_fill(0, known, float("-inf"))
+        values, order = scores.topk(min(top_k, int(torch.isfinite(scores).sum())))
         return [
             {"entity_id": tokenizer.entity_ids[i], "name": tokenizer.entity_names[i], "score": float(v)}
             for v, i in zip(values.tolist(), order.tolist())
