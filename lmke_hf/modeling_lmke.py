@@ -1070,6 +1070,12 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             self._entity_keys = keys
         return self._entity_keys
 
+    def load_entity_index(self) -> torch.Tensor | None:
+        """The entity keys saved with the checkpoint (`entity_index.safetensors` of its folder, or of its Hub repo
+        at the revision it was loaded from), `(num_entities, hidden)` on the model's device; None when it has none
+        or they are for another number of entities. Never encodes (`entity_index` encodes when this is None)."""
+        return self._load_entity_index()
+
     def _load_entity_index(self):
         from safetensors.torch import load_file
 
