@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +182,54 @@ _SOURCE_NOTES = {
 }
 
 _LICENCE_FILE_PATTERNS = ("*LICENSE*", "*LICENCE*", "MSR-LA*", "*_README.txt")
+
+
+_MAX_EXCERPT = 200
+"""Characters of a line (or id) an error or warning message quotes at most."""
+
+
+def _excerpt(text, limit: int = _MAX_EXCERPT, quote=repr) -> str:
+    """``quote(text)`` (``repr`` or ``ascii``) cut to ``limit`` characters, so one bad line cannot flood a message."""
+    text = str(text)
+    if len(text) <= limit:
+        return quote(text)
+    return f"{quote(text[:limit])}... ({len(text):,} characters in all)"
+
+
+def _unicode_form(text: str) -> str:
+    if unicodedata.is_normalized("NFC", text):
+        return "NFC"
+    return "NFD" if unicodedata.is_normalized("NFD", text) else "neither NFC nor NFD"
+
+
+def _normalisation_clash(unknown: pa.Array, known: pa.Array) -> tuple[int, str, str] | None:
+    """Distinct ``unknown`` strings that equal a ``known`` one only once both are NFC-normalised.
+
+    Returns ``(count, first unknown, the known string it matches)`` or ``None``; only called on error paths.
+    """
+    unknown = pc.unique(unknown.drop_null())
+    position = pc.index_in(pc.utf8_normalize(unknown, form="NFC"), value_set=pc.utf8_normalize(known, form="NFC"))
+    matched = np.asarray(position.is_valid())
+    if not matched.any():
+        return None
+    first = int(np.flatnonzero(matched)[0])
+    return int(matched.sum()), unknown[first].as_py(), known[position[first].as_py()].as_py()
+
+
+def _normalisation_advice(clash: tuple[int, str, str], kind: str, here: str, there: str) -> str:
+    count, unknown, known = clash
+    return (
+        f"{count} of these {kind} ids equal an id of {there} once both are normalised to Unicode NFC, e.g. "
+        f"{_excerpt(unknown, quote=ascii)} ({_unicode_form(unknown)}) in {here} vs {_excerpt(known, quote=ascii)} "
+        f"({_unicode_form(known)}) in {there}: the files write the same text in different Unicode normalisation "
+        "forms. Normalise every file to NFC, e.g. with Python's unicodedata.normalize('NFC', text)."
+    )
+
+
+def _did_you_mean(value: str, choices, n: int = 3) -> str:
+    """`` (did you mean 'a' or 'b'?)`` from :func:`difflib.get_close_matches`, or ``""``."""
+    close = difflib.get_close_matches(str(value), list(choices), n=n, cutoff=0.6)
+    return f" (did you mean {' or '.join(_excerpt(c) for c in close)}?)" if close else ""
 
 
 def _warn(message: str) -> None:
@@ -579,17 +630,40 @@ class KnowledgeGraph:
 
 
 def _read_lines(path: Path) -> tuple[pa.Array, np.ndarray]:
-    """Non-blank lines of a UTF-8 text file without ``\\r``/``\\n``, and their 1-based line numbers."""
+    """Non-blank lines of a UTF-8 text file without ``\\r``/``\\n``, and their 1-based line numbers.
+
+    A leading UTF-8 byte-order mark is dropped (``utf-8-sig``; Windows editors write one), LF and CRLF line
+    endings are read alike, and a carriage return anywhere else (CR-only line endings of old Mac OS files)
+    is an error naming the file and the fix, since it would glue lines together.
+    """
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
+        # error.object is what the decoder saw, i.e. the bytes after any byte-order mark
+        line = error.object[: error.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line}: not valid UTF-8 ({error.reason}); re-encode the file as UTF-8.") from None
     if text.endswith("\n"):
         text = text[:-1]
     lines = pc.utf8_rtrim(pa.array(text.split("\n") if text else [], pa.string()), characters="\r")
     line_numbers = np.arange(1, len(lines) + 1, dtype=np.int64)
+    inner_cr = np.asarray(pc.match_substring(lines, "\r"), dtype=bool)
+    if inner_cr.any():
+        fix = (
+            f"Convert it to LF line endings, e.g. `perl -pi -e 's/\\r\\n?/\\n/g' {path}` or `mac2unix {path}`, "
+            "or re-save it with Unix (LF) line endings."
+        )
+        if "\n" not in text:
+            raise ValueError(
+                f"{path}: CR-only line endings (old Mac OS style): {text.count(chr(13)):,} carriage returns and no "
+                f"line feed, so the whole file would read as one line. {fix}"
+            )
+        first = int(np.flatnonzero(inner_cr)[0])
+        raise ValueError(
+            f"{path}:{line_numbers[first]}: a carriage return (\\r) inside the line {_excerpt(lines[first].as_py())}: "
+            f"the file mixes CR-only line endings (old Mac OS style) with LF ones ({int(inner_cr.sum())} lines "
+            f"affected). {fix}"
+        )
     blank = np.asarray(pc.equal(pc.utf8_length(lines), 0))
     if blank.any():
         _warn(f"{path}: skipped {int(blank.sum())} blank lines.")
@@ -611,7 +685,7 @@ def _split_fields(
         raise ValueError(
             f"{path}:{line_numbers[first]}: expected {' or '.join(map(str, allowed))} tab-separated columns "
             f"({what}) like the first line ({width} columns), found {counts[first]} in "
-            f"{lines[first].as_py()!r}; {int(bad.sum())} rows of {path.name} are malformed. Fix or remove them."
+            f"{_excerpt(lines[first].as_py())}; {int(bad.sum())} rows of {path.name} are malformed. Fix or remove them."
         )
     return [pc.list_element(parts, i) for i in range(width)] if counts.size else []
 
@@ -626,7 +700,7 @@ def _read_id_list(path: Path, kind: str) -> pa.Array:
         first = int(np.flatnonzero(tabs)[0])
         raise ValueError(
             f"{path}:{line_numbers[first]}: expected one {kind} id per line, found a tab in "
-            f"{lines[first].as_py()!r}; remove the extra columns."
+            f"{_excerpt(lines[first].as_py())}; remove the extra columns."
         )
     unique = pc.unique(lines)
     if len(unique) != len(lines):
@@ -636,8 +710,41 @@ def _read_id_list(path: Path, kind: str) -> pa.Array:
     return unique
 
 
-def _read_triple_file(path: Path) -> dict:
-    """Columns of a ``head<TAB>relation<TAB>tail[<TAB>label]`` file (strings), labels as int8 or None."""
+_HEADER_WORDS = frozenset(
+    {"head", "relation", "tail", "h", "r", "t", "subject", "predicate", "object", "s", "p", "o", "rel", "sub", "obj"}
+)
+"""Column names a header line of a triple file would hold (compared case-insensitively)."""
+
+
+def _is_column_name(value: str) -> bool:
+    word = value.strip().lstrip("#").strip().lower()
+    word = re.sub(r"(?<=\w)[ _-]?id$", "", word)  # head_id, relation id, tail-id
+    return word in _HEADER_WORDS
+
+
+def _check_no_header(path: Path, line: str, line_number: int, known: Sequence[pa.Array | None]) -> None:
+    """Refuse a first line whose head, relation and tail fields all look like column names.
+
+    ``known`` holds the entity, relation and entity id lists read from ``entities.txt`` / ``relations.txt``
+    (``None`` where absent): a first line whose fields are all listed ids is a triple, not a header.
+    """
+    fields = line.split("\t")[:3]
+    if len(fields) < 3 or not all(_is_column_name(f) for f in fields):
+        return
+    if all(ids is not None and pc.is_in(pa.array([f]), value_set=ids)[0].as_py() for f, ids in zip(fields, known)):
+        return
+    raise ValueError(
+        f"{path}:{line_number}: the first line {_excerpt(line)} looks like a header (column names), but KG-BERT "
+        "triple files have none: it would be read as a triple of made-up entities and relations. Delete that line "
+        f"(e.g. `sed -i {line_number}d {path}`)."
+    )
+
+
+def _read_triple_file(path: Path, known: Sequence[pa.Array | None] = (None, None, None)) -> dict:
+    """Columns of a ``head<TAB>relation<TAB>tail[<TAB>label]`` file (strings), labels as int8 or None.
+
+    ``known``: the listed entity, relation and entity ids (see :func:`_check_no_header`).
+    """
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing; a KG-BERT folder needs train.tsv, dev.tsv and test.tsv "
@@ -646,6 +753,7 @@ def _read_triple_file(path: Path) -> dict:
     lines, line_numbers = _read_lines(path)
     if len(lines) == 0:
         raise ValueError(f"{path}: the split is empty; every split needs at least one triple.")
+    _check_no_header(path, lines[0].as_py(), int(line_numbers[0]), known)
     columns = _split_fields(path, lines, line_numbers, (3, 4), "head, relation, tail[, label]")
     label = None
     if len(columns) == 4:
@@ -656,7 +764,7 @@ def _read_triple_file(path: Path) -> dict:
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"{path}:{line_numbers[first]}: label {raw[first].as_py()!r} is not 1, -1 or 0 "
+                f"{path}:{line_numbers[first]}: label {_excerpt(raw[first].as_py())} is not 1, -1 or 0 "
                 f"({int(bad.sum())} such rows); use 1 for true and -1 or 0 for false triples."
             )
         label = positive.astype(np.int8)
@@ -669,11 +777,17 @@ def _encode(values: pa.Array, vocabulary: pa.Array, where: str, rows: np.ndarray
     missing = np.asarray(index.is_null())
     if missing.any():
         first = int(np.flatnonzero(missing)[0])
-        distinct = len(pc.unique(values.filter(pa.array(missing))))
+        unknown = values.filter(pa.array(missing))
+        distinct = len(pc.unique(unknown))
+        clash = _normalisation_clash(unknown, vocabulary)
+        advice = (
+            f"Add them to {vocabulary_source} or fix the triples."
+            if clash is None
+            else _normalisation_advice(clash, kind, Path(where).name, vocabulary_source)
+        )
         raise ValueError(
-            f"{where}:{rows[first]}: {kind} {values[first].as_py()!r} is not in {vocabulary_source} "
-            f"({int(missing.sum())} rows, {distinct} distinct {kind} ids missing). Add them to "
-            f"{vocabulary_source} or fix the triples."
+            f"{where}:{rows[first]}: {kind} {_excerpt(values[first].as_py())} is not in {vocabulary_source} "
+            f"({int(missing.sum())} rows, {distinct} distinct {kind} ids missing). {advice}"
         )
     return np.asarray(index, dtype=np.int64)
 
@@ -747,6 +861,12 @@ def _read_text_file(path: Path, ids: pa.Array, kind: str) -> pa.Array:
     extra = int((~known).sum())
     if extra:
         logger.info("%s: %d lines name %s ids not used by this graph; ignored.", path, extra, kind)
+        clash = _normalisation_clash(keys.filter(pa.array(~known)), ids)
+        if clash is not None:
+            _warn(
+                f"{path}: {extra} lines name {kind} ids that match no id of this graph exactly; their texts are "
+                "ignored. " + _normalisation_advice(clash, kind, path.name, "the graph's ids")
+            )
     position = np.asarray(position.filter(pa.array(known)), dtype=np.int64)
     texts = texts.filter(pa.array(known))
     unique_positions, first = np.unique(position, return_index=True)
@@ -817,7 +937,8 @@ def _entity_texts(
                 p.name for p in folder.glob("*description*")
             )
             raise FileNotFoundError(
-                f"`description`={description!r}: {path} does not exist; use 'auto', 'name' or one of {available}."
+                f"`description`={_excerpt(description)}: {path} does not exist"
+                f"{_did_you_mean(Path(description).name, available)}; use 'auto', 'name' or one of {available}."
             )
     for stand_in, message in layout.stand_ins:
         if path.name == stand_in:
@@ -847,17 +968,46 @@ def _relation_texts(folder: Path, ids: pa.Array) -> tuple[pa.Array, pa.Array]:
     return texts, texts
 
 
+_PLURAL = {"entity": "entities", "relation": "relations"}
+
+
+def _warn_evaluation_only(folder: Path, raw: dict, ids: pa.Array, kind: str, list_file: str, columns, report: dict):
+    """Warn about ids gathered from the triples that occur in no train triple (typos in dev/test look so)."""
+    in_train = pa.chunked_array([raw["train"][c] for c in columns]).combine_chunks()
+    only = ids.filter(pc.invert(pc.is_in(ids, value_set=in_train)))
+    report.setdefault("evaluation_only_ids", {})[kind] = len(only)
+    if len(only) == 0:
+        return
+    shown = []
+    for value in only[:5].to_pylist():  # where each of the first few is first used
+        for split in ("validation", "test"):
+            used = np.any([np.asarray(pc.equal(raw[split][c], value)) for c in columns], axis=0)
+            if used.any():
+                shown.append(f"{_excerpt(value)} ({SPLIT_FILES[split]}:{raw[split]['line'][int(np.argmax(used))]})")
+                break
+    _warn(
+        f"{folder}: no {list_file}, so the {kind} ids are gathered from the triples, and {len(only)} of them occur "
+        f"only in dev.tsv / test.tsv, never in train.tsv: {', '.join(shown)}{' ...' if len(only) > 5 else ''}. "
+        f"A typo in an evaluation file looks like this. If they are genuinely unseen {_PLURAL[kind]}, list every "
+        f"{kind} id in {list_file} (one per line) to confirm them; otherwise fix the triples."
+    )
+
+
 def _load_kgbert_folder(folder: Path, name: str, description: str) -> KnowledgeGraph:
     report: dict = {"format": "kg-bert"}
-    raw = {split: _read_triple_file(folder / SPLIT_FILES[split]) for split in SPLITS}
+    listed = {}
+    for kind, list_file in (("entity", "entities.txt"), ("relation", "relations.txt")):
+        path = folder / list_file
+        listed[kind] = _read_id_list(path, kind) if path.is_file() else None
+    known = (listed["entity"], listed["relation"], listed["entity"])
+    raw = {split: _read_triple_file(folder / SPLIT_FILES[split], known) for split in SPLITS}
     vocabularies = {}
     for kind, list_file, columns in (
         ("entity", "entities.txt", ("head", "tail")),
         ("relation", "relations.txt", ("relation",)),
     ):
-        path = folder / list_file
-        if path.is_file():
-            vocabularies[kind] = (_read_id_list(path, kind), path.name)
+        if listed[kind] is not None:
+            vocabularies[kind] = (listed[kind], list_file)
         else:
             every = pa.chunked_array([raw[s][c] for s in SPLITS for c in columns]).combine_chunks()
             vocabularies[kind] = (pc.unique(every).sort(), f"the triples (no {list_file})")
@@ -865,6 +1015,7 @@ def _load_kgbert_folder(folder: Path, name: str, description: str) -> KnowledgeG
                 "%s: no %s; %d %s ids taken from the triples, sorted.",
                 folder, list_file, len(vocabularies[kind][0]), kind,
             )
+            _warn_evaluation_only(folder, raw, vocabularies[kind][0], kind, list_file, columns, report)
     entity_ids, entity_source = vocabularies["entity"]
     relation_ids, relation_source = vocabularies["relation"]
     num_entities, num_relations = len(entity_ids), len(relation_ids)
@@ -1017,7 +1168,7 @@ def _kg_from_tables(
 def _load_prepared_folder(folder: Path, description: str) -> KnowledgeGraph:
     metadata_path = folder / PREPARED_METADATA
     metadata = (
-        _check_metadata(json.loads(metadata_path.read_text(encoding="utf-8")), str(metadata_path))
+        _check_metadata(json.loads(metadata_path.read_text(encoding="utf-8-sig")), str(metadata_path))
         if metadata_path.is_file()
         else {}
     )
@@ -1042,7 +1193,7 @@ def _load_prepared_folder(folder: Path, description: str) -> KnowledgeGraph:
 def _hub_metadata(repo_id: str, revision: str | None) -> dict:
     local = Path(repo_id) / PREPARED_METADATA
     if local.is_file():
-        return _check_metadata(json.loads(local.read_text(encoding="utf-8")), str(local))
+        return _check_metadata(json.loads(local.read_text(encoding="utf-8-sig")), str(local))
     try:
         import huggingface_hub
 
@@ -1050,7 +1201,7 @@ def _hub_metadata(repo_id: str, revision: str | None) -> dict:
     except Exception as error:  # a repo without metadata still loads: labels decide, name from the repo id
         logger.info("%s: no %s (%s); inferring labelled splits from the labels.", repo_id, PREPARED_METADATA, error)
         return {}
-    return _check_metadata(json.loads(Path(path).read_text(encoding="utf-8")), f"{repo_id}/{PREPARED_METADATA}")
+    return _check_metadata(json.loads(Path(path).read_text(encoding="utf-8-sig")), f"{repo_id}/{PREPARED_METADATA}")
 
 
 def _load_hub(repo_id: str, revision: str | None, description: str) -> KnowledgeGraph:
@@ -1072,6 +1223,14 @@ def _load_hub(repo_id: str, revision: str | None, description: str) -> Knowledge
 # ----------------------------------------------------------------------------------------------------------
 # Public loading entry point
 # ----------------------------------------------------------------------------------------------------------
+
+
+def _subfolders(folder: Path) -> list[str] | None:
+    """Sorted names of the sub-folders of ``folder`` (``None`` if it is not a readable folder)."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.is_dir())
+    except OSError:
+        return None
 
 
 def _find_in_data_dir(data_dir: Path, canonical: str) -> Path | None:
@@ -1107,7 +1266,8 @@ def load_kg(
     3. anything else: a Hub dataset repo id read with :func:`datasets.load_dataset` (configs ``triples``,
        ``entities``, ``relations``, as written by :func:`save_prepared`), at ``revision``.
 
-    If nothing works, the error lists what was tried.
+    If nothing works, the error lists what was tried, with "did you mean" suggestions for near-misses. A name
+    without ``/`` that is a near-miss of a short name (``"wn18r"``) is taken as a typo: the Hub is not tried.
 
     Args:
         name_or_path: folder, short name or Hub repo id.
@@ -1128,7 +1288,7 @@ def load_kg(
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _load_folder(path, description)
-    tried.append(f"local folder {path}: does not exist")
+    tried.append(f"local folder {path}: does not exist{_did_you_mean(path.name, _subfolders(path.parent) or [])}")
 
     canonical = SHORT_NAMES.get(str(name_or_path).lower())
     if canonical is not None:
@@ -1140,20 +1300,35 @@ def load_kg(
             found = _find_in_data_dir(Path(base).expanduser(), canonical)
             if found is not None:
                 return _load_folder(found, description)
-            tried.append(f"{label}={base}: no sub-folder {canonical!r}")
+            held = _subfolders(Path(base).expanduser())
+            tried.append(
+                f"{label}={base}: no sub-folder {canonical!r}"
+                + (" (the folder does not exist)" if held is None else f" (it holds {held[:20]}"
+                   + (" ...)" if len(held) > 20 else ")"))
+            )
         raise FileNotFoundError(
-            f"Could not load {name_or_path!r}. Tried: " + "; ".join(tried) + ". Pass `data_dir` (or set "
+            f"Could not load {_excerpt(name_or_path)}. Tried: " + "; ".join(tried) + ". Pass `data_dir` (or set "
             f"{DATA_DIR_ENV}) to the folder holding {canonical}/, or pass the folder path or a Hub repo id."
         )
 
-    tried.append(f"short name: {name_or_path!r} is not one of {sorted(SHORT_NAMES)}")
+    suggestion = _did_you_mean(str(name_or_path).lower(), SHORT_NAMES)
+    tried.append(f"short name: {_excerpt(name_or_path)} is not one of {sorted(SHORT_NAMES)}")
+    if suggestion and "/" not in str(name_or_path):
+        # a repo written by push_prepared_to_hub is owner/name: a near-miss of a short name is a typo, and the
+        # Hub's retries would only delay this message
+        raise FileNotFoundError(
+            f"Could not load {_excerpt(name_or_path)}{suggestion}. Tried: " + "; ".join(tried) + ". Hub dataset: "
+            "not tried (Hub dataset repos are owner/name). Pass a short name from the list above with `data_dir`, "
+            "an existing folder, or a Hub dataset repo id."
+        )
     try:
         return _load_hub(str(name_or_path), revision, description)
     except Exception as error:
         tried.append(f"Hub dataset {name_or_path!r}: {type(error).__name__}: {error}")
         raise FileNotFoundError(
-            f"Could not load {name_or_path!r}. Tried: " + "; ".join(tried) + ". Pass an existing folder, a short "
-            "name with `data_dir`, or a Hub dataset repo written by save_prepared/push_prepared_to_hub."
+            f"Could not load {_excerpt(name_or_path)}{suggestion}. Tried: " + "; ".join(tried) + ". Pass an "
+            "existing folder, a short name with `data_dir`, or a Hub dataset repo written by "
+            "save_prepared/push_prepared_to_hub."
         ) from error
 
 
