@@ -10,8 +10,10 @@ cached id lists, so no text is ever scanned for tens of thousands of added token
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import unicodedata
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -21,6 +23,20 @@ from transformers.utils import PushToHubMixin
 
 KG_VOCAB_FILE = "kg_vocab.json"
 DIRECTIONS = ("head", "tail")
+_PLURAL = {"entity": "entities", "relation": "relations"}
+_MAX_EXCERPT = 200  # characters of a value an error message quotes at most
+
+
+def _excerpt(value, quote=repr) -> str:
+    """``quote(value)`` (``repr`` or ``ascii``) cut to a short excerpt, so one odd value cannot flood a message."""
+    if isinstance(value, np.generic):
+        value = value.item()  # False, not np.False_
+    if not isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= _MAX_EXCERPT else text[:_MAX_EXCERPT] + "..."
+    if len(value) <= _MAX_EXCERPT:
+        return quote(value)
+    return f"{quote(value[:_MAX_EXCERPT])}... ({len(value):,} characters in all)"
 
 
 def entity_text(name: str, description: str) -> str:
@@ -74,8 +90,8 @@ class LmkeTokenizer(PushToHubMixin):
                 "BERT-family tokenizer (BERT, RoBERTa, DeBERTa-v2, MiniLM)."
             )
         self.tokenizer = tokenizer
-        self.entity_ids = [str(e) for e in entity_ids]
-        self.relation_ids = [str(r) for r in relation_ids]
+        self.entity_ids = [str(e) for e in _as_list(entity_ids)]
+        self.relation_ids = [str(r) for r in _as_list(relation_ids)]
         self.entity_names = _texts(entity_names, self.entity_ids, "entity_names")
         self.entity_descriptions = _texts(entity_descriptions, self.entity_ids, "entity_descriptions", default="")
         self.relation_names = _texts(relation_names, self.relation_ids, "relation_names")
@@ -136,40 +152,143 @@ class LmkeTokenizer(PushToHubMixin):
     def __len__(self) -> int:
         return self.total_vocab_size
 
-    def entity_to_index(self, entities: Iterable) -> np.ndarray:
-        """Integer ids of entities given as integer ids or original string ids; unknown ones raise."""
-        return self._to_index(entities, self._entity_index, self.num_entities, "entity")
+    def entity_to_index(self, entities) -> np.ndarray:
+        """(n,) int64 row indices (integer entity ids) of entities given as row indices or original ids.
 
-    def relation_to_index(self, relations: Iterable) -> np.ndarray:
-        return self._to_index(relations, self._relation_index, self.num_relations, "relation")
+        The type of each value decides what it is, never its spelling, so numeric-string ids (WN18RR's
+        ``"00260881"``, or ``"2"``) stay unambiguous:
 
-    @staticmethod
-    def _to_index(values, index: dict, size: int, kind: str) -> np.ndarray:
-        if isinstance(values, (str, int, np.integer)):
-            values = [values]
+        * ``int`` and numpy integers (scalars, lists, integer arrays and tensors) are row indices into
+          `entity_ids`; ``2`` is the third entity, whatever its id;
+        * ``str`` (and numpy strings) are original ids, matched exactly: ``"2"`` is the entity whose id is
+          ``"2"``, wherever it sits. An id that is not found raises; it is never read as a number;
+        * anything else (``bool``, ``float`` even when integral, ``None``, bytes) raises `TypeError`.
+
+        A lone ``str`` or ``int`` is one entity; a list may mix indices and ids.
+
+        Example::
+
+            >>> tok.entity_ids[:3]                                           # doctest: +SKIP
+            ['10', '2', '0']
+            >>> tok.entity_to_index(["2", 2, "0"])                           # doctest: +SKIP
+            array([1, 2, 2])
+
+        Raises:
+            KeyError: unknown ids (the message suggests close matches, names and Unicode-normalisation clashes).
+            IndexError: indices outside ``[0, num_entities)``.
+            TypeError: values that are neither int nor str.
+        """
+        return self._to_index(entities, "entity")
+
+    def relation_to_index(self, relations) -> np.ndarray:
+        """(n,) int64 row indices of relations; ints are indices and str are ids, as in `entity_to_index`."""
+        return self._to_index(relations, "relation")
+
+    def _to_index(self, values, kind: str) -> np.ndarray:
+        ids, index = (
+            (self.entity_ids, self._entity_index) if kind == "entity" else (self.relation_ids, self._relation_index)
+        )
         if isinstance(values, torch.Tensor):
             values = values.detach().cpu().numpy()
-        values = list(values) if not isinstance(values, np.ndarray) else values
-        if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
-            out = values.astype(np.int64)
-        elif all(isinstance(v, (int, np.integer)) for v in values):
-            out = np.asarray(values, dtype=np.int64)
-        else:
-            unknown = [v for v in values if not isinstance(v, (int, np.integer)) and str(v) not in index]
-            if unknown:
-                raise KeyError(
-                    f"Unknown {kind} id(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''} ({len(unknown)} in all); "
-                    f"the tokenizer knows {size} {kind}s. Use ids from its `{kind}_ids`, or add new entities with "
-                    "`add_entities`."
+        if isinstance(values, np.ndarray):
+            values = values.reshape(-1)
+            if values.dtype.kind in "iu":
+                return self._check_range(values.astype(np.int64), kind, values)
+            if values.dtype.kind not in "UO":
+                raise TypeError(
+                    f"{kind} values must be int row indices or str ids, got an array of dtype {values.dtype}; "
+                    "bools and floats are neither. Cast indices with .astype(int) / .long(), or pass ids as str."
                 )
-            out = np.asarray([v if isinstance(v, (int, np.integer)) else index[str(v)] for v in values], dtype=np.int64)
+            values = values.tolist()
+        elif isinstance(values, (str, bytes, int, float, np.generic)) or not hasattr(values, "__iter__"):
+            values = [values]  # one value (None included), not a sequence of characters or bytes
+        else:
+            values = list(values)
+        out = np.zeros(len(values), dtype=np.int64)
+        unknown, big = [], []
+        for k, v in enumerate(values):
+            if isinstance(v, str):
+                position = index.get(v)
+                if position is None:
+                    unknown.append(v)
+                else:
+                    out[k] = position
+            elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+                v = int(v)
+                if -(2**63) <= v < 2**63:
+                    out[k] = v
+                else:
+                    big.append(v)
+            else:
+                raise TypeError(
+                    f"{kind} values must be int row indices or str ids, got {type(v).__name__} {_excerpt(v)} "
+                    f"(item {k}); bools, floats and None are neither. Cast indices with int(), or pass ids as str."
+                )
+        if unknown:
+            raise KeyError(self._unknown_message(unknown, kind))
+        if big:
+            raise IndexError(f"{kind} index {big[0]} is out of range [0, {len(ids)}) ({len(big)} such values).")
+        return self._check_range(out, kind)
+
+    def _check_range(self, out: np.ndarray, kind: str, original=None) -> np.ndarray:
+        ids = self.entity_ids if kind == "entity" else self.relation_ids
+        size = len(ids)
+        if original is not None and original.dtype.kind == "u":
+            original = original[original > np.iinfo(np.int64).max]
+            if original.size:  # would wrap to negative in int64
+                raise IndexError(f"{kind} index {int(original[0])} is out of range [0, {size}).")
         if out.size and (out.min() < 0 or out.max() >= size):
             bad = out[(out < 0) | (out >= size)]
+            first = int(bad[0])
+            spelt = [i for i in ids if i.isascii() and i.isdigit() and int(i) == first][:3] if first >= 0 else []
+            hint = (
+                f" The {kind} id {' / '.join(map(repr, spelt))} reads as that number: ids are looked up only when "
+                "passed as str."
+                if spelt
+                else ""
+            )
             raise IndexError(
-                f"{kind} index {int(bad[0])} is out of range [0, {size}) ({bad.size} out of range); integer ids "
-                f"must index the tokenizer's `{kind}_ids`."
+                f"{kind} index {first} is out of range [0, {size}) ({bad.size} out of range); ints are row indices "
+                f"into the tokenizer's `{kind}_ids`, str are original ids.{hint}"
             )
         return out
+
+    def _unknown_message(self, unknown: list[str], kind: str) -> str:
+        """The KeyError text for ids not in the vocabulary: counts, then hints for the first few (error path only)."""
+        ids, names = (
+            (self.entity_ids, self.entity_names) if kind == "entity" else (self.relation_ids, self.relation_names)
+        )
+        shown = "[" + ", ".join(_excerpt(v) for v in unknown[:5]) + (", ..." if len(unknown) > 5 else "") + "]"
+        nfc = {unicodedata.normalize("NFC", i): i for i in ids}
+        by_name: dict[str, list[str]] = {}
+        wanted = {v.lower() for v in unknown[:3]}
+        for i, name in zip(ids, names):
+            if name.lower() in wanted:
+                by_name.setdefault(name.lower(), []).append(i)
+        hints = []
+        for v in unknown[:3]:
+            normalised = nfc.get(unicodedata.normalize("NFC", v))
+            if normalised is not None:
+                hints.append(
+                    f"{_excerpt(v, ascii)} equals the id {_excerpt(normalised, ascii)} only after Unicode NFC "
+                    "normalisation; normalise ids with unicodedata.normalize('NFC', id)"
+                )
+            elif v.lower() in by_name:
+                matches = by_name[v.lower()]
+                hints.append(
+                    f"{_excerpt(v)} is the name of {kind} id {', '.join(map(repr, matches[:3]))}"
+                    f"{' ...' if len(matches) > 3 else ''}; pass the id"
+                )
+            else:
+                close = difflib.get_close_matches(v, ids, n=3, cutoff=0.6)
+                if close:
+                    hints.append(f"{_excerpt(v)}: did you mean {' or '.join(_excerpt(c) for c in close)}?")
+        return (
+            f"Unknown {kind} id(s) {shown} ({len(unknown)} in all); the tokenizer knows {len(ids)} {_PLURAL[kind]}. "
+            + "".join(h + ("" if h.endswith("?") else ".") + " " for h in hints)
+            + f"Use ids from its `{kind}_ids` (str) or row indices (int)"
+            + (", or add new entities with `add_entities`." if kind == "entity" else ".")
+        )
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         """Word pieces for ordinary ids, `[E:<id>]`, `[R:<id>]` and `[ENT_MASK]` for the KG tokens."""
@@ -305,8 +424,28 @@ class LmkeTokenizer(PushToHubMixin):
         return {f"{prefix}input_ids": ids, f"{prefix}attention_mask": mask}
 
     # ------------------------------------------------------------------ growing the KG
-    def add_entities(self, ids: Sequence[str], names: Sequence[str] | None = None, descriptions: Sequence[str] | None = None) -> np.ndarray:
-        """Registers new entities (appended after the existing ones); returns their integer ids."""
+    def add_entities(
+        self,
+        ids: str | Sequence[str],
+        names: str | Sequence[str] | None = None,
+        descriptions: str | Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Registers new entities (appended after the existing ones); returns their (n,) integer ids.
+
+        Args:
+            ids: one new id (a lone ``str`` is one entity, not its characters) or a sequence of them. Ids are
+                ``str``: an int would read as a row index elsewhere (see `entity_to_index`), so it is refused.
+            names, descriptions: one text per id (a lone ``str`` for a lone id); default: the id and ``""``.
+        """
+        ids = _as_list(ids)
+        wrong = [(k, i) for k, i in enumerate(ids) if not isinstance(i, str)]
+        if wrong:
+            k, value = wrong[0]
+            example = f", e.g. {str(value)!r}" if isinstance(value, (int, np.integer)) else ""
+            raise TypeError(
+                f"`ids` must hold str entity ids, got {type(value).__name__} {_excerpt(value)} (item {k}); ints are "
+                f"row indices in this tokenizer, so pass new ids as str{example}."
+            )
         ids = [str(i) for i in ids]
         clash = [i for i in ids if i in self._entity_index]
         if clash or len(set(ids)) != len(ids):
@@ -377,7 +516,7 @@ class LmkeTokenizer(PushToHubMixin):
                 )
         else:
             vocab_path = hf_hub_download(path, KG_VOCAB_FILE, **hub_kwargs)
-        with open(vocab_path, encoding="utf-8") as f:
+        with open(vocab_path, encoding="utf-8-sig") as f:
             vocab = json.load(f)
         # the folder's config.json is an LMKE model config; the word-piece tokenizer needs no remote code
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **hub_kwargs)
@@ -409,10 +548,15 @@ class LmkeTokenizer(PushToHubMixin):
         )
 
 
+def _as_list(values) -> list:
+    """A lone ``str`` is one value, not a sequence of characters."""
+    return [values] if isinstance(values, str) else list(values)
+
+
 def _texts(values, ids, name, default=None) -> list[str]:
     if values is None:
         return [default if default is not None else i for i in ids]
-    values = ["" if v is None else str(v) for v in values]
+    values = ["" if v is None else str(v) for v in _as_list(values)]
     if len(values) != len(ids):
         raise ValueError(f"`{name}` has {len(values)} entries for {len(ids)} ids; give one text per id.")
     return values
