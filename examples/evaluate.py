@@ -26,16 +26,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
+from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, check_same_kg, load_model  # noqa: E402
 from lmke_hf.data import add_classification_negatives, load_kg  # noqa: E402
 from lmke_hf.evaluation import classification_report, plot_degree_buckets  # noqa: E402
 from lmke_hf.inference import rank_link_prediction, score_triples  # noqa: E402
+from lmke_hf.loading import checkpoint_source, exit_on_error, local_folder  # noqa: E402
 from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, set_cpu_threads  # noqa: E402
 
 logger = logging.getLogger("evaluate")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = parser.add_argument
     a("--model", required=True, help="Saved output folder or Hub repo id of a trained LMKE / C-LMKE model.")
@@ -55,62 +56,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (GPUs / CPUs with bf16 units; may change ties).")
     a("--no_progress", action="store_true", help="No progress bars.")
     a("--cpu_threads", type=POSITIVE_INT, default=None, help="Torch threads on CPU (default: every core this process may use; `accelerate launch` alone pins one).")
-    args = parser.parse_args(argv)
-    if args.per_device_eval_batch_size < 1:
-        parser.error(f"--per_device_eval_batch_size must be >= 1, got {args.per_device_eval_batch_size}.")
-    if args.max_queries is not None and args.max_queries < 1:
-        parser.error(f"--max_queries must be >= 1, got {args.max_queries}.")
-    if args.cpu_threads is not None and args.cpu_threads < 1:
-        parser.error(f"--cpu_threads must be >= 1, got {args.cpu_threads}.")
-    return args
+    return parser
 
 
-def load_model(name_or_path: str, revision=None, token=None):
-    """The checkpoint as `ClmkeForLinkPrediction` or `LmkeForTripleClassification` (by its `model_type`) and its
-    `LmkeTokenizer`; errors name the source instead of surfacing a library traceback."""
-    from transformers import AutoConfig, AutoModel
-
-    hub = {"revision": revision, "token": token}
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, **hub)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"--model {name_or_path!r}: cannot load its config ({err}). Give a folder written by train_*.py or a Hub id.") from err
-    if config.model_type not in ("lmke", "clmke"):
-        raise SystemExit(f"--model {name_or_path!r} is a {config.model_type!r} checkpoint, not an LMKE / C-LMKE model (model_type 'lmke' or 'clmke').")
-    model = AutoModel.from_pretrained(name_or_path, **hub)
-    tokenizer = LmkeTokenizer.from_pretrained(name_or_path, **{k: v for k, v in hub.items() if v is not None})
-    model.check_tokenizer(tokenizer)
-    return model, tokenizer
-
-
-def check_same_kg(tokenizer: LmkeTokenizer, kg, model_name: str) -> None:
-    """The model's entity/relation token k must be the KG's entity/relation k: KG triples are integer ids."""
-    for kind, ours, theirs in (
-        ("entities", tokenizer.entity_ids, list(kg.entities["id"])),
-        ("relations", tokenizer.relation_ids, list(kg.relations["id"])),
-    ):
-        theirs = [str(x) for x in theirs]
-        if ours != theirs:
-            unknown, extra = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
-            detail = "; ".join(
-                part for part in (
-                    f"unknown to the model: {unknown[:5]}" if unknown else "",
-                    f"not in the KG: {extra[:5]}" if extra else "",
-                    "same ids in another order" if not unknown and not extra else "",
-                ) if part
-            )
-            raise SystemExit(
-                f"--model {model_name!r} was trained on other {kind} than --dataset {kg.name!r} "
-                f"({len(ours)} vs {len(theirs)} {kind}; {detail}). Evaluate on the KG the model was trained on, "
-                "or add new entities with `model.add_entities`."
-            )
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)  # numeric flags are range-checked by their types
 
 
 def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
     model.attach_tokenizer(tokenizer)
     keys = None
     if not args.reencode_entities:
-        keys = model._load_entity_index()
+        keys = model.load_entity_index()
         if keys is not None:
             logger.info("using the checkpoint's entity_index.safetensors (%d keys)", keys.shape[0])
     evaluator = rank_link_prediction(
@@ -162,13 +119,22 @@ def main(args) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     accelerator = Accelerator()
     set_cpu_threads(accelerator, args.cpu_threads)
-    kg = load_kg(args.dataset, data_dir=args.data_dir)
+    # user mistakes end with one line naming the flag; a mistyped folder stops before the KG is read
+    with exit_on_error("--data_dir"):
+        if args.data_dir is not None:
+            local_folder(args.data_dir, required=True)
+    with exit_on_error("--model"):
+        source = checkpoint_source(args.model)
+    with exit_on_error("--dataset"):
+        local_folder(args.dataset)
+        kg = load_kg(args.dataset, data_dir=args.data_dir)
     if args.split not in kg.splits:
         raise SystemExit(f"--split {args.split!r}: {kg.name} has splits {sorted(kg.splits)}.")
-    model, tokenizer = load_model(args.model, args.revision, args.token)
-    check_same_kg(tokenizer, kg, args.model)
+    with exit_on_error("--model"):
+        model, tokenizer = load_model(args.model, args.revision, args.token)
+        check_same_kg(tokenizer, kg, args.model)
     model.to(accelerator.device)
-    out_dir = Path(args.output_dir) if args.output_dir else (Path(args.model) / "eval" if Path(args.model).is_dir() else Path(f"eval-{Path(args.model).name}"))
+    out_dir = Path(args.output_dir) if args.output_dir else (Path(source) / "eval" if Path(source).is_dir() else Path(f"eval-{Path(args.model).name}"))
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if isinstance(model, ClmkeForLinkPrediction):

@@ -13,7 +13,6 @@ removing the other known answers (train, validation and test), the gold answer k
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -22,35 +21,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
+from lmke_hf import check_same_kg, load_model  # noqa: E402
 from lmke_hf.data import load_kg  # noqa: E402
+from lmke_hf.loading import exit_on_error, local_folder  # noqa: E402
+from lmke_hf.training import POSITIVE_INT  # noqa: E402
 
 
-def _evaluate_script():
-    """examples/evaluate.py by path (an installed Hugging Face `evaluate` package must not shadow it)."""
-    name = "_lmke_example_evaluate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "evaluate.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = parser.add_argument
     a("--model", required=True, help="Saved output folder or Hub repo id of a trained C-LMKE model.")
+    a("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
+    a("--token", default=None, help="Hub token for private repos (default: the cached login).")
     a("--dataset", required=True, help="The KG the model was trained on (short name, folder or Hub dataset id).")
     a("--data_dir", default=None, help="Where short dataset names are looked up (default: $LMKE_HF_DATA_DIR).")
-    a("--split", default="test", choices=["train", "validation", "test"])
+    a("--split", default="test", choices=["train", "validation", "test"], help="Split whose triples are the queries.")
     a("--direction", default="tail", choices=["tail", "head"], help="Which entity the queries ask for.")
-    a("--max_queries", type=int, default=None, help="Only the first N triples of the split.")
-    a("--batch_size", type=int, default=64)
-    args = parser.parse_args(argv)
-    for name in ("max_queries", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}.")
-    return args
+    a("--max_queries", type=POSITIVE_INT, default=None, help="Only the first N triples of the split.")
+    a("--batch_size", type=POSITIVE_INT, default=64, help="Queries per forward pass.")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)  # numeric flags are range-checked by their types
 
 
 @torch.no_grad()
@@ -76,13 +69,19 @@ def own_entity_first(model, tokenizer, kg, split="test", direction="tail", max_q
 
 
 def main(args) -> dict:
-    evaluate = _evaluate_script()
-    model, tokenizer = evaluate.load_model(args.model)
+    # user mistakes end with one line naming the flag, the cheap checks first
+    with exit_on_error("--data_dir"):
+        if args.data_dir is not None:
+            local_folder(args.data_dir, required=True)
+    with exit_on_error("--dataset"):
+        local_folder(args.dataset)
+    with exit_on_error("--model"):
+        model, tokenizer = load_model(args.model, args.revision, args.token, task="link-prediction")
+    with exit_on_error("--dataset"):
+        kg = load_kg(args.dataset, data_dir=args.data_dir)
+    with exit_on_error("--model"):
+        check_same_kg(tokenizer, kg, args.model)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    if model.config.model_type != "clmke":
-        raise SystemExit(f"--model {args.model!r} is an LMKE triple classifier; this diagnostic is for C-LMKE (link prediction).")
-    kg = load_kg(args.dataset, data_dir=args.data_dir)
-    evaluate.check_same_kg(tokenizer, kg, args.model)
     result = own_entity_first(model, tokenizer, kg, args.split, args.direction, args.max_queries, args.batch_size)
     print(json.dumps({"model": args.model, "split": args.split, "direction": args.direction, **result}))
     return result

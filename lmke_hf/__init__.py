@@ -6,6 +6,7 @@ Importing the package registers both configurations and models with `AutoConfig`
 from transformers import AutoConfig, AutoModel
 
 from .configuration_lmke import ClmkeConfig, LmkeConfig
+from .loading import check_same_kg, load_model
 from .modeling_lmke import (
     ClmkeForLinkPrediction,
     ClmkeMatcher,
@@ -38,4 +39,6 @@ __all__ = [
     "TripleClassificationOutput",
     "LinkPredictionOutput",
     "LmkeTokenizer",
+    "load_model",
+    "check_same_kg",
 ]

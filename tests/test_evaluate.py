@@ -291,11 +291,12 @@ def _scored_by(rule):
 
 
 @pytest.mark.parametrize("direction", ["tail", "head"])
-def test_own_entity_first_counts_after_the_filter(own_first_script, evaluate_script, clmke_out, kg_dir, direction, monkeypatch):
+def test_own_entity_first_counts_after_the_filter(own_first_script, clmke_out, kg_dir, direction, monkeypatch):
+    from lmke_hf import load_model
     from lmke_hf.data import load_kg
 
     out, _ = clmke_out
-    model, tokenizer = evaluate_script.load_model(str(out))
+    model, tokenizer = load_model(str(out))
     kg = load_kg(str(kg_dir))
     triples = kg.triples("train")
     given, gold = (triples[:, 0], triples[:, 2]) if direction == "tail" else (triples[:, 2], triples[:, 0])
