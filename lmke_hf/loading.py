@@ -108,7 +108,8 @@ def local_folder(name_or_path: str | os.PathLike, required: bool = False) -> Pat
         return None
     path = Path(text).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{text!r}: no such folder ({path.absolute()}). {_close_folders(text, path)} (A local path: the Hub was not asked.)")
+        hub = "" if required else " (A local path: the Hub was not asked.)"
+        raise FileNotFoundError(f"{text!r}: no such folder ({path.absolute()}). {_close_folders(text, path)}{hub}")
     if not path.is_dir():
         raise NotADirectoryError(f"{text!r} is a file, not a folder ({path.absolute()}).")
     return path

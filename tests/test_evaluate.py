@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _training_kg import DEV, ENTITIES, TEST, write_tiny_kg  # noqa: E402
 from test_training import _clmke_argv, _common, _load_script  # noqa: E402
+from _no_network import no_network  # noqa: E402, F401 - a fixture
 
 LINK_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
 
@@ -347,3 +348,149 @@ def test_own_entity_first_refuses_an_lmke_model(own_first_script, lmke_out, kg_d
     out, _ = lmke_out
     with pytest.raises(SystemExit, match="triple classifier"):
         own_first_script.main(own_first_script.parse_args(["--model", str(out), "--dataset", str(kg_dir)]))
+
+
+# ---------------------------------------------------------------- user mistakes in both scripts: one line, no Hub
+
+SCRIPTS = ["evaluate", "own_entity_first"]
+
+
+def _stops(name, *argv) -> str:
+    """The one line a script ends with (SystemExit with a message: exit status 1, no traceback)."""
+    script = _load_script(name)
+    with pytest.raises(SystemExit) as info:
+        script.main(script.parse_args([*map(str, argv)]))
+    message = info.value.code
+    assert isinstance(message, str) and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("model", ["./no-such-run", "runs/no/such", "~/no-such-lmke-run", "{tmp}/runs/clmke"])
+def test_missing_model_folder_is_named_and_never_asked_of_the_hub(script, model, kg_dir, tmp_path, no_network):
+    message = _stops(script, "--model", model.format(tmp=tmp_path), "--dataset", kg_dir)
+    assert message.startswith(f"--model {model.format(tmp=tmp_path)!r}: no such folder"), message
+    assert no_network == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_mistyped_model_folder_gets_the_close_names(script, clmke_out, kg_dir):
+    out, _ = clmke_out
+    message = _stops(script, "--model", out.parent / "rnu", "--dataset", kg_dir)
+    assert f"Did you mean {str(out)!r}?" in message
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize(
+    "layout, expected",
+    [
+        ("empty", "it is empty"),
+        ("kg", "it holds a knowledge graph"),
+        ("run-with-best", "the checkpoints inside it: "),
+        ("config-only", "is a C-LMKE link predictor checkpoint whose weights or KG tokenizer do not load"),
+    ],
+)
+def test_folder_that_is_no_checkpoint_is_named(script, layout, expected, clmke_out, kg_dir, tmp_path, no_network):
+    import shutil
+
+    out, _ = clmke_out
+    folder = tmp_path / "model"
+    if layout == "kg":
+        folder = kg_dir
+    else:
+        folder.mkdir()
+    if layout == "run-with-best":  # a run stopped before its final save (only best/ written)
+        (folder / "best").mkdir()
+        shutil.copy(out / "config.json", folder / "best" / "config.json")
+    if layout == "config-only":
+        shutil.copy(out / "config.json", folder / "config.json")
+    message = _stops(script, "--model", folder, "--dataset", kg_dir)
+    assert message.startswith(f"--model {str(folder)!r}") and expected in message, message
+    assert layout == "config-only" or "is a folder but no LMKE / C-LMKE checkpoint" in message
+    assert no_network == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_missing_hub_model_is_one_line(script, kg_dir, local_hub):
+    message = _stops(script, "--model", "test-org/does-not-exist", "--dataset", kg_dir)
+    assert message.startswith("--model 'test-org/does-not-exist' is no local folder") and "cannot be read from the Hub" in message
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_misspelt_dataset_name_is_one_line(script, clmke_out, tmp_path, local_hub):
+    out, _ = clmke_out
+    message = _stops(script, "--model", out, "--dataset", "umsl", "--data_dir", tmp_path)
+    assert message.startswith("--dataset") and "'umsl'" in message
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_missing_dataset_folder_is_named_and_never_asked_of_the_hub(script, clmke_out, tmp_path, no_network):
+    out, _ = clmke_out
+    message = _stops(script, "--model", out, "--dataset", tmp_path / "kgs" / "tinykg")
+    assert message.startswith(f"--dataset {str(tmp_path / 'kgs' / 'tinykg')!r}: no such folder"), message
+    assert no_network == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("dataset", ["umls", "kg_dir"])  # a short name looked up there, or a folder that ignores it
+def test_missing_data_dir_is_named(script, dataset, clmke_out, kg_dir, tmp_path, no_network):
+    out, _ = clmke_out
+    message = _stops(script, "--model", out, "--dataset", kg_dir if dataset == "kg_dir" else dataset, "--data_dir", tmp_path / "data")
+    assert message.startswith(f"--data_dir {str(tmp_path / 'data')!r}: no such folder"), message
+    assert no_network == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_mistake_ends_the_process_with_one_line_and_status_1(script, clmke_out, tmp_path):
+    import subprocess
+
+    out, _ = clmke_out
+    missing = tmp_path / "data"
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / f"{script}.py"),
+         "--model", str(out), "--dataset", "umls", "--data_dir", str(missing)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"--data_dir {str(missing)!r}: no such folder")
+
+
+# ---------------------------------------------------------------- numeric flags: range-checked at parse time
+
+BAD_NUMBERS = {
+    "evaluate": [
+        ("--per_device_eval_batch_size", "0"), ("--per_device_eval_batch_size", "-4"), ("--per_device_eval_batch_size", "8.5"),
+        ("--max_queries", "0"), ("--max_queries", "ten"), ("--negatives_seed", "-1"), ("--negatives_seed", "1e3"),
+        ("--cpu_threads", "0"), ("--cpu_threads", "nan"),
+    ],
+    "own_entity_first": [
+        ("--max_queries", "0"), ("--max_queries", "-3"), ("--max_queries", "2.5"),
+        ("--batch_size", "0"), ("--batch_size", "ten"), ("--batch_size", "inf"),
+    ],
+}
+
+
+@pytest.mark.parametrize("script, flag, value", [(s, f, v) for s, cases in BAD_NUMBERS.items() for f, v in cases])
+def test_bad_numbers_stop_argparse_naming_the_flag(script, flag, value, kg_dir, tmp_path, capsys):
+    module = _load_script(script)
+    with pytest.raises(SystemExit) as info:
+        module.parse_args(["--model", str(tmp_path), "--dataset", str(kg_dir), flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and value in err, err
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_numeric_flag_is_range_checked_and_in_the_table(script):
+    """A numeric flag uses one of lmke_hf.training's checked types (POSITIVE_INT, ..., number()), never a bare
+    int / float, and BAD_NUMBERS tries it."""
+    parser = _load_script(script).build_parser()
+    numeric = {
+        action.option_strings[0]: action.type for action in parser._actions
+        if action.type in (int, float) or getattr(action.type, "__module__", None) == "lmke_hf.training"
+        or (isinstance(action.default, (int, float)) and not isinstance(action.default, bool))
+    }
+    assert numeric, "the scripts have numeric flags"
+    unchecked = [flag for flag, kind in numeric.items() if getattr(kind, "__module__", None) != "lmke_hf.training"]
+    assert not unchecked, f"{script}.py: {unchecked} are not range-checked"
+    assert set(numeric) == {flag for flag, _ in BAD_NUMBERS[script]}

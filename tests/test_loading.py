@@ -7,7 +7,8 @@ The checks on real checkpoints (and through the example scripts) are in tests/te
 from __future__ import annotations
 
 import json
-import socket
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -22,19 +23,8 @@ from lmke_hf.loading import (
     one_line,
 )
 
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every connection this process tries is recorded and refused: a test asserts the list stays empty."""
-    attempts = []
-
-    def refuse(sock, address, *args):
-        attempts.append(address)
-        raise ConnectionRefusedError(f"test: no network ({address})")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return attempts
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _no_network import no_network  # noqa: E402, F401 - a fixture
 
 
 @pytest.mark.parametrize(
