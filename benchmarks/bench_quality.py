@@ -44,6 +44,12 @@ RECIPES = {
     "simkgc-6l-freeze4": f"{SHARED} {SIMKGC} --freeze_layers 4",
     "simkgc-6l-freeze4-queue": f"{SHARED} {SIMKGC} --freeze_layers 4 --key_queue_size 1024",
     "simkgc-6l-freeze4-lr1e-4": f"{SHARED} {SIMKGC} --freeze_layers 4".replace("--learning_rate 5e-5", "--learning_rate 1e-4"),
+    "simkgc-6l-freeze4-lr2e-4": f"{SHARED} {SIMKGC} --freeze_layers 4".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
+    "simkgc-2l-lr2e-4": f"{SHARED} --encoder_layers 2 {SIMKGC}".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
+    "simkgc-2l-entity-lr2e-4": f"{SHARED} --encoder_layers 2 {SIMKGC}".replace("--learning_rate 5e-5", "--learning_rate 2e-4").replace("--pooling mean", "--pooling entity"),
+    "simkgc-6l-freeze4-ownbias": f"{SHARED} {SIMKGC} --freeze_layers 4 --own_entity_bias",
+    "simkgc-6l-freeze4-ownbias-lr2e-4": f"{SHARED} {SIMKGC} --freeze_layers 4 --own_entity_bias".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
+    "simkgc-2l-ownbias-lr2e-4": f"{SHARED} --encoder_layers 2 {SIMKGC} --own_entity_bias".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
     "simkgc-6l-freeze4-b256": f"{SHARED} {SIMKGC} --freeze_layers 4".replace("--per_device_train_batch_size 128", "--per_device_train_batch_size 256"),
 }
 REFERENCE = "paper-2l"

@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--fixed_temperature", action="store_true", help="Keep the InfoNCE temperature fixed instead of learning it.")
     a("--infonce_margin", type=NON_NEGATIVE_FLOAT, default=0.0, help="InfoNCE additive margin subtracted from positive scores (SimKGC 0.02).")
     a("--key_queue_size", type=NON_NEGATIVE_INT, default=0, help="Detached keys of previous batches kept as extra negatives (SimKGC pre-batch / MoCo-style queue); 0: none.")
+    a("--own_entity_bias", action="store_true", help="Learn a score offset for the query's own given entity as a candidate (it reads the query and the candidate only, never the gold); pair with --self_negatives.")
     a("--freeze_layers", type=NON_NEGATIVE_INT, default=0, help="Freeze the embeddings and the first N encoder layers (forward only, no backward); KG tokens then keep their text initialisation.")
     args = parser.parse_args(argv)
     check_arguments(args)
@@ -77,7 +78,7 @@ def _run(args) -> dict:
         matcher_hidden_size=args.matcher_hidden_size,
         pooling=args.pooling, scorer=args.scorer, loss=args.loss, infonce_temperature=args.infonce_temperature,
         learn_temperature=not args.fixed_temperature, infonce_margin=args.infonce_margin, key_queue_size=args.key_queue_size,
-        freeze_layers=args.freeze_layers,
+        freeze_layers=args.freeze_layers, own_entity_bias=args.own_entity_bias,
     )
     model.set_entity_degrees(kg.degrees(["train"]))  # training degrees only: the leak-free setting
 

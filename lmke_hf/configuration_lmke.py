@@ -170,6 +170,10 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
             extra negatives of every query; keys of known answers among them are ignored, not positives.
         freeze_layers (`int`, defaults to 0): freeze the embeddings (word pieces, KG tokens, positions) and the first
             `freeze_layers` layers of both encoders: they run forward only, no backward.
+        own_entity_bias (`bool`, defaults to `False`): add a learned offset to the score of the query's own given
+            entity as a candidate. A bi-encoder scores it highest (its text is in the query), and it is rarely the
+            answer; the offset learns that from self-negatives in a few steps. It reads only the query and the
+            candidate, never the gold answer.
     """
 
     model_type = "clmke"
@@ -198,6 +202,7 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
         infonce_margin: float = 0.0,
         key_queue_size: int = 0,
         freeze_layers: int = 0,
+        own_entity_bias: bool = False,
         **kwargs,
     ):
         self._init_kg(encoder, num_entities, num_relations, base_vocab_size, initializer_range)
@@ -220,6 +225,7 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
         if layers is not None and freeze_layers > layers:
             raise ValueError(f"`freeze_layers` is {freeze_layers} but the encoder has {layers} layers.")
         self.key_queue_size, self.freeze_layers = key_queue_size, freeze_layers
+        self.own_entity_bias = bool(own_entity_bias)
         self.max_entity_description_length = max_entity_description_length
         self.max_relation_description_length = max_relation_description_length
         self.max_key_description_length = max_key_description_length

@@ -781,6 +781,8 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             self.matcher = ClmkeMatcher(config.encoder.hidden_size, config.matcher_hidden_size, config.use_degree_features)
         if config.loss == "infonce":  # SimKGC's parametrisation: log(1 / t), so that t stays positive
             self.log_inv_temperature = nn.Parameter(torch.zeros(()), requires_grad=config.learn_temperature)
+        if config.own_entity_bias:
+            self.own_entity_offset = nn.Parameter(torch.zeros(()))
         self.register_buffer("entity_degrees", torch.zeros(config.num_entities, dtype=torch.float32), persistent=True)
         self.key_queue = KeyQueue(config.key_queue_size)
         self.post_init()
@@ -811,6 +813,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         super()._init_weights(module)
         if module is self and hasattr(self, "entity_degrees"):
             self.entity_degrees.zero_()
+        if module is self and hasattr(self, "own_entity_offset"):
+            with torch.no_grad():
+                self.own_entity_offset.zero_()
         if module is self and hasattr(self, "log_inv_temperature"):
             with torch.no_grad():
                 self.log_inv_temperature.fill_(math.log(1.0 / self.config.infonce_temperature))
@@ -881,7 +886,15 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     def match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids) -> torch.Tensor:
         """Scores of every query against every key, `(Bq, Bk)`: matcher logits (paper; degrees come from each
-        side's OWN entity) or cosines (`config.scorer="cosine"`)."""
+        side's OWN entity) or cosines (`config.scorer="cosine"`); with `config.own_entity_bias`, plus a learned
+        offset where the candidate is the query's own given entity."""
+        scores = self._raw_match(query_embeddings, query_entity_ids, key_embeddings, key_entity_ids)
+        if self.config.own_entity_bias:
+            own = query_entity_ids.view(-1, 1) == key_entity_ids.view(1, -1)
+            scores = scores + own.to(scores.dtype) * self.own_entity_offset
+        return scores
+
+    def _raw_match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids) -> torch.Tensor:
         if self.config.scorer == "cosine":
             return F.normalize(query_embeddings, dim=-1) @ F.normalize(key_embeddings, dim=-1).T
         q_deg = self.log_degrees(query_entity_ids) if self.config.use_degree_features else None

@@ -302,3 +302,25 @@ def test_tokenizer_fingerprint_is_stable_across_processes_and_sees_every_descrip
     changed = copy.deepcopy(kg_tok)
     changed.entity_descriptions[-1] = changed.entity_descriptions[-1] + " changed"
     assert _tokenizer_fingerprint(changed) != here
+
+
+def test_own_entity_bias_moves_only_the_own_entity_column_and_learns_from_self_negatives(tiny_bert_dir, kg_tok):
+    model = build(tiny_bert_dir, kg_tok, own_entity_bias=True, scorer="cosine", pooling="mean", loss="infonce").eval()
+    batch = clmke_batch(kg_tok)
+    q, q_ent = model.encode_queries(batch["query_input_ids"], batch["query_attention_mask"])
+    k, k_ent = model.encode_keys(*kg_tok.pad(kg_tok.encode_keys(list(range(7)))).values())
+    before = model.score_all(q, q_ent, k, k_ent)
+    with torch.no_grad():
+        model.own_entity_offset.fill_(-0.5)
+    after = model.score_all(q, q_ent, k, k_ent)
+    own = q_ent.view(-1, 1) == k_ent.view(1, -1)
+    torch.testing.assert_close(after[own], before[own] - 0.5)
+    torch.testing.assert_close(after[~own], before[~own])
+    # with the own entity's key as a self-negative, the loss pushes the offset down
+    model.train()
+    with torch.no_grad():
+        model.own_entity_offset.zero_()
+    own_keys = kg_tok.pad(kg_tok.encode_keys(QUERIES["given"]))
+    out = model(**batch, answer_ids=gold_answer_ids(), extra_key_input_ids=own_keys["input_ids"], extra_key_attention_mask=own_keys["attention_mask"])
+    out.loss.backward()
+    assert float(model.own_entity_offset.grad) > 0  # gradient descent lowers the offset
