@@ -128,7 +128,7 @@ def _run(args) -> dict:
         metrics = evaluator.compute()
         results = {f"test_{k}": v for k, v in metrics.items()}
         results.update(
-            train_runtime_s=summary["train_runtime_s"], completed_steps=summary["completed_steps"],
+            train_runtime_s=summary["train_runtime_s"], completed_steps=summary["completed_steps"], exact_resume=summary["exact_resume"],
             best_epoch=summary["best_epoch"], best_eval_mrr=summary["best_eval_mrr"],
             num_processes=accelerator.num_processes, device=str(accelerator.device),
         )

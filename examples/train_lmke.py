@@ -94,7 +94,7 @@ def _run(args) -> dict:
         )
         results = {f"test_{k}": v for k, v in report.items() if not isinstance(v, dict)}
         results.update(
-            train_runtime_s=summary["train_runtime_s"], completed_steps=summary["completed_steps"],
+            train_runtime_s=summary["train_runtime_s"], completed_steps=summary["completed_steps"], exact_resume=summary["exact_resume"],
             best_epoch=summary["best_epoch"], best_eval_accuracy=summary["best_eval_accuracy"],
             num_processes=accelerator.num_processes, device=str(accelerator.device),
         )

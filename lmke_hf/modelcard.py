@@ -213,6 +213,8 @@ class ModelCard:
         lines += ["## Training", "", f"- Command: `{self.command}`", f"- Hardware: {self.hardware}"]
         if self.train_runtime_s is not None:
             lines.append(f"- Training time: {self.train_runtime_s / 60:.1f} min")
+        if self.results.get("exact_resume") is False:
+            lines.append("- **Not exactly reproducible**: a resume of this run could not restore its random states.")
         lines += ["- Hyperparameters:", "", "```json", json.dumps(_public_args(self.args), indent=2), "```", ""]
         lines += ["## Usage", "", "```python", "import lmke_hf  # registers the Auto classes (or pass trust_remote_code=True)", "from transformers import AutoModel", "", f'model = AutoModel.from_pretrained("{self.model_id}")']
         if self.task == "link-prediction":

@@ -113,6 +113,8 @@ def test_a_resume_without_random_states_warns_that_it_is_not_exact(script, kg_di
         _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
     state = json.loads((out / "checkpoints" / "step_4" / "trainer_state.json").read_text())
     assert state["exact_resume"] is False
+    assert "Not exactly reproducible" in (out / "README.md").read_text()
+    assert json.loads((out / "all_results.json").read_text())["exact_resume"] is False
 
 
 def test_write_json_is_atomic(tmp_path):
