@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_modeling import KG, LENGTHS, QUERIES, clmke_batch, gold_answer_ids
-from test_training import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script
+from test_training import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script, kg_dir, no_dropout_encoder  # noqa: F401 (fixtures)
 from transformers import AutoModel, AutoTokenizer
 
 import lmke_hf  # noqa: F401
@@ -229,24 +229,6 @@ def test_lever_flags_are_checked(kg_dir, tiny_bert_dir, tmp_path, flag, value):
         script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "x", flag, value))
 
 
-@pytest.fixture(scope="module")
-def kg_dir(tmp_path_factory):
-    from _training_kg import write_tiny_kg
-
-    return write_tiny_kg(tmp_path_factory.mktemp("kg"))
-
-
-@pytest.fixture(scope="module")
-def no_dropout_encoder(tiny_bert_dir, tmp_path_factory):
-    import json
-    import shutil
-
-    folder = tmp_path_factory.mktemp("bert_nodrop") / "bert"
-    shutil.copytree(tiny_bert_dir, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
 
 
 def test_eval_steps_validates_at_fixed_points_and_records_examples_and_training_time(kg_dir, tiny_bert_dir, tmp_path):
