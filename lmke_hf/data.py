@@ -76,7 +76,6 @@ PREPARED_METADATA = "lmke_hf_kg.json"
 
 PREPARED_FORMAT_VERSION = 1
 
-HUB_CONFIGS = ("triples", "entities", "relations")
 """Dataset configs of a prepared folder / Hub repository."""
 
 _PREPARED_FILES = {
@@ -571,10 +570,10 @@ class KnowledgeGraph:
         Computed exactly with ``np.frexp`` (the original ``log(v) / log(2)`` can round across a power of two).
         Same shape as ``degrees``, int64.
         """
+        from .evaluation import degree_bucket
+
         degrees = np.asarray(degrees)
-        if degrees.size and degrees.min() < 0:
-            raise ValueError(f"`degrees` must be non-negative, got a minimum of {degrees.min()}.")
-        return np.frexp(degrees.astype(np.float64))[1].astype(np.int64)
+        return degree_bucket(degrees.astype(np.int64) if degrees.size and np.all(degrees == np.round(degrees)) else degrees)
 
     def statistics(self) -> dict:
         """Sizes and text statistics, comparable with LMKE Table 3 and the data README.

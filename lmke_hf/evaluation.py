@@ -38,6 +38,8 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 import torch
 
+from .tokenization_lmke import DIRECTIONS  # one order everywhere: 0 tail, 1 head
+
 __all__ = [
     "DIRECTIONS",
     "RankTriple",
@@ -51,7 +53,6 @@ __all__ = [
     "tune_thresholds",
 ]
 
-DIRECTIONS: Tuple[str, str] = ("head", "tail")
 """Prediction directions: ``"head"`` ranks candidates for ``(?, r, t)``, ``"tail"`` for ``(h, r, ?)``."""
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
@@ -275,7 +276,7 @@ def degree_bucket(degrees: ArrayLike) -> np.ndarray:
         raise ValueError(f"`degrees` must be integers, got dtype {arr.dtype}.")
     arr = arr.astype(np.int64)
     if arr.size and arr.min() < 0:
-        raise ValueError(f"`degrees` must be >= 0, got min {int(arr.min())}.")
+        raise ValueError(f"`degrees` must be non-negative (>= 0), got min {int(arr.min())}.")
     # frexp(d) = (m, e) with d = m * 2**e, m in [0.5, 1): e is the bit length, i.e. floor(log2 d) + 1.
     return np.frexp(arr.astype(np.float64))[1].astype(np.int64)
 

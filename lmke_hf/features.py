@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from .data import _rng, generate_negatives
-from .tokenization_lmke import LmkeTokenizer
+from .tokenization_lmke import DIRECTIONS, LmkeTokenizer
 
-TAIL, HEAD = 0, 1  # values of the `direction` column
-DIRECTION_NAMES = ("tail", "head")
+DIRECTION_NAMES = DIRECTIONS  # values of the `direction` column: indices into it
+TAIL, HEAD = DIRECTIONS.index("tail"), DIRECTIONS.index("head")
 
 
 def _fingerprint(*parts) -> str:

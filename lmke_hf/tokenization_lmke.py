@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import PushToHubMixin
 
 KG_VOCAB_FILE = "kg_vocab.json"
-DIRECTIONS = ("head", "tail")
+DIRECTIONS = ("tail", "head")  # the element predicted; its index is the `direction` value in datasets and evaluators
 _PLURAL = {"entity": "entities", "relation": "relations"}
 _MAX_EXCERPT = 200  # characters of a value an error message quotes at most
 
