@@ -879,8 +879,6 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             return hidden[:, 0]
         if attention_mask is None:
             return hidden.mean(1)
-        if attention_mask.shape != hidden.shape[:2]:
-            raise ValueError(f"`attention_mask` has shape {tuple(attention_mask.shape)}, expected {tuple(hidden.shape[:2])}.")
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 

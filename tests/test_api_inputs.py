@@ -38,8 +38,6 @@ class TinyGraph:
     def __init__(self, triples, entity_ids):
         import numpy as np
 
-        from lmke_hf.data import AnswerIndex
-
         self.triples_ = np.asarray(triples)
         self.entities = {"id": list(entity_ids)}
         self.num_entities = len(entity_ids)
