@@ -10,7 +10,6 @@ degree-bucket tables in `output_dir/test_metrics/`, and the model + tokenizer ar
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -25,9 +24,12 @@ from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
 from lmke_hf.configuration_lmke import LOSSES, POOLINGS, SCORERS  # noqa: E402
 from lmke_hf.evaluation import plot_degree_buckets  # noqa: E402
 from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
-from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
 from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402
-from lmke_hf.training import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_common_arguments, check_arguments, claim_output_dir, run_command, setup_run, train  # noqa: E402
+from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
+from lmke_hf.training import (  # noqa: E402
+    NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_common_arguments, check_arguments, claim_output_dir,
+    configure_process, finish_run, hub_dataset_id, prepare_run, run_command, run_results, seeded_generator, summary_text, train,
+)
 
 logger = logging.getLogger("train_clmke")
 
@@ -62,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _run(args) -> dict:
-    accelerator, kg = setup_run(args, "C-LMKE")
+    accelerator, kg = prepare_run(args, "C-LMKE")
     tokenizer = LmkeTokenizer.from_kg(
         args.encoder, kg,
         max_entity_description_length=args.max_entity_description_length,
@@ -106,7 +108,12 @@ def _run(args) -> dict:
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
-    summary = train(args, accelerator, model, train_dataloader, evaluate, "mrr", save, logger)
+    forward_kwargs = {}
+    if accelerator.num_processes > 1:
+        forward_kwargs["gather_keys"] = True  # in-batch negatives from every process
+    if args.max_negatives_per_query:  # which negatives each query keeps: seeded, and restored at resume
+        forward_kwargs["generator"] = seeded_generator(args.seed, accelerator)
+    summary = train(args, accelerator, model, train_dataloader, evaluate, "mrr", save, logger, forward_kwargs=forward_kwargs)
     accelerator.wait_for_everyone()
     if args.no_test_eval:  # benchmarks: the validation history is the result; no test ranking, no final folder
         if accelerator.is_main_process:
@@ -115,52 +122,40 @@ def _run(args) -> dict:
 
     best = ClmkeForLinkPrediction.from_pretrained(Path(args.output_dir) / "best").to(accelerator.device)
     best.attach_tokenizer(tokenizer)
-    best._entity_keys = encode_entities(
+    best.entity_index = encode_entities(
         best, tokenizer, batch_size=args.per_device_eval_batch_size, accelerator=accelerator,
         progress=not args.no_progress and accelerator.is_main_process,
     )  # saved as entity_index.safetensors: predictions need no re-encoding after loading
     evaluator = rank_link_prediction(
         best, tokenizer, kg, "test", batch_size=args.per_device_eval_batch_size, accelerator=accelerator,
-        entity_embeddings=best._entity_keys, score_dtype=score_dtype,
+        entity_embeddings=best.entity_index, score_dtype=score_dtype,
     )
-    results = {}
-    if accelerator.is_main_process:
-        metrics = evaluator.compute()
-        results = {f"test_{k}": v for k, v in metrics.items()}
-        results.update(
-            train_runtime_s=summary["train_runtime_s"], completed_steps=summary["completed_steps"], exact_resume=summary["exact_resume"],
-            best_epoch=summary["best_epoch"], best_eval_mrr=summary["best_eval_mrr"],
-            num_processes=accelerator.num_processes, device=str(accelerator.device),
-        )
-        relation_names = list(kg.relations["id"])
-        evaluator.save(Path(args.output_dir) / "test_metrics", relation_names=relation_names)
-        plot_degree_buckets(evaluator.per_degree_bucket(), Path(args.output_dir) / "test_metrics" / "degree_buckets.png", title=f"C-LMKE on {kg.name} (test)")
-        best.save_pretrained(args.output_dir)  # with tokenizer and entity index
-        shutil.copy(Path(args.output_dir) / "test_metrics" / "degree_buckets.png", Path(args.output_dir) / "degree_buckets.png")
-        ModelCard(
-            task="link-prediction", dataset=kg.name, results=results, args=vars(args),
-            command=run_command("examples/train_clmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
-            model_id=args.hub_model_id or f"your-org/{Path(args.output_dir).name}",
-            description_source=kg.description_source, degree_features=not args.no_degree_features,
-            train_runtime_s=summary["train_runtime_s"], plot="degree_buckets.png",
-            degree_buckets=evaluator.per_degree_bucket(),
-        ).save(args.output_dir)
-        write_json(Path(args.output_dir) / "all_results.json", results, indent=2, default=float)
-        write_json(Path(args.output_dir) / "train_history.json", summary["history"], indent=2, default=float)
-        logger.info("test metrics: " + json.dumps({k: round(v, 4) for k, v in results.items() if isinstance(v, float)}))
-        print(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}, indent=2))
-        if args.push_to_hub:  # the saved folder as is: weights, code, tokenizer, entity index, card, plot
-            from huggingface_hub import HfApi
-
-            api = HfApi(token=args.hub_token)
-            repo_id = api.create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True).repo_id
-            api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoints/*", "best/*", "test_metrics/ranks.*", ".lmke_hf.lock*", ".*.tmp"])
-    return results
+    if not accelerator.is_main_process:
+        return {}
+    results = {f"test_{k}": v for k, v in evaluator.compute().items()}
+    results.update(run_results(summary, "mrr", accelerator))
+    out = Path(args.output_dir)
+    evaluator.save(out / "test_metrics", relation_names=list(kg.relations["id"]))
+    plot_degree_buckets(evaluator.per_degree_bucket(), out / "test_metrics" / "degree_buckets.png", title=f"C-LMKE on {kg.name} (test)")
+    shutil.copy(out / "test_metrics" / "degree_buckets.png", out / "degree_buckets.png")
+    card = ModelCard(
+        task="link-prediction", dataset=kg.name, results=results, args=vars(args),
+        command=run_command("examples/train_clmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
+        model_id=args.hub_model_id or f"your-org/{out.name}",
+        description_source=kg.description_source, degree_features=not args.no_degree_features,
+        train_runtime_s=summary["train_runtime_s"], plot="degree_buckets.png",
+        degree_buckets=evaluator.per_degree_bucket(),
+        dataset_id=hub_dataset_id(kg),
+    )
+    text = summary_text("C-LMKE", kg.name, results, summary, "mrr", out, "filtered ranks of every test triple in both directions, ties at their realistic rank")
+    # save_pretrained writes the tokenizer and entity index with the model
+    return finish_run(args, accelerator, best, results, summary, card, text, save_fn=lambda model, folder: model.save_pretrained(folder))
 
 
 def main(args) -> dict:
     """Trains, tests and saves; the output folder is locked for the run and removed if it fails before
     anything worth keeping was written (`lmke_hf.training.claim_output_dir`)."""
+    configure_process(args)
     with claim_output_dir(args):
         return _run(args)
 

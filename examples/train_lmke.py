@@ -12,7 +12,6 @@ validation (global and per relation) goes to `output_dir/all_results.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -26,9 +25,12 @@ from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.data import add_classification_negatives  # noqa: E402
 from lmke_hf.evaluation import classification_report  # noqa: E402
 from lmke_hf.features import LmkeCollator, TrainingTriples  # noqa: E402
-from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
 from lmke_hf.inference import score_triples  # noqa: E402
-from lmke_hf.training import NON_NEGATIVE_INT, add_common_arguments, check_arguments, claim_output_dir, run_command, setup_run, train  # noqa: E402
+from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
+from lmke_hf.training import (  # noqa: E402
+    NON_NEGATIVE_INT, add_common_arguments, check_arguments, claim_output_dir, configure_process, finish_run, hub_dataset_id,
+    prepare_run, run_command, run_results, summary_text, train,
+)
 
 logger = logging.getLogger("train_lmke")
 
@@ -50,7 +52,7 @@ def _labelled(kg, split):
 
 
 def _run(args) -> dict:
-    accelerator, kg = setup_run(args, "LMKE")
+    accelerator, kg = prepare_run(args, "LMKE")
     kg = add_classification_negatives(kg, seed=args.negatives_seed)
     tokenizer = LmkeTokenizer.from_kg(
         args.encoder, kg,
@@ -87,39 +89,28 @@ def _run(args) -> dict:
     test_triples, test_labels = _labelled(kg, "test")
     valid_scores = score_triples(best, tokenizer, all_valid, args.per_device_eval_batch_size, accelerator)
     test_scores = score_triples(best, tokenizer, test_triples, args.per_device_eval_batch_size, accelerator)
-    results = {}
-    if accelerator.is_main_process:
-        report = classification_report(
-            test_scores, test_labels, test_triples[:, 1], valid_scores, all_valid_labels, all_valid[:, 1]
-        )
-        results = {f"test_{k}": v for k, v in report.items() if not isinstance(v, dict)}
-        results.update(
-            train_runtime_s=summary["train_runtime_s"], completed_steps=summary["completed_steps"], exact_resume=summary["exact_resume"],
-            best_epoch=summary["best_epoch"], best_eval_accuracy=summary["best_eval_accuracy"],
-            num_processes=accelerator.num_processes, device=str(accelerator.device),
-        )
-        save(best, args.output_dir)
-        ModelCard(
-            task="triple-classification", dataset=kg.name, results=results, args=vars(args),
-            command=run_command("examples/train_lmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
-            model_id=args.hub_model_id or f"your-org/{Path(args.output_dir).name}",
-            description_source=kg.description_source, train_runtime_s=summary["train_runtime_s"],
-        ).save(args.output_dir)
-        write_json(Path(args.output_dir) / "all_results.json", results, indent=2, default=float)
-        write_json(Path(args.output_dir) / "thresholds.json", report.get("thresholds_per_relation", {}), default=float)
-        print(json.dumps({k: v for k, v in results.items() if k.startswith("test_")}, indent=2, default=float))
-        if args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi(token=args.hub_token)
-            repo_id = api.create_repo(args.hub_model_id or Path(args.output_dir).name, exist_ok=True).repo_id
-            api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoints/*", "best/*", ".lmke_hf.lock*", ".*.tmp"])
-    return results
+    if not accelerator.is_main_process:
+        return {}
+    report = classification_report(test_scores, test_labels, test_triples[:, 1], valid_scores, all_valid_labels, all_valid[:, 1])
+    results = {f"test_{k}": v for k, v in report.items() if not isinstance(v, dict)}
+    results.update(run_results(summary, "accuracy", accelerator))
+    out = Path(args.output_dir)
+    write_json(out / "thresholds.json", report.get("thresholds_per_relation", {}), default=float)
+    card = ModelCard(
+        task="triple-classification", dataset=kg.name, results=results, args=vars(args),
+        command=run_command("examples/train_lmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
+        model_id=args.hub_model_id or f"your-org/{out.name}",
+        description_source=kg.description_source, train_runtime_s=summary["train_runtime_s"],
+        dataset_id=hub_dataset_id(kg),
+    )
+    text = summary_text("LMKE", kg.name, results, summary, "accuracy", out, "accuracy on the test positives and their fixed negatives; 'tuned' thresholds from validation")
+    return finish_run(args, accelerator, best, results, summary, card, text, save_fn=save)
 
 
 def main(args) -> dict:
     """Trains, tests and saves; the output folder is locked for the run and removed if it fails before
     anything worth keeping was written (`lmke_hf.training.claim_output_dir`)."""
+    configure_process(args)
     with claim_output_dir(args):
         return _run(args)
 

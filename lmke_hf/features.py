@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .data import _rng, generate_negatives
-from .tokenization_lmke import DIRECTIONS, LmkeTokenizer
+from .tokenization_lmke import DIRECTIONS, LmkeTokenizer, pad_sequences
 
 DIRECTION_NAMES = DIRECTIONS  # values of the `direction` column: indices into it
 TAIL, HEAD = DIRECTIONS.index("tail"), DIRECTIONS.index("head")
@@ -91,17 +91,7 @@ def tokenize_triples(examples: datasets.Dataset, tokenizer: LmkeTokenizer, num_p
     )
 
 
-def _pad(sequences, pad_id: int, pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    if len(sequences) == 0:
-        raise ValueError("Cannot collate an empty batch.")
-    lengths = torch.tensor([len(s) for s in sequences])
-    length = int(lengths.max())
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    ids[mask] = torch.as_tensor(np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]))
-    return ids, mask.long()
+_pad = pad_sequences  # the name inference.py and benchmarks imported before pad_sequences was public
 
 
 @dataclass

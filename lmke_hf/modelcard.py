@@ -22,6 +22,21 @@ CARD_DATA_FILE = "card.json"
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
+# licences of encoders whose Hub id a card can name (a card's `license` is its encoder's: the weights start there)
+KNOWN_ENCODER_LICENSES = {
+    MINILM_HUB_ID: "apache-2.0", "bert-base-uncased": "apache-2.0", "google-bert/bert-base-uncased": "apache-2.0",
+    "bert-base-cased": "apache-2.0", "google-bert/bert-base-cased": "apache-2.0", "roberta-base": "mit",
+    "FacebookAI/roberta-base": "mit", "microsoft/deberta-v3-base": "mit",
+}
+
+
+def encoder_hub_id(encoder) -> str | None:
+    """The Hub id of a run's encoder (the offline MiniLM package by its Hub id), or None for a local folder."""
+    text = public_value(str(encoder)) if encoder is not None else None
+    if not text or text.startswith(".../") or os.path.exists(text) or text.count("/") > 1:
+        return None
+    return text
+
 
 def public_value(value):
     """A flag's value as uploaded files may show it: no absolute local path (this machine's folders mean nothing
@@ -113,7 +128,9 @@ class ModelCard:
         description_source: where entity texts came from; degree_features: on/off (C-LMKE).
         hardware / train_runtime_s: where and how long it trained.
         plot: file name (next to the card) of the degree-bucket plot, if any.
-        degree_buckets: per-bucket metrics table.
+        degree_buckets: per-bucket metrics table (keys: bucket numbers of `lmke_hf.evaluation.degree_bucket`).
+        dataset_id: the KG's Hub dataset id when it was loaded from the Hub (the metadata then names it).
+        license: the weights' licence for the metadata (default: the encoder's, when known; else "unknown").
     """
 
     task: str
@@ -128,11 +145,15 @@ class ModelCard:
     train_runtime_s: float | None = None
     plot: str | None = None
     degree_buckets: dict | None = None
+    dataset_id: str | None = None
+    license: str | None = None
 
     def __post_init__(self):
         # what a card shows is what it uploads: no secrets, no local absolute paths (the encoder by its Hub id)
         self.args = _public_args(self.args)
         self.command = " ".join(public_value(part) for part in str(self.command).split(" "))
+        if self.license is None:
+            self.license = KNOWN_ENCODER_LICENSES.get(encoder_hub_id(self.args.get("encoder")) or "", "unknown")
 
     def _metrics(self) -> list[dict]:
         names = LINK_PREDICTION_METRICS if self.task == "link-prediction" else CLASSIFICATION_METRICS
@@ -152,8 +173,10 @@ class ModelCard:
             )
         return {
             "library_name": "transformers",
+            "license": self.license,
+            "base_model": encoder_hub_id(self.args.get("encoder")),
             "tags": ["knowledge-graph-embedding", "lmke", "clmke" if self.task == "link-prediction" else "lmke-triple-classification"],
-            "datasets": [self.dataset],
+            "datasets": [self.dataset_id or self.dataset],
             "pipeline_tag": None,
             "model-index": [
                 {
@@ -161,7 +184,7 @@ class ModelCard:
                     "results": [
                         {
                             "task": {"type": self.task, "name": self.task.replace("-", " ").title()},
-                            "dataset": {"type": self.dataset, "name": self.dataset, "split": "test"},
+                            "dataset": {"type": self.dataset_id or self.dataset, "name": self.dataset, "split": "test"},
                             "metrics": metrics,
                         }
                     ],
@@ -204,9 +227,11 @@ class ModelCard:
             ]
         lines += [f"- Entity descriptions: {self.description_source or 'as loaded by lmke_hf.data.load_kg'}.", ""]
         if self.degree_buckets:
-            lines += ["## By entity degree (log2 buckets of the gold entity's training degree)", "", "| bucket | queries | MRR | Hits@1 | Hits@10 |", "|---|---|---|---|---|"]
+            from .evaluation import degree_bucket_label
+
+            lines += ["## By entity degree (the gold entity's training degree, log2 buckets)", "", "| degree | queries | MRR | Hits@1 | Hits@10 |", "|---|---|---|---|---|"]
             for bucket, row in sorted(self.degree_buckets.items(), key=lambda kv: int(kv[0])):
-                lines.append(f"| {bucket} | {row.get('count')} | {row.get('mrr', 0):.3f} | {row.get('hits@1', 0):.3f} | {row.get('hits@10', 0):.3f} |")
+                lines.append(f"| {degree_bucket_label(int(bucket))} | {row.get('count')} | {row.get('mrr', 0):.3f} | {row.get('hits@1', 0):.3f} | {row.get('hits@10', 0):.3f} |")
             lines.append("")
         if self.plot:
             lines += [f"![Hits@1 and Hits@10 by degree bucket]({self.plot})", ""]

@@ -1081,6 +1081,15 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             self._entity_keys = keys
         return self._entity_keys
 
+    @entity_index.setter
+    def entity_index(self, keys: torch.Tensor) -> None:
+        """Uses `keys` `(num_entities, hidden)` as the entity index (e.g. encoded across processes by
+        `lmke_hf.inference.encode_entities`); `save_pretrained` writes them as `entity_index.safetensors`."""
+        if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[0] != self.config.num_entities:
+            shape = tuple(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
+            raise ValueError(f"entity_index must be a (num_entities={self.config.num_entities}, hidden) tensor, got {shape}.")
+        self._entity_keys = keys
+
     def load_entity_index(self) -> torch.Tensor | None:
         """The entity keys saved with the checkpoint (`entity_index.safetensors` of its folder, or of its Hub repo
         at the revision it was loaded from), `(num_entities, hidden)` on the model's device; None when it has none

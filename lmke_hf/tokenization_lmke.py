@@ -50,6 +50,22 @@ def entity_text(name: str, description: str) -> str:
     return f"{name}, {description}"
 
 
+def pad_sequences(sequences, pad_id: int, pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads lists of token ids to the longest one (rounded up to a multiple of `pad_to_multiple_of`), without a
+    Python loop over the sequences: `(input_ids, attention_mask)`, both `(len(sequences), length)` long tensors."""
+    if len(sequences) == 0:
+        raise ValueError("Cannot pad an empty batch: got no sequences.")
+    lengths = torch.tensor([len(s) for s in sequences])
+    length = int(lengths.max())
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    if int(lengths.sum()):
+        ids[mask] = torch.as_tensor(np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]))
+    return ids, mask.long()
+
+
 class LmkeTokenizer(PushToHubMixin):
     r"""Builds LMKE / C-LMKE inputs from entity and relation ids.
 
@@ -410,17 +426,7 @@ class LmkeTokenizer(PushToHubMixin):
 
     def pad(self, encoded: dict[str, list[list[int]]], prefix: str = "", pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
         """Right-pads lists of ids to the longest one; returns `{prefix}input_ids` and `{prefix}attention_mask` tensors."""
-        seqs = encoded["input_ids"]
-        if len(seqs) == 0:
-            raise ValueError("Cannot pad an empty batch: got no sequences.")
-        length = max(len(s) for s in seqs)
-        if pad_to_multiple_of:
-            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-        ids = torch.full((len(seqs), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
+        ids, mask = pad_sequences(encoded["input_ids"], self.pad_token_id, pad_to_multiple_of)
         return {f"{prefix}input_ids": ids, f"{prefix}attention_mask": mask}
 
     # ------------------------------------------------------------------ growing the KG

@@ -113,7 +113,7 @@ def test_clmke_end_to_end_results(clmke_run):
     history = json.loads((out / "train_history.json").read_text())
     assert len(history) == 1 and "eval_mrr" in history[0] and history[0]["step"] == 6
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4", "step_6"]
-    assert (out / "best" / "model.safetensors").is_file()
+    assert not (out / "best").exists()  # the final folder is the best model; no second copy unless --keep_best
 
 
 def test_clmke_saved_model_and_tokenizer_load(clmke_run):
@@ -128,8 +128,13 @@ def test_clmke_saved_model_and_tokenizer_load(clmke_run):
     assert tokenizer.max_key_description_length == 8
     assert tokenizer.max_entity_description_length == 8
     model.check_tokenizer(tokenizer)
-    # the saved model is the best one (by validation MRR), identical to best/
-    best = ClmkeForLinkPrediction.from_pretrained(out / "best")
+
+
+def test_clmke_final_model_is_the_best_one_kept_with_keep_best(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--keep_best")))
+    model = ClmkeForLinkPrediction.from_pretrained(out)
+    best = ClmkeForLinkPrediction.from_pretrained(out / "best")  # the best by validation MRR, as the loop saved it
     for (name, a), (_, b) in zip(model.state_dict().items(), best.state_dict().items()):
         assert torch.equal(a, b), name
 

@@ -1,0 +1,46 @@
+"""The Accelerate training code shared by `examples/train_clmke.py` and `examples/train_lmke.py`.
+
+Conventions follow transformers' `run_*_no_trainer.py`: flags, `accelerator.accumulate`, `save_state` /
+`load_state` + `skip_first_batches` for exact resume, trackers, `save_pretrained` of model and tokenizer.
+
+- `arguments`: the shared flags, range-checked argparse types, `check_arguments`, the command as recorded.
+- `run`: the output folder's lock (`claim_output_dir`), process-wide settings (`configure_process`) and
+  `prepare_run` (Accelerator, seeds, KG).
+- `checkpoints`: finding, checking, saving, rotating and restoring checkpoints (`CheckpointManager`).
+- `loop`: the optimizer and the epoch loop (`train`).
+- `finish`: the final folder, card, results, summary and push (`finish_run`).
+"""
+
+from .arguments import (
+    typed_command,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SCHEDULERS,
+    add_common_arguments,
+    check_arguments,
+    default_encoder,
+    number,
+    redact_argv,
+    run_command,
+)
+from .checkpoints import (
+    CHECKPOINT_FILES,
+    PARTIAL_SUFFIX,
+    RESUMABLE_FLAGS,
+    CheckpointManager,
+    LoopState,
+    check_resume_settings,
+    checkpoint_problem,
+    find_checkpoint,
+    run_settings,
+)
+from .finish import PUSH_IGNORE, finish_run, hub_dataset_id, run_results, summary_text
+from .loop import GeneratorState, build_optimizer, format_metrics, seeded_generator, train
+from .run import LOCK_FILE, claim_output_dir, configure_process, keep_freed_memory, prepare_run, set_cpu_threads, setup_run, silence_progress_bars
+
+__all__ = [
+    "add_common_arguments", "check_arguments", "claim_output_dir", "configure_process", "prepare_run", "setup_run",
+    "build_optimizer", "train", "finish_run", "CheckpointManager", "default_encoder", "SCHEDULERS",
+]

@@ -1,0 +1,265 @@
+"""The epoch loop shared by both training scripts: two-group AdamW, the LR schedule, validation every epoch
+(and every `--eval_steps`) keeping the best model, checkpoints through `CheckpointManager`, exact resume with
+`skip_first_batches`."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import get_scheduler
+
+from ..modelcard import public_args
+from .checkpoints import CheckpointManager, LoopState, run_settings
+
+def build_optimizer(model, args) -> torch.optim.Optimizer:
+    """AdamW with two groups: encoders + word pieces at `learning_rate`, KG embeddings + task layers at
+    `head_learning_rate`; no weight decay on biases and LayerNorm weights."""
+    head = {id(p) for p in model.head_parameters()}
+    groups: dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = id(p) in head
+        decay = not (name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name)
+        groups.setdefault((is_head, decay), []).append(p)
+    param_groups = [
+        {
+            "params": params,
+            "lr": args.head_learning_rate if is_head else args.learning_rate,
+            "weight_decay": args.weight_decay if decay else 0.0,
+        }
+        for (is_head, decay), params in sorted(groups.items())
+    ]
+    # The fused kernel updates all tensors in one pass: on the dense embedding tables (30k word pieces plus one
+    # row per entity) the default per-tensor loop costs as much as the encoders' forward+backward (bench_train).
+    params = [p for group in param_groups for p in group["params"]]
+    if all(p.device.type in ("cpu", "cuda", "mps", "xpu") and p.is_floating_point() for p in params):
+        try:
+            return torch.optim.AdamW(param_groups, fused=True)
+        except RuntimeError:  # torch < 2.4 has no fused CPU kernel
+            pass
+    return torch.optim.AdamW(param_groups, foreach=True)
+
+
+def _keep_rng(loader):
+    """Yields from `loader` with the global torch RNG state as restored by `load_state`: creating the skipped
+    loader's iterator draws from that generator, which would shift every later dropout mask."""
+    state = torch.get_rng_state()
+    for i, batch in enumerate(loader):
+        if i == 0:
+            torch.set_rng_state(state)
+        yield batch
+
+
+class GeneratorState:
+    """A `torch.Generator` as Accelerate checkpoints it (`register_for_checkpointing` wants `state_dict` /
+    `load_state_dict`), so a resumed run draws the same numbers as an uninterrupted one."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+def seeded_generator(seed: int, accelerator) -> torch.Generator:
+    """A generator on the run's device, seeded per process (`seed + process_index`): each process draws its own
+    numbers, the same in every run with that seed."""
+    return torch.Generator(device=accelerator.device).manual_seed(seed + accelerator.process_index)
+
+
+def _schedule(args, steps_per_epoch: int) -> None:
+    """Fills in the step budget from the epochs (or the epochs from `--max_train_steps`) and the warmup steps
+    from `--warmup_ratio`, as transformers' no_trainer scripts do."""
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * steps_per_epoch
+    args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    if getattr(args, "warmup_ratio", None) is not None:
+        args.num_warmup_steps = math.ceil(args.warmup_ratio * args.max_train_steps)
+
+
+class _Clock:
+    """Training time of a run over all its segments (None when a resumed checkpoint predates timing) and the
+    part of it spent validating."""
+
+    def __init__(self, state: LoopState):
+        self.before, self.eval_before, self.start, self.eval_seconds = state.train_runtime_s, state.eval_runtime_s, time.time(), 0.0
+
+    def runtime(self) -> float | None:
+        return None if self.before is None else self.before + time.time() - self.start
+
+    def eval_runtime(self) -> float:
+        return self.eval_before + self.eval_seconds
+
+    def minutes_excluding_eval(self) -> float | None:
+        spent = self.runtime()
+        return None if spent is None else (spent - self.eval_runtime()) / 60
+
+
+def _restore_best(out: Path, state: LoopState, metric_name: str) -> None:
+    """A finished run keeps no `best/` (its folder's own model is the best one, unless `--keep_best`): when such a
+    run is resumed to train longer, that model becomes `best/` again, with the best validation it reached."""
+    results = out / "all_results.json"
+    if (out / "best").exists() or not (out / "config.json").is_file() or not results.is_file():
+        return
+    finished = json.loads(results.read_text())
+    metric = finished.get(f"best_eval_{metric_name}")
+    if metric is None:
+        return
+    shutil.copytree(out, out / "best", ignore=shutil.ignore_patterns("checkpoints", "best", "test_metrics", "*.json.tmp", ".*"))
+    if metric >= state.best["metric"]:
+        state.best = {"metric": metric, "epoch": finished.get("best_epoch"), "step": finished.get("best_step")}
+
+
+def format_metrics(metrics: dict, digits: int = 4) -> str:
+    """`mrr 0.3140 | hits@1 0.2010 | ...`: the numbers of a metrics dict as a person reads them."""
+    return " | ".join(f"{k} {v:.{digits}f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: str, save_fn, logger, forward_kwargs: dict | None = None) -> dict:
+    """Runs the loop and returns the training summary.
+
+    Args:
+        evaluate_fn: `evaluate_fn(model) -> dict` of validation metrics, called at each epoch end and every
+            `--eval_steps`; the model with the highest `metric_name` is kept in `output_dir/best`.
+        save_fn: `save_fn(model, folder)` saves a model (and its tokenizer) there.
+        forward_kwargs: extra keyword arguments of every training forward (e.g. C-LMKE's `gather_keys`, or a
+            `generator` for its negative subsampling: any `torch.Generator` among them is checkpointed).
+    """
+    optimizer = build_optimizer(model, args)
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    _schedule(args, steps_per_epoch)
+    settings = run_settings(args)  # with the warmup steps as filled in (max_train_steps / epochs may change at resume)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type, optimizer=optimizer,
+        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    queue = getattr(model, "key_queue", None)
+    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+    if queue is not None and queue.size:  # pre-batch negatives: a resume continues with the same queue
+        accelerator.register_for_checkpointing(queue)
+    for value in (forward_kwargs or {}).values():  # e.g. the negative subsampling's generator: restored at resume
+        if isinstance(value, torch.Generator):
+            accelerator.register_for_checkpointing(GeneratorState(value))
+    if args.with_tracking:
+        config = {k: v for k, v in public_args(vars(args)).items() if v is not None}  # no token, no local paths
+        accelerator.init_trackers(Path(args.output_dir).name or "lmke", config)
+
+    checkpoints = CheckpointManager(accelerator, args.output_dir, settings, args.checkpoints_total_limit)
+    checkpoints.clear_partial()
+    state = checkpoints.resume(args)
+    starting_epoch = state.completed_steps // steps_per_epoch
+    resume_batches = (state.completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
+    if state.resumed_from is not None:
+        logger.info(f"Resumed from {state.resumed_from} at step {state.completed_steps} (epoch {starting_epoch}, batch {resume_batches}).")
+    if state.resumed_from is not None and accelerator.is_main_process:
+        _restore_best(Path(args.output_dir), state, metric_name)
+    accelerator.wait_for_everyone()
+    clock = _Clock(state)
+    examples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    every = int(args.checkpointing_steps) if isinstance(args.checkpointing_steps, str) and args.checkpointing_steps.isdigit() else None
+    eval_steps = getattr(args, "eval_steps", None)
+    forward_kwargs = forward_kwargs or {}
+
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process or args.no_progress, initial=state.completed_steps)
+
+    def save(tag: str) -> None:
+        checkpoints.save(tag, state, clock.runtime(), clock.eval_runtime())
+
+    def validate(epoch: int, train_loss: float, end_of_epoch: bool) -> None:
+        began = time.time()
+        metrics = {f"eval_{k}": v for k, v in evaluate_fn(accelerator.unwrap_model(model)).items()}
+        metrics.update(
+            epoch=epoch, train_loss=train_loss, step=state.completed_steps, examples_seen=state.completed_steps * examples_per_step,
+            end_of_epoch=end_of_epoch, train_minutes_excluding_eval=clock.minutes_excluding_eval(),
+        )
+        state.history.append(metrics)
+        shown = {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_") and not isinstance(v, dict)}
+        logger.info(f"validation at step {state.completed_steps} (epoch {epoch}, train loss {train_loss:.4f}): {format_metrics(shown)}")
+        if args.with_tracking:
+            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.completed_steps)
+        if metrics[f"eval_{metric_name}"] > state.best["metric"]:
+            state.best = {"metric": metrics[f"eval_{metric_name}"], "epoch": epoch, "step": state.completed_steps}
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_fn(accelerator.unwrap_model(model), Path(args.output_dir) / "best")
+        model.train()
+        clock.eval_seconds += time.time() - began
+
+    def run_epoch(epoch: int) -> None:
+        model.train()
+        # The epoch seeds the shuffle order (seedable sampler) and any per-epoch data (a dataset's `set_epoch`,
+        # e.g. resampled negatives). A fresh process starts its loader at iteration 0, so set it explicitly:
+        # otherwise a run resumed in epoch k would replay epoch 0's order.
+        train_dataloader.set_epoch(epoch)
+        dataset = getattr(train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        loader = train_dataloader
+        if epoch == starting_epoch and resume_batches:
+            loader = _keep_rng(accelerator.skip_first_batches(train_dataloader, resume_batches))
+        total_loss, seen, pending_checkpoint = 0.0, 0, None
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch, **forward_kwargs).loss
+                accelerator.backward(loss)
+                if args.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            total_loss += loss.detach().float().item()
+            seen += 1
+            if accelerator.sync_gradients:
+                state.completed_steps += 1
+                step = state.completed_steps
+                progress.update(1)
+                progress.set_postfix(loss=f"{total_loss / seen:.4f}")
+                if args.with_tracking:
+                    accelerator.log({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=step)
+                if eval_steps and step % eval_steps == 0 and step % steps_per_epoch and step < args.max_train_steps:
+                    validate(epoch, total_loss / max(seen, 1), end_of_epoch=False)
+                if every and step % every == 0:
+                    if step % steps_per_epoch:
+                        save(f"step_{step}")
+                    else:  # an epoch's last step: save after its validation, which a resume would not redo
+                        pending_checkpoint = f"step_{step}"
+            if state.completed_steps >= args.max_train_steps:
+                break
+        validate(epoch, total_loss / max(seen, 1), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
+        if pending_checkpoint:
+            save(pending_checkpoint)
+        if args.checkpointing_steps == "epoch":
+            save(f"epoch_{epoch}")
+
+    with logging_redirect_tqdm():  # validation lines go above the bar, not onto it
+        for epoch in range(starting_epoch, args.num_train_epochs):
+            run_epoch(epoch)
+            if state.completed_steps >= args.max_train_steps:
+                break
+    progress.close()
+    if args.with_tracking:
+        accelerator.end_training()
+    return {
+        "train_runtime_s": clock.runtime(),
+        "resumed_from": str(state.resumed_from) if state.resumed_from is not None else None,
+        "completed_steps": state.completed_steps,
+        "best_epoch": state.best["epoch"],
+        "best_step": state.best.get("step"),
+        f"best_eval_{metric_name}": state.best["metric"],
+        "history": state.history,
+        "exact_resume": state.exact_resume,
+        "model": model,
+    }

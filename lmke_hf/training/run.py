@@ -1,0 +1,201 @@
+"""Preparing a run: the output folder (`claim_output_dir`), the process-wide settings a training script makes
+in its `main` (`configure_process`: logging, progress bars, CPU threads, malloc), and `prepare_run` (Accelerator,
+seeds, `training_args.json`, the KG with its splits checked)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..modelcard import public_args, write_json
+from .arguments import typed_command
+
+LOCK_FILE = ".lmke_hf.lock"
+
+
+@contextlib.contextmanager
+def claim_output_dir(args):
+    """One run, one output folder. Takes a lock on `args.output_dir` (a second run into it stops at once, naming
+    the first), refuses a folder that already holds files unless `--overwrite_output_dir` (which clears it) or a
+    resume is asked for (transformers' convention), and removes what it created when the run fails before
+    anything worth keeping (a checkpoint, a best or final model) was written. Only the first process of a
+    multi-process run does this; the others wait for the folder."""
+    from filelock import FileLock, Timeout
+
+    out = Path(args.output_dir)
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        yield out
+        return
+    existed = out.exists()
+    if existed and not out.is_dir():
+        raise SystemExit(f"--output_dir {out} is a file, not a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = (out / (LOCK_FILE + ".owner")).read_text().strip() if (out / (LOCK_FILE + ".owner")).is_file() else "another process"
+        raise SystemExit(f"--output_dir {out} is in use by another run ({owner}); wait for it or choose another folder.") from None
+    try:
+        (out / (LOCK_FILE + ".owner")).write_text(f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+        held = {LOCK_FILE, LOCK_FILE + ".owner"}
+        contents = sorted(p.name for p in out.iterdir() if p.name not in held)
+        if contents and not args.resume_from_checkpoint:
+            if not getattr(args, "overwrite_output_dir", False):
+                shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
+                raise SystemExit(
+                    f"--output_dir {out} already holds files ({shown}): pass --overwrite_output_dir to replace that run, "
+                    "--resume_from_checkpoint latest to continue it, or choose another folder."
+                )
+            for name in contents:
+                target = out / name
+                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        try:
+            yield out
+        except BaseException:
+            kept = [n for n in ("checkpoints", "best", "model.safetensors") if (out / n).exists()]
+            if not existed and not kept:
+                lock.release()
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+    finally:
+        if lock.is_locked:
+            lock.release()
+            for name in (LOCK_FILE + ".owner", LOCK_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    (out / name).unlink()
+
+
+def set_cpu_threads(accelerator, threads: int | None = None) -> int:
+    """Sets torch's intra-op threads for a CPU run and returns them.
+
+    `accelerate launch` exports OMP_NUM_THREADS=1 unless told `--cpu` or `--num_cpu_threads_per_process`,
+    which halves a single CPU process's speed on a 2-core machine; with `threads=None` a lone CPU process
+    takes every core it may run on, the processes of one machine share them evenly, and an OMP_NUM_THREADS
+    set outside `accelerate launch` is respected. GPU runs are left alone.
+    """
+    if accelerator.device.type != "cpu":
+        return torch.get_num_threads()
+    if threads is None:
+        launched = any(k.startswith("ACCELERATE_") for k in os.environ)  # set by `accelerate launch`
+        if "OMP_NUM_THREADS" in os.environ and not launched:
+            return torch.get_num_threads()  # the user's own OMP_NUM_THREADS is kept
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # this machine's share
+        threads = max(1, available // max(1, local_processes))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
+def keep_freed_memory(max_bytes: int = 1 << 30) -> bool:
+    """Tells glibc's malloc to keep freed blocks (up to `max_bytes`) in the process instead of unmapping them.
+
+    Every CPU training step frees and reallocates the dense gradients of the embedding tables (word pieces plus
+    one row per entity: tens of MB); by default glibc serves such blocks with fresh mmap'd pages, so each step
+    page-faults them in again (~14k faults per step on WN18RR with the BERT-tiny shape, ~25 % of the backward
+    pass in benchmarks/bench_train.py). Returns False where the C library is not glibc (nothing changed).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    ok = mallopt(m_mmap_threshold, min(max_bytes, 1 << 30) // 4) == 1
+    ok &= mallopt(m_trim_threshold, max_bytes) == 1
+    ok &= mallopt(m_top_pad, 64 << 20) == 1
+    return bool(ok)
+
+
+def silence_progress_bars() -> None:
+    """Turns off every progress bar the libraries of a run draw: transformers ("Loading weights"), datasets
+    (tokenising maps, shard writes) and huggingface_hub (downloads, uploads)."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def configure_process(args):
+    """The process-wide settings of a training script, made once in its `main`: log format and level (INFO on the
+    main process), progress bars off with `--no_progress`, torch threads on CPU (`set_cpu_threads`) and, unless
+    `--no_malloc_tuning`, glibc's malloc keeping freed memory on CPU (`keep_freed_memory`). Returns the
+    `accelerate.PartialState` (device, process index) the run's Accelerator will share."""
+    import logging
+
+    from accelerate import PartialState
+
+    state = PartialState()
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if state.is_main_process else logging.WARNING,
+    )
+    if getattr(args, "no_progress", False):
+        silence_progress_bars()
+    if state.device.type == "cpu":
+        set_cpu_threads(state, getattr(args, "cpu_threads", None))
+        if not getattr(args, "no_malloc_tuning", False):
+            keep_freed_memory()
+    return state
+
+
+def prepare_run(args, method: str):
+    """Accelerator, seeded RNGs, output folder (with `training_args.json`: how the run started, and each resume)
+    and the KG (train/validation/test checked) of a run. Process-wide settings are `configure_process`'s."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+
+    from ..data import load_kg
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:  # what produced this folder, for cards and for anyone reading it later
+        from ..modelcard import describe_hardware
+
+        info = {
+            "method": method, "command": typed_command(),
+            "hardware": describe_hardware(accelerator.device), "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "args": public_args(vars(args)),
+        }
+    try:
+        kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
+    except (FileNotFoundError, ValueError, KeyError) as err:  # a user's mistake: one clear line, no traceback
+        raise SystemExit(f"--dataset {args.dataset}: {err.args[0] if err.args else err}") from err
+    if accelerator.is_main_process:
+        info["kg"] = {"name": kg.name, "description_source": kg.description_source}
+        path = Path(args.output_dir) / "training_args.json"
+        if args.resume_from_checkpoint and path.is_file():  # keep how the run started; list its resumes
+            first = json.loads(path.read_text())
+            info["resumes"] = [*first.get("resumes", []), {k: info[k] for k in ("command", "started_at", "hardware")}]
+            info.update(command=first.get("command"), started_at=first.get("started_at"))
+        write_json(path, info, indent=2, default=str)
+    for split in ("train", "validation", "test"):
+        if split not in kg.splits:
+            raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test.")
+    return accelerator, kg
+
+
+def setup_run(args, method: str):
+    """`configure_process` + `prepare_run`, as one call (the pre-0.2 entry point of the scripts)."""
+    configure_process(args)
+    return prepare_run(args, method)

@@ -1,0 +1,183 @@
+"""The parts of `lmke_hf.training` one at a time: the command line a card records (`typed_command`), the
+process-wide settings of a script's `main` (`configure_process`), the summary a person reads at the end of a run,
+and the model card's metadata (licence, base model, dataset id, degree ranges)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _training_kg import write_tiny_kg  # noqa: E402
+from test_training import _clmke_argv, _load_script  # noqa: E402
+
+import lmke_hf.training.arguments as arguments  # noqa: E402
+import lmke_hf.training.run as run  # noqa: E402
+from lmke_hf.modelcard import MINILM_HUB_ID, ModelCard  # noqa: E402
+from lmke_hf.training import configure_process, summary_text, typed_command  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------ typed_command
+
+
+def _clear_accelerate_env(monkeypatch):
+    import os
+
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(key)
+
+
+def test_typed_command_of_a_python_script_redacts_tokens(monkeypatch):
+    _clear_accelerate_env(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", "--hub_token", "hf_x", "--seed", "1"])
+    assert typed_command() == "python examples/train_clmke.py --hub_token *** --seed 1"
+
+
+def test_typed_command_of_the_console_script(monkeypatch):
+    _clear_accelerate_env(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["lmke-hf train-lmke", "--dataset", "umls"])
+    assert typed_command() == "lmke-hf train-lmke --dataset umls"
+
+
+def test_typed_command_under_accelerate_launch_keeps_the_launchers_flags(monkeypatch, tmp_path):
+    """The parent's command line (`/proc/<ppid>/cmdline`) holds what was typed, `--num_processes 1` included."""
+    proc = tmp_path / "proc" / "4242"
+    proc.mkdir(parents=True)
+    words = ["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", "--num_processes", "1", "examples/train_clmke.py", "--seed", "3"]
+    (proc / "cmdline").write_bytes("\0".join(words).encode() + b"\0")
+    monkeypatch.setattr(arguments, "_PROC", str(tmp_path / "proc"))
+    monkeypatch.setattr(arguments.os, "getppid", lambda: 4242)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", "--seed", "3"])
+    assert typed_command() == "accelerate launch --num_processes 1 examples/train_clmke.py --seed 3"
+    (proc / "cmdline").write_bytes(b"/bin/bash\0-c\0something\0")  # a parent that is no launcher: the script's own line
+    assert typed_command() == "python examples/train_clmke.py --seed 3"
+
+
+# ------------------------------------------------------------------------------------------------ configure_process
+
+
+@pytest.fixture
+def progress_bars_restored():
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    yield
+    transformers.utils.logging.enable_progress_bar()
+    datasets.enable_progress_bars()
+    huggingface_hub.utils.enable_progress_bars()
+
+
+def test_no_progress_silences_every_librarys_bars(progress_bars_restored, monkeypatch):
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    monkeypatch.setattr(run, "keep_freed_memory", lambda: True)
+    configure_process(types.SimpleNamespace(no_progress=True, cpu_threads=None, no_malloc_tuning=True))
+    assert not transformers.utils.logging.is_progress_bar_enabled()
+    assert datasets.are_progress_bars_disabled()
+    assert huggingface_hub.utils.are_progress_bars_disabled()
+
+
+@pytest.mark.parametrize("flag, tuned", [(False, True), (True, False)])
+def test_malloc_tuning_is_on_by_default_on_cpu_and_a_flag_turns_it_off(flag, tuned, monkeypatch):
+    calls = []
+    monkeypatch.setattr(run, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(run, "set_cpu_threads", lambda state, threads: 1)
+    configure_process(types.SimpleNamespace(no_progress=False, cpu_threads=None, no_malloc_tuning=flag))
+    assert bool(calls) is tuned
+
+
+# ------------------------------------------------------------------------------------------------ end of a run
+
+
+def test_summary_names_protocol_metrics_and_where_the_model_is():
+    summary = {"completed_steps": 1500, "train_runtime_s": 4002.0, "best_eval_mrr": 0.39712, "best_epoch": 1, "history": []}
+    results = {"test_mrr": 0.41734, "test_hits@1": 0.3019, "test_num_queries": 6268, "train_runtime_s": 4002.0}
+    text = summary_text("C-LMKE", "wn18rr", results, summary, "mrr", "outputs/run", "filtered, realistic ranks")
+    assert text.splitlines()[0] == "C-LMKE on wn18rr: 1500 steps in 66.7 min of training (best validation mrr 0.3971 at epoch 1)."
+    assert "Test (filtered, realistic ranks): mrr 0.4173 | hits@1 0.3019 | num_queries 6268" in text
+    assert "train_runtime_s" not in text and 'AutoModel.from_pretrained("outputs/run")' in text
+
+
+def test_a_run_prints_its_summary_once_and_keeps_no_best_copy(tiny_bert_dir, tmp_path, capsys):
+    script = _load_script("train_clmke")
+    kg = write_tiny_kg(tmp_path / "kg")
+    out = tmp_path / "run"
+    script.main(script.parse_args(_clmke_argv(kg, tiny_bert_dir, out, "--max_train_steps", 2)))
+    printed = capsys.readouterr().out
+    assert printed.count("C-LMKE on tinykg: 2 steps") == 1 and printed.count("Test (filtered ranks") == 1
+    assert "realistic rank" in printed and str(out) in printed
+    assert not (out / "best").exists() and (out / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ model card
+
+
+def _card(**kwargs) -> ModelCard:
+    fields = dict(task="link-prediction", dataset="wn18rr", results={"test_mrr": 0.4}, args={"encoder": MINILM_HUB_ID}, command="x")
+    return ModelCard(**{**fields, **kwargs})
+
+
+def test_card_metadata_names_licence_base_model_and_dataset_id():
+    meta = _card(dataset_id="org/wn18rr-kg").metadata()
+    assert meta["license"] == "apache-2.0" and meta["base_model"] == MINILM_HUB_ID
+    assert meta["datasets"] == ["org/wn18rr-kg"]
+    assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "org/wn18rr-kg"
+
+
+def test_card_of_a_local_encoder_has_no_base_model_and_an_unknown_licence(tmp_path):
+    card = _card(args={"encoder": str(tmp_path)})
+    assert "base_model" not in card.render().split("---")[1] and card.metadata()["license"] == "unknown"
+    assert card.metadata()["datasets"] == ["wn18rr"]
+
+
+def test_card_labels_degree_buckets_as_ranges():
+    text = _card(degree_buckets={"0": {"count": 3, "mrr": 0.1}, "3": {"count": 5, "mrr": 0.2}}).render()
+    assert "| 4-7 | 5 | 0.200 |" in text and "| 0 | 3 | 0.100 |" in text
+
+
+# ------------------------------------------------------------------------------------------------ seeded negatives
+
+
+def test_negative_subsampling_gets_a_seeded_generator(tiny_bert_dir, tmp_path, monkeypatch):
+    """--max_negatives_per_query draws which negatives each query keeps from a generator seeded by --seed (not
+    from the global RNG), handed to every training forward."""
+    import torch
+
+    script = _load_script("train_clmke")
+    seen = {}
+
+    def fake_train(*args, forward_kwargs=None, **kwargs):
+        seen.update(forward_kwargs or {})
+        raise SystemExit("stopped before training")
+
+    monkeypatch.setattr(script, "train", fake_train)
+    kg = write_tiny_kg(tmp_path / "kg")
+    for extra, expected in ((("--max_negatives_per_query", "2"), True), ((), False)):
+        seen.clear()
+        with pytest.raises(SystemExit, match="stopped before training"):
+            script.main(script.parse_args(_clmke_argv(kg, tiny_bert_dir, tmp_path / f"run{len(extra)}", *extra)))
+        assert ("generator" in seen) is expected
+    # a fresh parse: the generator of the first run
+    seen.clear()
+    with pytest.raises(SystemExit):
+        script.main(script.parse_args(_clmke_argv(kg, tiny_bert_dir, tmp_path / "run9", "--max_negatives_per_query", "2")))
+    assert isinstance(seen["generator"], torch.Generator) and seen["generator"].initial_seed() == 7  # --seed 7
+
+
+def test_generator_state_round_trips():
+    import torch
+
+    from lmke_hf.training import GeneratorState
+
+    g = torch.Generator().manual_seed(3)
+    saved = GeneratorState(g).state_dict()
+    first = torch.rand(4, generator=g)
+    GeneratorState(g).load_state_dict(saved)
+    assert torch.equal(torch.rand(4, generator=g), first)
