@@ -202,7 +202,7 @@ class ModelCard:
                 "- Training negatives: one corrupted triple per training positive, never a known training triple, "
                 + ("drawn anew each epoch." if self.args.get("resample_negatives") else "drawn once for the whole run."),
             ]
-        lines += [f"- Entity descriptions: {self.description_source or 'as loaded by lmke_hf.data.load_kg'}.", ""]
+        lines += [f"- Entity descriptions: {self.description_source or 'as loaded by lmke_hf.kg.load_kg'}.", ""]
         if self.degree_buckets:
             lines += ["## By entity degree (log2 buckets of the gold entity's training degree)", "", "| bucket | queries | MRR | Hits@1 | Hits@10 |", "|---|---|---|---|---|"]
             for bucket, row in sorted(self.degree_buckets.items(), key=lambda kv: int(kv[0])):
