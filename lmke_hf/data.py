@@ -7,20 +7,6 @@ Private helpers are not re-exported: import them from their new module (e.g. ``l
 """
 
 from . import kg as _kg
-from .kg import (  # noqa: F401  (re-exported)
-    DATA_DIR_ENV,
-    PREPARED_FORMAT_VERSION,
-    PREPARED_METADATA,
-    SHORT_NAMES,
-    SPLIT_FILES,
-    SPLITS,
-    AnswerIndex,
-    KnowledgeGraph,
-    add_classification_negatives,
-    generate_negatives,
-    load_kg,
-    push_prepared_to_hub,
-    save_prepared,
-)
+from .kg import *  # noqa: F403  (exactly lmke_hf.kg.__all__)
 
 __all__ = list(_kg.__all__)
