@@ -1,4 +1,4 @@
-"""Time and peak memory of lmke_hf.data on the real benchmark graphs (default: wn18rr and fb13).
+"""Time and peak memory of lmke_hf.kg on the real benchmark graphs (default: wn18rr and fb13).
 
 Each dataset runs in a fresh Python process so that its peak RSS (``resource.getrusage``) is its own. Prints one
 line per step and a JSON summary; exits with status 1 if a dataset's peak RSS exceeds ``--max-rss-gib``.
@@ -40,7 +40,7 @@ def _peak_rss_gib() -> float:
 def _run_one(name: str, data_dir: str) -> dict:
     timings = {}
     start = time.perf_counter()
-    import lmke_hf.data as data  # noqa: PLC0415  (the import is part of what is measured)
+    import lmke_hf.kg as data  # noqa: PLC0415  (the import is part of what is measured)
 
     timings["import_s"] = time.perf_counter() - start
     rss_after_import = _peak_rss_gib()

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a clone without installing
 
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
-from lmke_hf.data import load_kg  # noqa: E402
+from lmke_hf.kg import load_kg  # noqa: E402
 from lmke_hf.evaluation import filtered_ranks  # noqa: E402
 from lmke_hf.features import _pad  # noqa: E402
 from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402

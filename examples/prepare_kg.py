@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lmke_hf.data import add_classification_negatives, load_kg, push_prepared_to_hub, save_prepared
+from lmke_hf.kg import add_classification_negatives, load_kg, push_prepared_to_hub, save_prepared
 
 
 def parse_args(argv=None) -> argparse.Namespace:

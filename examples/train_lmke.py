@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
-from lmke_hf.data import add_classification_negatives  # noqa: E402
+from lmke_hf.kg import add_classification_negatives  # noqa: E402
 from lmke_hf.evaluation import classification_report  # noqa: E402
 from lmke_hf.features import LmkeCollator, TrainingTriples  # noqa: E402
 from lmke_hf.inference import score_triples  # noqa: E402

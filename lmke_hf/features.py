@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import torch
 
-from .data import _rng, generate_negatives
+from .kg.negatives import _rng, generate_negatives
 from .tokenization_lmke import DIRECTIONS, LmkeTokenizer, pad_sequences
 
 DIRECTION_NAMES = DIRECTIONS  # values of the `direction` column: indices into it

@@ -2,7 +2,7 @@
 the one it was trained on.
 
     from lmke_hf import check_same_kg, load_model
-    from lmke_hf.data import load_kg
+    from lmke_hf.kg import load_kg
 
     model, tokenizer = load_model("outputs/clmke-umls", task="link-prediction")
     check_same_kg(tokenizer, load_kg("umls", data_dir="data"), "outputs/clmke-umls")
@@ -210,7 +210,7 @@ def check_same_kg(tokenizer: LmkeTokenizer, kg, model_name: str | None = None) -
 
     Args:
         tokenizer: the checkpoint's `LmkeTokenizer` (from `load_model`).
-        kg: a `KnowledgeGraph` (`lmke_hf.data.load_kg`).
+        kg: a `KnowledgeGraph` (`lmke_hf.kg.load_kg`).
         model_name: how the message names the model (default "The model").
     """
     name = repr(model_name) if model_name is not None else "The model"

@@ -225,7 +225,7 @@ class ModelCard:
                 "- Training negatives: one corrupted triple per training positive, never a known training triple, "
                 + ("drawn anew each epoch." if self.args.get("resample_negatives") else "drawn once for the whole run."),
             ]
-        lines += [f"- Entity descriptions: {self.description_source or 'as loaded by lmke_hf.data.load_kg'}.", ""]
+        lines += [f"- Entity descriptions: {self.description_source or 'as loaded by lmke_hf.kg.load_kg'}.", ""]
         if self.degree_buckets:
             from .evaluation import degree_bucket_label
 

@@ -531,7 +531,7 @@ class LmkeTokenizer(PushToHubMixin):
 
     @classmethod
     def from_kg(cls, tokenizer: PreTrainedTokenizerBase | str, kg, **kwargs) -> "LmkeTokenizer":
-        """Builds the tokenizer of a `KnowledgeGraph` (see `lmke_hf.data.load_kg`) on an encoder's tokenizer."""
+        """Builds the tokenizer of a `KnowledgeGraph` (see `lmke_hf.kg.load_kg`) on an encoder's tokenizer."""
         if not isinstance(tokenizer, PreTrainedTokenizerBase):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         return cls(

@@ -44,7 +44,7 @@ class TinyGraph:
         self.num_relations = 3
 
     def answer_index(self, splits, direction):
-        from lmke_hf.data import AnswerIndex
+        from lmke_hf.kg import AnswerIndex
 
         t = self.triples_
         given, answer = (t[:, 0], t[:, 2]) if direction == "tail" else (t[:, 2], t[:, 0])

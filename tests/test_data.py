@@ -1,4 +1,4 @@
-"""Tests of lmke_hf.data on a toy graph written in tmp_path; slow tests read /work/shared/data."""
+"""Tests of lmke_hf.kg on a toy graph written in tmp_path; slow tests read /work/shared/data."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 from conftest_data import TOY, toy_kg_dir, write_toy_kg  # noqa: F401  (toy_kg_dir is a fixture)
 
-from lmke_hf.data import (
+from lmke_hf.kg import (
     DATA_DIR_ENV,
     PREPARED_METADATA,
     SHORT_NAMES,
     AnswerIndex,
     KnowledgeGraph,
-    _load_hub,
     add_classification_negatives,
     generate_negatives,
     load_kg,
     push_prepared_to_hub,
     save_prepared,
 )
+from lmke_hf.kg.prepared import _load_hub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

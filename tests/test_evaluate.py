@@ -294,7 +294,7 @@ def _scored_by(rule):
 @pytest.mark.parametrize("direction", ["tail", "head"])
 def test_own_entity_first_counts_after_the_filter(own_first_script, clmke_out, kg_dir, direction, monkeypatch):
     from lmke_hf import load_model
-    from lmke_hf.data import load_kg
+    from lmke_hf.kg import load_kg
 
     out, _ = clmke_out
     model, tokenizer = load_model(str(out))

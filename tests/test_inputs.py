@@ -1,7 +1,7 @@
 """Inputs that cannot fool the package (issue 14): byte-order marks, CR-only line endings, long lines, Unicode
 normalisation, header lines, typos in evaluation files and misspelt names.
 
-Data files (``lmke_hf.data``); the tokenizer's share is in ``test_tokenizer_inputs.py``. Each test that is not
+Data files (``lmke_hf.kg``); the tokenizer's share is in ``test_tokenizer_inputs.py``. Each test that is not
 a plain guard fails on the code before the fix; its comment says what a user saw then. Tiny and offline: KG
 folders are written in ``tmp_path`` (``conftest_data``).
 """
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest_data import TOY, toy_kg_dir, write_toy_kg  # noqa: F401  (toy_kg_dir is a fixture)
 
-from lmke_hf import data as data_module
-from lmke_hf.data import PREPARED_METADATA, SHORT_NAMES, load_kg, save_prepared
+from lmke_hf.kg import PREPARED_METADATA, SHORT_NAMES, load_kg, save_prepared
+from lmke_hf.kg import load as load_module
 
 BOM = "\ufeff"
 NO_LISTS = {"entities.txt": None, "relations.txt": None}  # nations / kinship layout: ids come from the triples
@@ -213,7 +213,7 @@ def test_misspelt_short_name_suggests_and_lists_choices(tmp_path, monkeypatch):
     def no_hub(*args, **kwargs):
         raise AssertionError("a near-miss of a short name must not be looked up on the Hub")
 
-    monkeypatch.setattr(data_module, "_load_hub", no_hub)
+    monkeypatch.setattr(load_module, "_load_hub", no_hub)
     write_toy_kg(tmp_path, "wn18rr")
     message = _raises(FileNotFoundError, "wn18r", data_dir=str(tmp_path))
     assert message.startswith("Could not load 'wn18r' (did you mean 'wn18rr'")
@@ -227,7 +227,7 @@ def test_unrelated_name_still_tries_the_hub(monkeypatch):
         calls.append(repo_id)
         raise ConnectionError("offline")
 
-    monkeypatch.setattr(data_module, "_load_hub", fake_hub)
+    monkeypatch.setattr(load_module, "_load_hub", fake_hub)
     message = _raises(FileNotFoundError, "some-org/some-graph")
     assert calls == ["some-org/some-graph"] and "did you mean" not in message
 

@@ -27,7 +27,7 @@ from _training_kg import DEV, ENTITIES, RELATIONS, TEST, TRAIN, train_degrees, w
 
 import lmke_hf  # noqa: E402,F401  (registers the Auto classes)
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
-from lmke_hf.data import generate_negatives, load_kg  # noqa: E402
+from lmke_hf.kg import generate_negatives, load_kg  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LINK_PREDICTION_KEYS = ("test_mrr", "test_mr", "test_hits@1", "test_hits@3", "test_hits@10")

@@ -158,7 +158,7 @@ def prepare_run(args, method: str):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
-    from ..data import load_kg
+    from ..kg import load_kg
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
