@@ -19,6 +19,16 @@ import math
 
 from transformers import AutoConfig, BertConfig, PretrainedConfig
 
+CITATION = """@inproceedings{wang2022lmke,
+  title     = {Language Models as Knowledge Embeddings},
+  author    = {Wang, Xintao and He, Qianyu and Liang, Jiaqing and Xiao, Yanghua},
+  booktitle = {Proceedings of the Thirty-First International Joint Conference on Artificial Intelligence, {IJCAI-22}},
+  pages     = {2291--2297},
+  year      = {2022},
+  doi       = {10.24963/ijcai.2022/318}
+}"""
+"""The paper, as model cards, dataset cards and the models' `citation` attribute cite it."""
+
 POOLINGS = ("entity", "mean", "cls")
 SCORERS = ("matcher", "cosine")
 LOSSES = ("adversarial_bce", "infonce")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .modeling_lmke import _CITATION
+from .configuration_lmke import CITATION as _CITATION
 
 _SECRET_ARGS = {"hub_token", "token"}  # never rendered into a card that may be pushed
 CARD_DATA_FILE = "card.json"

@@ -76,6 +76,7 @@ def _card_yaml(name: str, licence: str) -> str:
 
 
 def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str:
+    from ..configuration_lmke import CITATION  # here: reading a KG needs no transformers
     licence, licence_text = _LICENCE_NOTES.get(
         kg.name, ("unknown", "No licence information is recorded for this graph; check its source.")
     )
@@ -146,12 +147,7 @@ def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str
             "## Citation",
             "",
             "```bibtex",
-            "@inproceedings{wang2022lmke,",
-            "  title={Language Models as Knowledge Embeddings},",
-            "  author={Wang, Xintao and He, Qianyu and Liang, Jiaqing and Xiao, Yanghua},",
-            "  booktitle={Proceedings of IJCAI},",
-            "  year={2022}",
-            "}",
+            CITATION,
             "```",
             "",
         ]
