@@ -125,7 +125,7 @@ def bare_step(model, inputs, timings):
 def main(args) -> dict:
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    kept = False if args.default_malloc else keep_freed_memory()  # as lmke_hf.training.setup_run does on CPU
+    kept = False if args.default_malloc else keep_freed_memory()  # as lmke_hf.training.configure_process does on CPU
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), threads={torch.get_num_threads()}, "
           f"cores={os.cpu_count()}, malloc keeps freed memory: {kept}, load average at start {load_avg()}", flush=True)
     result = {
