@@ -109,3 +109,57 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)  # tokenizer.json + tokenizer_config.json; vocab.txt stays beside them
     return out
+
+
+# ------------------------------------------------------------------------------------------------ shared KGs and scripts (tests/helpers.py)
+
+import json  # noqa: E402
+import socket  # noqa: E402
+
+from helpers import _load_script, write_tiny_kg, write_toy_kg  # noqa: E402  (after the HF environment is set)
+
+@pytest.fixture
+def toy_kg_dir(tmp_path) -> Path:
+    """The toy graph written under ``tmp_path / "toy"``."""
+    return write_toy_kg(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def clmke_script():
+    return _load_script("train_clmke")
+
+
+@pytest.fixture(scope="module")
+def lmke_script():
+    return _load_script("train_lmke")
+
+
+@pytest.fixture(scope="module")
+def kg_dir(tmp_path_factory) -> Path:
+    return write_tiny_kg(tmp_path_factory.mktemp("kg"))
+
+
+@pytest.fixture(scope="module")
+def no_dropout_encoder(tiny_bert_dir, tmp_path_factory) -> Path:
+    """The tiny BERT with all dropout set to 0 (so a training step is a deterministic function of the batch)."""
+    folder = tmp_path_factory.mktemp("bert_nodrop") / "bert"
+    shutil.copytree(tiny_bert_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection this process tries is recorded and refused: a test asserts the list stays empty. (The local
+    test Hub runs in a process of its own, so its server is not affected; its clients here are.)"""
+    attempts = []
+
+    def refuse(sock, address, *args):
+        attempts.append(address)
+        raise ConnectionRefusedError(f"test: no network ({address})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts

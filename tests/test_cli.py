@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest_data import toy_kg_dir  # noqa: F401  (a fixture)
 
 import lmke_hf
 from lmke_hf import cli

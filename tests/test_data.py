@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest_data import TOY, toy_kg_dir, write_toy_kg  # noqa: F401  (toy_kg_dir is a fixture)
+from helpers import TOY, write_toy_kg  # noqa: E402
 
 from lmke_hf.kg import (
     DATA_DIR_ENV,

@@ -1,6 +1,6 @@
 """Tests of examples/evaluate.py: a saved folder or a Hub id, both tasks, any split, metrics to JSON, bad input.
 
-The models are trained for a few steps by the training scripts on the tiny KG of `tests/_training_kg.py`; the
+The models are trained for a few steps by the training scripts on the tiny KG of `tests/helpers.py`; the
 evaluation script must reproduce the metrics the training script wrote for the same checkpoint.
 """
 
@@ -14,9 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _training_kg import DEV, ENTITIES, TEST, write_tiny_kg  # noqa: E402
-from test_training import _clmke_argv, _common, _load_script  # noqa: E402
-from _no_network import no_network  # noqa: E402, F401 - a fixture
+from helpers import DEV, ENTITIES, TEST, write_tiny_kg, _clmke_argv, _common, _load_script  # noqa: E402
 
 LINK_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
 

@@ -3,7 +3,7 @@ normalisation, header lines, typos in evaluation files and misspelt names.
 
 Data files (``lmke_hf.kg``); the tokenizer's share is in ``test_tokenizer_inputs.py``. Each test that is not
 a plain guard fails on the code before the fix; its comment says what a user saw then. Tiny and offline: KG
-folders are written in ``tmp_path`` (``conftest_data``).
+folders are written in ``tmp_path`` (``helpers.write_toy_kg``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest_data import TOY, toy_kg_dir, write_toy_kg  # noqa: F401  (toy_kg_dir is a fixture)
+from helpers import TOY, write_toy_kg  # noqa: E402
 
 from lmke_hf.kg import PREPARED_METADATA, SHORT_NAMES, load_kg, save_prepared
 from lmke_hf.kg import load as load_module

@@ -8,7 +8,7 @@ import json
 import warnings
 from pathlib import Path
 
-from conftest_data import write_toy_kg
+from helpers import write_toy_kg  # noqa: E402
 
 import lmke_hf.data
 import lmke_hf.kg

@@ -1,7 +1,7 @@
 """Tests of C-LMKE's levers beyond the paper (issue 12): InfoNCE with a (learned) temperature and a margin, mean /
 [CLS] pooling, the cosine scorer, the key queue (pre-batch negatives) and frozen lower layers; and that the
 training script trains and resumes exactly with them. Tiny and offline: conftest's random BERT and the tiny
-KG of `_training_kg`."""
+KG of `helpers.write_tiny_kg`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_modeling import KG, LENGTHS, QUERIES, clmke_batch, gold_answer_ids
-from test_training import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script, kg_dir, no_dropout_encoder  # noqa: F401 (fixtures)
+from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script  # noqa: E402
 from transformers import AutoModel, AutoTokenizer
 
 import lmke_hf  # noqa: F401

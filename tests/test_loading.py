@@ -24,7 +24,6 @@ from lmke_hf.loading import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _no_network import no_network  # noqa: E402, F401 - a fixture
 
 
 @pytest.mark.parametrize(

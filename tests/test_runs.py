@@ -1,6 +1,6 @@
 """Runs that cannot lose work, mix runs or leak secrets (issue 14): the output folder's lock and emptiness rule,
 resume settings, damaged and partial checkpoints, atomic JSON files, no token or local path in what a run
-writes. Tiny and offline (conftest's random BERT, the tiny KG of `_training_kg`)."""
+writes. Tiny and offline (conftest's random BERT, the tiny KG of `helpers.write_tiny_kg`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_training import RESUME_FLAGS, _clmke_argv, _load_script, kg_dir, no_dropout_encoder  # noqa: F401 (fixtures)
+from helpers import RESUME_FLAGS, _clmke_argv, _load_script  # noqa: E402
 
 from lmke_hf.modelcard import write_json
 from lmke_hf.training import LOCK_FILE

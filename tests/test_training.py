@@ -3,15 +3,13 @@ loop (lmke_hf/training.py): end-to-end runs on a tiny KG, exact resume, cross-de
 processes, fail-fast argument checks and the evaluation-level leak guard.
 
 Everything is offline: the encoder is the tiny random BERT of the `tiny_bert_dir` fixture and the KG is written
-into tmp_path by `tests/_training_kg.py` (12 entities, 3 relations, 40 training triples).
+into tmp_path by `tests/helpers.py` (`write_tiny_kg`) (12 entities, 3 relations, 40 training triples).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import shutil
 import socket
 import sys
 import time
@@ -23,59 +21,14 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _training_kg import DEV, ENTITIES, RELATIONS, TEST, TRAIN, train_degrees, write_tiny_kg  # noqa: E402
+from helpers import (  # noqa: E402
+    DEV, ENTITIES, LINK_PREDICTION_KEYS, RELATIONS, RESUME_FLAGS, TEST, TRAIN, _assert_same_weights, _clmke_argv, _common,
+    _load_script, _steps_differ, train_degrees, write_tiny_kg,
+)
 
 import lmke_hf  # noqa: E402,F401  (registers the Auto classes)
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.kg import generate_negatives, load_kg  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-LINK_PREDICTION_KEYS = ("test_mrr", "test_mr", "test_hits@1", "test_hits@3", "test_hits@10")
-
-
-def _load_script(name: str):
-    """Imports examples/<name>.py once as module `_lmke_example_<name>`."""
-    module_name = f"_lmke_example_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def clmke_script():
-    return _load_script("train_clmke")
-
-
-@pytest.fixture(scope="module")
-def lmke_script():
-    return _load_script("train_lmke")
-
-
-def _common(kg_dir, encoder, output_dir, *extra) -> list[str]:
-    return [
-        "--dataset", str(kg_dir), "--encoder", str(encoder), "--output_dir", str(output_dir),
-        "--max_entity_description_length", "8", "--max_relation_description_length", "4",
-        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "16", "--no_progress",
-        "--seed", "7", *map(str, extra),
-    ]
-
-
-def _clmke_argv(kg_dir, encoder, output_dir, *extra) -> list[str]:
-    return _common(kg_dir, encoder, output_dir, "--max_key_description_length", "8", *extra)
-
-
-# 40 training triples -> 80 queries -> 20 batches of 4 per epoch: 6 steps end mid-epoch.
-RESUME_FLAGS = ("--lr_scheduler_type", "constant", "--checkpointing_steps", "2")
-
-
-@pytest.fixture(scope="module")
-def kg_dir(tmp_path_factory) -> Path:
-    return write_tiny_kg(tmp_path_factory.mktemp("kg"))
-
 
 @pytest.fixture(scope="module")
 def clmke_run(clmke_script, kg_dir, tiny_bert_dir, tmp_path_factory):
@@ -225,30 +178,6 @@ def test_lmke_loop_sets_each_epochs_negatives_also_after_a_resume(lmke_script, k
 
 
 # ------------------------------------------------------------------------------------------------ 2. exact resume
-
-
-def _assert_same_weights(path_a: Path, path_b: Path, atol: float = 1e-6) -> None:
-    a, b = load_file(str(path_a)), load_file(str(path_b))
-    assert sorted(a) == sorted(b)
-    worst = {k: (a[k].float() - b[k].float()).abs().max().item() for k in a}
-    bad = {k: v for k, v in worst.items() if v > atol}
-    assert not bad, f"{len(bad)} tensors differ, worst {max(bad.items(), key=lambda kv: kv[1])}"
-
-
-def _steps_differ(path_a: Path, path_b: Path) -> bool:
-    a, b = load_file(str(path_a)), load_file(str(path_b))
-    return any(not torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(scope="module")
-def no_dropout_encoder(tiny_bert_dir, tmp_path_factory) -> Path:
-    """The tiny BERT with all dropout set to 0 (so a training step is a deterministic function of the batch)."""
-    folder = tmp_path_factory.mktemp("bert_nodrop") / "bert"
-    shutil.copytree(tiny_bert_dir, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
 
 
 def test_resume_mid_epoch_is_exact_without_dropout(clmke_script, kg_dir, no_dropout_encoder, tmp_path):

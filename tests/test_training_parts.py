@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _training_kg import write_tiny_kg  # noqa: E402
-from test_training import _clmke_argv, _load_script  # noqa: E402
+from helpers import write_tiny_kg, _clmke_argv, _load_script  # noqa: E402
 
 import lmke_hf.training.arguments as arguments  # noqa: E402
 import lmke_hf.training.run as run  # noqa: E402
