@@ -51,8 +51,10 @@ def _encoder_config(encoder) -> PretrainedConfig:
     raise TypeError(f"`encoder` must be a PretrainedConfig or a dict, got {type(encoder).__name__}.")
 
 
-class _KgConfigMixin:
-    """Vocabulary arithmetic common to both configurations."""
+class KgVocabLayout:
+    """Where the KG tokens sit in the joint vocabulary: the encoder's word pieces (`base_vocab_size`), then the
+    entity mask, the relations and the entities. Shared by both configurations and `LmkeTokenizer`, which
+    define `base_vocab_size`, `num_relations` and `num_entities`."""
 
     @property
     def entity_mask_token_id(self) -> int:
@@ -69,6 +71,11 @@ class _KgConfigMixin:
     @property
     def total_vocab_size(self) -> int:
         return self.base_vocab_size + 1 + self.num_relations + self.num_entities
+
+
+
+class _KgConfigMixin(KgVocabLayout):
+    """What both configurations set up: the encoder sub-config, the KG sizes and the initialiser range."""
 
     def _init_kg(self, encoder, num_entities, num_relations, base_vocab_size, initializer_range):
         self.encoder = _encoder_config(encoder)

@@ -1,6 +1,6 @@
 """`LmkeTokenizer`: a word-piece tokenizer plus one token per entity and per relation.
 
-Self-contained (imports transformers, numpy and torch only) so that it travels with pushed checkpoints.
+Self-contained (imports transformers, numpy, torch and `configuration_lmke` only) so that it travels with pushed checkpoints.
 
 The KG tokens are *registered* by arithmetic, not added to the fast tokenizer's trie: entity ``e`` is token
 ``entity_token_offset + e`` (see `configuration_lmke` for the layout). Descriptions are word-pieced once per
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import PushToHubMixin
+
+from .configuration_lmke import KgVocabLayout
 
 KG_VOCAB_FILE = "kg_vocab.json"
 DIRECTIONS = ("tail", "head")  # the element predicted; its index is the `direction` value in datasets and evaluators
@@ -66,7 +68,7 @@ def pad_sequences(sequences, pad_id: int, pad_to_multiple_of: int | None = None)
     return ids, mask.long()
 
 
-class LmkeTokenizer(PushToHubMixin):
+class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
     r"""Builds LMKE / C-LMKE inputs from entity and relation ids.
 
     Args:
@@ -145,21 +147,6 @@ class LmkeTokenizer(PushToHubMixin):
     def num_relations(self) -> int:
         return len(self.relation_ids)
 
-    @property
-    def entity_mask_token_id(self) -> int:
-        return self.base_vocab_size
-
-    @property
-    def relation_token_offset(self) -> int:
-        return self.base_vocab_size + 1
-
-    @property
-    def entity_token_offset(self) -> int:
-        return self.base_vocab_size + 1 + self.num_relations
-
-    @property
-    def total_vocab_size(self) -> int:
-        return self.entity_token_offset + self.num_entities
 
     @property
     def pad_token_id(self) -> int:

@@ -59,28 +59,32 @@ def test_typed_command_under_accelerate_launch_keeps_the_launchers_flags(monkeyp
 # ------------------------------------------------------------------------------------------------ configure_process
 
 
-@pytest.fixture
-def progress_bars_restored():
-    import datasets
-    import huggingface_hub.utils
-    import transformers
+def test_silence_progress_bars_turns_off_every_librarys_bars():
+    """In a fresh process without the test suite's HF_*_DISABLE_PROGRESS_BARS (which would make this trivially
+    true): transformers', datasets' and huggingface_hub's bars are on before and off after."""
+    import os
+    import subprocess
 
-    yield
-    transformers.utils.logging.enable_progress_bar()
-    datasets.enable_progress_bars()
-    huggingface_hub.utils.enable_progress_bars()
+    code = (
+        "import datasets, huggingface_hub.utils, transformers\n"
+        "from lmke_hf.training import silence_progress_bars\n"
+        "state = lambda: (transformers.utils.logging.is_progress_bar_enabled(), not datasets.are_progress_bars_disabled(),"
+        " not huggingface_hub.utils.are_progress_bars_disabled())\n"
+        "before = state(); silence_progress_bars(); print(before, state())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DISABLE_PROGRESS_BARS") and k != "TQDM_DISABLE"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(True, True, True) (False, False, False)"
 
 
-def test_no_progress_silences_every_librarys_bars(progress_bars_restored, monkeypatch):
-    import datasets
-    import huggingface_hub.utils
-    import transformers
-
+def test_no_progress_flag_silences_the_bars(monkeypatch):
+    calls = []
+    monkeypatch.setattr(run, "silence_progress_bars", lambda: calls.append("silenced"))
     monkeypatch.setattr(run, "keep_freed_memory", lambda: True)
-    configure_process(types.SimpleNamespace(no_progress=True, cpu_threads=None, no_malloc_tuning=True))
-    assert not transformers.utils.logging.is_progress_bar_enabled()
-    assert datasets.are_progress_bars_disabled()
-    assert huggingface_hub.utils.are_progress_bars_disabled()
+    for flag in (False, True):
+        configure_process(types.SimpleNamespace(no_progress=flag, cpu_threads=None, no_malloc_tuning=True))
+    assert calls == ["silenced"]
 
 
 @pytest.mark.parametrize("flag, tuned", [(False, True), (True, False)])
