@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .modeling_lmke import _CITATION
+from .modeling_base import _CITATION
 
 _SECRET_ARGS = {"hub_token", "token"}  # never rendered into a card that may be pushed
 CARD_DATA_FILE = "card.json"

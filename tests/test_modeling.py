@@ -1,4 +1,4 @@
-"""Tests of LMKE / C-LMKE as transformers models (`lmke_hf.modeling_lmke`) and of `LmkeTokenizer`.
+"""Tests of LMKE / C-LMKE as transformers models (`lmke_hf.modeling_lmke`, `modeling_clmke`) and of `LmkeTokenizer`.
 
 Everything is tiny and offline: the encoder is conftest's `tiny_bert_dir` (random BERT, hidden 32, 2 layers,
 ~100 word pieces, model_max_length 64), the KG has 7 entities and 3 relations. Models and the tokenizer are
@@ -718,12 +718,13 @@ def test_save_pretrained_then_auto_model_round_trip(case, tok, make_model, tmp_p
     model = make_model(case.name)
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
-    assert {"model.safetensors", "config.json", "modeling_lmke.py", "configuration_lmke.py"} <= files
+    module = {"lmke": "modeling_lmke", "clmke": "modeling_clmke"}[case.name]
+    assert {"model.safetensors", "config.json", f"{module}.py", "modeling_base.py", "configuration_lmke.py", "tokenization_lmke.py"} <= files
     assert "pytorch_model.bin" not in files
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": f"configuration_lmke.{case.model_class.config_class.__name__}",
-        "AutoModel": f"modeling_lmke.{case.model_class.__name__}",
+        "AutoModel": f"{module}.{case.model_class.__name__}",
     }
     assert config["model_type"] == case.model_class.config_class.model_type
 

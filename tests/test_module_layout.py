@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig
 
+import lmke_hf
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction, LmkeConfig, LmkeForTripleClassification
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "state_dict_keys.json"
@@ -32,3 +33,63 @@ def test_state_dict_names_and_shapes_are_unchanged(name):
     expected = json.loads(SNAPSHOT.read_text())[name]
     assert sorted(set(got) - set(expected)) == [] and sorted(set(expected) - set(got)) == []
     assert got == expected
+
+
+# ---------------------------------------------------------------------------------------------------- old paths
+def test_c_lmke_names_stay_importable_from_modeling_lmke():
+    import lmke_hf.modeling_clmke as new
+    import lmke_hf.modeling_lmke as old
+
+    for name in ("ClmkeForLinkPrediction", "ClmkeMatcher", "KeyQueue", "LinkPredictionOutput", "ENTITY_INDEX_FILE",
+                 "_GatherWithGrad", "_gather_with_grad"):
+        with pytest.warns(DeprecationWarning, match=f"modeling_lmke.{name}` moved to `modeling_clmke"):
+            assert getattr(old, name) is getattr(new, name), name
+    with pytest.warns(DeprecationWarning):
+        from lmke_hf.modeling_lmke import ClmkeForLinkPrediction, ClmkeMatcher, KeyQueue, LinkPredictionOutput  # noqa: F401
+    assert ClmkeForLinkPrediction is new.ClmkeForLinkPrediction is lmke_hf.ClmkeForLinkPrediction
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        old.Nothing  # noqa: B018
+
+
+def test_shared_base_names_stay_importable_from_modeling_lmke():
+    import lmke_hf.modeling_base as base
+    import lmke_hf.modeling_lmke as old
+
+    assert old.KgEmbeddings is base.KgEmbeddings and old.LmkePreTrainedModel is base.LmkePreTrainedModel
+    assert lmke_hf.LmkePreTrainedModel is base.LmkePreTrainedModel
+
+
+# ---------------------------------------------------------------------------------------------------- remote code
+REMOTE_CODE_PREFIXES = ("configuration_", "modeling_", "tokenization_")
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in Path(lmke_hf.__file__).parent.glob("*.py") if p.name.startswith(REMOTE_CODE_PREFIXES)))
+def test_remote_code_files_import_only_each_other(path):
+    """transformers copies a registered class's file and, recursively, the files of its relative imports into a
+    saved checkpoint; anything else of lmke_hf would be missing where it is not installed."""
+    import ast
+
+    tree = ast.parse((Path(lmke_hf.__file__).parent / path).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            assert node.level == 1 and node.module and node.module.startswith(REMOTE_CODE_PREFIXES), (path, node.lineno, node.module)
+            assert (Path(lmke_hf.__file__).parent / f"{node.module}.py").is_file(), node.module
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            assert not any(n.split(".")[0] == "lmke_hf" for n in names), (path, node.lineno)
+
+
+@pytest.mark.parametrize("model_class", [LmkeForTripleClassification, ClmkeForLinkPrediction], ids=lambda c: c.__name__)
+def test_saved_folder_carries_every_file_its_code_imports(model_class, tmp_path):
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    config_class = model_class.config_class
+    model = model_class(config_class(encoder=BertConfig(**TINY_ENCODER), num_entities=4, num_relations=2, pad_token_id=0))
+    model.save_pretrained(tmp_path)
+    module = model_class.__module__.rsplit(".", 1)[-1]
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map == {"AutoConfig": f"configuration_lmke.{config_class.__name__}", "AutoModel": f"{module}.{model_class.__name__}"}
+    needed = {Path(f).name for f in get_relative_import_files(str(tmp_path / f"{module}.py"))}
+    assert {"configuration_lmke.py", "modeling_base.py", "tokenization_lmke.py"} <= needed
+    saved = {p.name for p in tmp_path.glob("*.py")}
+    assert needed | {f"{module}.py"} <= saved
