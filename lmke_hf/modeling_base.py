@@ -14,9 +14,7 @@ file with `modeling_lmke.py` / `modeling_clmke.py` into saved checkpoints, which
 from __future__ import annotations
 
 import inspect
-import logging
 import os
-import re
 
 import numpy as np
 import torch
@@ -39,53 +37,36 @@ _CITATION = """@inproceedings{wang2022lmke,
 }"""
 
 
-class _HoldLoadReport(logging.Filter):
-    """Holds back transformers' weight-loading report (the table of MISSING / UNEXPECTED keys) on its logger."""
-
-    MARKERS = ("LOAD REPORT", "were not used when initializing")  # transformers 5 table / 4.x sentence
-
-    def __init__(self):
-        super().__init__()
-        self.held = []
-
-    def filter(self, record):
-        if any(marker in record.getMessage() for marker in self.MARKERS):
-            self.held.append(record)
-            return False
-        return True
-
-
 def _load_encoder(name_or_path, encoder_kwargs=None):
-    """`AutoModel.from_pretrained(name_or_path, **encoder_kwargs)`. With `num_hidden_layers` (keep the first
-    layers), the weights of the dropped layers are reported in one line instead of transformers' table of
-    UNEXPECTED keys; any other missing, mismatched or unexpected weight is a warning, and when loading fails the
-    held table is logged before the error."""
+    """`AutoModel.from_pretrained(name_or_path, **encoder_kwargs)`.
+
+    With `num_hidden_layers=N` (keep the first N layers) the whole pretrained encoder is loaded and its list of
+    layers cut to the first N: the kept layers are the pretrained ones themselves, transformers has no unused
+    weights to report, and one INFO line counts the weights of the layers left out. More layers than the
+    checkpoint has are loaded with `num_hidden_layers=N` (the extra layers randomly initialised), with one
+    warning naming the weights that were not in the checkpoint.
+    """
     kwargs = dict(encoder_kwargs or {})
-    layers = kwargs.get("num_hidden_layers")
+    layers = kwargs.pop("num_hidden_layers", None)
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+        raise ValueError(f"`num_hidden_layers` (layers of the encoder to keep) must be an int >= 1, got {layers!r}.")
+    encoder = AutoModel.from_pretrained(name_or_path, **kwargs)
     if layers is None:
-        return AutoModel.from_pretrained(name_or_path, **kwargs)
-    source = logging.getLogger("transformers.modeling_utils")
-    hold = _HoldLoadReport()
-    source.addFilter(hold)
-    try:
-        encoder, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
-    except Exception:
-        source.removeFilter(hold)
-        for record in hold.held:
-            source.handle(record)
-        raise
-    finally:
-        source.removeFilter(hold)
-    layer_of = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
-    dropped = {k for k in info["unexpected_keys"] if (m := layer_of.search(k)) and int(m.group(1)) >= layers}
-    surprises = {
-        "missing": sorted(info["missing_keys"]),
-        "mismatched": [str(k) for k in info["mismatched_keys"]],
-        "unexpected": sorted(k for k in info["unexpected_keys"] if k not in dropped),
-    }
-    if any(surprises.values()):
-        logger.warning(f"Loading {name_or_path} with num_hidden_layers={layers}: " + "; ".join(f"{k}: {v}" for k, v in surprises.items() if v))
-    logger.info(f"Kept the first {layers} layers of {name_or_path}: {len(dropped)} weights of the later layers not loaded.")
+        return encoder
+    path, pretrained = _named_encoder_layers(encoder)
+    if layers <= len(pretrained):
+        dropped = sum(len(layer.state_dict()) for layer in pretrained[layers:])
+        parent, _, attribute = path.rpartition(".")
+        setattr(encoder.get_submodule(parent), attribute, pretrained[:layers])
+        encoder.config.num_hidden_layers = layers
+    else:
+        encoder, info = AutoModel.from_pretrained(name_or_path, num_hidden_layers=layers, output_loading_info=True, **kwargs)
+        dropped = 0
+        logger.warning(
+            f"Loading {name_or_path} with num_hidden_layers={layers} ({len(pretrained)} pretrained): missing: "
+            f"{sorted(info['missing_keys'])} (randomly initialised)"
+        )
+    logger.info(f"Kept the first {layers} layers of {name_or_path}: {dropped} weights of the later layers not loaded.")
     return encoder
 
 
@@ -153,11 +134,16 @@ def _check_no_unknown_kwargs(kwargs: dict, model_name: str) -> None:
 
 def _encoder_layers(encoder) -> nn.ModuleList:
     """The transformer layers of a BERT-family encoder (`encoder.layer`, `transformer.layer`, ...), in order."""
+    return _named_encoder_layers(encoder)[1]
+
+
+def _named_encoder_layers(encoder) -> tuple[str, nn.ModuleList]:
+    """`(path, layers)`: `_encoder_layers` and where it sits in `encoder` (e.g. `"encoder.layer"`)."""
     n = getattr(encoder.config, "num_hidden_layers", None)
     for name, module in encoder.named_modules():
         if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers") and (n is None or len(module) == n):
-            return module
-    raise ValueError(f"{type(encoder).__name__} has no list of {n} layers (`*.layer`); freeze_layers needs a BERT-family encoder.")
+            return name, module
+    raise ValueError(f"{type(encoder).__name__} has no list of {n} layers (`*.layer`); freeze_layers and num_hidden_layers need a BERT-family encoder.")
 
 
 def _check_label_values(labels: torch.Tensor, allowed: tuple, name: str) -> None:

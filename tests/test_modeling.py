@@ -897,6 +897,30 @@ def test_keeping_the_first_layers_reports_one_line_not_a_table(tiny_bert_dir, to
     assert not logging.getLogger("transformers.modeling_utils").filters
 
 
+def test_keeping_the_first_layers_slices_the_pretrained_encoder(tiny_bert_dir, source_encoder):
+    """`num_hidden_layers=N` keeps the pretrained encoder's first N layers themselves: the same weights, the same
+    outputs as the full encoder's N-th hidden state, and no log filter left behind."""
+    import logging
+
+    from lmke_hf.modeling_base import _load_encoder
+
+    encoder = _load_encoder(str(tiny_bert_dir), {"num_hidden_layers": 1}).eval()
+    assert encoder.config.num_hidden_layers == 1 and len(encoder.encoder.layer) == 1
+    full = source_encoder.state_dict()
+    kept = encoder.state_dict()
+    assert set(kept) == {k for k in full if not k.startswith("encoder.layer.1.")}
+    for name, value in kept.items():
+        assert torch.equal(value, full[name]), name
+    ids = torch.tensor([[2, 5, 7, 9, 3]])
+    with torch.no_grad():
+        expected = source_encoder(ids, output_hidden_states=True).hidden_states[1]
+        torch.testing.assert_close(encoder(ids).last_hidden_state, expected, rtol=0, atol=0)
+    assert not logging.getLogger("transformers.modeling_utils").filters
+    for bad in (0, -1, True, 1.0):
+        with pytest.raises(ValueError, match="num_hidden_layers"):
+            _load_encoder(str(tiny_bert_dir), {"num_hidden_layers": bad})
+
+
 def test_from_encoder_pretrained_passes_config_kwargs(tiny_bert_dir, tok):
     model = ClmkeForLinkPrediction.from_encoder_pretrained(
         str(tiny_bert_dir), tok, use_degree_features=False, matcher_hidden_size=12, max_negatives_per_query=3
