@@ -466,9 +466,15 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     # ------------------------------------------------------------ prediction from a loaded model
     @torch.no_grad()
-    def encode_entities(self, entities=None, batch_size: int = 256) -> torch.Tensor:
-        """Key embeddings `(N, hidden)` of `entities` (ids or names' ids; default all), batched by length."""
-        tokenizer = self.kg_tokenizer
+    def encode_entities(self, entities=None, batch_size: int = 256, tokenizer=None, progress: bool = False) -> torch.Tensor:
+        """Key embeddings `(N, hidden)` of `entities` (row indices or ids, see `LmkeTokenizer.entity_to_index`;
+        default all), in eval mode, batched by length.
+
+        Args:
+            tokenizer (`LmkeTokenizer`, *optional*): the KG tokenizer; default the attached one (`kg_tokenizer`).
+            progress (`bool`): show a progress bar.
+        """
+        tokenizer = self.kg_tokenizer if tokenizer is None else tokenizer
         was_training = self.training
         self.eval()
         index = torch.arange(tokenizer.num_entities) if entities is None else torch.as_tensor(tokenizer.entity_to_index(entities))
@@ -476,7 +482,12 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         device = self.device
         out = torch.empty(len(encoded), self.config.encoder.hidden_size, device=device)
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="Encoding entities")
+        for start in starts:
             rows = order[start : start + batch_size]
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]})
             emb, _ = self.encode_keys(batch["input_ids"].to(device), batch["attention_mask"].to(device))

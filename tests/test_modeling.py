@@ -1091,6 +1091,21 @@ def test_tokenizer_builds_many_triples_for_a_large_kg(tok):
 
 
 # ---------------------------------------------------------------------------------------------------- growing the KG
+def test_evaluation_encode_entities_is_the_models_with_an_explicit_tokenizer(tok, make_model):
+    """`lmke_hf.evaluation.encode_entities(model, tokenizer)` (the loop, also per process shard) runs
+    `ClmkeForLinkPrediction.encode_entities` with that tokenizer: the same keys as with the tokenizer attached."""
+    from lmke_hf.evaluation import encode_entities
+
+    model = make_model("clmke").train()
+    keys = encode_entities(model, tok, batch_size=3)
+    assert model.training  # restored
+    model.attach_tokenizer(tok)
+    assert torch.equal(keys, model.encode_entities(batch_size=3))
+    part = encode_entities(model, tok, entities=[5, "Q1", 2], batch_size=2)  # a subset, as one process's shard
+    torch.testing.assert_close(part, keys[[5, 1, 2]], rtol=1e-5, atol=1e-6)
+    assert encode_entities(model, tok, entities=[]).shape == (0, model.config.encoder.hidden_size)
+
+
 @pytest.mark.parametrize("case", MAIN_CASES, ids=_ids)
 def test_add_entities_and_resize_keep_old_tokens(case, tok, make_model):
     model = make_model(case.name)

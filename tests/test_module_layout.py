@@ -59,6 +59,55 @@ def test_shared_base_names_stay_importable_from_modeling_lmke():
     assert lmke_hf.LmkePreTrainedModel is base.LmkePreTrainedModel
 
 
+# every public name of lmke_hf/evaluation.py before it became a package
+OLD_EVALUATION_NAMES = [
+    "DIRECTIONS", "RankTriple", "filtered_ranks", "ranking_metrics_from_ranks", "degree_bucket", "degree_bucket_label",
+    "LinkPredictionEvaluator", "plot_degree_buckets", "classification_report", "tune_thresholds",
+]
+LOOP_NAMES = ["encode_entities", "rank_link_prediction", "score_triples"]
+
+
+def test_evaluation_package_exports_the_old_names_and_the_loops():
+    import lmke_hf.evaluation as E
+    from lmke_hf.evaluation import classification, link_prediction, loops, ranks
+
+    assert sorted(E.__all__) == sorted(OLD_EVALUATION_NAMES + LOOP_NAMES)
+    home = {**{n: ranks for n in ("DIRECTIONS", "RankTriple", "filtered_ranks", "ranking_metrics_from_ranks")},
+            **{n: link_prediction for n in ("degree_bucket", "degree_bucket_label", "LinkPredictionEvaluator", "plot_degree_buckets")},
+            **{n: classification for n in ("classification_report", "tune_thresholds")},
+            **{n: loops for n in LOOP_NAMES}}
+    for name in E.__all__:
+        assert getattr(E, name) is getattr(home[name], name), name
+        assert name in dir(E)
+    namespace = {}
+    exec("from lmke_hf.evaluation import *", namespace)
+    assert {n: namespace[n] for n in E.__all__} == {n: getattr(E, n) for n in E.__all__}
+    with pytest.raises(AttributeError):
+        E.not_a_name  # noqa: B018
+
+
+def test_inference_is_an_alias_of_the_loops():
+    import lmke_hf.evaluation as E
+    import lmke_hf.inference as old
+
+    assert sorted(old.__all__) == LOOP_NAMES
+    for name in LOOP_NAMES:
+        assert getattr(old, name) is getattr(E, name), name
+
+
+def test_metrics_import_without_the_data_code():
+    """`import lmke_hf.evaluation` (ranks, metrics, thresholds) does not load the loops, hence neither
+    `lmke_hf.features` nor `lmke_hf.data` (and `datasets`), which the loops need."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lmke_hf.evaluation as E; E.filtered_ranks; E.degree_bucket([1]); "
+            "print(sorted(m for m in ('lmke_hf.features', 'lmke_hf.data', 'lmke_hf.evaluation.loops', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 # ---------------------------------------------------------------------------------------------------- remote code
 REMOTE_CODE_PREFIXES = ("configuration_", "modeling_", "tokenization_")
 
