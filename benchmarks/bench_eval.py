@@ -41,9 +41,8 @@ sys.path.insert(0, str(REPO))  # run from a clone without installing
 
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
 from lmke_hf.kg import load_kg  # noqa: E402
-from lmke_hf.evaluation import filtered_ranks  # noqa: E402
+from lmke_hf.evaluation import encode_entities, filtered_ranks, rank_link_prediction  # noqa: E402
 from lmke_hf.features import _pad  # noqa: E402
-from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402
 from lmke_hf.training import default_encoder  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wn18rr"

@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, check_same_kg, load_model  # noqa: E402
 from lmke_hf.kg import add_classification_negatives, load_kg  # noqa: E402
-from lmke_hf.evaluation import classification_report, plot_degree_buckets  # noqa: E402
-from lmke_hf.inference import rank_link_prediction, score_triples  # noqa: E402
+from lmke_hf.evaluation import classification_report, plot_degree_buckets, rank_link_prediction, score_triples  # noqa: E402
 from lmke_hf.loading import checkpoint_source, exit_on_error, local_folder  # noqa: E402
 from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, set_cpu_threads  # noqa: E402
 

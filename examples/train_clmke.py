@@ -22,9 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
 from lmke_hf.configuration_lmke import LOSSES, POOLINGS, SCORERS  # noqa: E402
-from lmke_hf.evaluation import plot_degree_buckets  # noqa: E402
+from lmke_hf.evaluation import encode_entities, plot_degree_buckets, rank_link_prediction  # noqa: E402
 from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
-from lmke_hf.inference import encode_entities, rank_link_prediction  # noqa: E402
 from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
 from lmke_hf.training import (  # noqa: E402
     NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_common_arguments, check_arguments, claim_output_dir,

@@ -23,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.kg import add_classification_negatives  # noqa: E402
-from lmke_hf.evaluation import classification_report  # noqa: E402
+from lmke_hf.evaluation import classification_report, score_triples  # noqa: E402
 from lmke_hf.features import LmkeCollator, TrainingTriples  # noqa: E402
-from lmke_hf.inference import score_triples  # noqa: E402
 from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
 from lmke_hf.training import (  # noqa: E402
     NON_NEGATIVE_INT, add_common_arguments, check_arguments, claim_output_dir, configure_process, finish_run, hub_dataset_id,

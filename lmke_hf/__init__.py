@@ -7,14 +7,9 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_lmke import ClmkeConfig, LmkeConfig
 from .loading import check_same_kg, load_model
-from .modeling_lmke import (
-    ClmkeForLinkPrediction,
-    ClmkeMatcher,
-    LinkPredictionOutput,
-    LmkeForTripleClassification,
-    LmkePreTrainedModel,
-    TripleClassificationOutput,
-)
+from .modeling_base import LmkePreTrainedModel
+from .modeling_clmke import ClmkeForLinkPrediction, ClmkeMatcher, LinkPredictionOutput
+from .modeling_lmke import LmkeForTripleClassification, TripleClassificationOutput
 from .tokenization_lmke import LmkeTokenizer
 
 __version__ = "0.1.0"

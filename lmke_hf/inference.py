@@ -1,160 +1,18 @@
-"""Evaluation drivers: filtered link prediction over all entities (C-LMKE) and triple scoring (LMKE).
+"""Deprecated alias, kept for one release: the evaluation loops moved to `lmke_hf.evaluation.loops`.
 
-Ranking never sees the gold answer while scoring: entity keys are encoded once, every query block is scored
-against all keys with `ClmkeForLinkPrediction.score_all` (whose inputs are the query, the candidates and their
-own training degrees), and only then are the scores handed to the evaluator together with the gold ids.
+Import `encode_entities`, `rank_link_prediction` and `score_triples` from `lmke_hf.evaluation` instead; this
+module re-exports the same objects and will be removed in the next release.
 """
 
-from __future__ import annotations
+import warnings
 
-import numpy as np
-import torch
+from .evaluation.loops import encode_entities, rank_link_prediction, score_triples
 
-from .evaluation import LinkPredictionEvaluator
-from .features import _pad
-from .tokenization_lmke import LmkeTokenizer
-
-
-def _length_sorted_batches(lengths: np.ndarray, batch_size: int):
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _shard(n: int, accelerator) -> np.ndarray:
-    if accelerator is None or accelerator.num_processes == 1:
-        return np.arange(n)
-    return np.array_split(np.arange(n), accelerator.num_processes)[accelerator.process_index]
-
-
-def _gather_rows(local: torch.Tensor, accelerator) -> torch.Tensor:
-    """Concatenates per-process row shards (made by `_shard`) in process order."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return local
-    from accelerate.utils import gather_object
-
-    parts = gather_object([local.cpu()])
-    return torch.cat(parts, 0).to(local.device)
-
-
-@torch.no_grad()
-def encode_entities(model, tokenizer: LmkeTokenizer, entities=None, batch_size: int = 256, accelerator=None, progress: bool = False) -> torch.Tensor:
-    """Key embeddings `(N, hidden)` of `entities` (default: all), encoded once, batched by length.
-
-    With an `accelerator` of several processes, each process encodes a shard and all get the full matrix.
-    """
-    entities = np.arange(tokenizer.num_entities) if entities is None else tokenizer.entity_to_index(entities)
-    shard = entities[_shard(len(entities), accelerator)]
-    encoded = tokenizer.encode_keys(shard)["input_ids"] if len(shard) else []
-    lengths = np.fromiter((len(x) for x in encoded), dtype=np.int64, count=len(encoded))
-    device = _device(model)
-    out = torch.empty(len(shard), model.config.encoder.hidden_size, device=device)
-    batches = list(_length_sorted_batches(lengths, batch_size))
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="Encoding entities")
-    for rows in batches:
-        ids, mask = _pad([encoded[i] for i in rows], tokenizer.pad_token_id)
-        emb, _ = model.encode_keys(ids.to(device), mask.to(device))
-        out[torch.as_tensor(rows, device=device)] = emb.to(out.dtype)
-    return _gather_rows(out, accelerator)
-
-
-@torch.no_grad()
-def rank_link_prediction(
-    model,
-    tokenizer: LmkeTokenizer,
-    kg,
-    split: str,
-    filter_splits=("train", "validation", "test"),
-    degree_splits=("train",),
-    batch_size: int = 256,
-    max_queries: int | None = None,
-    directions=("tail", "head"),
-    entity_embeddings: torch.Tensor | None = None,
-    accelerator=None,
-    score_dtype: torch.dtype | None = None,
-    progress: bool = False,
-) -> LinkPredictionEvaluator:
-    """Filtered ranking of the gold entity of every (h, r, ?) and (?, r, t) query of `split` among all entities.
-
-    Args:
-        kg (`KnowledgeGraph`): supplies the split, the filter (all known true triples of `filter_splits`) and
-            the degrees of the gold entities for the degree-bucket table (counted on `degree_splits`; the model
-            uses its own stored training degrees for scoring).
-        max_queries (`int`, *optional*): rank only the first `max_queries` triples (for quick validation).
-        entity_embeddings (*optional*): precomputed keys of all entities (else encoded here).
-        score_dtype (*optional*): matcher compute dtype (`torch.bfloat16` speeds up CPUs with bf16 units).
-
-    Returns:
-        A `LinkPredictionEvaluator` holding every rank (realistic = tie-averaged) with direction, relation and
-        degree metadata; call `.compute()`, `.per_relation()`, `.per_degree_bucket()`.
-    """
-    was_training = model.training
-    model.eval()
-    triples = kg.triples(split)
-    if max_queries is not None:
-        triples = triples[:max_queries]
-    if len(triples) == 0:
-        raise ValueError(f"Split {split!r} has no positive triples to rank.")
-    if entity_embeddings is None:
-        entity_embeddings = encode_entities(model, tokenizer, None, batch_size, accelerator, progress)
-    device = entity_embeddings.device
-    degrees = torch.as_tensor(kg.degrees(list(degree_splits)), dtype=torch.long)
-    evaluator = LinkPredictionEvaluator()
-    for direction in directions:
-        given_col, target_col = (0, 2) if direction == "tail" else (2, 0)
-        index = kg.answer_index(list(filter_splits), direction)
-        rows = _shard(len(triples), accelerator)
-        part = triples[rows]
-        queries = tokenizer.encode_queries(part[:, given_col], part[:, 1], direction)["input_ids"]
-        lengths = np.fromiter((len(x) for x in queries), dtype=np.int64, count=len(queries))
-        block = LinkPredictionEvaluator()
-        for batch_rows in _length_sorted_batches(lengths, batch_size):
-            ids, mask = _pad([queries[i] for i in batch_rows], tokenizer.pad_token_id)
-            q, q_ent = model.encode_queries(ids.to(device), mask.to(device))
-            # scored without the gold; ranked right away so that only one (batch x entities) block is alive
-            scores = model.score_all(q, q_ent, entity_embeddings, dtype=score_dtype)
-            sub = part[batch_rows]
-            f_rows, f_cols = index.pairs(sub[:, given_col], sub[:, 1])
-            gold = torch.as_tensor(sub[:, target_col], device=scores.device)
-            block.update(
-                scores, gold, torch.as_tensor(f_rows, device=scores.device), torch.as_tensor(f_cols, device=scores.device),
-                direction=direction, relations=torch.as_tensor(sub[:, 1]),
-                gold_degrees=degrees[sub[:, target_col]], given_degrees=degrees[sub[:, given_col]],
-            )
-        if accelerator is not None and accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            for other in gather_object([block]):
-                evaluator.merge(other)
-        else:
-            evaluator.merge(block)
-    model.train(was_training)
-    return evaluator
-
-
-@torch.no_grad()
-def score_triples(model, tokenizer: LmkeTokenizer, triples: np.ndarray, batch_size: int = 256, accelerator=None) -> np.ndarray:
-    """p(u) = sigmoid(logit) of each `(h, r, t)` row, `(n,)` float, batched by length."""
-    was_training = model.training
-    model.eval()
-    triples = np.asarray(triples, dtype=np.int64).reshape(-1, 3)
-    rows = _shard(len(triples), accelerator)
-    encoded = tokenizer.encode_triples(triples[rows, 0], triples[rows, 1], triples[rows, 2])["input_ids"] if len(rows) else []
-    lengths = np.fromiter((len(x) for x in encoded), dtype=np.int64, count=len(encoded))
-    device = _device(model)
-    probs = torch.empty(len(rows), device=device)
-    for batch_rows in _length_sorted_batches(lengths, batch_size):
-        ids, mask = _pad([encoded[i] for i in batch_rows], tokenizer.pad_token_id)
-        probs[torch.as_tensor(batch_rows, device=device)] = torch.sigmoid(model(ids.to(device), mask.to(device)).logits.float())
-    model.train(was_training)
-    return _gather_rows(probs.unsqueeze(1), accelerator).squeeze(1).cpu().numpy()
-
+warnings.warn(
+    "`lmke_hf.inference` moved to `lmke_hf.evaluation` (`from lmke_hf.evaluation import rank_link_prediction`); "
+    "the old module goes away in the next release.",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["encode_entities", "rank_link_prediction", "score_triples"]

@@ -27,14 +27,14 @@ def run_worker(rank: int, world_size: int, port: int, model_dir: str, batch_path
         from lmke_hf import ClmkeForLinkPrediction
 
         if patch_backward:  # the proposed fix, for checking it (not used by the tests)
-            from lmke_hf import modeling_lmke
+            from lmke_hf import modeling_clmke
 
             def backward(ctx, grad):
                 grad = grad.contiguous().clone()
                 dist.all_reduce(grad, op=dist.ReduceOp.SUM)
                 return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
 
-            modeling_lmke._GatherWithGrad.backward = staticmethod(backward)
+            modeling_clmke._GatherWithGrad.backward = staticmethod(backward)
 
         model = ClmkeForLinkPrediction.from_pretrained(model_dir).eval()
         batch = torch.load(batch_path)

@@ -227,7 +227,7 @@ def test_lmke_predict_by_id_and_name_matches_batch_scoring(lmke_out):
     from transformers import AutoModel
 
     from lmke_hf import LmkeTokenizer
-    from lmke_hf.inference import score_triples
+    from lmke_hf.evaluation import score_triples
 
     out, _ = lmke_out
     model = AutoModel.from_pretrained(out)

@@ -55,7 +55,7 @@ def test_push_then_from_pretrained_round_trip(trained, local_hub, hub_repo_id, t
     api.upload_folder(repo_id=hub_repo_id, folder_path=str(folder))
     files = set(local_hub.list_files(hub_repo_id))
     assert {
-        "config.json", "model.safetensors", "modeling_lmke.py", "configuration_lmke.py", "tokenization_lmke.py",
+        "config.json", "model.safetensors", "modeling_clmke.py", "modeling_base.py", "configuration_lmke.py", "tokenization_lmke.py",
         "kg_vocab.json", "tokenizer.json", "tokenizer_config.json", "entity_index.safetensors", "README.md",
     } <= files
     assert not any(f.endswith(".bin") for f in files)
@@ -78,7 +78,7 @@ def test_model_push_to_hub_mixin_carries_tokenizer_and_index(trained, local_hub,
     model, _ = trained
     model.push_to_hub(hub_repo_id, token="test")
     files = set(local_hub.list_files(hub_repo_id))
-    assert {"model.safetensors", "kg_vocab.json", "entity_index.safetensors", "modeling_lmke.py"} <= files
+    assert {"model.safetensors", "kg_vocab.json", "entity_index.safetensors", "modeling_clmke.py"} <= files
 
 
 def test_trust_remote_code_from_hub_without_lmke_hf(trained, local_hub, hub_repo_id, tmp_path):
@@ -194,4 +194,4 @@ def test_save_pretrained_with_push_to_hub_uploads_tokenizer_and_index(trained, l
     model.save_pretrained(folder, push_to_hub=True, repo_id=hub_repo_id, token="test")
     assert (folder / "kg_vocab.json").is_file() and (folder / "entity_index.safetensors").is_file()
     files = set(local_hub.list_files(hub_repo_id))
-    assert {"model.safetensors", "config.json", "kg_vocab.json", "entity_index.safetensors", "modeling_lmke.py"} <= files
+    assert {"model.safetensors", "config.json", "kg_vocab.json", "entity_index.safetensors", "modeling_clmke.py"} <= files

@@ -61,7 +61,7 @@ def test_model_push_and_load_from_the_real_hub(trained, real_repo):
     repo_id = make()
     model.push_to_hub(repo_id, token=api.token, private=True)
     files = set(api.list_repo_files(repo_id))
-    assert {"config.json", "model.safetensors", "modeling_lmke.py", "kg_vocab.json", "entity_index.safetensors"} <= files
+    assert {"config.json", "model.safetensors", "modeling_clmke.py", "modeling_base.py", "kg_vocab.json", "entity_index.safetensors"} <= files
     loaded = AutoModel.from_pretrained(repo_id, token=api.token)
     assert torch.allclose(loaded.entity_index, model.entity_index, atol=1e-6)
     ours = model.predict(head="cat", relation="is_a", top_k=5)

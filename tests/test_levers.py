@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 
 import lmke_hf  # noqa: F401
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction, LmkeTokenizer
-from lmke_hf.modeling_lmke import KeyQueue
+from lmke_hf.modeling_clmke import KeyQueue
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of LMKE / C-LMKE as transformers models (`lmke_hf.modeling_lmke`) and of `LmkeTokenizer`.
+"""Tests of LMKE / C-LMKE as transformers models (`lmke_hf.modeling_lmke`, `modeling_clmke`) and of `LmkeTokenizer`.
 
 Everything is tiny and offline: the encoder is conftest's `tiny_bert_dir` (random BERT, hidden 32, 2 layers,
 ~100 word pieces, model_max_length 64), the KG has 7 entities and 3 relations. Models and the tokenizer are
@@ -718,12 +718,13 @@ def test_save_pretrained_then_auto_model_round_trip(case, tok, make_model, tmp_p
     model = make_model(case.name)
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
-    assert {"model.safetensors", "config.json", "modeling_lmke.py", "configuration_lmke.py"} <= files
+    module = {"lmke": "modeling_lmke", "clmke": "modeling_clmke"}[case.name]
+    assert {"model.safetensors", "config.json", f"{module}.py", "modeling_base.py", "configuration_lmke.py", "tokenization_lmke.py"} <= files
     assert "pytorch_model.bin" not in files
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": f"configuration_lmke.{case.model_class.config_class.__name__}",
-        "AutoModel": f"modeling_lmke.{case.model_class.__name__}",
+        "AutoModel": f"{module}.{case.model_class.__name__}",
     }
     assert config["model_type"] == case.model_class.config_class.model_type
 
@@ -896,6 +897,30 @@ def test_keeping_the_first_layers_reports_one_line_not_a_table(tiny_bert_dir, to
     assert not logging.getLogger("transformers.modeling_utils").filters
 
 
+def test_keeping_the_first_layers_slices_the_pretrained_encoder(tiny_bert_dir, source_encoder):
+    """`num_hidden_layers=N` keeps the pretrained encoder's first N layers themselves: the same weights, the same
+    outputs as the full encoder's N-th hidden state, and no log filter left behind."""
+    import logging
+
+    from lmke_hf.modeling_base import _load_encoder
+
+    encoder = _load_encoder(str(tiny_bert_dir), {"num_hidden_layers": 1}).eval()
+    assert encoder.config.num_hidden_layers == 1 and len(encoder.encoder.layer) == 1
+    full = source_encoder.state_dict()
+    kept = encoder.state_dict()
+    assert set(kept) == {k for k in full if not k.startswith("encoder.layer.1.")}
+    for name, value in kept.items():
+        assert torch.equal(value, full[name]), name
+    ids = torch.tensor([[2, 5, 7, 9, 3]])
+    with torch.no_grad():
+        expected = source_encoder(ids, output_hidden_states=True).hidden_states[1]
+        torch.testing.assert_close(encoder(ids).last_hidden_state, expected, rtol=0, atol=0)
+    assert not logging.getLogger("transformers.modeling_utils").filters
+    for bad in (0, -1, True, 1.0):
+        with pytest.raises(ValueError, match="num_hidden_layers"):
+            _load_encoder(str(tiny_bert_dir), {"num_hidden_layers": bad})
+
+
 def test_from_encoder_pretrained_passes_config_kwargs(tiny_bert_dir, tok):
     model = ClmkeForLinkPrediction.from_encoder_pretrained(
         str(tiny_bert_dir), tok, use_degree_features=False, matcher_hidden_size=12, max_negatives_per_query=3
@@ -1066,6 +1091,21 @@ def test_tokenizer_builds_many_triples_for_a_large_kg(tok):
 
 
 # ---------------------------------------------------------------------------------------------------- growing the KG
+def test_evaluation_encode_entities_is_the_models_with_an_explicit_tokenizer(tok, make_model):
+    """`lmke_hf.evaluation.encode_entities(model, tokenizer)` (the loop, also per process shard) runs
+    `ClmkeForLinkPrediction.encode_entities` with that tokenizer: the same keys as with the tokenizer attached."""
+    from lmke_hf.evaluation import encode_entities
+
+    model = make_model("clmke").train()
+    keys = encode_entities(model, tok, batch_size=3)
+    assert model.training  # restored
+    model.attach_tokenizer(tok)
+    assert torch.equal(keys, model.encode_entities(batch_size=3))
+    part = encode_entities(model, tok, entities=[5, "Q1", 2], batch_size=2)  # a subset, as one process's shard
+    torch.testing.assert_close(part, keys[[5, 1, 2]], rtol=1e-5, atol=1e-6)
+    assert encode_entities(model, tok, entities=[]).shape == (0, model.config.encoder.hidden_size)
+
+
 @pytest.mark.parametrize("case", MAIN_CASES, ids=_ids)
 def test_add_entities_and_resize_keep_old_tokens(case, tok, make_model):
     model = make_model(case.name)

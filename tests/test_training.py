@@ -470,7 +470,7 @@ def _relabelled(direction: str) -> list[tuple[int, int, int]]:
 def test_scores_do_not_depend_on_gold_answers(clmke_run, kg_dir, tmp_path, direction):
     """Relabelling the gold answer of every test triple leaves the (B, N) score blocks of that direction's
     queries unchanged: the ranker scores without looking at the gold (or at test-split degrees)."""
-    from lmke_hf.inference import rank_link_prediction
+    from lmke_hf.evaluation import rank_link_prediction
 
     out, _ = clmke_run
     model = ClmkeForLinkPrediction.from_pretrained(out)
@@ -506,7 +506,7 @@ def test_scores_do_not_depend_on_gold_answers(clmke_run, kg_dir, tmp_path, direc
 def test_scores_use_each_candidates_own_training_degree(clmke_run, kg_dir):
     """score_all(q, all keys) equals the matcher on explicit (query, candidate) pairs with the query's and the
     candidate's own stored degrees: no gold enters a candidate's score."""
-    from lmke_hf.inference import encode_entities
+    from lmke_hf.evaluation import encode_entities
 
     out, _ = clmke_run
     model = ClmkeForLinkPrediction.from_pretrained(out).eval()

@@ -1,0 +1,684 @@
+"""C-LMKE (Wang et al., "Language Models as Knowledge Embeddings", IJCAI 2022, section 3.3): contrastive link
+prediction. The matcher, the queue of earlier keys, cross-process key gathering and `ClmkeForLinkPrediction`.
+
+Self-contained (relative imports of `configuration_lmke`, `modeling_base` and `tokenization_lmke` only) so that
+saved checkpoints load with `trust_remote_code=True` where `lmke_hf` is not installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .configuration_lmke import ClmkeConfig
+from .modeling_base import (
+    LmkePreTrainedModel,
+    _build_encoder,
+    _check_input_ids,
+    _check_label_values,
+    _check_no_unknown_kwargs,
+    _encoder_layers,
+    _first_position,
+    _gather,
+)
+
+ENTITY_INDEX_FILE = "entity_index.safetensors"
+
+
+@dataclass
+class LinkPredictionOutput(ModelOutput):
+    """Output of [`ClmkeForLinkPrediction`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): the contrastive loss, only when `labels` or
+            `answer_ids` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_keys)`): matcher logits of every query against
+            every key (in-batch keys, gathered from all processes when `gather_keys=True`).
+        labels (`torch.FloatTensor` of shape `(batch_size, num_keys)`, *optional*): the labels used by the loss
+            (1 positive, 0 negative, -100 ignored).
+        query_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): outputs at the masked slot.
+        key_embeddings (`torch.FloatTensor` of shape `(num_keys, hidden_size)`): outputs at the keys' entity token.
+        query_entity_ids (`torch.LongTensor` of shape `(batch_size,)`): the given entity of each query.
+        key_entity_ids (`torch.LongTensor` of shape `(num_keys,)`): the entity of each key.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    labels: torch.FloatTensor | None = None
+    query_embeddings: torch.FloatTensor | None = None
+    key_embeddings: torch.FloatTensor | None = None
+    query_entity_ids: torch.LongTensor | None = None
+    key_entity_ids: torch.LongTensor | None = None
+
+
+
+class KeyQueue:
+    """First-in first-out store of the last `size` detached training keys and their entity ids: the pre-batch
+    negatives of SimKGC, or a MoCo-style queue (here without a momentum encoder). Not model weights: it has
+    `state_dict` / `load_state_dict` for `accelerator.register_for_checkpointing`, so a resumed run continues
+    with the same queue, and it is never saved with the model."""
+
+    def __init__(self, size: int):
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"`size` must be an int >= 0, got {size!r}.")
+        self.size = size
+        self.keys = torch.empty(0, 0)
+        self.entities = torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.entities.shape[0]
+
+    def get(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(keys (n, hidden), entity_ids (n,))`, newest first."""
+        return self.keys.to(device), self.entities.to(device)
+
+    @torch.no_grad()
+    def push(self, keys: torch.Tensor, entity_ids: torch.Tensor) -> None:
+        if not self.size:
+            return
+        keys, entity_ids = keys.detach(), entity_ids.detach()
+        if len(self):
+            keys = torch.cat([keys, self.keys.to(keys.device, keys.dtype)], 0)
+            entity_ids = torch.cat([entity_ids, self.entities.to(entity_ids.device)], 0)
+        self.keys, self.entities = keys[: self.size], entity_ids[: self.size]
+
+    def clear(self) -> None:
+        self.keys, self.entities = torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+
+    def state_dict(self) -> dict:
+        return {"keys": self.keys.cpu(), "entities": self.entities.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.keys, self.entities = state["keys"], state["entities"]
+
+
+class ClmkeMatcher(nn.Module):
+    r"""`p(q, k) = sigmoid(MLP[q; k; q - k; q * k; d])`, `d = [log(d_q + 1); log(d_k + 1)]` (paper eq. 2).
+
+    `forward` is the formula on explicit pairs; `score_all` evaluates the same function for a block of queries
+    against every key without building the `(queries, keys, 4 * hidden)` input: the first layer splits into a
+    per-query part, a per-key part and the `q * k` part, and the last two fold into one matrix product per
+    query block.
+    """
+
+    def __init__(self, hidden_size: int, matcher_hidden_size: int, use_degree_features: bool):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.use_degree_features = use_degree_features
+        self.dense = nn.Linear(4 * hidden_size + (2 if use_degree_features else 0), matcher_hidden_size)
+        self.out = nn.Linear(matcher_hidden_size, 1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, q_logdeg: torch.Tensor | None, k_logdeg: torch.Tensor | None) -> torch.Tensor:
+        """Logits for aligned pairs: q, k `(..., hidden)`, log-degrees `(...)`; returns `(...)`."""
+        parts = [q, k, q - k, q * k]
+        if self.use_degree_features:
+            parts += [q_logdeg.unsqueeze(-1).to(q.dtype), k_logdeg.unsqueeze(-1).to(q.dtype)]
+        return self.out(F.relu(self.dense(torch.cat(parts, dim=-1)))).squeeze(-1)
+
+    def _split(self):
+        h = self.hidden_size
+        w = self.dense.weight
+        w_q, w_k, w_diff, w_prod = w[:, :h], w[:, h : 2 * h], w[:, 2 * h : 3 * h], w[:, 3 * h : 4 * h]
+        w_dq = w[:, 4 * h] if self.use_degree_features else None
+        w_dk = w[:, 4 * h + 1] if self.use_degree_features else None
+        return w_q + w_diff, w_k - w_diff, w_prod, w_dq, w_dk
+
+    def pairwise(self, q, k, q_logdeg=None, k_logdeg=None, memory_mb: float = 1) -> torch.Tensor:
+        """Logits of every query against every key: q `(Bq, hidden)`, k `(Bk, hidden)` -> `(Bq, Bk)`.
+
+        The first layer is `W [q; k; q - k; q * k; d] + b = A_q + C_k + W_prod (q * k)`; for one query this is the
+        matrix `[W_prod * q + W_k' | w_dk | A_q]` `(m, hidden + 2)` times the augmented keys `[k | log(d_k+1) | 1]`.
+        Queries and keys are processed in tiles whose `(queries, m, keys)` activation stays within `memory_mb`
+        megabytes (cache-sized by default), so peak memory is one tile plus the `(Bq, Bk)` output, and no
+        `(Bq, Bk, 4 * hidden)` input is ever built. Equal to `forward` on all pairs up to float rounding.
+        """
+        if q.shape[0] == 0 or k.shape[0] == 0:
+            return q.new_zeros(q.shape[0], k.shape[0])
+        w_query, w_key, w_prod, w_dq, w_dk = self._split()
+        m, h = w_prod.shape
+        query_term = q @ w_query.T + self.dense.bias  # (Bq, m): everything that depends on the query alone
+        ones = torch.ones(k.shape[0], 1, dtype=k.dtype, device=k.device)
+        if self.use_degree_features:
+            query_term = query_term + q_logdeg.to(q.dtype).unsqueeze(1) * w_dq
+            keys = torch.cat([k, k_logdeg.to(k.dtype).unsqueeze(1), ones], dim=1)  # (Bk, h + 2)
+            extra = [w_dk.view(1, m, 1)]
+        else:
+            keys = torch.cat([k, ones], dim=1)  # (Bk, h + 1)
+            extra = []
+        w_out = self.out.weight.view(-1)  # (m,)
+        tile_elems = max(int(memory_mb * 2**20 / 4), m)
+        key_block = max(1, min(k.shape[0], 2048, tile_elems // m))
+        query_block = max(1, tile_elems // (m * key_block))
+        rows = []
+        for start in range(0, q.shape[0], query_block):
+            qb = q[start : start + query_block]
+            b = qb.shape[0]
+            mats = torch.cat(
+                [w_prod * qb.unsqueeze(1) + w_key, *(e.expand(b, m, 1) for e in extra),
+                 query_term[start : start + query_block].unsqueeze(-1)],
+                dim=2,
+            ).reshape(b * m, -1)  # (b * m, h + 2)
+            cols = []
+            for k_start in range(0, keys.shape[0], key_block):
+                kc = keys[k_start : k_start + key_block]
+                hidden = (mats @ kc.T).view(b, m, kc.shape[0]).relu_()
+                cols.append(torch.matmul(w_out, hidden))  # (b, keys in tile)
+            rows.append(torch.cat(cols, dim=1) if len(cols) > 1 else cols[0])
+        scores = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+        return scores + self.out.bias
+
+
+class ClmkeForLinkPrediction(LmkePreTrainedModel):
+    r"""C-LMKE (paper section 3.3): contrastive matching of queries (given entity + relation, missing entity
+    masked) with keys (target entity + description), in-batch keys as negatives.
+
+    The query and key encoders are equally initialised copies of the encoder and share the word / entity /
+    relation embedding table. Entity training degrees are a buffer of the model (`entity_degrees`), so a
+    reloaded model predicts the same; a candidate's score depends only on the query and on that candidate's own
+    text and degree (the 2023 leak fix: the original code fed the gold answer's degree to every candidate).
+    """
+
+    config_class = ClmkeConfig
+
+    def __init__(self, config: ClmkeConfig):
+        super().__init__(config)
+        self.word_embeddings = self._new_embeddings(config)
+        self.query_encoder = _build_encoder(config.encoder)
+        self.key_encoder = _build_encoder(config.encoder)
+        if config.scorer == "matcher":
+            self.matcher = ClmkeMatcher(config.encoder.hidden_size, config.matcher_hidden_size, config.use_degree_features)
+        if config.loss == "infonce":  # SimKGC's parametrisation: log(1 / t), so that t stays positive
+            self.log_inv_temperature = nn.Parameter(torch.zeros(()), requires_grad=config.learn_temperature)
+        if config.own_entity_bias:
+            self.own_entity_offset = nn.Parameter(torch.zeros(()))
+        self.register_buffer("entity_degrees", torch.zeros(config.num_entities, dtype=torch.float32), persistent=True)
+        self.key_queue = KeyQueue(config.key_queue_size)
+        self.post_init()
+        self._tie_encoders_init()
+        self._freeze_lower_layers()
+
+    def _freeze_lower_layers(self) -> None:
+        """`config.freeze_layers`: the embeddings and the first layers of both encoders get no gradient. Their
+        inputs then need none either, so autograd records nothing below the first trained layer: forward only."""
+        n = self.config.freeze_layers
+        if not n:
+            return
+        self.word_embeddings.requires_grad_(False)
+        for encoder in self._encoders():
+            encoder.embeddings.requires_grad_(False)
+            for layer in _encoder_layers(encoder)[:n]:
+                layer.requires_grad_(False)
+
+    @torch.no_grad()
+    def _tie_encoders_init(self) -> None:
+        """Equal initialisation of the two encoders (the key encoder starts as a copy of the query encoder)."""
+        for pk, pq in zip(self.key_encoder.parameters(), self.query_encoder.parameters()):
+            if pk.device.type != "meta":
+                pk.copy_(pq)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self and hasattr(self, "entity_degrees"):
+            self.entity_degrees.zero_()
+        if module is self and hasattr(self, "own_entity_offset"):
+            with torch.no_grad():
+                self.own_entity_offset.zero_()
+        if module is self and hasattr(self, "log_inv_temperature"):
+            with torch.no_grad():
+                self.log_inv_temperature.fill_(math.log(1.0 / self.config.infonce_temperature))
+
+    def _encoders(self):
+        return [self.query_encoder, self.key_encoder]
+
+    # ------------------------------------------------------------ degrees
+    def set_entity_degrees(self, degrees) -> None:
+        """Stores the training degrees `(num_entities,)` (count them on the training split only)."""
+        degrees = torch.as_tensor(degrees, dtype=torch.float32).view(-1)
+        if degrees.numel() != self.config.num_entities:
+            raise ValueError(f"Got {degrees.numel()} degrees for {self.config.num_entities} entities.")
+        if not bool(torch.isfinite(degrees).all()):
+            bad = torch.nonzero(~torch.isfinite(degrees)).view(-1)[:5].tolist()
+            raise ValueError(f"Degrees must be finite; entities {bad} have {degrees[bad].tolist()}.")
+        if bool((degrees < 0).any()):
+            raise ValueError("Degrees must be >= 0.")
+        self.entity_degrees.copy_(degrees.to(self.entity_degrees.device))
+
+    def resize_entity_embeddings(self, num_entities: int) -> nn.Embedding:
+        old = self.entity_degrees
+        new = super().resize_entity_embeddings(num_entities)
+        degrees = torch.zeros(num_entities, dtype=old.dtype, device=old.device)
+        degrees[: min(num_entities, old.numel())] = old[:num_entities]
+        self.entity_degrees = degrees
+        return new
+
+    def log_degrees(self, entity_ids: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(self.entity_degrees[entity_ids])
+
+    # ------------------------------------------------------------ encoders
+    def encode_queries(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(embeddings (B, hidden), given_entity_ids (B,))`: outputs at the `[ENT_MASK]` slot."""
+        _check_input_ids(input_ids, self.config, "query_input_ids")
+        is_mask = input_ids == self.config.entity_mask_token_id
+        if not bool((is_mask.sum(1) == 1).all()):
+            raise ValueError("Each query must hold exactly one [ENT_MASK] token; build queries with `encode_queries`.")
+        is_entity = input_ids >= self.config.entity_token_offset
+        if not bool((is_entity.sum(1) == 1).all()):
+            raise ValueError("Each query must hold exactly one (given) entity token; build queries with `encode_queries`.")
+        given = input_ids[is_entity] - self.config.entity_token_offset
+        hidden = self._run_encoder(self.query_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
+        return self._pool(hidden, attention_mask, _first_position(is_mask)), given
+
+    def encode_keys(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(embeddings (B, hidden), entity_ids (B,))`: outputs at the key's entity token (position 1)."""
+        _check_input_ids(input_ids, self.config, "key_input_ids")
+        entity = input_ids[:, 1] - self.config.entity_token_offset
+        if bool((entity < 0).any()):
+            raise ValueError("Keys must start `[CLS] E_e`; build keys with `encode_keys`.")
+        hidden = self._run_encoder(self.key_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
+        return self._pool(hidden, attention_mask, torch.ones_like(entity)), entity
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, slot: torch.Tensor) -> torch.Tensor:
+        """`config.pooling`: the output at `slot` (paper: the mask slot / the key's entity token), at `[CLS]`, or
+        the mean over unpadded positions."""
+        if self.config.pooling == "entity":
+            return _gather(hidden, slot)
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(1)
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids) -> torch.Tensor:
+        """Scores of every query against every key, `(Bq, Bk)`: matcher logits (paper; degrees come from each
+        side's OWN entity) or cosines (`config.scorer="cosine"`); with `config.own_entity_bias`, plus a learned
+        offset where the candidate is the query's own given entity."""
+        scores = self._raw_match(query_embeddings, query_entity_ids, key_embeddings, key_entity_ids)
+        if self.config.own_entity_bias:
+            own = query_entity_ids.view(-1, 1) == key_entity_ids.view(1, -1)
+            scores = scores + own.to(scores.dtype) * self.own_entity_offset
+        return scores
+
+    def _raw_match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids) -> torch.Tensor:
+        if self.config.scorer == "cosine":
+            return F.normalize(query_embeddings, dim=-1) @ F.normalize(key_embeddings, dim=-1).T
+        q_deg = self.log_degrees(query_entity_ids) if self.config.use_degree_features else None
+        k_deg = self.log_degrees(key_entity_ids) if self.config.use_degree_features else None
+        return self.matcher.pairwise(
+            query_embeddings, key_embeddings, q_deg, k_deg, memory_mb=self.config.scoring_memory_mb
+        )
+
+    # ------------------------------------------------------------ loss
+    def contrastive_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of `config.loss` (`adversarial_bce_loss`, the paper's, or `infonce_loss`) on `(Bq, Bk)` scores
+        and labels (1 positive, 0 negative, anything else ignored)."""
+        if self.config.loss == "infonce":
+            return self.infonce_loss(logits, labels)
+        return self.adversarial_bce_loss(logits, labels)
+
+    @property
+    def temperature(self) -> float:
+        """The InfoNCE temperature in use (learned or fixed); `None` with the paper's loss."""
+        if not hasattr(self, "log_inv_temperature"):
+            return None
+        return float(1.0 / self._inverse_temperature().detach())
+
+    def _inverse_temperature(self) -> torch.Tensor:
+        return self.log_inv_temperature.exp().clamp(max=100.0)  # t >= 0.01, as SimKGC
+
+    def infonce_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        r"""InfoNCE with multiple positives, averaged over the queries that have a positive:
+        `L(q) = 1/|K+| sum_{k+} -log(e^{s(q,k+)} / (e^{s(q,k+)} + sum_{k-} e^{s(q,k-)}))`,
+        `s = (score - margin * [k positive]) / t` (SimKGC, van den Oord et al. 2018). Each positive competes with
+        the negatives only, not with the other positives (known answers are not pushed apart).
+
+        Args:
+            scores (`(Bq, Bk)`): cosines or matcher logits.
+            labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value ignored.
+        """
+        positive, negative = labels == 1, labels == 0
+        logits = (scores - self.config.infonce_margin * positive.to(scores.dtype)) * self._inverse_temperature()
+        floor = torch.finfo(logits.dtype).min  # no negatives: the positive's term is 0, with finite gradients
+        negatives = logits.masked_fill(~negative, floor).logsumexp(1, keepdim=True)
+        per_positive = (torch.logaddexp(logits, negatives) - logits).masked_fill(~positive, 0.0)
+        n_pos = positive.sum(1)
+        per_query = per_positive.sum(1) / n_pos.clamp(min=1)
+        has_positive = n_pos > 0
+        if not bool(has_positive.any()):
+            return logits.sum() * 0.0
+        return per_query[has_positive].mean()
+
+    def adversarial_bce_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        r"""Paper's loss, averaged over queries:
+        `L(q, K) = -sum_{k+} 1/|K+| log p(q, k+) - sum_{k-} w_{q,k-} log(1 - p(q, k-))`,
+        `w_{q,k-} = softmax_{k-}(T * p(q, k-))` treated as constants (T = `adversarial_temperature`).
+
+        Args:
+            logits (`(Bq, Bk)`): matcher logits.
+            labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value (e.g. -100) ignored.
+        """
+        positive = labels == 1
+        negative = labels == 0
+        n_pos = positive.sum(1).clamp(min=1)
+        pos_loss = (F.softplus(-logits) * positive).sum(1) / n_pos
+        with torch.no_grad():
+            weights = (self.config.adversarial_temperature * torch.sigmoid(logits)).masked_fill(~negative, float("-inf"))
+            weights = torch.softmax(weights, dim=1).nan_to_num(0.0)  # a query without negatives gets no negative loss
+        neg_loss = (F.softplus(logits) * weights).sum(1)
+        return (pos_loss + neg_loss).mean()
+
+    def _labels(self, query_entity_ids, key_entity_ids, answer_ids, diagonal_offset: int, generator=None) -> torch.Tensor:
+        """Multi-label targets: key j is positive for query i when its entity is a known answer of i."""
+        labels = (answer_ids.unsqueeze(-1) == key_entity_ids.view(1, 1, -1)).any(1).float()
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        gold = key_entity_ids[rows + diagonal_offset]
+        labels[key_entity_ids.view(1, -1) == gold.view(-1, 1)] = 1.0  # every key holding the query's gold entity
+        n_max = self.config.max_negatives_per_query
+        if n_max is not None:
+            noise = torch.rand(labels.shape, device=labels.device, generator=generator)
+            noise = noise.masked_fill(labels == 1, 2.0)
+            # keep the n_max negatives with the smallest noise
+            kth = noise.kthvalue(min(n_max, labels.shape[1]), dim=1, keepdim=True).values
+            labels = labels.masked_fill((labels == 0) & (noise > kth), -100.0)
+        return labels
+
+    def forward(
+        self,
+        query_input_ids: torch.LongTensor,
+        key_input_ids: torch.LongTensor,
+        query_attention_mask: torch.LongTensor | None = None,
+        key_attention_mask: torch.LongTensor | None = None,
+        answer_ids: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+        gather_keys: bool = False,
+        generator: torch.Generator | None = None,
+        return_dict: bool | None = None,
+        extra_key_input_ids: torch.LongTensor | None = None,
+        extra_key_attention_mask: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> LinkPredictionOutput | tuple:
+        r"""
+        Args:
+            query_input_ids (`torch.LongTensor` of shape `(batch_size, query_length)`): from `encode_queries`.
+            key_input_ids (`torch.LongTensor` of shape `(batch_size, key_length)`): key i is the gold target of
+                query i (from `encode_keys`).
+            answer_ids (`torch.LongTensor` of shape `(batch_size, max_answers)`, *optional*): known (training)
+                answers of each query, padded with -1; keys whose entity is among them are positives
+                (multi-label). The loss is computed when this or `labels` is given.
+            labels (`torch.Tensor` of shape `(batch_size, num_keys)`, *optional*): explicit targets (1 / 0 / -100).
+            gather_keys (`bool`): with `torch.distributed` initialised, match each query against the keys of
+                all processes (cross-device negatives; gradients flow through the local keys).
+            extra_key_input_ids (`torch.LongTensor` of shape `(num_extra, key_length)`, *optional*): more keys
+                every query is matched against (after the in-batch keys), e.g. the keys of the queries' own given
+                entities (`ClmkeCollator(..., self_negatives=tokenizer)`): without them a bi-encoder learns to rank the
+                query's own entity first, since its text is in the query. Labelled like the others (positive
+                only when the entity is a known answer).
+        """
+        _check_no_unknown_kwargs(kwargs, type(self).__name__)
+        return_dict = True if return_dict is None else return_dict
+        q, q_ent = self.encode_queries(query_input_ids, query_attention_mask)
+        k, k_ent = self.encode_keys(key_input_ids, key_attention_mask)
+        if q.shape[0] != k.shape[0]:
+            raise ValueError(f"Got {q.shape[0]} queries and {k.shape[0]} keys; key i must be the target of query i.")
+        offset = 0
+        if gather_keys and torch.distributed.is_available() and torch.distributed.is_initialized():
+            k, k_ent, offset = _gather_with_grad(k, k_ent)
+        batch_keys, batch_entities = k, k_ent
+        if extra_key_input_ids is not None:  # appended after the (gathered) in-batch keys: the gold offsets hold
+            extra, extra_ent = self.encode_keys(extra_key_input_ids, extra_key_attention_mask)
+            k, k_ent = torch.cat([k, extra], 0), torch.cat([k_ent, extra_ent], 0)
+        # keys of earlier batches (detached) as extra negatives: only in training, with labels from answer_ids
+        queued = self.training and labels is None and answer_ids is not None and len(self.key_queue)
+        num_live = k.shape[0]
+        if queued:
+            old_keys, old_entities = self.key_queue.get(k.device)
+            k, k_ent = torch.cat([k, old_keys.to(k.dtype)], 0), torch.cat([k_ent, old_entities], 0)
+        logits = self.match(q, q_ent, k, k_ent)
+        loss = None
+        if labels is None and answer_ids is not None:
+            if answer_ids.dim() != 2 or answer_ids.shape[0] != q.shape[0]:
+                raise ValueError(
+                    f"`answer_ids` must have shape (batch_size={q.shape[0]}, max_answers) padded with -1, got {tuple(answer_ids.shape)}."
+                )
+            labels = self._labels(q_ent, k_ent, answer_ids.to(k_ent.device), offset, generator)
+            if queued:  # a queued key of a known answer is stale: ignored rather than pulled towards
+                labels[:, num_live:] = labels[:, num_live:].masked_fill(labels[:, num_live:] == 1, -100.0)
+            if self.training and self.config.key_queue_size:
+                self.key_queue.push(batch_keys.detach(), batch_entities)
+        if labels is not None:
+            if labels.shape != logits.shape:
+                raise ValueError(f"`labels` has shape {tuple(labels.shape)}, expected {tuple(logits.shape)}.")
+            _check_label_values(labels, (0, 1, -100), "labels")
+            loss = self.contrastive_loss(logits, labels.to(logits.dtype))
+        output = LinkPredictionOutput(
+            loss=loss, logits=logits, labels=labels, query_embeddings=q, key_embeddings=k,
+            query_entity_ids=q_ent, key_entity_ids=k_ent,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # ------------------------------------------------------------ prediction from a loaded model
+    @torch.no_grad()
+    def encode_entities(self, entities=None, batch_size: int = 256, tokenizer=None, progress: bool = False) -> torch.Tensor:
+        """Key embeddings `(N, hidden)` of `entities` (row indices or ids, see `LmkeTokenizer.entity_to_index`;
+        default all), in eval mode, batched by length.
+
+        Args:
+            tokenizer (`LmkeTokenizer`, *optional*): the KG tokenizer; default the attached one (`kg_tokenizer`).
+            progress (`bool`): show a progress bar.
+        """
+        tokenizer = self.kg_tokenizer if tokenizer is None else tokenizer
+        was_training = self.training
+        self.eval()
+        index = torch.arange(tokenizer.num_entities) if entities is None else torch.as_tensor(tokenizer.entity_to_index(entities))
+        encoded = tokenizer.encode_keys(index.numpy())["input_ids"] if len(index) else []
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        device = self.device
+        out = torch.empty(len(encoded), self.config.encoder.hidden_size, device=device)
+        starts = range(0, len(order), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="Encoding entities")
+        for start in starts:
+            rows = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]})
+            emb, _ = self.encode_keys(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            out[torch.as_tensor(rows, device=device)] = emb.to(out.dtype)
+        self.train(was_training)
+        return out
+
+    @property
+    def entity_index(self) -> torch.Tensor:
+        """Keys of all entities `(num_entities, hidden)`: loaded from `entity_index.safetensors` when the
+        checkpoint has one, else encoded (and kept) on first use."""
+        keys = getattr(self, "_entity_keys", None)
+        if keys is None or keys.shape[0] != self.config.num_entities:
+            keys = self._load_entity_index()
+            if keys is None:
+                keys = self.encode_entities()
+            self._entity_keys = keys
+        return self._entity_keys
+
+    @entity_index.setter
+    def entity_index(self, keys: torch.Tensor) -> None:
+        """Uses `keys` `(num_entities, hidden)` as the entity index (e.g. encoded across processes by
+        `lmke_hf.evaluation.encode_entities`); `save_pretrained` writes them as `entity_index.safetensors`."""
+        if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[0] != self.config.num_entities:
+            shape = tuple(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
+            raise ValueError(f"entity_index must be a (num_entities={self.config.num_entities}, hidden) tensor, got {shape}.")
+        self._entity_keys = keys
+
+    def load_entity_index(self) -> torch.Tensor | None:
+        """The entity keys saved with the checkpoint (`entity_index.safetensors` of its folder, or of its Hub repo
+        at the revision it was loaded from), `(num_entities, hidden)` on the model's device; None when it has none
+        or they are for another number of entities. Never encodes (`entity_index` encodes when this is None)."""
+        return self._load_entity_index()
+
+    def _load_entity_index(self):
+        from safetensors.torch import load_file
+
+        source = self.name_or_path
+        if not source:
+            return None
+        path = os.path.join(source, ENTITY_INDEX_FILE)
+        if os.path.isdir(source) and not os.path.isfile(path):
+            return None  # a folder without an index: encode instead
+        if not os.path.isfile(path):
+            from huggingface_hub import constants, hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+            # "no index there" means encode instead; a failed download is an error (in a multi-process run, one
+            # process silently encoding while the others do not would hang the collective in encode_entities)
+            absent = (EntryNotFoundError, RepositoryNotFoundError, HFValidationError) + ((LocalEntryNotFoundError,) if constants.HF_HUB_OFFLINE else ())
+            try:
+                path = hf_hub_download(source, ENTITY_INDEX_FILE, **getattr(self, "_hub_kwargs", {}))
+            except absent:
+                return None
+        keys = load_file(path)["keys"].to(self.device)
+        return keys if keys.shape[0] == self.config.num_entities else None
+
+    def build_entity_index(self) -> torch.Tensor:
+        """(Re-)encodes every entity key; saved as `entity_index.safetensors` by `save_pretrained`."""
+        self._entity_keys = self.encode_entities()
+        return self._entity_keys
+
+    def _save_extras(self, save_directory) -> None:
+        super()._save_extras(save_directory)
+        keys = getattr(self, "_entity_keys", None)
+        if keys is not None and keys.shape[0] == self.config.num_entities:
+            from safetensors.torch import save_file
+
+            save_file(
+                {"keys": keys.detach().float().cpu().contiguous(), "degrees": self.entity_degrees.cpu().contiguous()},
+                os.path.join(save_directory, ENTITY_INDEX_FILE),
+                metadata={"num_entities": str(self.config.num_entities)},
+            )
+
+    @torch.no_grad()
+    def predict(self, head=None, relation=None, tail=None, top_k: int = 10, filter_known=None,
+                filter_splits=("train", "validation", "test")) -> list[dict]:
+        """Ranks all entities for `(head, relation, ?)` or `(?, relation, tail)`; entities and relations by id or name.
+
+        Returns the `top_k` candidates as dicts `{"entity_id", "name", "score"}` (score = p(q, k), or the cosine
+        with `config.scorer="cosine"`), best first.
+
+        Args:
+            filter_known (`KnowledgeGraph`, *optional*): this model's KG (`lmke_hf.load_kg(...)`); the query's known
+                answers in its `filter_splits` are left out of the ranking (the filtered setting). The model stores
+                no triples, so filtering needs the graph.
+        """
+        if isinstance(filter_known, (bool, np.bool_)):
+            raise TypeError(
+                "`filter_known` takes the KnowledgeGraph whose known triples are left out (e.g. "
+                "`lmke_hf.load_kg('wn18rr')`), not a bool: the model stores no triples."
+            )
+        if filter_known is not None and not hasattr(filter_known, "answer_index"):
+            raise TypeError(f"`filter_known` must be a KnowledgeGraph (lmke_hf.load_kg), got {type(filter_known).__name__}.")
+        if (head is None) == (tail is None):
+            raise ValueError("Give exactly one of `head` (predict the tail) or `tail` (predict the head).")
+        if relation is None:
+            raise ValueError("`relation` is required.")
+        if top_k < 1:
+            raise ValueError(f"`top_k` must be >= 1, got {top_k}.")
+        tokenizer = self.kg_tokenizer
+        given = self._resolve(head if head is not None else tail, "entity")
+        rel = self._resolve(relation, "relation")
+        batch = tokenizer.pad(tokenizer.encode_queries([given], [rel], "tail" if head is not None else "head"))
+        was_training = self.training
+        self.eval()
+        q, q_ent = self.encode_queries(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+        scores = self.score_all(q, q_ent, self.entity_index)[0]
+        if self.config.scorer == "matcher":
+            scores = torch.sigmoid(scores)
+        self.train(was_training)
+        if filter_known is not None:
+            kg_ids = list(filter_known.entities["id"]) if hasattr(filter_known, "entities") else None
+            if filter_known.num_entities != self.config.num_entities or (kg_ids is not None and kg_ids != list(tokenizer.entity_ids)):
+                raise ValueError(
+                    f"`filter_known` is a graph of {filter_known.num_entities} entities, this model has {self.config.num_entities} "
+                    "(or they are in another order): pass the KG the model was trained on."
+                )
+            index = filter_known.answer_index(list(filter_splits), "tail" if head is not None else "head")
+            known = torch.as_tensor(index.answers(given, rel), dtype=torch.long, device=scores.device)
+            scores = scores.index_fill(0, known, float("-inf"))
+        values, order = scores.topk(min(top_k, int(torch.isfinite(scores).sum())))
+        return [
+            {"entity_id": tokenizer.entity_ids[i], "name": tokenizer.entity_names[i], "score": float(v)}
+            for v, i in zip(values.tolist(), order.tolist())
+        ]
+
+    @torch.no_grad()
+    def add_entities(self, ids, names=None, descriptions=None) -> torch.Tensor:
+        """Adds unseen entities without retraining (the inductive case): registers their tokens (initialised from
+        their names' word pieces), degree 0, and encodes their keys into the entity index. Returns their ids."""
+        tokenizer = self.kg_tokenizer
+        keys = self.entity_index
+        new = tokenizer.add_entities(ids, names, descriptions)
+        self.resize_entity_embeddings(tokenizer.num_entities)
+        self.init_kg_embeddings(tokenizer, entities=torch.as_tensor(new))
+        self._entity_keys = torch.cat([keys, self.encode_entities(new)], 0)
+        return torch.as_tensor(new)
+
+    # ------------------------------------------------------------ ranking against all entities
+    @torch.no_grad()
+    def score_all(self, query_embeddings, query_entity_ids, entity_embeddings, entity_ids=None, dtype=None) -> torch.Tensor:
+        """Logits `(Bq, N)` of every query against every entity key (encode the keys once with `encode_keys`).
+
+        Args:
+            query_embeddings `(Bq, hidden)`, query_entity_ids `(Bq,)`: from `encode_queries`.
+            entity_embeddings `(N, hidden)`: keys of the candidate entities.
+            entity_ids `(N,)`, *optional*: their entity ids (default: 0..N-1). Each candidate's degree feature is
+                its own training degree.
+            dtype (*optional*): compute dtype of the matcher (e.g. `torch.bfloat16` on CPUs with fast bf16).
+        """
+        if entity_ids is None:
+            entity_ids = torch.arange(entity_embeddings.shape[0], device=entity_embeddings.device)
+        if dtype is None:
+            return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids)
+        with torch.autocast(device_type=entity_embeddings.device.type, dtype=dtype):
+            return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids).float()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums the gradient over processes and returns the local slice."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        world = torch.distributed.get_world_size()
+        out = [torch.empty_like(tensor) for _ in range(world)]
+        torch.distributed.all_gather(out, tensor.contiguous())
+        ctx.rank, ctx.size = torch.distributed.get_rank(), tensor.shape[0]
+        return torch.cat(out, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # every process's queries scored these keys: sum their gradients before taking the local slice
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
+def _gather_with_grad(keys: torch.Tensor, entity_ids: torch.Tensor):
+    """Keys and their entities from every process; the local ones keep their graph. Equal batch sizes assumed."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=keys.device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(sizes, torch.tensor([keys.shape[0]], device=keys.device))
+    if len({int(s) for s in sizes}) != 1:
+        raise ValueError(
+            f"Cross-device negatives need equal per-process batch sizes, got {[int(s) for s in sizes]}; "
+            "use drop_last=True (even_batches) in the training dataloader."
+        )
+    gathered = _GatherWithGrad.apply(keys)
+    ids = [torch.empty_like(entity_ids) for _ in sizes]
+    torch.distributed.all_gather(ids, entity_ids.contiguous())
+    return gathered, torch.cat(ids, 0), torch.distributed.get_rank() * keys.shape[0]
+
+
+__all__ = ["ClmkeForLinkPrediction", "ClmkeMatcher", "KeyQueue", "LinkPredictionOutput"]
