@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))  # run from a clone without installing
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
 from lmke_hf.kg import load_kg  # noqa: E402
 from lmke_hf.evaluation import encode_entities, filtered_ranks, rank_link_prediction  # noqa: E402
-from lmke_hf.features import _pad  # noqa: E402
+from lmke_hf.tokenization_lmke import pad_sequences  # noqa: E402
 from lmke_hf.training import default_encoder  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wn18rr"
@@ -157,7 +157,7 @@ def embed_queries(model, tokenizer, given, relation, direction, batch_size):
     ids_all = tokenizer.encode_queries(given, relation, list(direction))["input_ids"]
     embs, ents = [], []
     for s in range(0, len(ids_all), batch_size):
-        ids, mask = _pad(ids_all[s : s + batch_size], tokenizer.pad_token_id)
+        ids, mask = pad_sequences(ids_all[s : s + batch_size], tokenizer.pad_token_id)
         q, e = model.encode_queries(ids, mask)
         embs.append(q)
         ents.append(e)

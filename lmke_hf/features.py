@@ -91,9 +91,6 @@ def tokenize_triples(examples: datasets.Dataset, tokenizer: LmkeTokenizer, num_p
     )
 
 
-_pad = pad_sequences  # the name inference.py and benchmarks imported before pad_sequences was public
-
-
 @dataclass
 class ClmkeCollator:
     """Pads queries and keys and attaches `answer_ids`: the known answers (from `tail_answers`/`head_answers`,
@@ -116,8 +113,8 @@ class ClmkeCollator:
     self_negatives: object | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        q_ids, q_mask = _pad([f["query_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
-        k_ids, k_mask = _pad([f["key_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
+        q_ids, q_mask = pad_sequences([f["query_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
+        k_ids, k_mask = pad_sequences([f["key_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
         batch = {
             "query_input_ids": q_ids,
             "query_attention_mask": q_mask,
@@ -139,7 +136,7 @@ class ClmkeCollator:
         batch["answer_ids"] = torch.from_numpy(np.concatenate(columns, axis=1))
         if self.self_negatives is not None:
             own = self.self_negatives.encode_keys(given)["input_ids"]
-            batch["extra_key_input_ids"], batch["extra_key_attention_mask"] = _pad(own, self.pad_token_id, self.pad_to_multiple_of)
+            batch["extra_key_input_ids"], batch["extra_key_attention_mask"] = pad_sequences(own, self.pad_token_id, self.pad_to_multiple_of)
         return batch
 
 
@@ -199,7 +196,7 @@ class LmkeCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        ids, mask = _pad([f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
+        ids, mask = pad_sequences([f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
         batch = {"input_ids": ids, "attention_mask": mask}
         if "label" in features[0]:
             batch["labels"] = torch.tensor([float(f["label"]) for f in features])

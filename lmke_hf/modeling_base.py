@@ -78,13 +78,21 @@ def _build_encoder(encoder_config) -> PreTrainedModel:
         ) from err
     kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
     encoder = model_class(encoder_config, **kwargs)
-    if not hasattr(encoder, "embeddings") or not hasattr(encoder.embeddings, "word_embeddings"):
-        raise ValueError(
-            f"Encoder {model_class.__name__} has no `embeddings.word_embeddings`; LMKE needs a BERT-family encoder "
-            "that accepts `inputs_embeds` (bert, roberta, deberta-v2, electra, ...)."
-        )
+    check_bert_family(encoder, "Encoder")
     encoder.embeddings.word_embeddings = None
     return encoder
+
+
+def check_bert_family(encoder, source) -> None:
+    """The one test of "is this a BERT-family encoder": LMKE feeds `inputs_embeds` built from its own table, so the
+    encoder needs `embeddings.word_embeddings` (bert, roberta, deberta-v2, electra, ...). Raises ValueError
+    naming `source` (a path or Hub id) and the class otherwise."""
+    if not isinstance(getattr(getattr(encoder, "embeddings", None), "word_embeddings", None), nn.Embedding):
+        model_type = getattr(getattr(encoder, "config", None), "model_type", None)
+        raise ValueError(
+            f"{source} ({type(encoder).__name__}, model_type {model_type!r}) is not a BERT-family encoder: LMKE needs "
+            "`embeddings.word_embeddings` and `inputs_embeds` (bert, roberta, deberta-v2, electra, ...)."
+        )
 
 
 def _embedding_size(encoder_config) -> int:
@@ -414,11 +422,8 @@ class LmkePreTrainedModel(PreTrainedModel):
             **config_kwargs: any other field of the model's config (e.g. `use_degree_features=False`).
         """
         encoder = _load_encoder(encoder_name_or_path, encoder_kwargs)
+        check_bert_family(encoder, encoder_name_or_path)
         source_table = encoder.get_input_embeddings()
-        if source_table is None or not hasattr(encoder, "embeddings"):
-            raise ValueError(
-                f"{encoder_name_or_path} ({type(encoder).__name__}) is not a BERT-family encoder with word embeddings."
-            )
         if source_table.num_embeddings < tokenizer.base_vocab_size:
             raise ValueError(
                 f"The encoder has {source_table.num_embeddings} word embeddings but the tokenizer {tokenizer.base_vocab_size} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..features import _pad
+from ..tokenization_lmke import pad_sequences
 from ..tokenization_lmke import LmkeTokenizer
 from .link_prediction import LinkPredictionEvaluator
 
@@ -106,7 +106,7 @@ def rank_link_prediction(
         lengths = np.fromiter((len(x) for x in queries), dtype=np.int64, count=len(queries))
         block = LinkPredictionEvaluator()
         for batch_rows in _length_sorted_batches(lengths, batch_size):
-            ids, mask = _pad([queries[i] for i in batch_rows], tokenizer.pad_token_id)
+            ids, mask = pad_sequences([queries[i] for i in batch_rows], tokenizer.pad_token_id)
             q, q_ent = model.encode_queries(ids.to(device), mask.to(device))
             # scored without the gold; ranked right away so that only one (batch x entities) block is alive
             scores = model.score_all(q, q_ent, entity_embeddings, dtype=score_dtype)
@@ -141,7 +141,7 @@ def score_triples(model, tokenizer: LmkeTokenizer, triples: np.ndarray, batch_si
     device = _device(model)
     probs = torch.empty(len(rows), device=device)
     for batch_rows in _length_sorted_batches(lengths, batch_size):
-        ids, mask = _pad([encoded[i] for i in batch_rows], tokenizer.pad_token_id)
+        ids, mask = pad_sequences([encoded[i] for i in batch_rows], tokenizer.pad_token_id)
         probs[torch.as_tensor(batch_rows, device=device)] = torch.sigmoid(model(ids.to(device), mask.to(device)).logits.float())
     model.train(was_training)
     return _gather_rows(probs.unsqueeze(1), accelerator).squeeze(1).cpu().numpy()

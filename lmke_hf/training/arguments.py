@@ -118,11 +118,16 @@ def check_arguments(args) -> None:
         config_path = Path(args.encoder) / "config.json"
         if not config_path.is_file():
             raise SystemExit(f"--encoder {args.encoder} has no config.json: not a transformers model folder.")
-        model_type = json.loads(config_path.read_text()).get("model_type")
-        if model_type not in {"bert", "roberta", "deberta-v2", "deberta", "electra", "xlm-roberta", "distilbert", "camembert", "mpnet", "ernie"}:
-            raise SystemExit(
-                f"--encoder {args.encoder} is a {model_type!r} model; LMKE needs a BERT-family encoder (bert, roberta, deberta-v2, ...)."
-            )
+        import torch
+        from transformers import AutoConfig
+
+        from ..modeling_base import _build_encoder
+
+        try:
+            with torch.device("meta"):  # the models' own BERT-family check, on no memory and no weights
+                _build_encoder(AutoConfig.from_pretrained(args.encoder))
+        except (ValueError, KeyError, OSError) as err:
+            raise SystemExit(f"--encoder {args.encoder}: {err}") from err
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "num_train_epochs"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}.")
