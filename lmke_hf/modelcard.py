@@ -274,7 +274,7 @@ class ModelCard:
         return path
 
     @classmethod
-    def from_run(cls, run_dir) -> "ModelCard":
+    def from_run(cls, run_dir) -> ModelCard:
         """The card of a finished training run, from its `card.json`; for runs older than that file, rebuilt
         from `training_args.json`, `all_results.json` and `test_metrics/metrics.json` (descriptions' source
         read from the run's README.md)."""
@@ -293,7 +293,7 @@ class ModelCard:
         description_source = kg.get("description_source")
         if description_source is None and (run_dir / "README.md").is_file():
             prefix = "- Entity descriptions: "
-            lines = [l for l in (run_dir / "README.md").read_text().splitlines() if l.startswith(prefix)]
+            lines = [line for line in (run_dir / "README.md").read_text().splitlines() if line.startswith(prefix)]
             description_source = lines[0][len(prefix):].rstrip(".") if lines else ""
         metrics = run_dir / "test_metrics" / "metrics.json"
         buckets = json.loads(metrics.read_text()).get("per_degree_bucket") if link and metrics.is_file() else None

@@ -14,7 +14,7 @@ import difflib
 import json
 import os
 import unicodedata
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -494,7 +494,7 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
         return tuple(files)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "LmkeTokenizer":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> LmkeTokenizer:
         """Loads a tokenizer saved by `save_pretrained` from a folder or a Hub repo id (`revision`, `token`...)."""
         from huggingface_hub import hf_hub_download
 
@@ -517,7 +517,7 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
         return cls(tokenizer, **vocab)
 
     @classmethod
-    def from_kg(cls, tokenizer: PreTrainedTokenizerBase | str, kg, **kwargs) -> "LmkeTokenizer":
+    def from_kg(cls, tokenizer: PreTrainedTokenizerBase | str, kg, **kwargs) -> LmkeTokenizer:
         """Builds the tokenizer of a `KnowledgeGraph` (see `lmke_hf.kg.load_kg`) on an encoder's tokenizer."""
         if not isinstance(tokenizer, PreTrainedTokenizerBase):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)

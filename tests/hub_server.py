@@ -73,7 +73,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from collections.abc import Iterable, Mapping
 from urllib.parse import unquote
 
 REPO_TYPES = {"model": "models", "dataset": "datasets", "space": "spaces"}
@@ -95,7 +95,7 @@ LFS_PATTERNS = [
 ]
 HUB_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 
-FileContent = Union[bytes, str, os.PathLike]
+FileContent = bytes | str | os.PathLike
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ FileContent = Union[bytes, str, os.PathLike]
 # --------------------------------------------------------------------------------------------------
 
 
-def _git_env() -> Dict[str, str]:
+def _git_env() -> dict[str, str]:
     env = dict(os.environ)
     # Isolate from user/system git config (git-lfs filters, hooks, signing, templates...).
     env.update(
@@ -120,12 +120,11 @@ def _git_env() -> Dict[str, str]:
     return env
 
 
-def _git(repo: Union[str, Path], *args: str, input: Optional[bytes] = None, check: bool = True) -> bytes:
+def _git(repo: str | Path, *args: str, input: bytes | None = None, check: bool = True) -> bytes:
     proc = subprocess.run(
         ["git", "-C", str(repo), *args],
         input=input,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         env=_git_env(),
         timeout=60,
     )
@@ -135,7 +134,7 @@ def _git(repo: Union[str, Path], *args: str, input: Optional[bytes] = None, chec
 
 
 @contextlib.contextmanager
-def _repo_lock(repo: Union[str, Path]):
+def _repo_lock(repo: str | Path):
     lock_path = Path(repo) / ".git" / "localhub.lock"
     with open(lock_path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -145,12 +144,12 @@ def _repo_lock(repo: Union[str, Path]):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def git_init(repo: Union[str, Path]) -> None:
+def git_init(repo: str | Path) -> None:
     Path(repo).mkdir(parents=True, exist_ok=False)
     _git(repo, "init", "-q", "-b", DEFAULT_BRANCH)
 
 
-def git_resolve(repo: Union[str, Path], rev: str) -> Optional[str]:
+def git_resolve(repo: str | Path, rev: str) -> str | None:
     """Commit sha of ``rev`` (branch, tag, full or short sha), or None."""
     if not rev or rev.startswith("-"):
         return None
@@ -158,7 +157,7 @@ def git_resolve(repo: Union[str, Path], rev: str) -> Optional[str]:
     return out.decode() or None
 
 
-def git_refs(repo: Union[str, Path]) -> Dict[str, str]:
+def git_refs(repo: str | Path) -> dict[str, str]:
     """{short ref name: commit sha} for branches and tags."""
     out = _git(repo, "for-each-ref", "--format=%(refname:short) %(*objectname) %(objectname)",
                "refs/heads", "refs/tags").decode()
@@ -172,7 +171,7 @@ def git_refs(repo: Union[str, Path]) -> Dict[str, str]:
     return refs
 
 
-def git_list_files(repo: Union[str, Path], rev: str = DEFAULT_BRANCH) -> List[str]:
+def git_list_files(repo: str | Path, rev: str = DEFAULT_BRANCH) -> list[str]:
     sha = git_resolve(repo, rev)
     if sha is None:
         raise KeyError(f"revision {rev!r} not found in {repo}")
@@ -180,7 +179,7 @@ def git_list_files(repo: Union[str, Path], rev: str = DEFAULT_BRANCH) -> List[st
     return sorted(p.decode() for p in out.split(b"\0") if p)
 
 
-def git_blob_oids(repo: Union[str, Path], rev: str, paths: Iterable[str]) -> Dict[str, str]:
+def git_blob_oids(repo: str | Path, rev: str, paths: Iterable[str]) -> dict[str, str]:
     """{path: blob sha} for the given paths that exist at ``rev`` (files only)."""
     sha = git_resolve(repo, rev)
     paths = list(paths)
@@ -200,22 +199,22 @@ def git_blob_oids(repo: Union[str, Path], rev: str, paths: Iterable[str]) -> Dic
     return oids
 
 
-def git_cat(repo: Union[str, Path], rev: str, path: str) -> Optional[bytes]:
+def git_cat(repo: str | Path, rev: str, path: str) -> bytes | None:
     sha = git_resolve(repo, rev)
     if sha is None:
         return None
     proc = subprocess.run(["git", "-C", str(repo), "cat-file", "blob", f"{sha}:{path}"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_git_env(), timeout=60)
+                          capture_output=True, env=_git_env(), timeout=60)
     return proc.stdout if proc.returncode == 0 else None
 
 
-def git_exists(repo: Union[str, Path], rev: str, path: str) -> bool:
+def git_exists(repo: str | Path, rev: str, path: str) -> bool:
     """Whether ``path`` is a file (blob) at commit/ref ``rev``."""
     out = _git(repo, "cat-file", "-t", f"{rev}:{path}", check=False).strip()
     return out == b"blob"
 
 
-def git_log(repo: Union[str, Path], rev: str, max_count: int = 1000) -> List[dict]:
+def git_log(repo: str | Path, rev: str, max_count: int = 1000) -> list[dict]:
     """Hub-style commit list (newest first) for ``rev``."""
     out = _git(repo, "log", f"--max-count={max_count}", "--format=%H%x00%an%x00%ct%x00%s%x00%b%x1e", rev)
     commits = []
@@ -230,14 +229,14 @@ def git_log(repo: Union[str, Path], rev: str, max_count: int = 1000) -> List[dic
     return commits
 
 
-def _lfs_object_path(repo: Union[str, Path], oid: str) -> Path:
+def _lfs_object_path(repo: str | Path, oid: str) -> Path:
     return Path(repo) / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
 
 
 _POINTER_RE = re.compile(rb"version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n$")
 
 
-def git_read_file(repo: Union[str, Path], rev: str, path: str) -> Optional[bytes]:
+def git_read_file(repo: str | Path, rev: str, path: str) -> bytes | None:
     """File content at ``rev``, LFS pointers resolved to the stored object."""
     data = git_cat(repo, rev, path)
     if data is not None and len(data) < 200:
@@ -273,12 +272,12 @@ def _as_bytes(content: FileContent) -> bytes:
 
 
 def git_commit(
-    repo: Union[str, Path],
-    files: Optional[Mapping[str, FileContent]] = None,
+    repo: str | Path,
+    files: Mapping[str, FileContent] | None = None,
     deletions: Iterable[str] = (),
     message: str = "commit",
     branch: str = DEFAULT_BRANCH,
-    parent: Optional[str] = None,
+    parent: str | None = None,
 ) -> str:
     """Commit ``files`` (path -> bytes/str/Path) and ``deletions`` (paths; a trailing '/' or a folder
     deletes recursively) on top of ``branch`` with ``git fast-import``; returns the new commit sha.
@@ -317,7 +316,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def refresh_olah_cache(cache_dir: Union[str, Path], repo_type: str, repo_id: str, repo: Union[str, Path]) -> None:
+def refresh_olah_cache(cache_dir: str | Path, repo_type: str, repo_id: str, repo: str | Path) -> None:
     """Write olah's offline revision cache files for a mirror repo (see HUB_TESTING.md):
     ``revision/<ref>/resolved_commit.json`` (+ ``.body`` holding the sha) for each branch and tag, and
     exactly one ``revision/<head sha>/meta_head.json``."""
@@ -348,7 +347,7 @@ def refresh_olah_cache(cache_dir: Union[str, Path], repo_type: str, repo_id: str
 # --------------------------------------------------------------------------------------------------
 
 
-def _hub_error(status: int, code: Optional[str], message: str):
+def _hub_error(status: int, code: str | None, message: str):
     from fastapi.responses import JSONResponse
 
     headers = {"x-error-message": message}
@@ -376,7 +375,7 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
     def repo_url(request: Request, repo_type: str, repo_id: str) -> str:
         return f"{base_url(request)}/{URL_PREFIXES[repo_type]}{repo_id}"
 
-    def _create(repo_type: str, repo_id: str) -> Optional[str]:
+    def _create(repo_type: str, repo_id: str) -> str | None:
         path = repo_dir(repo_type, repo_id)
         try:
             git_init(path)
@@ -448,7 +447,7 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
                 return JSONResponse(status_code=400, content={"errors": [{"message": "YAML must be a mapping"}]})
         return {"errors": [], "warnings": []}
 
-    def _lookup(repo_types: str, org: str, name: str, rev: str) -> Tuple[Optional[str], Optional[Path], object]:
+    def _lookup(repo_types: str, org: str, name: str, rev: str) -> tuple[str | None, Path | None, object]:
         repo_type = PLURAL_TO_TYPE.get(repo_types)
         if repo_type is None:
             return None, None, _hub_error(404, "RepoNotFound", "Repository not found")
@@ -530,10 +529,10 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
         _atomic_write(_lfs_object_path(path, oid), data)
         return Response(status_code=200)
 
-    def _commit(repo_type: str, path: Path, repo_id: str, rev: str, ops: List[dict]) -> dict:
+    def _commit(repo_type: str, path: Path, repo_id: str, rev: str, ops: list[dict]) -> dict:
         header: dict = {}
-        files: Dict[str, bytes] = {}
-        deletions: List[str] = []
+        files: dict[str, bytes] = {}
+        deletions: list[str] = []
         with _repo_lock(path):
             head = git_resolve(path, f"refs/heads/{rev}")
             existing = set(git_list_files(path, head)) if head else set()
@@ -610,7 +609,7 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
             return _hub_error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
         return await run_in_threadpool(git_log, path, sha)
 
-    def _ref_route(kind: str, repo_types: str, org: str, name: str, ref: str, start: Optional[str],
+    def _ref_route(kind: str, repo_types: str, org: str, name: str, ref: str, start: str | None,
                    delete: bool):
         repo_type = PLURAL_TO_TYPE.get(repo_types)
         path = repo_dir(repo_type, f"{org}/{name}") if repo_type else None
@@ -697,7 +696,7 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
         return await call_next(request)
 
 
-def _serve(argv: List[str]) -> None:
+def _serve(argv: list[str]) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="LocalHub launcher: olah + test-only write routes")
@@ -748,7 +747,7 @@ class LocalHub:
     they are imported, so pick the port first (``free_port()``), export the endpoint, then start.
     """
 
-    def __init__(self, port: Optional[int] = None, root: Optional[Union[str, Path]] = None,
+    def __init__(self, port: int | None = None, root: str | Path | None = None,
                  lfs: str = "auto", startup_timeout: float = 30.0, keep_files: bool = False):
         if lfs not in ("never", "auto"):
             raise ValueError("lfs must be 'never' or 'auto'")
@@ -762,8 +761,8 @@ class LocalHub:
         self.lfs = lfs
         self.startup_timeout = startup_timeout
         self.keep_files = keep_files
-        self.start_seconds: Optional[float] = None
-        self._proc: Optional[subprocess.Popen] = None
+        self.start_seconds: float | None = None
+        self._proc: subprocess.Popen | None = None
         self._log_file = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -863,7 +862,7 @@ class LocalHub:
             raise ValueError(f"repo_id must be 'org/name', got {repo_id!r}")
         return self.mirrors_dir / REPO_TYPES[repo_type] / repo_id
 
-    def create_repo(self, repo_id: str, files: Optional[Mapping[str, FileContent]] = None,
+    def create_repo(self, repo_id: str, files: Mapping[str, FileContent] | None = None,
                     repo_type: str = "model", message: str = "initial commit") -> str:
         """Create ``repo_id`` with one commit holding exactly ``files`` (path -> bytes, str or a local
         Path; without files: the Hub's default ``.gitattributes``). Returns the commit sha."""
@@ -874,13 +873,13 @@ class LocalHub:
             refresh_olah_cache(self.cache_dir, repo_type, repo_id, path)
         return sha
 
-    def create_model_repo(self, repo_id: str, files: Optional[Mapping[str, FileContent]] = None, **kw) -> str:
+    def create_model_repo(self, repo_id: str, files: Mapping[str, FileContent] | None = None, **kw) -> str:
         return self.create_repo(repo_id, files, repo_type="model", **kw)
 
-    def create_dataset_repo(self, repo_id: str, files: Optional[Mapping[str, FileContent]] = None, **kw) -> str:
+    def create_dataset_repo(self, repo_id: str, files: Mapping[str, FileContent] | None = None, **kw) -> str:
         return self.create_repo(repo_id, files, repo_type="dataset", **kw)
 
-    def commit(self, repo_id: str, files: Optional[Mapping[str, FileContent]] = None,
+    def commit(self, repo_id: str, files: Mapping[str, FileContent] | None = None,
                deletions: Iterable[str] = (), repo_type: str = "model", message: str = "update",
                branch: str = DEFAULT_BRANCH) -> str:
         """Commit files/deletions directly into the mirror (no HTTP). Returns the commit sha."""
@@ -915,12 +914,12 @@ class LocalHub:
         finally:
             self.set_lfs(previous)
 
-    def list_files(self, repo_id: str, repo_type: str = "model", revision: str = DEFAULT_BRANCH) -> List[str]:
+    def list_files(self, repo_id: str, repo_type: str = "model", revision: str = DEFAULT_BRANCH) -> list[str]:
         """Sorted file paths in the git mirror at ``revision``."""
         return git_list_files(self.repo_path(repo_id, repo_type), revision)
 
     def read_file(self, repo_id: str, path: str, repo_type: str = "model",
-                  revision: str = DEFAULT_BRANCH) -> Optional[bytes]:
+                  revision: str = DEFAULT_BRANCH) -> bytes | None:
         """A file's bytes in the git mirror (LFS pointers resolved), or None if absent."""
         return git_read_file(self.repo_path(repo_id, repo_type), revision, path)
 
@@ -929,7 +928,7 @@ class LocalHub:
         data = git_cat(self.repo_path(repo_id, repo_type), revision, path)
         return data is not None and _POINTER_RE.match(data) is not None
 
-    def head(self, repo_id: str, repo_type: str = "model", revision: str = DEFAULT_BRANCH) -> Optional[str]:
+    def head(self, repo_id: str, repo_type: str = "model", revision: str = DEFAULT_BRANCH) -> str | None:
         return git_resolve(self.repo_path(repo_id, repo_type), revision)
 
     def repo_exists(self, repo_id: str, repo_type: str = "model") -> bool:

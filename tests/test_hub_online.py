@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REAL_HUB  # noqa: E402
-from test_hub_models import trained  # noqa: E402,F401  (fixture)
+from test_hub_models import trained  # noqa: E402,F401  (a fixture)
 
 pytestmark = pytest.mark.hub_online
 

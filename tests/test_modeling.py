@@ -18,7 +18,7 @@ import textwrap
 from _hide_package import HIDE_LMKE_HF
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +48,8 @@ def _check_relations(name: str, relations: ArrayLike, length: int, scores_name: 
 
 
 def tune_thresholds(
-    scores: ArrayLike, labels: ArrayLike, groups: Optional[ArrayLike] = None, prefer: float = 0.5
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scores: ArrayLike, labels: ArrayLike, groups: ArrayLike | None = None, prefer: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Accuracy-maximising decision thresholds, one per group, fully vectorised.
 
     A triple is predicted true when ``score > threshold``. Candidates per group are the midpoints
@@ -118,7 +118,7 @@ def tune_thresholds(
     return group_ids, cand_thr[best], cand_correct[best] / group_size
 
 
-def _binary_metrics(predictions: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+def _binary_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     tp = float((predictions & labels).sum())
     fp = float((predictions & ~labels).sum())
     fn = float((~predictions & labels).sum())
@@ -131,12 +131,12 @@ def _binary_metrics(predictions: np.ndarray, labels: np.ndarray) -> Dict[str, fl
 def classification_report(
     test_scores: ArrayLike,
     test_labels: ArrayLike,
-    test_relations: Optional[ArrayLike] = None,
-    valid_scores: Optional[ArrayLike] = None,
-    valid_labels: Optional[ArrayLike] = None,
-    valid_relations: Optional[ArrayLike] = None,
+    test_relations: ArrayLike | None = None,
+    valid_scores: ArrayLike | None = None,
+    valid_labels: ArrayLike | None = None,
+    valid_relations: ArrayLike | None = None,
     threshold: float = 0.5,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Triple-classification accuracy at the paper's fixed threshold and with validation-tuned ones.
 
     Scores must be probabilities in ``[0, 1]`` that a triple is true (sigmoid of a logit, or the
@@ -179,7 +179,7 @@ def classification_report(
         "test_relations", test_relations, s_test.shape[0], "test_scores"
     )
     predictions = s_test > threshold
-    report: Dict[str, Any] = {"accuracy": float((predictions == y_test).mean())}
+    report: dict[str, Any] = {"accuracy": float((predictions == y_test).mean())}
     report.update(_binary_metrics(predictions, y_test))
     report["threshold"] = float(threshold)
     report["num_test"] = int(s_test.shape[0])

@@ -6,7 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -104,8 +105,8 @@ class LinkPredictionEvaluator:
     """
 
     def __init__(self) -> None:
-        self._chunks: Dict[str, List[np.ndarray]] = {name: [] for name in _TABLE_FIELDS}
-        self._cache: Optional[Dict[str, np.ndarray]] = None
+        self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in _TABLE_FIELDS}
+        self._cache: dict[str, np.ndarray] | None = None
 
     # ---------------------------------------------------------------- accumulation
 
@@ -116,12 +117,12 @@ class LinkPredictionEvaluator:
         self,
         scores: torch.Tensor,
         gold: torch.Tensor,
-        filter_rows: Optional[torch.Tensor] = None,
-        filter_cols: Optional[torch.Tensor] = None,
-        direction: Optional[str] = None,
-        relations: Optional[torch.Tensor] = None,
-        gold_degrees: Optional[torch.Tensor] = None,
-        given_degrees: Optional[torch.Tensor] = None,
+        filter_rows: torch.Tensor | None = None,
+        filter_cols: torch.Tensor | None = None,
+        direction: str | None = None,
+        relations: torch.Tensor | None = None,
+        gold_degrees: torch.Tensor | None = None,
+        given_degrees: torch.Tensor | None = None,
     ) -> RankTriple:
         """Rank a block of queries (see :func:`filtered_ranks`) and store the ranks with metadata.
 
@@ -151,9 +152,9 @@ class LinkPredictionEvaluator:
         ranks: RankTriple,
         gold: torch.Tensor,
         direction: str,
-        relations: Optional[torch.Tensor] = None,
-        gold_degrees: Optional[torch.Tensor] = None,
-        given_degrees: Optional[torch.Tensor] = None,
+        relations: torch.Tensor | None = None,
+        gold_degrees: torch.Tensor | None = None,
+        given_degrees: torch.Tensor | None = None,
     ) -> None:
         """Store precomputed ranks (e.g. gathered across processes) with their metadata.
 
@@ -202,7 +203,7 @@ class LinkPredictionEvaluator:
         self._chunks["rank_realistic"].append(realistic.astype(np.float64))
         self._cache = None
 
-    def merge(self, other: "LinkPredictionEvaluator") -> "LinkPredictionEvaluator":
+    def merge(self, other: LinkPredictionEvaluator) -> LinkPredictionEvaluator:
         """Append all queries of ``other`` (e.g. another process's evaluator) to this one; returns ``self``."""
         if not isinstance(other, LinkPredictionEvaluator):
             raise TypeError(f"`other` must be a LinkPredictionEvaluator, got {type(other).__name__}.")
@@ -219,7 +220,7 @@ class LinkPredictionEvaluator:
 
     # ---------------------------------------------------------------- tables
 
-    def _table(self) -> Dict[str, np.ndarray]:
+    def _table(self) -> dict[str, np.ndarray]:
         if self._cache is None:
             if not len(self):
                 raise ValueError("The evaluator holds no queries; call `update(...)` or `add_ranks(...)` first.")
@@ -227,7 +228,7 @@ class LinkPredictionEvaluator:
             self._chunks = {name: [arr] for name, arr in self._cache.items()}
         return self._cache
 
-    def ranks_table(self) -> Dict[str, np.ndarray]:
+    def ranks_table(self) -> dict[str, np.ndarray]:
         """Per-query export, one ``(Q,)`` numpy array per column (``-1`` = metadata not given).
 
         Returns:
@@ -240,7 +241,7 @@ class LinkPredictionEvaluator:
         return table
 
     @classmethod
-    def from_ranks_table(cls, table: Mapping[str, ArrayLike]) -> "LinkPredictionEvaluator":
+    def from_ranks_table(cls, table: Mapping[str, ArrayLike]) -> LinkPredictionEvaluator:
         """Rebuild an evaluator from :meth:`ranks_table` output (or a loaded ``ranks.npz``).
 
         Columns ``relation``, ``gold_degree`` and ``given_degree`` are optional (``-1`` when missing).
@@ -254,7 +255,7 @@ class LinkPredictionEvaluator:
         if unknown:
             raise ValueError(f"`table['direction']` must hold {DIRECTIONS}, got {unknown}.")
         num = direction.shape[0]
-        columns: Dict[str, np.ndarray] = {"direction": (direction == DIRECTIONS[1]).astype(np.int8)}
+        columns: dict[str, np.ndarray] = {"direction": (direction == DIRECTIONS[1]).astype(np.int8)}
         dtypes = {name: np.int64 for name in _TABLE_FIELDS}
         dtypes["rank_realistic"] = np.float64
         for name in _TABLE_FIELDS[1:]:
@@ -275,7 +276,7 @@ class LinkPredictionEvaluator:
     # ---------------------------------------------------------------- metrics
 
     @staticmethod
-    def _metrics(table: Mapping[str, np.ndarray], ks: Tuple[int, ...]) -> Dict[str, float]:
+    def _metrics(table: Mapping[str, np.ndarray], ks: tuple[int, ...]) -> dict[str, float]:
         metrics = ranking_metrics_from_ranks(table["rank_realistic"], ks)
         for kind in ("optimistic", "pessimistic"):
             extra = ranking_metrics_from_ranks(table[f"rank_{kind}"], ())
@@ -284,7 +285,7 @@ class LinkPredictionEvaluator:
         return metrics
 
 
-    def compute(self, ks: Iterable[int] = (1, 3, 10)) -> Dict[str, float]:
+    def compute(self, ks: Iterable[int] = (1, 3, 10)) -> dict[str, float]:
         """Metrics over all stored queries (both directions pooled, as in the paper).
 
         Returns:
@@ -293,24 +294,24 @@ class LinkPredictionEvaluator:
         """
         ks = _check_ks(ks)
         table = self._table()
-        metrics: Dict[str, Any] = self._metrics(table, ks)
+        metrics: dict[str, Any] = self._metrics(table, ks)
         metrics["num_queries"] = int(table["rank_realistic"].shape[0])
         return metrics
 
     def _grouped(
-        self, groups: np.ndarray, ks: Tuple[int, ...], table: Optional[Mapping[str, np.ndarray]] = None
-    ) -> Dict[int, Dict[str, Any]]:
+        self, groups: np.ndarray, ks: tuple[int, ...], table: Mapping[str, np.ndarray] | None = None
+    ) -> dict[int, dict[str, Any]]:
         table = self._table() if table is None else table
         # One sort groups the queries; slicing the sorted view avoids a mask per group.
         order = np.argsort(groups, kind="stable")
         sorted_groups = groups[order]
         keys, starts, counts = np.unique(sorted_groups, return_index=True, return_counts=True)
         sorted_table = {n: table[n][order] for n in ("rank_realistic", "rank_optimistic", "rank_pessimistic")}
-        result: Dict[int, Dict[str, Any]] = {}
+        result: dict[int, dict[str, Any]] = {}
         for key, start, count in zip(keys.tolist(), starts.tolist(), counts.tolist()):
             sl = slice(start, start + count)
             part = {n: arr[sl] for n, arr in sorted_table.items()}
-            metrics: Dict[str, Any] = self._metrics(part, ks)
+            metrics: dict[str, Any] = self._metrics(part, ks)
             metrics["count"] = int(count)
             result[int(key)] = metrics
         return result
@@ -325,7 +326,7 @@ class LinkPredictionEvaluator:
             )
         return values
 
-    def per_direction(self, ks: Iterable[int] = (1, 3, 10)) -> Dict[str, Dict[str, Any]]:
+    def per_direction(self, ks: Iterable[int] = (1, 3, 10)) -> dict[str, dict[str, Any]]:
         """Metrics for head and tail prediction separately.
 
         Returns:
@@ -338,9 +339,9 @@ class LinkPredictionEvaluator:
 
     def per_relation(
         self,
-        relation_names: Optional[Union[Sequence[str], Mapping[int, str]]] = None,
+        relation_names: Sequence[str] | Mapping[int, str] | None = None,
         ks: Iterable[int] = (1, 3, 10),
-    ) -> Dict[Union[int, str], Dict[str, Any]]:
+    ) -> dict[int | str, dict[str, Any]]:
         """Metrics per relation (both directions pooled).
 
         Args:
@@ -354,7 +355,7 @@ class LinkPredictionEvaluator:
         grouped = self._grouped(relations, ks)
         if relation_names is None:
             return grouped
-        named: Dict[Union[int, str], Dict[str, Any]] = {}
+        named: dict[int | str, dict[str, Any]] = {}
         for rel_id, metrics in grouped.items():
             try:
                 name = relation_names[rel_id]
@@ -366,7 +367,7 @@ class LinkPredictionEvaluator:
             named[name] = metrics
         return named
 
-    def per_degree_bucket(self, ks: Iterable[int] = (1, 3, 10), by: str = "gold") -> Dict[int, Dict[str, Any]]:
+    def per_degree_bucket(self, ks: Iterable[int] = (1, 3, 10), by: str = "gold") -> dict[int, dict[str, Any]]:
         """Metrics per long-tail bucket (:func:`degree_bucket`) of training degree, paper Fig. 4.
 
         Args:
@@ -397,10 +398,10 @@ class LinkPredictionEvaluator:
 
     def save(
         self,
-        directory: Union[str, os.PathLike],
+        directory: str | os.PathLike,
         ks: Iterable[int] = (1, 3, 10),
-        relation_names: Optional[Union[Sequence[str], Mapping[int, str]]] = None,
-    ) -> Dict[str, str]:
+        relation_names: Sequence[str] | Mapping[int, str] | None = None,
+    ) -> dict[str, str]:
         """Write ``metrics.json`` plus per-query ranks as ``ranks.npz`` and ``ranks.csv``.
 
         ``metrics.json`` holds ``{"overall", "per_direction"}`` and, when every query has the metadata,
@@ -412,7 +413,7 @@ class LinkPredictionEvaluator:
         ks = _check_ks(ks)
         os.makedirs(directory, exist_ok=True)
         table = self._table()
-        report: Dict[str, Any] = {"overall": self.compute(ks), "per_direction": self.per_direction(ks)}
+        report: dict[str, Any] = {"overall": self.compute(ks), "per_direction": self.per_direction(ks)}
         if (table["relation"] >= 0).all():
             report["per_relation"] = {str(k): v for k, v in self.per_relation(relation_names, ks).items()}
         if (table["gold_degree"] >= 0).all():
@@ -433,7 +434,7 @@ class LinkPredictionEvaluator:
         return paths
 
     @classmethod
-    def load(cls, directory: Union[str, os.PathLike]) -> "LinkPredictionEvaluator":
+    def load(cls, directory: str | os.PathLike) -> LinkPredictionEvaluator:
         """Rebuild an evaluator from the ``ranks.npz`` written by :meth:`save`."""
         with np.load(os.path.join(directory, "ranks.npz"), allow_pickle=False) as data:
             return cls.from_ranks_table({name: data[name] for name in data.files})
@@ -445,9 +446,9 @@ class LinkPredictionEvaluator:
 
 
 def plot_degree_buckets(
-    bucket_metrics: Mapping[Union[int, str], Mapping[str, float]],
-    path: Union[str, os.PathLike],
-    title: Optional[str] = None,
+    bucket_metrics: Mapping[int | str, Mapping[str, float]],
+    path: str | os.PathLike,
+    title: str | None = None,
     metrics: Sequence[str] = ("hits@1", "hits@10"),
 ) -> str:
     """Bar chart of Hits@1 and Hits@10 per degree bucket (paper Fig. 4), query counts annotated.

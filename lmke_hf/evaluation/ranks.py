@@ -5,7 +5,8 @@ Rank conventions follow pykeen (Ali et al., "Bringing Light Into the Dark", TPAM
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ import torch
 # prediction directions, one order everywhere (0 tail, 1 head): "tail" ranks candidates for (h, r, ?), "head" for (?, r, t)
 from ..tokenization_lmke import DIRECTIONS
 
-ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -35,14 +36,14 @@ class RankTriple(NamedTuple):
     realistic: torch.Tensor
 
 
-def _check_direction(direction: Optional[str]) -> None:
+def _check_direction(direction: str | None) -> None:
     if direction not in DIRECTIONS:
         raise ValueError(
             f"`direction` must be one of {DIRECTIONS} (the element being predicted), got {direction!r}."
         )
 
 
-def _check_index_vector(name: str, value: Any, length: Optional[int] = None) -> torch.Tensor:
+def _check_index_vector(name: str, value: Any, length: int | None = None) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(value)
     if value.dim() != 1:
@@ -60,8 +61,8 @@ def _check_index_vector(name: str, value: Any, length: Optional[int] = None) -> 
 def filtered_ranks(
     scores: torch.Tensor,
     gold: torch.Tensor,
-    filter_rows: Optional[torch.Tensor] = None,
-    filter_cols: Optional[torch.Tensor] = None,
+    filter_rows: torch.Tensor | None = None,
+    filter_cols: torch.Tensor | None = None,
 ) -> RankTriple:
     """Filtered ranks of the gold entities in a block of queries scored against all entities.
 
@@ -167,7 +168,7 @@ def _as_numpy(value: ArrayLike, name: str) -> np.ndarray:
         raise ValueError(f"`{name}` could not be converted to an array: {err}") from err
 
 
-def _check_ks(ks: Iterable[int]) -> Tuple[int, ...]:
+def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     ks = tuple(ks)
     bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
     if bad:
@@ -175,7 +176,7 @@ def _check_ks(ks: Iterable[int]) -> Tuple[int, ...]:
     return tuple(int(k) for k in ks)
 
 
-def ranking_metrics_from_ranks(ranks: ArrayLike, ks: Iterable[int] = (1, 3, 10)) -> Dict[str, float]:
+def ranking_metrics_from_ranks(ranks: ArrayLike, ks: Iterable[int] = (1, 3, 10)) -> dict[str, float]:
     """Mean rank, mean reciprocal rank and Hits@k from a vector of ranks.
 
     Args:

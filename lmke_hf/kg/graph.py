@@ -10,7 +10,7 @@ the readers and the negative sampler.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import datasets
 import numpy as np

@@ -8,7 +8,7 @@ classification. :func:`_rng` (seed checking) is shared with :mod:`lmke_hf.featur
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import datasets
 import numpy as np

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 import datasets
 import numpy as np
