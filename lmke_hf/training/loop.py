@@ -179,11 +179,11 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         checkpoints.save(tag, state, clock.runtime(), clock.eval_runtime())
 
     def validate(epoch: int, train_loss: float, end_of_epoch: bool) -> None:
-        began = time.time()
+        began, trained_minutes = time.time(), clock.minutes_excluding_eval()  # before this validation's own time
         metrics = {f"eval_{k}": v for k, v in evaluate_fn(accelerator.unwrap_model(model)).items()}
         metrics.update(
             epoch=epoch, train_loss=train_loss, step=state.completed_steps, examples_seen=state.completed_steps * examples_per_step,
-            end_of_epoch=end_of_epoch, train_minutes_excluding_eval=clock.minutes_excluding_eval(),
+            end_of_epoch=end_of_epoch, train_minutes_excluding_eval=trained_minutes,
         )
         state.history.append(metrics)
         shown = {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_") and not isinstance(v, dict)}
