@@ -47,6 +47,14 @@ def _check_relations(name: str, relations: ArrayLike, length: int, scores_name: 
     return arr.astype(np.int64)
 
 
+def _both_or_neither(purpose: str, **pair) -> None:
+    """Refuses one argument of a pair without the other, naming both."""
+    (name_a, a), (name_b, b) = pair.items()
+    if (a is None) != (b is None):
+        given = ", ".join(f"{n}={'None' if v is None else 'given'}" for n, v in pair.items())
+        raise ValueError(f"Pass both `{name_a}` and `{name_b}` {purpose}, or neither; got {given}.")
+
+
 def tune_thresholds(
     scores: ArrayLike, labels: ArrayLike, groups: ArrayLike | None = None, prefer: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -184,12 +192,7 @@ def classification_report(
     report["threshold"] = float(threshold)
     report["num_test"] = int(s_test.shape[0])
 
-    if (valid_scores is None) != (valid_labels is None):
-        raise ValueError(
-            "Pass both `valid_scores` and `valid_labels` to tune thresholds, or neither; got "
-            f"valid_scores={'None' if valid_scores is None else 'given'}, "
-            f"valid_labels={'None' if valid_labels is None else 'given'}."
-        )
+    _both_or_neither("to tune thresholds", valid_scores=valid_scores, valid_labels=valid_labels)
     if valid_scores is None:
         if valid_relations is not None:
             raise ValueError("`valid_relations` was given without `valid_scores`/`valid_labels`.")
@@ -205,12 +208,7 @@ def classification_report(
     report["accuracy_tuned_global"] = float(((s_test > global_thr[0]) == y_test).mean())
     report["num_valid"] = int(s_valid.shape[0])
 
-    if (test_relations is None) != (valid_relations is None):
-        raise ValueError(
-            "Per-relation thresholds need both `test_relations` and `valid_relations`; got "
-            f"test_relations={'None' if test_relations is None else 'given'}, "
-            f"valid_relations={'None' if valid_relations is None else 'given'}. Pass both or neither."
-        )
+    _both_or_neither("for per-relation thresholds", test_relations=test_relations, valid_relations=valid_relations)
     if valid_relations is None:
         return report
     r_valid = _check_relations("valid_relations", valid_relations, s_valid.shape[0], "valid_scores")
