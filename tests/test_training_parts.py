@@ -184,3 +184,25 @@ def test_generator_state_round_trips():
     first = torch.rand(4, generator=g)
     GeneratorState(g).load_state_dict(saved)
     assert torch.equal(torch.rand(4, generator=g), first)
+
+
+def test_resuming_a_finished_run_starts_from_its_best_model(tiny_bert_dir, tmp_path):
+    """A finished run keeps no best/; resumed to train longer, its final model (the best so far) is the best to beat
+    and is what the folder holds if no later validation beats it."""
+    import json
+
+    from safetensors.torch import load_file
+
+    script = _load_script("train_clmke")
+    kg = write_tiny_kg(tmp_path / "kg")
+    out = tmp_path / "run"
+    flags = ("--lr_scheduler_type", "constant", "--checkpointing_steps", "2")
+    first = script.main(script.parse_args(_clmke_argv(kg, tiny_bert_dir, out, "--max_train_steps", 2, *flags)))
+    assert not (out / "best").exists()
+    weights = load_file(str(out / "model.safetensors"))
+    (out / "all_results.json").write_text(json.dumps({**first, "best_eval_mrr": 2.0}))  # unbeatable: it must stay
+    again = script.main(script.parse_args(_clmke_argv(kg, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *flags)))
+    assert again["best_eval_mrr"] == 2.0 and again["completed_steps"] == 4
+    resumed = load_file(str(out / "model.safetensors"))
+    assert all((weights[k] == resumed[k]).all() for k in weights)
+    assert not (out / "best").exists()
