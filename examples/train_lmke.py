@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.kg import add_classification_negatives  # noqa: E402
+from lmke_hf.kg.negatives import CORRUPTIONS  # noqa: E402
 from lmke_hf.evaluation import classification_report, score_triples  # noqa: E402
 from lmke_hf.features import LmkeCollator, TrainingTriples  # noqa: E402
 from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
@@ -39,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_arguments(parser)
     parser.add_argument("--negatives_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the evaluation negatives generated for datasets that ship none.")
     parser.add_argument("--resample_negatives", action="store_true", help="Draw new training negatives each epoch (default: once per run, as the original code).")
+    parser.add_argument("--negative_sampling", choices=CORRUPTIONS, default="uniform", help="Replacing entity of a training negative: 'uniform' over all entities (the paper), or 'relation': one seen in that position of that relation in training (PyKEEN's pseudo-typed sampling; FB13 and WN11 build their evaluation negatives this way).")
     args = parser.parse_args(argv)
     check_arguments(args)
     return args
@@ -64,7 +66,7 @@ def _run(args) -> dict:
 
     # training set: positives + one negative each; with --resample_negatives redrawn per epoch by the loop's
     # set_epoch (seeded: the same in every process and after a resume)
-    train_set = TrainingTriples(kg, tokenizer, seed=args.seed, resample=args.resample_negatives)
+    train_set = TrainingTriples(kg, tokenizer, seed=args.seed, resample=args.resample_negatives, corruption=args.negative_sampling)
     train_dataloader = DataLoader(
         train_set, batch_size=args.per_device_train_batch_size,
         shuffle=True, collate_fn=LmkeCollator(tokenizer.pad_token_id), drop_last=False,

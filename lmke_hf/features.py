@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import torch
 
-from .kg.negatives import _rng, generate_negatives
+from .kg.negatives import CORRUPTIONS, _rng, generate_negatives
 from .tokenization_lmke import DIRECTIONS, LmkeTokenizer, pad_sequences
 
 DIRECTION_NAMES = DIRECTIONS  # values of the `direction` column: indices into it
@@ -157,12 +157,16 @@ class TrainingTriples(torch.utils.data.Dataset):
             split only: validation and test triples stay unseen).
         resample (`bool`): draw new negatives each epoch, or keep epoch 0's for the whole run (default, as the
             original code, which draws them once).
+        corruption (`str`): `"uniform"` replacing entities (the paper) or `"relation"`: drawn from the entities seen
+            in that position of that relation in training (see `generate_negatives`).
     """
 
-    def __init__(self, kg, tokenizer: LmkeTokenizer, seed: int = 0, split: str = "train", known_splits=("train",), resample: bool = False):
+    def __init__(self, kg, tokenizer: LmkeTokenizer, seed: int = 0, split: str = "train", known_splits=("train",), resample: bool = False, corruption: str = "uniform"):
         _rng(seed)  # the same checks as generate_negatives: a non-negative int
+        if corruption not in CORRUPTIONS:
+            raise ValueError(f"`corruption`={corruption!r} is unknown; choose one of {CORRUPTIONS}.")
         self.kg, self.tokenizer, self.seed, self.split = kg, tokenizer, int(seed), split
-        self.known_splits, self.resample = list(known_splits), bool(resample)
+        self.known_splits, self.resample, self.corruption = list(known_splits), bool(resample), corruption
         self.epoch = None
         self.set_epoch(0)
 
@@ -170,7 +174,8 @@ class TrainingTriples(torch.utils.data.Dataset):
         epoch = int(epoch) if self.resample else 0
         if epoch == self.epoch:
             return
-        rows = generate_negatives(self.kg, self.split, seed=np.random.default_rng([self.seed, epoch]) if epoch else self.seed, known_splits=self.known_splits)
+        seed = np.random.default_rng([self.seed, epoch]) if epoch else self.seed
+        rows = generate_negatives(self.kg, self.split, seed=seed, known_splits=self.known_splits, corruption=self.corruption)
         self.triples = np.stack([np.asarray(rows[c], dtype=np.int64) for c in ("head", "relation", "tail")], axis=1)
         self.labels = np.asarray(rows["label"], dtype=np.int64)
         self.epoch = epoch

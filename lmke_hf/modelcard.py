@@ -223,7 +223,9 @@ class ModelCard:
                 "- Accuracy on the test positives and their fixed negatives (one corrupted triple per positive, never a known "
                 "triple), at the paper's 0.5 threshold and with thresholds tuned on validation (global, per relation).",
                 "- Training negatives: one corrupted triple per training positive, never a known training triple, "
-                + ("drawn anew each epoch." if self.args.get("resample_negatives") else "drawn once for the whole run."),
+                + ("drawn anew each epoch" if self.args.get("resample_negatives") else "drawn once for the whole run")
+                + (", the replacing entity one seen in that position of that relation in training (`--negative_sampling relation`)."
+                   if self.args.get("negative_sampling") == "relation" else ", the replacing entity drawn uniformly from all entities."),
             ]
         lines += [f"- Entity descriptions: {self.description_source or 'as loaded by lmke_hf.kg.load_kg'}.", ""]
         if self.degree_buckets:

@@ -206,3 +206,39 @@ def test_resuming_a_finished_run_starts_from_its_best_model(tiny_bert_dir, tmp_p
     resumed = load_file(str(out / "model.safetensors"))
     assert all((weights[k] == resumed[k]).all() for k in weights)
     assert not (out / "best").exists()
+
+
+# ------------------------------------------------------------------------------------------------ typed negatives
+
+
+def test_relation_corruption_draws_from_the_relations_training_pool(tmp_path):
+    """With corruption="relation" a corrupted tail of relation r is a tail r has in training (and a head, a head),
+    never a known triple; uniform draws leave the pool often on this graph."""
+    import numpy as np
+
+    from lmke_hf.kg import generate_negatives, load_kg
+
+    kg = load_kg(str(write_tiny_kg(tmp_path / "kg")))
+    train = kg.triples("train")
+    pools = {(r, p): set(train[train[:, 1] == r][:, 2 * p]) for r in range(kg.num_relations) for p in (0, 1)}
+
+    def out_of_pool(corruption, seed):
+        rows = generate_negatives(kg, "train", seed=seed, corruption=corruption).to_pandas()[["head", "relation", "tail"]].to_numpy()
+        positives, negatives = rows[0::2], rows[1::2]
+        known = {tuple(t) for t in train}
+        assert not any(tuple(t) in known for t in negatives)
+        changed_tail = negatives[:, 2] != positives[:, 2]
+        return np.mean([(n[2] if c else n[0]) not in pools[(n[1], int(c))] for n, c in zip(negatives, changed_tail)])
+
+    assert out_of_pool("relation", 0) == 0.0 and out_of_pool("relation", 1) == 0.0
+    assert out_of_pool("uniform", 0) > 0.2
+    with pytest.raises(ValueError, match="corruption"):
+        generate_negatives(kg, "train", seed=0, corruption="typed")
+
+
+def test_a_checkpoint_from_before_negative_sampling_resumes_with_the_default():
+    from lmke_hf.training import check_resume_settings
+
+    check_resume_settings({"seed": 1}, {"seed": 1, "negative_sampling": "uniform"}, "ckpt")
+    with pytest.raises(SystemExit, match="negative_sampling"):
+        check_resume_settings({"seed": 1}, {"seed": 1, "negative_sampling": "relation"}, "ckpt")

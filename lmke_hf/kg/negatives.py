@@ -29,6 +29,25 @@ def _rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+CORRUPTIONS = ("uniform", "relation")
+"""How `generate_negatives` draws the replacing entity: from all candidates (the paper), or from the entities seen
+in that position of that relation in the training split (PyKEEN's pseudo-typed sampling)."""
+
+
+def _relation_pools(triples: np.ndarray, num_relations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR pools of the distinct heads (position 0) and tails (position 2) of each relation: `entities[start[r, p] :
+    start[r, p] + size[r, p]]`, p = 0 for heads and 1 for tails."""
+    starts, sizes, chunks, offset = np.zeros((num_relations, 2), np.int64), np.zeros((num_relations, 2), np.int64), [], 0
+    for p, column in enumerate((0, 2)):
+        pairs = np.unique(triples[:, [1, column]], axis=0)  # (relation, entity), sorted by relation
+        counts = np.bincount(pairs[:, 0], minlength=num_relations)
+        starts[:, p] = offset + np.concatenate([[0], np.cumsum(counts)[:-1]])
+        sizes[:, p] = counts
+        chunks.append(pairs[:, 1])
+        offset += pairs.shape[0]
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.int64)), starts, sizes
+
+
 def generate_negatives(
     kg: KnowledgeGraph,
     split: str,
@@ -36,12 +55,18 @@ def generate_negatives(
     known_splits: Sequence[str] | None = None,
     candidate_entities: np.ndarray | None = None,
     max_rounds: int = 100,
+    corruption: str = "uniform",
 ) -> datasets.Dataset:
     """One corrupted negative per positive of ``split`` (LMKE section 4.1, KG-BERT protocol).
 
     For each positive a fair coin picks the head or the tail, which is replaced by an entity drawn uniformly
     from ``candidate_entities``. A draw that gives a known true triple (a positive of any of ``known_splits``,
     or of ``split`` itself) is redrawn, coin included, for all colliding rows at once, up to ``max_rounds``.
+
+    With ``corruption="relation"`` the replacing entity is drawn from those seen in the same position of the same
+    relation in the *training* split (a corrupted tail of ``(h, gender, ?)`` is another gender, not a city), as
+    FB13's and WN11's shipped evaluation negatives are made; rows whose pool holds no other valid entity fall back
+    to uniform draws after half of ``max_rounds``.
 
     Args:
         kg: the graph.
@@ -51,12 +76,15 @@ def generate_negatives(
             ``["train"]`` for the train split, all three splits otherwise.
         candidate_entities: (C,) entity ids to draw from; default all entities.
         max_rounds: redraw rounds before giving up with an error.
+        corruption: ``"uniform"`` (the paper) or ``"relation"`` (pools of the training split, see above).
 
     Returns:
         A dataset of ``2 * n`` rows, int64 ``head``, ``relation``, ``tail`` and int8 ``label``: each positive
         (label 1) directly followed by its negative (label 0).
     """
     kg._check_split(split)
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"`corruption`={corruption!r} is unknown; choose one of {CORRUPTIONS}.")
     rng = _rng(seed)
     if known_splits is None:
         known_splits = ["train"] if split == "train" else list(SPLITS)
@@ -75,11 +103,20 @@ def generate_negatives(
     )
     negatives = positives.copy()
     pending = np.arange(positives.shape[0], dtype=np.int64)
-    for _ in range(max_rounds):
+    if corruption == "relation":
+        pool, starts, sizes = _relation_pools(kg.triples("train"), R)
+    for round_ in range(max_rounds):
         if pending.size == 0:
             break
         replace_head = rng.random(pending.size) < 0.5
         drawn = candidates[rng.integers(0, candidates.size, pending.size)]
+        if corruption == "relation" and round_ < max_rounds // 2:
+            position = np.where(replace_head, 0, 1)
+            relations = positives[pending, 1]
+            size, start = sizes[relations, position], starts[relations, position]
+            typed = size > 0
+            picks = start + np.floor(rng.random(pending.size) * np.maximum(size, 1)).astype(np.int64)
+            drawn = np.where(typed, pool[np.minimum(picks, max(pool.size - 1, 0))] if pool.size else drawn, drawn)
         candidate = positives[pending].copy()
         candidate[:, 0] = np.where(replace_head, drawn, candidate[:, 0])
         candidate[:, 2] = np.where(replace_head, candidate[:, 2], drawn)

@@ -75,8 +75,14 @@ def run_settings(args) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE_FLAGS and (v is None or isinstance(v, (int, float, str, bool, list)))}
 
 
+# flags added after checkpoints were first written, with the value a checkpoint that lacks them ran with
+ADDED_FLAG_DEFAULTS = {"negative_sampling": "uniform"}
+
+
 def check_resume_settings(saved: dict | None, current: dict, checkpoint) -> None:
     """Refuses a resume whose run-defining flags differ from the checkpoint's, naming each."""
+    if saved is not None:
+        saved = {**{k: v for k, v in ADDED_FLAG_DEFAULTS.items() if k in current}, **saved}
     if saved is None:
         warnings.warn(f"{checkpoint} predates stored run settings: cannot check that this resume uses the same flags.", stacklevel=2)
         return
