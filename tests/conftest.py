@@ -10,7 +10,9 @@ the real Hub); the ``local_hub`` fixture then refuses to start.
 
 Fixtures: ``local_hub`` (session; the server starts only when a test asks for it),
 ``hub_repo_id`` (fresh ``test-org/repo-<uuid8>``), ``tiny_bert_dir`` (session; a tiny random
-BertModel + tokenizer saved as a proper pretrained folder).
+BertModel + tokenizer saved as a proper pretrained folder); on the KGs of ``tests/helpers.py``:
+``toy_kg_dir``, ``kg_dir``, the example scripts, ``no_dropout_encoder``, ``no_network``, the tiny model
+KG's ``tok`` / ``kg_tok`` / ``make_model`` / ``source_encoder``, and ``clmke_run`` (a 6-step C-LMKE run).
 """
 
 from __future__ import annotations
@@ -113,10 +115,18 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------------------------------------ shared KGs and scripts (tests/helpers.py)
 
+import copy  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
-from helpers import _load_script, write_tiny_kg, write_toy_kg  # noqa: E402  (after the HF environment is set)
+import torch  # noqa: E402
+from helpers import (  # noqa: E402  (after the HF environment is set)
+    KG, LENGTHS, MODEL_CASES, RESUME_FLAGS, _clmke_argv, _load_script, write_tiny_kg, write_toy_kg,
+)
+from transformers import AutoTokenizer, BertModel, PreTrainedModel  # noqa: E402
+
+from lmke_hf import LmkeTokenizer  # noqa: E402
 
 @pytest.fixture
 def toy_kg_dir(tmp_path) -> Path:
@@ -163,3 +173,52 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     return attempts
+
+
+# ---------------------------------------------------------------------------------------------------- the tiny model KG: tokenizer and models (helpers.KG, helpers.MODEL_CASES)
+@pytest.fixture(scope="session")
+def _kg_tokenizer(tiny_bert_dir) -> LmkeTokenizer:
+    return LmkeTokenizer(AutoTokenizer.from_pretrained(tiny_bert_dir), **KG, **LENGTHS)
+
+
+@pytest.fixture
+def tok(_kg_tokenizer) -> LmkeTokenizer:
+    return copy.deepcopy(_kg_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def _models(tiny_bert_dir, _kg_tokenizer) -> dict[str, PreTrainedModel]:
+    models = {}
+    for i, case in enumerate(MODEL_CASES):
+        torch.manual_seed(i)
+        model = case.model_class.from_encoder_pretrained(str(tiny_bert_dir), _kg_tokenizer, **case.config_kwargs)
+        if case.degrees is not None:
+            model.set_entity_degrees(case.degrees)
+        models[case.name] = model.eval()
+    return models
+
+
+@pytest.fixture
+def make_model(_models) -> Callable[[str], PreTrainedModel]:
+    """`make_model(name)`: a private (deep-copied, eval-mode) model of `MODEL_CASES`."""
+    return lambda name: copy.deepcopy(_models[name])
+
+
+@pytest.fixture(scope="module")
+def kg_tok(_kg_tokenizer) -> LmkeTokenizer:
+    """The tokenizer of the tiny model KG, one per test module (for module-scoped models built on it)."""
+    return copy.deepcopy(_kg_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def source_encoder(tiny_bert_dir) -> BertModel:
+    return BertModel.from_pretrained(tiny_bert_dir).eval()
+
+
+# ---------------------------------------------------------------------------------------------------- a trained C-LMKE run
+@pytest.fixture(scope="module")
+def clmke_run(clmke_script, kg_dir, tiny_bert_dir, tmp_path_factory):
+    """C-LMKE trained 6 steps (checkpoints every 2, constant LR, dropout on): run A of the resume test too."""
+    out = tmp_path_factory.mktemp("clmke") / "run_A"
+    results = clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 6, *RESUME_FLAGS)))
+    return out, results

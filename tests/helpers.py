@@ -10,17 +10,25 @@ loaded as modules with their command lines, and weight comparisons. Fixtures bui
   relations, 40 training triples, 6 dev and 6 test triples, in the KG-BERT layout. Every entity occurs in train.
   Deterministic.
 - `_load_script`, `_common`, `_clmke_argv`, `RESUME_FLAGS`: the example scripts and their flags in the tests.
+- The tiny *model* KG (`KG`, `LENGTHS`, `TRIPLES`, `QUERIES`, `DEGREES`; batches `lmke_batch`, `clmke_batch`,
+  `gold_answer_ids`; `MODEL_CASES`; fixtures `tok`, `make_model`, `kg_tok` in conftest.py), for the model,
+  tokenizer, feature and evaluation-loop tests: 7 entities ``Q0``..``Q6`` and 3 relations ``P0``..``P2`` given
+  as Python lists to `LmkeTokenizer` (no files).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
+
+from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer
 
 # ------------------------------------------------------------------------------------------------ the toy KG
 
@@ -225,3 +233,129 @@ def _assert_same_weights(path_a: Path, path_b: Path, atol: float = 1e-6) -> None
 def _steps_differ(path_a: Path, path_b: Path) -> bool:
     a, b = load_file(str(path_a)), load_file(str(path_b))
     return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------------- the tiny model KG
+# Names and descriptions use word pieces of conftest's tiny vocabulary. Q2 has no description, Q4 no name (its
+# token is initialised from its description), Q6 a two-piece name.
+KG = dict(
+    entity_ids=["Q0", "Q1", "Q2", "Q3", "Q4", "Q5", "Q6"],
+    entity_names=["paris", "france", "berlin", "germany", "", "italy", "new paris"],
+    entity_descriptions=[
+        "paris is the capital of france",
+        "france is a country",
+        "",
+        "germany is a big country in the graph",
+        "rome is an old city",
+        "italy is a country with a capital",
+        "new paris is a small city",
+    ],
+    relation_ids=["P0", "P1", "P2"],
+    relation_names=["capital of", "located in", "born in"],
+    relation_descriptions=["the capital city of a country", "", "person born in a city"],
+)
+
+
+LENGTHS = dict(max_entity_description_length=8, max_relation_description_length=4, max_key_description_length=12)
+
+
+NUM_ENTITIES, NUM_RELATIONS = len(KG["entity_ids"]), len(KG["relation_ids"])
+
+
+DEGREES = [3.0, 0.0, 5.0, 1.0, 2.0, 7.0, 4.0]
+
+
+# LMKE batch: (h, r, t); Q2's empty description makes the sequences of unequal length (padding is exercised).
+TRIPLES = dict(heads=[0, 1, 3, 6], relations=[0, 1, 2, 0], tails=[1, 0, 4, 2])
+
+
+# C-LMKE batch: query i = (given[i], relation[i], direction[i]); key i = its gold answer gold[i] (all distinct).
+QUERIES = dict(
+    given=[0, 3, 2, 5, 6, 1],
+    relations=[0, 1, 2, 0, 1, 2],
+    directions=["tail", "head", "tail", "head", "tail", "head"],
+    gold=[1, 2, 4, 0, 3, 5],
+)
+
+
+TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)
+
+
+def lmke_batch(tok: LmkeTokenizer) -> dict[str, torch.Tensor]:
+    return tok.pad(tok.encode_triples(TRIPLES["heads"], TRIPLES["relations"], TRIPLES["tails"]))
+
+
+def clmke_batch(tok: LmkeTokenizer) -> dict[str, torch.Tensor]:
+    queries = tok.encode_queries(QUERIES["given"], QUERIES["relations"], QUERIES["directions"])
+    return {**tok.pad(queries, prefix="query_"), **tok.pad(tok.encode_keys(QUERIES["gold"]), prefix="key_")}
+
+
+def gold_answer_ids(extra: dict[int, list[int]] | None = None) -> torch.Tensor:
+    """(B, 3) known answers padded with -1: the gold entity of each query plus `extra[i]`."""
+    rows = [[g, *(extra or {}).get(i, [])] for i, g in enumerate(QUERIES["gold"])]
+    return torch.tensor([r + [-1] * (3 - len(r)) for r in rows])
+
+
+# ---------------------------------------------------------------------------------------------------- model cases
+@dataclass(frozen=True)
+class ModelCase:
+    """One model under test: how to build it, a batch, the loss-bearing arguments and the output shapes."""
+
+    name: str
+    model_class: type
+    make_batch: Callable[[LmkeTokenizer], dict]
+    loss_kwargs: dict[str, Callable[[int], dict]]  # way of asking for a loss -> kwargs (from batch size)
+    shapes: dict[str, tuple[str, ...]]  # output field -> symbolic shape (B: batch, H: hidden)
+    config_kwargs: dict = field(default_factory=dict)
+    degrees: list[float] | None = None
+
+
+MODEL_CASES = [
+    ModelCase(
+        name="lmke",
+        model_class=LmkeForTripleClassification,
+        make_batch=lmke_batch,
+        loss_kwargs={"labels": lambda b: {"labels": torch.tensor([1.0, 0.0] * (b // 2))}},
+        shapes={
+            "logits": ("B",),
+            "cls_embeddings": ("B", "H"),
+            "head_embeddings": ("B", "H"),
+            "relation_embeddings": ("B", "H"),
+            "tail_embeddings": ("B", "H"),
+        },
+    ),
+    ModelCase(
+        name="clmke",
+        model_class=ClmkeForLinkPrediction,
+        make_batch=clmke_batch,
+        loss_kwargs={
+            "answer_ids": lambda b: {"answer_ids": gold_answer_ids()},
+            "labels": lambda b: {"labels": torch.eye(b)},
+        },
+        shapes={
+            "logits": ("B", "B"),
+            "query_embeddings": ("B", "H"),
+            "key_embeddings": ("B", "H"),
+            "query_entity_ids": ("B",),
+            "key_entity_ids": ("B",),
+        },
+        degrees=DEGREES,
+    ),
+    ModelCase(
+        name="clmke_nodeg",
+        model_class=ClmkeForLinkPrediction,
+        make_batch=clmke_batch,
+        loss_kwargs={"labels": lambda b: {"labels": torch.eye(b)}},
+        shapes={"logits": ("B", "B"), "query_embeddings": ("B", "H"), "key_embeddings": ("B", "H")},
+        config_kwargs={"use_degree_features": False},
+    ),
+]
+
+
+CASES = {c.name: c for c in MODEL_CASES}
+
+
+MAIN_CASES = [CASES["lmke"], CASES["clmke"]]
+
+
+_ids = lambda case: case.name  # noqa: E731

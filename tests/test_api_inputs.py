@@ -1,19 +1,13 @@
 """The Python API refuses what it cannot use (issue 14): each case used to be accepted and ignored or misread.
-Tiny and offline (test_modeling's tiny KG and conftest's random BERT)."""
+Tiny and offline (the tiny model KG of `helpers.KG`, conftest's `kg_tok`, and conftest's random BERT)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_modeling import KG, LENGTHS, clmke_batch, gold_answer_ids, lmke_batch
-from transformers import AutoTokenizer
+from helpers import KG, clmke_batch, gold_answer_ids, lmke_batch
 
-from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer
-
-
-@pytest.fixture(scope="module")
-def kg_tok(tiny_bert_dir):
-    return LmkeTokenizer(AutoTokenizer.from_pretrained(tiny_bert_dir), **KG, **LENGTHS)
+from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Tests of C-LMKE's levers beyond the paper (issue 12): InfoNCE with a (learned) temperature and a margin, mean /
 [CLS] pooling, the cosine scorer, the key queue (pre-batch negatives) and frozen lower layers; and that the
-training script trains and resumes exactly with them. Tiny and offline: conftest's random BERT and the tiny
-KG of `helpers.write_tiny_kg`."""
+training script trains and resumes exactly with them. Tiny and offline: conftest's random BERT, the tiny
+KG of `helpers.write_tiny_kg` and the tiny model KG of `helpers.KG` (conftest's `kg_tok`)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_modeling import KG, LENGTHS, QUERIES, clmke_batch, gold_answer_ids
-from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script  # noqa: E402
-from transformers import AutoModel, AutoTokenizer
+from helpers import QUERIES, RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script, clmke_batch, gold_answer_ids
+from transformers import AutoModel
 
 import lmke_hf  # noqa: F401
-from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction, LmkeTokenizer
+from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction
 from lmke_hf.modeling_clmke import KeyQueue
-
-
-@pytest.fixture(scope="module")
-def kg_tok(tiny_bert_dir) -> LmkeTokenizer:
-    return LmkeTokenizer(AutoTokenizer.from_pretrained(tiny_bert_dir), **KG, **LENGTHS)
 
 
 def build(tiny_bert_dir, kg_tok, **config) -> ClmkeForLinkPrediction:
@@ -260,30 +254,6 @@ def test_added_layers_are_initialised_by_the_package_not_by_the_transformers_ver
     for weight, bias in ((lmke.classifier.weight, lmke.classifier.bias), (clmke.matcher.dense.weight, clmke.matcher.dense.bias)):
         assert 0.45 < float(weight.std()) < 0.55 and float(bias.abs().max()) == 0.0
     assert 0.45 < float(clmke.word_embeddings.kg.weight.std()) < 0.55
-
-
-def test_tokenizer_fingerprint_is_stable_across_processes_and_sees_every_description(kg_tok):
-    """The `datasets` cache key of tokenised columns: the same in a fresh interpreter (Python's `hash()` of
-    strings is salted per process), and different when any description changes, not only the first 50."""
-    import copy
-    import subprocess
-    import sys
-
-    from lmke_hf.features import _tokenizer_fingerprint
-
-    here = _tokenizer_fingerprint(kg_tok)
-    code = (
-        "import sys, pickle; sys.path.insert(0, 'tests'); from lmke_hf.features import _tokenizer_fingerprint; "
-        "print(_tokenizer_fingerprint(pickle.load(sys.stdin.buffer)))"
-    )
-    import pickle
-
-    other = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(kg_tok), capture_output=True, check=True,
-                           env={**__import__("os").environ, "PYTHONHASHSEED": "random"}).stdout.decode().strip()
-    assert other == here
-    changed = copy.deepcopy(kg_tok)
-    changed.entity_descriptions[-1] = changed.entity_descriptions[-1] + " changed"
-    assert _tokenizer_fingerprint(changed) != here
 
 
 def test_own_entity_bias_moves_only_the_own_entity_column_and_learns_from_self_negatives(tiny_bert_dir, kg_tok):

@@ -1,6 +1,7 @@
 """Tests of the training scripts (examples/train_clmke.py, examples/train_lmke.py) and their shared Accelerate
-loop (lmke_hf/training.py): end-to-end runs on a tiny KG, exact resume, cross-device negatives on two CPU
-processes, fail-fast argument checks and the evaluation-level leak guard.
+loop (lmke_hf/training/): end-to-end runs on a tiny KG, exact resume, cross-device negatives on two CPU
+processes, fail-fast argument checks and the training degrees a run stores. `TrainingTriples` is tested in
+tests/test_features.py, the evaluation-level leak guard on a trained run in tests/test_evaluation_loops.py.
 
 Everything is offline: the encoder is the tiny random BERT of the `tiny_bert_dir` fixture and the KG is written
 into tmp_path by `tests/helpers.py` (`write_tiny_kg`) (12 entities, 3 relations, 40 training triples).
@@ -22,20 +23,15 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import (  # noqa: E402
-    DEV, ENTITIES, LINK_PREDICTION_KEYS, RELATIONS, RESUME_FLAGS, TEST, TRAIN, _assert_same_weights, _clmke_argv, _common,
+    ENTITIES, LINK_PREDICTION_KEYS, RELATIONS, RESUME_FLAGS, TEST, TRAIN, _assert_same_weights, _clmke_argv, _common,
     _load_script, _steps_differ, train_degrees, write_tiny_kg,
 )
 
 import lmke_hf  # noqa: E402,F401  (registers the Auto classes)
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
-from lmke_hf.kg import generate_negatives, load_kg  # noqa: E402
+from lmke_hf.kg import load_kg  # noqa: E402
 
-@pytest.fixture(scope="module")
-def clmke_run(clmke_script, kg_dir, tiny_bert_dir, tmp_path_factory):
-    """C-LMKE trained 6 steps (checkpoints every 2, constant LR, dropout on): run A of the resume test too."""
-    out = tmp_path_factory.mktemp("clmke") / "run_A"
-    results = clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 6, *RESUME_FLAGS)))
-    return out, results
+# `clmke_run` (C-LMKE trained 6 steps, also run A of the resume tests) is a fixture of conftest.py.
 
 
 @pytest.fixture(scope="module")
@@ -123,40 +119,6 @@ def test_lmke_end_to_end(lmke_run):
     tokenizer = LmkeTokenizer.from_pretrained(out)
     assert (tokenizer.num_entities, tokenizer.num_relations) == (len(ENTITIES), len(RELATIONS))
     model.check_tokenizer(tokenizer)
-
-
-def test_training_triples_redraw_negatives_each_epoch(kg_dir, tiny_bert_dir):
-    from lmke_hf.features import TrainingTriples
-
-    kg = load_kg(str(kg_dir))
-    tokenizer = LmkeTokenizer.from_kg(str(tiny_bert_dir), kg, max_entity_description_length=8, max_relation_description_length=4, max_key_description_length=0)
-    train = {tuple(t) for t in kg.triples("train").tolist()}
-    data = TrainingTriples(kg, tokenizer, seed=3, resample=True)
-    assert len(data) == 2 * len(TRAIN) and data.labels.tolist() == [1, 0] * len(TRAIN)
-    epochs = {}
-    for epoch in (0, 1, 0):
-        data.set_epoch(epoch)
-        positives, negatives = data.triples[0::2], data.triples[1::2]
-        assert [tuple(t) for t in positives.tolist()] == [tuple(t) for t in kg.triples("train").tolist()]
-        assert not train & {tuple(t) for t in negatives.tolist()}  # never a known training triple
-        changed = (positives != negatives).sum(1)
-        assert (changed == 1).all() and (positives[:, 1] == negatives[:, 1]).all()  # head or tail, not both
-        epochs.setdefault(epoch, negatives.copy())
-        np.testing.assert_array_equal(negatives, epochs[epoch])  # epoch e's negatives are reproducible
-    assert not np.array_equal(epochs[0], epochs[1])
-    other = TrainingTriples(kg, tokenizer, seed=3, resample=True)  # another process, or a resumed run
-    other.set_epoch(1)
-    np.testing.assert_array_equal(other.triples[1::2], epochs[1])
-    fixed = TrainingTriples(kg, tokenizer, seed=3)  # the default: the original code's one draw per run
-    fixed.set_epoch(1)
-    np.testing.assert_array_equal(fixed.triples[1::2], epochs[0])
-    np.testing.assert_array_equal(fixed.triples, np.asarray(generate_negatives(kg, "train", seed=3, known_splits=["train"]).to_pandas()[["head", "relation", "tail"]]))
-    items = data.__getitems__([0, 3, 5])
-    expected = tokenizer.encode_triples(data.triples[[0, 3, 5], 0], data.triples[[0, 3, 5], 1], data.triples[[0, 3, 5], 2])["input_ids"]
-    assert [x["input_ids"] for x in items] == expected and [x["label"] for x in items] == [1, 0, 0]
-    assert data[3] == items[1]
-    with pytest.raises(ValueError, match="seed"):
-        TrainingTriples(kg, tokenizer, seed=-1)
 
 
 def test_lmke_loop_sets_each_epochs_negatives_also_after_a_resume(lmke_script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch):
@@ -446,84 +408,7 @@ def test_clmke_batch_larger_than_training_set_stops(clmke_script, kg_dir, tiny_b
     assert "1000" in str(info.value.code) and str(2 * len(TRAIN)) in str(info.value.code)
 
 
-# ------------------------------------------------------------------------------------------------ 5. leak guard
-
-
-def _relabelled(direction: str) -> list[tuple[int, int, int]]:
-    """TEST with the gold entity of `direction` replaced by another entity, keeping every triple new."""
-    known = set(TRAIN) | set(DEV)
-    out = []
-    for h, r, t in TEST:
-        for shift in range(1, len(ENTITIES)):
-            if direction == "tail":
-                triple = (h, r, (t + shift) % len(ENTITIES))
-            else:
-                triple = ((h + shift) % len(ENTITIES), r, t)
-            if triple[0] != triple[2] and triple not in known and triple not in out and triple not in TEST:
-                out.append(triple)
-                break
-    assert len(out) == len(TEST)
-    return out
-
-
-@pytest.mark.parametrize("direction", ["tail", "head"])
-def test_scores_do_not_depend_on_gold_answers(clmke_run, kg_dir, tmp_path, direction):
-    """Relabelling the gold answer of every test triple leaves the (B, N) score blocks of that direction's
-    queries unchanged: the ranker scores without looking at the gold (or at test-split degrees)."""
-    from lmke_hf.evaluation import rank_link_prediction
-
-    out, _ = clmke_run
-    model = ClmkeForLinkPrediction.from_pretrained(out)
-    tokenizer = LmkeTokenizer.from_pretrained(out)
-    kg = load_kg(str(kg_dir))
-    kg_relabelled = load_kg(str(write_tiny_kg(tmp_path, name="relabelled", test=_relabelled(direction))))
-    gold_col = 2 if direction == "tail" else 0
-    assert (kg.triples("test")[:, gold_col] != kg_relabelled.triples("test")[:, gold_col]).all()
-    assert not np.array_equal(kg.degrees(["train", "validation", "test"]), kg_relabelled.degrees(["train", "validation", "test"]))
-
-    recorded: list[list[torch.Tensor]] = []
-    original = model.score_all
-
-    def recording(*args, **kwargs):
-        scores = original(*args, **kwargs)
-        recorded[-1].append(scores.detach().clone())
-        return scores
-
-    model.score_all = recording
-    evaluators = []
-    for graph in (kg, kg_relabelled):
-        recorded.append([])
-        evaluators.append(rank_link_prediction(model, tokenizer, graph, "test", directions=(direction,), batch_size=4))
-    first, second = recorded
-    assert len(first) == len(second) == math.ceil(len(TEST) / 4)
-    for a, b in zip(first, second):
-        assert a.shape[1] == len(ENTITIES)
-        assert torch.equal(a, b)
-    golds = [ev.ranks_table()["gold"] for ev in evaluators]
-    assert not np.array_equal(np.sort(golds[0]), np.sort(golds[1]))
-
-
-def test_scores_use_each_candidates_own_training_degree(clmke_run, kg_dir):
-    """score_all(q, all keys) equals the matcher on explicit (query, candidate) pairs with the query's and the
-    candidate's own stored degrees: no gold enters a candidate's score."""
-    from lmke_hf.evaluation import encode_entities
-
-    out, _ = clmke_run
-    model = ClmkeForLinkPrediction.from_pretrained(out).eval()
-    tokenizer = LmkeTokenizer.from_pretrained(out)
-    keys = encode_entities(model, tokenizer)
-    test = np.asarray(TEST)
-    batch = tokenizer.pad(tokenizer.encode_queries(test[:, 0], test[:, 1], "tail"))
-    with torch.no_grad():
-        q, q_ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
-        scores = model.score_all(q, q_ent, keys)
-        n = len(ENTITIES)
-        logdeg = torch.log1p(torch.as_tensor(train_degrees(), dtype=torch.float32))
-        explicit = model.matcher(
-            q.unsqueeze(1).expand(-1, n, -1), keys.unsqueeze(0).expand(len(test), -1, -1),
-            logdeg[q_ent].unsqueeze(1).expand(-1, n), logdeg.unsqueeze(0).expand(len(test), -1),
-        )
-    torch.testing.assert_close(scores, explicit, atol=1e-5, rtol=1e-5)
+# ------------------------------------------------------------------------------------------------ 5. stored degrees (the leak guard itself: tests/test_evaluation_loops.py)
 
 
 def test_stored_degrees_are_training_degrees(clmke_run, kg_dir):
