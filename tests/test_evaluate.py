@@ -96,7 +96,9 @@ def test_triple_classification_reproduces_training_metrics(evaluate_script, lmke
     for key in ("test_accuracy", "test_accuracy_tuned_global", "test_accuracy_tuned_per_relation"):
         assert results[key] == pytest.approx(trained[key]), key
     assert results["num_examples"] == 2 * len(TEST)  # positives + the generated negatives of seed 0
-    assert isinstance(json.loads((tmp_path / "test_thresholds.json").read_text()), dict)
+    thresholds = json.loads((tmp_path / "test_thresholds.json").read_text())  # tuned per relation on validation
+    assert set(thresholds) == {str(r) for _, r, _ in DEV}
+    assert thresholds == pytest.approx(json.loads((out / "thresholds.json").read_text()))  # as the training run tuned them
 
 
 def test_hub_id_gives_the_same_metrics(evaluate_script, clmke_out, kg_dir, local_hub, hub_repo_id, tmp_path):

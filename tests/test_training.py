@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import (  # noqa: E402
-    ENTITIES, LINK_PREDICTION_KEYS, RELATIONS, RESUME_FLAGS, TEST, TRAIN, _assert_same_weights, _clmke_argv, _common,
+    DEV, ENTITIES, LINK_PREDICTION_KEYS, RELATIONS, RESUME_FLAGS, TEST, TRAIN, _assert_same_weights, _clmke_argv, _common,
     _load_script, _steps_differ, train_degrees, write_tiny_kg,
 )
 
@@ -58,7 +58,7 @@ def test_clmke_end_to_end_results(clmke_run):
     for key in LINK_PREDICTION_KEYS:
         assert saved[key] == pytest.approx(results[key])
     # 6 test triples x 2 directions
-    assert saved.get("test_num_queries", 2 * len(TEST)) == 2 * len(TEST)
+    assert saved["test_num_queries"] == 2 * len(TEST)
     history = json.loads((out / "train_history.json").read_text())
     assert len(history) == 1 and "eval_mrr" in history[0] and history[0]["step"] == 6
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4", "step_6"]
@@ -112,7 +112,8 @@ def test_lmke_end_to_end(lmke_run):
         assert saved[key] == pytest.approx(results[key])
     assert saved["test_num_test"] == 2 * len(TEST)  # positives + one generated negative each
     assert results["completed_steps"] == 4
-    assert isinstance(json.loads((out / "thresholds.json").read_text()), dict)
+    thresholds = json.loads((out / "thresholds.json").read_text())  # one per relation of the validation split
+    assert set(thresholds) == {str(r) for _, r, _ in DEV} and all(isinstance(v, float) for v in thresholds.values())
     assert "drawn once for the whole run" in (out / "README.md").read_text()  # default: the original code's negatives
     model = AutoModel.from_pretrained(out)
     assert type(model) is LmkeForTripleClassification
@@ -516,6 +517,9 @@ def test_set_cpu_threads(env, threads, expected, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    original = torch.get_num_threads()
+    # start from a count that is neither "all" nor 1, so that keeping it, taking every core and --cpu_threads 1 differ
+    torch.set_num_threads(len(os.sched_getaffinity(0)) + 1)
     before = torch.get_num_threads()
     accelerator = types.SimpleNamespace(device=torch.device("cpu"), num_processes=1)
     try:
@@ -523,4 +527,4 @@ def test_set_cpu_threads(env, threads, expected, monkeypatch):
         want = {"all": len(os.sched_getaffinity(0)), "kept": before}.get(expected, expected)
         assert got == want and torch.get_num_threads() == want
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(original)
