@@ -87,6 +87,14 @@ def test_no_progress_flag_silences_the_bars(monkeypatch):
     assert calls == ["silenced"]
 
 
+def test_checkpoint_saves_log_one_line_not_accelerates_six(monkeypatch):
+    import logging
+
+    monkeypatch.setattr(run, "keep_freed_memory", lambda: True)
+    configure_process(types.SimpleNamespace(no_progress=False, cpu_threads=None, no_malloc_tuning=True))
+    assert all(logging.getLogger(n).getEffectiveLevel() == logging.WARNING for n in ("accelerate.checkpointing", "accelerate.accelerator"))
+
+
 @pytest.mark.parametrize("flag, tuned", [(False, True), (True, False)])
 def test_malloc_tuning_is_on_by_default_on_cpu_and_a_flag_turns_it_off(flag, tuned, monkeypatch):
     calls = []

@@ -5,6 +5,7 @@ renamed), rotates (`--checkpoints_total_limit`) and restores them with the loop'
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..modelcard import write_json
+
+logger = logging.getLogger(__name__)
 
 def find_checkpoint(args) -> Path | None:
     if args.resume_from_checkpoint is None:
@@ -177,6 +180,8 @@ class CheckpointManager:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process and self.total_limit:
             self._rotate(keep=path)
+        if self.accelerator.is_main_process:
+            logger.info(f"Saved checkpoint {path} (step {state.completed_steps}).")
         return path
 
     def _rotate(self, keep: Path) -> None:

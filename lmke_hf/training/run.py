@@ -143,6 +143,8 @@ def configure_process(args):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if state.is_main_process else logging.WARNING,
     )
+    for name in ("accelerate.checkpointing", "accelerate.accelerator"):  # six lines per save; the loop logs one
+        logging.getLogger(name).setLevel(logging.WARNING)
     if getattr(args, "no_progress", False):
         silence_progress_bars()
     if state.device.type == "cpu":
