@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import torch
 
-from .kg.negatives import CORRUPTIONS, _rng, generate_negatives
+from .kg.negatives import _rng, generate_negatives
 from .tokenization_lmke import DIRECTIONS, LmkeTokenizer, pad_sequences
 
 DIRECTION_NAMES = DIRECTIONS  # values of the `direction` column: indices into it
@@ -162,9 +162,7 @@ class TrainingTriples(torch.utils.data.Dataset):
     """
 
     def __init__(self, kg, tokenizer: LmkeTokenizer, seed: int = 0, split: str = "train", known_splits=("train",), resample: bool = False, corruption: str = "uniform"):
-        _rng(seed)  # the same checks as generate_negatives: a non-negative int
-        if corruption not in CORRUPTIONS:
-            raise ValueError(f"`corruption`={corruption!r} is unknown; choose one of {CORRUPTIONS}.")
+        _rng(seed)  # the same checks as generate_negatives: a non-negative int (`corruption` is checked there)
         self.kg, self.tokenizer, self.seed, self.split = kg, tokenizer, int(seed), split
         self.known_splits, self.resample, self.corruption = list(known_splits), bool(resample), corruption
         self.epoch = None

@@ -25,11 +25,6 @@ def evaluate_script():
 
 
 @pytest.fixture(scope="module")
-def kg_dir(tmp_path_factory) -> Path:
-    return write_tiny_kg(tmp_path_factory.mktemp("kg_eval"))
-
-
-@pytest.fixture(scope="module")
 def clmke_out(kg_dir, tiny_bert_dir, tmp_path_factory):
     script = _load_script("train_clmke")
     out = tmp_path_factory.mktemp("eval_clmke") / "run"

@@ -37,7 +37,7 @@ def summary_text(method: str, dataset: str, results: dict, summary: dict, metric
     took = f" in {minutes / 60:.1f} min of training" if minutes is not None else ""
     best = summary.get(f"best_eval_{metric_name}")
     best_text = f" (best validation {metric_name} {best:.4f} at epoch {summary.get('best_epoch')})" if isinstance(best, float) else ""
-    test = {k[len("test_"):]: v for k, v in results.items() if k.startswith("test_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    test = {k[len("test_"):]: v for k, v in results.items() if k.startswith("test_")}  # format_metrics keeps the numbers
     out = Path(output_dir)
     return "\n".join([
         f"{method} on {dataset}: {summary['completed_steps']} steps{took}{best_text}.",
