@@ -16,6 +16,7 @@ ones the model was trained with (same order), which the script checks before spe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -30,6 +31,10 @@ from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, check_s
 from lmke_hf.kg import add_classification_negatives, load_kg  # noqa: E402
 from lmke_hf.evaluation import classification_report, plot_degree_buckets, rank_link_prediction, score_triples  # noqa: E402
 from lmke_hf.loading import checkpoint_source, exit_on_error, local_folder  # noqa: E402
+from filelock import FileLock, Timeout  # noqa: E402
+
+from lmke_hf.folders import LOCK_FILE, FinalSave, check_output_dir, claim_folder, folder_kind  # noqa: E402
+from lmke_hf.modelcard import write_json  # noqa: E402
 from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, set_cpu_threads  # noqa: E402
 
 logger = logging.getLogger("evaluate")
@@ -108,8 +113,19 @@ def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_
     if not accelerator.is_main_process:
         return {}
     report = classification_report(scores, labels, triples[:, 1], tune_scores, tune_labels, tune_triples[:, 1])
-    (out_dir / f"{args.split}_thresholds.json").write_text(json.dumps(report.get("thresholds_per_relation", {}), default=float))
+    write_json(out_dir / f"{args.split}_thresholds.json", report.get("thresholds_per_relation", {}), default=float)
     return {**{f"{args.split}_{k}": v for k, v in report.items() if not isinstance(v, dict)}, "num_examples": len(triples)}
+
+
+def default_output_dir(model: str, source) -> Path:
+    """`<model folder>/eval`; for a run's `best/` (removed when the run ends) `<run>/eval-best`; for a Hub id
+    `./eval-<name>`."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return Path(f"eval-{Path(model).name}")
+    if folder.name == "best" and folder_kind(folder.parent) == "training-run":
+        return folder.parent / "eval-best"
+    return folder / "eval"
 
 
 def main(args) -> dict:
@@ -124,6 +140,11 @@ def main(args) -> dict:
             local_folder(args.data_dir, required=True)
     with exit_on_error("--model"):
         source = checkpoint_source(args.model)
+    out_dir = default_output_dir(args.model, source) if args.output_dir is None else Path(args.output_dir)
+    with exit_on_error("--output_dir"):  # a new folder or one of earlier evaluations; never a run, data or other files
+        inputs = {"--model": source if Path(source).is_dir() else None, "--data_dir": args.data_dir,
+                  "--dataset": args.dataset if Path(args.dataset).exists() else None}
+        check_output_dir(out_dir, "evaluation", inputs=inputs, reuse=True)
     with exit_on_error("--dataset"):
         local_folder(args.dataset)
         kg = load_kg(args.dataset, data_dir=args.data_dir)
@@ -133,22 +154,37 @@ def main(args) -> dict:
         model, tokenizer = load_model(args.model, args.revision, args.token)
         check_same_kg(tokenizer, kg, args.model)
     model.to(accelerator.device)
-    out_dir = Path(args.output_dir) if args.output_dir else (Path(source) / "eval" if Path(source).is_dir() else Path(f"eval-{Path(args.model).name}"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    if isinstance(model, ClmkeForLinkPrediction):
-        task, results = "link-prediction", evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir)
-    elif isinstance(model, LmkeForTripleClassification):
-        task, results = "triple-classification", evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_dir)
-    else:  # load_model only returns the two
-        raise SystemExit(f"--model {args.model!r}: unsupported model class {type(model).__name__}.")
     if accelerator.is_main_process:
-        results.update(
-            model=args.model, revision=args.revision, dataset=kg.name, split=args.split, task=task,
-            eval_runtime_s=time.perf_counter() - start, num_processes=accelerator.num_processes, device=str(accelerator.device),
-        )
+        with exit_on_error("--output_dir"):
+            claim_folder(out_dir, "evaluation", inputs=inputs, reuse=True)
+    start = time.perf_counter()
+    lock = FileLock(str(out_dir / LOCK_FILE))
+    if accelerator.is_main_process:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise SystemExit(f"--output_dir {out_dir} is in use by another evaluation; wait for it or choose another folder.") from None
+    try:
+        # a split's files (results, tables, ranks, thresholds) are staged and swapped in together: two evaluations
+        # never mix their files, and a crash leaves the previous complete set
+        with (FinalSave(out_dir) if accelerator.is_main_process else contextlib.nullcontext(out_dir)) as staging:
+            if isinstance(model, ClmkeForLinkPrediction):
+                task, results = "link-prediction", evaluate_link_prediction(args, accelerator, model, tokenizer, kg, staging)
+            elif isinstance(model, LmkeForTripleClassification):
+                task, results = "triple-classification", evaluate_triple_classification(args, accelerator, model, tokenizer, kg, staging)
+            else:  # load_model only returns the two
+                raise SystemExit(f"--model {args.model!r}: unsupported model class {type(model).__name__}.")
+            if accelerator.is_main_process:
+                results.update(
+                    model=args.model, revision=args.revision, dataset=kg.name, split=args.split, task=task,
+                    eval_runtime_s=time.perf_counter() - start, num_processes=accelerator.num_processes, device=str(accelerator.device),
+                )
+                write_json(staging / f"{args.split}_results.json", results, indent=2, default=float)
+    finally:
+        if lock.is_locked:
+            lock.release()
+    if accelerator.is_main_process:
         path = out_dir / f"{args.split}_results.json"
-        path.write_text(json.dumps(results, indent=2, default=float))
         logger.info("metrics written to %s", path)
         print(json.dumps({k: v for k, v in results.items() if k.startswith(args.split)}, indent=2, default=float))
     return results

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
+from lmke_hf.folders import OutputDirError, check_output_dir
 from lmke_hf.kg import add_classification_negatives, load_kg, push_prepared_to_hub, save_prepared
 
 
@@ -54,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--no_card", "--no-card", action="store_true", help="Do not write the README.md dataset card.")
     parser.add_argument(
+        "--overwrite_output_dir", action="store_true",
+        help="Replace a dataset that this command prepared earlier in --output_dir (any other non-empty folder is refused).",
+    )
+    parser.add_argument(
         "--push_to_hub",
         "--push-to-hub",
         default=None,
@@ -65,10 +71,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> Path:
+    source = Path(args.name_or_path) if Path(args.name_or_path).exists() else None
+    inputs = {"--data_dir": args.data_dir or os.environ.get("LMKE_HF_DATA_DIR"), "name_or_path": source}
+    try:  # refused before the KG is read; save_prepared checks again before it writes
+        check_output_dir(args.output_dir, "prepared-dataset", inputs=inputs, replace_flag="--overwrite_output_dir", replace=args.overwrite_output_dir)
+    except OutputDirError as err:
+        raise SystemExit(str(err)) from None
     kg = load_kg(args.name_or_path, data_dir=args.data_dir, description=args.description, revision=args.revision)
     if not args.no_negatives:
         kg = add_classification_negatives(kg, seed=args.negatives_seed)
-    out = save_prepared(kg, args.output_dir, card=not args.no_card)
+    try:
+        out = save_prepared(kg, args.output_dir, card=not args.no_card, overwrite=args.overwrite_output_dir, inputs=inputs)
+    except OutputDirError as err:
+        raise SystemExit(str(err)) from None
     statistics = kg.statistics()
     print(json.dumps({k: v for k, v in statistics.items() if k != "report"}, indent=2))
     print(f"wrote {out}")

@@ -134,9 +134,12 @@ def _run(args) -> dict:
     results = {f"test_{k}": v for k, v in evaluator.compute().items()}
     results.update(run_results(summary, "mrr", accelerator))
     out = Path(args.output_dir)
-    evaluator.save(out / "test_metrics", relation_names=list(kg.relations["id"]))
-    plot_degree_buckets(evaluator.per_degree_bucket(), out / "test_metrics" / "degree_buckets.png", title=f"C-LMKE on {kg.name} (test)")
-    shutil.copy(out / "test_metrics" / "degree_buckets.png", out / "degree_buckets.png")
+
+    def write_test_tables(folder: Path) -> None:  # staged with the model: the folder changes as a whole
+        evaluator.save(folder / "test_metrics", relation_names=list(kg.relations["id"]))
+        plot_degree_buckets(evaluator.per_degree_bucket(), folder / "test_metrics" / "degree_buckets.png", title=f"C-LMKE on {kg.name} (test)")
+        shutil.copy(folder / "test_metrics" / "degree_buckets.png", folder / "degree_buckets.png")
+
     card = ModelCard(
         task="link-prediction", dataset=kg.name, results=results, args=vars(args),
         command=run_command("examples/train_clmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
@@ -148,7 +151,7 @@ def _run(args) -> dict:
     )
     text = summary_text("C-LMKE", kg.name, results, summary, "mrr", out, "filtered ranks of every test triple in both directions, ties at their realistic rank")
     # save_pretrained writes the tokenizer and entity index with the model
-    return finish_run(args, accelerator, best, results, summary, card, text, save_fn=lambda model, folder: model.save_pretrained(folder))
+    return finish_run(args, accelerator, best, results, summary, card, text, save_fn=lambda model, folder: model.save_pretrained(folder), write_extras=write_test_tables)
 
 
 def main(args) -> dict:

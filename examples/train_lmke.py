@@ -96,7 +96,6 @@ def _run(args) -> dict:
     results = {f"test_{k}": v for k, v in report.items() if not isinstance(v, dict)}
     results.update(run_results(summary, "accuracy", accelerator))
     out = Path(args.output_dir)
-    write_json(out / "thresholds.json", report.get("thresholds_per_relation", {}), default=float)
     card = ModelCard(
         task="triple-classification", dataset=kg.name, results=results, args=vars(args),
         command=run_command("examples/train_lmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
@@ -105,7 +104,10 @@ def _run(args) -> dict:
         dataset_id=hub_dataset_id(kg),
     )
     text = summary_text("LMKE", kg.name, results, summary, "accuracy", out, "accuracy on the test positives and their fixed negatives; 'tuned' thresholds from validation")
-    return finish_run(args, accelerator, best, results, summary, card, text, save_fn=save)
+    def write_thresholds(folder: Path) -> None:  # staged with the model: the folder changes as a whole
+        write_json(folder / "thresholds.json", report.get("thresholds_per_relation", {}), default=float)
+
+    return finish_run(args, accelerator, best, results, summary, card, text, save_fn=save, write_extras=write_thresholds)
 
 
 def main(args) -> dict:

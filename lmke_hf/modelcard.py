@@ -318,11 +318,15 @@ def export_card(run_dir, destination, rerender: bool = False) -> list[Path]:
     template instead of copying them."""
     import shutil
 
+    from .folders import check_output_dir, claim_folder
+
     run_dir, destination = Path(run_dir), Path(destination)
     if not (run_dir / "README.md").is_file() or not (run_dir / "all_results.json").is_file():
         raise FileNotFoundError(f"{run_dir} holds no README.md + all_results.json: not a finished training run.")
+    # new, empty or a card exported earlier (updated in place); never a run, a dataset or a folder of other files
+    check_output_dir(destination, "model-card", flag="destination", inputs={"run_dir": run_dir}, reuse=True)
     card = ModelCard.from_run(run_dir) if rerender else None
-    destination.mkdir(parents=True, exist_ok=True)
+    claim_folder(destination, "model-card", flag="destination", inputs={"run_dir": run_dir}, reuse=True)
     copied = []
     for name in ("README.md", CARD_DATA_FILE, "all_results.json", "degree_buckets.png", "train_history.json", "test_metrics/metrics.json"):
         if rerender and name in ("README.md", CARD_DATA_FILE):
@@ -354,7 +358,7 @@ def main(args) -> list[Path]:
     """Runs `export_card` with the parsed flags and prints every path written."""
     try:
         paths = export_card(args.run_dir, args.destination, rerender=args.rerender)
-    except FileNotFoundError as err:  # a user's mistake: one clear line, no traceback
+    except (FileNotFoundError, ValueError) as err:  # a user's mistake (OutputDirError is a ValueError): one clear line
         raise SystemExit(f"export-card: {err}") from err
     for path in paths:
         print(path)

@@ -13,6 +13,8 @@ file with `modeling_lmke.py` / `modeling_clmke.py` into saved checkpoints, which
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import inspect
 import os
 
@@ -200,6 +202,19 @@ class KgEmbeddings(nn.Module):
         return out
 
 
+def _complete_interrupted_save(source) -> None:
+    """Completes a local folder's final save that a crash interrupted after its commit point (see
+    `lmke_hf.folders`), so that its weights, entity index and card are read from one save. A no-op for Hub ids
+    and where lmke_hf itself is not installed (remote code)."""
+    if not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return
+    try:
+        folders = importlib.import_module("lmke_hf.folders")
+    except ImportError:
+        return
+    folders.recover_final_save(source)
+
+
 class LmkePreTrainedModel(PreTrainedModel):
     """Weight initialisation, vocabulary checks and `from_encoder_pretrained` for both models."""
 
@@ -254,6 +269,7 @@ class LmkePreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.from_pretrained`, refusing checkpoints of another model type or with missing /
         unexpected weights (no silent partial loads)."""
         want_info = kwargs.pop("output_loading_info", False)
+        _complete_interrupted_save(pretrained_model_name_or_path)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k) is not None}
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         model._hub_kwargs = hub_kwargs  # the tokenizer and entity index are read from the same revision
@@ -264,6 +280,16 @@ class LmkePreTrainedModel(PreTrainedModel):
                 "AutoModel.from_pretrained, which picks the class from its config (lmke or clmke)."
             )
         return (model, info) if want_info else model
+
+    def weights_fingerprint(self) -> str:
+        """sha256 of the parameters (names, dtypes, shapes and values): recorded with data derived from them (the
+        C-LMKE entity index), so that a file made by other weights is detected instead of used."""
+        digest = hashlib.sha256()
+        for name, param in sorted(self.named_parameters(), key=lambda item: item[0]):
+            tensor = param.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{name}:{tensor.dtype}:{tuple(param.shape)};".encode())
+            digest.update(tensor.view(torch.uint8).numpy())
+        return digest.hexdigest()
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.word_embeddings(input_ids)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import ClmkeConfig
 from .modeling_base import (
@@ -28,6 +29,8 @@ from .modeling_base import (
     _first_position,
     _gather,
 )
+
+logger = hf_logging.get_logger(__name__)
 
 ENTITY_INDEX_FILE = "entity_index.safetensors"
 
@@ -498,32 +501,36 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
     @property
     def entity_index(self) -> torch.Tensor:
         """Keys of all entities `(num_entities, hidden)`: loaded from `entity_index.safetensors` when the
-        checkpoint has one, else encoded (and kept) on first use."""
+        checkpoint has one made by these weights, else encoded (and kept) on first use."""
         keys = getattr(self, "_entity_keys", None)
         if keys is None or keys.shape[0] != self.config.num_entities:
             keys = self._load_entity_index()
             if keys is None:
                 keys = self.encode_entities()
+                self._entity_keys_weights = self.weights_fingerprint()
             self._entity_keys = keys
         return self._entity_keys
 
     @entity_index.setter
     def entity_index(self, keys: torch.Tensor) -> None:
-        """Uses `keys` `(num_entities, hidden)` as the entity index (e.g. encoded across processes by
-        `lmke_hf.evaluation.encode_entities`); `save_pretrained` writes them as `entity_index.safetensors`."""
+        """Uses `keys` `(num_entities, hidden)`, encoded by this model's current weights (e.g. across processes by
+        `lmke_hf.evaluation.encode_entities`), as the entity index; `save_pretrained` writes them as
+        `entity_index.safetensors` with the fingerprint of those weights."""
         if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[0] != self.config.num_entities:
             shape = tuple(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
             raise ValueError(f"entity_index must be a (num_entities={self.config.num_entities}, hidden) tensor, got {shape}.")
         self._entity_keys = keys
+        self._entity_keys_weights = self.weights_fingerprint()
 
     def load_entity_index(self) -> torch.Tensor | None:
         """The entity keys saved with the checkpoint (`entity_index.safetensors` of its folder, or of its Hub repo
-        at the revision it was loaded from), `(num_entities, hidden)` on the model's device; None when it has none
-        or they are for another number of entities. Never encodes (`entity_index` encodes when this is None)."""
+        at the revision it was loaded from), `(num_entities, hidden)` on the model's device; None when it has none,
+        they are for another number of entities, or they were encoded by other weights than these (a warning says
+        so). Never encodes (`entity_index` encodes when this is None)."""
         return self._load_entity_index()
 
     def _load_entity_index(self):
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         source = self.name_or_path
         if not source:
@@ -542,12 +549,24 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 path = hf_hub_download(source, ENTITY_INDEX_FILE, **getattr(self, "_hub_kwargs", {}))
             except absent:
                 return None
-        keys = load_file(path)["keys"].to(self.device)
-        return keys if keys.shape[0] == self.config.num_entities else None
+        with safe_open(path, framework="pt") as handle:
+            made_by = (handle.metadata() or {}).get("weights_sha256")
+            keys = handle.get_tensor("keys")
+        if keys.shape[0] != self.config.num_entities:
+            return None
+        if made_by is not None and made_by != self.weights_fingerprint():
+            logger.warning(
+                f"{path} was encoded by other weights than the model's ({ENTITY_INDEX_FILE} and model.safetensors come from "
+                "different saves): ignoring it; the entity keys are encoded again."
+            )
+            return None
+        self._entity_keys_weights = made_by
+        return keys.to(self.device)
 
     def build_entity_index(self) -> torch.Tensor:
         """(Re-)encodes every entity key; saved as `entity_index.safetensors` by `save_pretrained`."""
         self._entity_keys = self.encode_entities()
+        self._entity_keys_weights = self.weights_fingerprint()
         return self._entity_keys
 
     def _save_extras(self, save_directory) -> None:
@@ -556,10 +575,12 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         if keys is not None and keys.shape[0] == self.config.num_entities:
             from safetensors.torch import save_file
 
+            made_by = getattr(self, "_entity_keys_weights", None)  # None: an index of unknown origin (an old save)
+            weights = {"weights_sha256": made_by} if made_by else {}
             save_file(
                 {"keys": keys.detach().float().cpu().contiguous(), "degrees": self.entity_degrees.cpu().contiguous()},
                 os.path.join(save_directory, ENTITY_INDEX_FILE),
-                metadata={"num_entities": str(self.config.num_entities)},
+                metadata={"num_entities": str(self.config.num_entities), **weights},
             )
 
     @torch.no_grad()
@@ -625,6 +646,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         self.resize_entity_embeddings(tokenizer.num_entities)
         self.init_kg_embeddings(tokenizer, entities=torch.as_tensor(new))
         self._entity_keys = torch.cat([keys, self.encode_entities(new)], 0)
+        self._entity_keys_weights = self.weights_fingerprint()  # the old keys are unchanged by the new rows
         return torch.as_tensor(new)
 
     # ------------------------------------------------------------ ranking against all entities

@@ -212,7 +212,8 @@ def _load_hub(repo_id: str, revision: str | None, description: str) -> Knowledge
     )
 
 
-def save_prepared(kg: KnowledgeGraph, out_dir: str | os.PathLike, card: bool = True) -> Path:
+def save_prepared(kg: KnowledgeGraph, out_dir: str | os.PathLike, card: bool = True, overwrite: bool = False,
+                  inputs: dict | None = None) -> Path:
     """Write a Hub-ready dataset folder that :func:`load_kg` and :func:`datasets.load_dataset` both read.
 
     Layout::
@@ -227,9 +228,19 @@ def save_prepared(kg: KnowledgeGraph, out_dir: str | os.PathLike, card: bool = T
 
     Licence files found in the source folder (``*LICENSE*``, ``MSR-LA*``, ``*_README.txt``) are copied along.
     Returns the folder path.
+
+    ``out_dir`` must be new, empty, or a prepared dataset written earlier by this function, which is replaced
+    only with ``overwrite=True``; anything else (a folder of other files, the working directory or a parent of
+    it, a repository, the source KG folder or any of ``inputs``, ``{flag: folder}``) raises
+    :class:`lmke_hf.folders.OutputDirError` before anything is written.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..folders import claim_folder
+
+    source_folder = Path(kg.source) if kg.source and Path(str(kg.source)).is_dir() else None
+    out = claim_folder(
+        out_dir, "prepared-dataset", flag="output folder", inputs={"the source KG": source_folder, **(inputs or {})},
+        replace_flag="--overwrite_output_dir (overwrite=True)", replace=overwrite,
+    )
     entities, relations = _arrow(kg.entities), _arrow(kg.relations)
     entity_ids = entities.column("id").combine_chunks()
     relation_ids = relations.column("id").combine_chunks()
@@ -303,5 +314,6 @@ def push_prepared_to_hub(out_dir: str | os.PathLike, repo_id: str, private: bool
     api = huggingface_hub.HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     return api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type="dataset", commit_message="Upload lmke_hf prepared KG"
+        folder_path=str(folder), repo_id=repo_id, repo_type="dataset", commit_message="Upload lmke_hf prepared KG",
+        ignore_patterns=[".lmke_hf_folder.json", ".lmke_hf.lock*"],
     )

@@ -37,7 +37,7 @@ from .checkpoints import (
     run_settings,
 )
 from .finish import PUSH_IGNORE, finish_run, hub_dataset_id, run_results, summary_text
-from .loop import GeneratorState, build_optimizer, format_metrics, seeded_generator, train
+from .loop import GeneratorState, StopRequest, TrainingStopped, build_optimizer, format_metrics, resume_command, seeded_generator, train
 from .run import LOCK_FILE, claim_output_dir, configure_process, keep_freed_memory, prepare_run, set_cpu_threads, setup_run, silence_progress_bars
 
 __all__ = [
@@ -49,6 +49,9 @@ __all__ = [
     "checkpoint_problem",
     "CheckpointManager",
     "claim_output_dir",
+    "StopRequest",
+    "TrainingStopped",
+    "resume_command",
     "configure_process",
     "default_encoder",
     "find_checkpoint",

@@ -6,12 +6,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..folders import FinalSave
 from ..modelcard import ModelCard, write_json
 from .loop import format_metrics
 
 # what `--push_to_hub` leaves out of the output folder: resumable state, the second copy of the model, raw
 # per-query ranks, the run's lock and half-written files
-PUSH_IGNORE = ["checkpoints/*", "best/*", "test_metrics/ranks.*", ".lmke_hf.lock*", ".*.tmp"]
+PUSH_IGNORE = ["checkpoints/*", "best/*", "test_metrics/ranks.*", ".lmke_hf.lock*", ".*.tmp", ".lmke_hf_folder.json", ".final.*/*", ".final.*"]
 
 
 def hub_dataset_id(kg) -> str | None:
@@ -47,17 +48,22 @@ def summary_text(method: str, dataset: str, results: dict, summary: dict, metric
     ])
 
 
-def finish_run(args, accelerator, model, results: dict, summary: dict, card: ModelCard, text: str, save_fn) -> dict:
-    """Writes the final folder (main process only): `save_fn(model, output_dir)` (weights, code, tokenizer),
-    the card, `all_results.json` and `train_history.json`; removes `best/` unless `--keep_best`; prints `text`
+def finish_run(args, accelerator, model, results: dict, summary: dict, card: ModelCard, text: str, save_fn, write_extras=None) -> dict:
+    """Writes the final folder (main process only) as one transaction (`lmke_hf.folders.FinalSave`): `save_fn(model,
+    folder)` (weights, code, tokenizer), the card, `all_results.json`, `train_history.json` and `write_extras(folder)`
+    (a script's own files: test tables, plots, thresholds) are staged, then swapped in together, so a crash leaves
+    the previous complete model or the new one, never a mix. Removes `best/` unless `--keep_best`; prints `text`
     once; pushes the folder with `--push_to_hub`. Returns `results`."""
     if not accelerator.is_main_process:
         return results
     out = Path(args.output_dir)
-    save_fn(model, out)
-    card.save(out)
-    write_json(out / "all_results.json", results, indent=2, default=float)
-    write_json(out / "train_history.json", summary["history"], indent=2, default=float)
+    with FinalSave(out) as staging:
+        save_fn(model, staging)
+        card.save(staging)
+        write_json(staging / "all_results.json", results, indent=2, default=float)
+        write_json(staging / "train_history.json", summary["history"], indent=2, default=float)
+        if write_extras is not None:
+            write_extras(staging)
     if not getattr(args, "keep_best", False):  # the final folder holds the same weights
         shutil.rmtree(out / "best", ignore_errors=True)
     print(text, flush=True)

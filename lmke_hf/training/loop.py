@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -117,6 +119,74 @@ def _restore_best(out: Path, state: LoopState, metric_name: str) -> None:
     shutil.copytree(out, out / "best", ignore=shutil.ignore_patterns("checkpoints", "best", "test_metrics", "*.json.tmp", ".*"))
     if metric >= state.best["metric"]:
         state.best = {"metric": metric, "epoch": finished.get("best_epoch"), "step": finished.get("best_step")}
+
+
+class StopRequest:
+    """SIGTERM / SIGINT during training (a scheduler's time limit, a spot instance reclaimed, Ctrl-C) as a request
+    to stop cleanly: the handlers only record the signal; the loop finishes the step in hand, saves a checkpoint
+    and stops (`TrainingStopped`). Installed for the loop only (from the main thread), previous handlers restored."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                signum = getattr(signal, name)
+                self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
+        self.signum = signum
+
+    def __exit__(self, *exc) -> bool:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def requested(self, accelerator) -> bool:
+        """Whether any process was asked to stop (all processes agree, so they stop at the same step)."""
+        if accelerator.num_processes == 1:
+            return self.signum is not None
+        flag = torch.tensor([0 if self.signum is None else self.signum], device=accelerator.device)
+        flag = accelerator.reduce(flag, reduction="sum")
+        if flag.item() and self.signum is None:
+            self.signum = int(signal.SIGTERM)
+        return bool(flag.item())
+
+
+class TrainingStopped(SystemExit):
+    """Training stopped on a signal after saving a checkpoint; exits with status 128 + the signal's number."""
+
+    def __init__(self, signum: int, checkpoint: Path | None, step: int, command: str):
+        self.signum, self.checkpoint, self.step = signum, checkpoint, step
+        self.message = (
+            f"Stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}. Resume with:\n  {command}"
+            if checkpoint is not None else f"Stopped by {signal.Signals(signum).name} after step {step}."
+        )
+        super().__init__(128 + signum)
+
+
+def resume_command(output_dir) -> str:
+    """This process's own command line (tokens redacted, paths as typed) with `--resume_from_checkpoint latest`."""
+    import shlex
+    import sys
+
+    from .arguments import _SECRET_FLAGS, _launcher_argv
+
+    words = ["accelerate", *launcher] if (launcher := _launcher_argv()) else ["python", *sys.argv]
+    shown, hide = [], False
+    for word in map(str, words):
+        shown.append("***" if hide else word)
+        hide = not hide and any(f.startswith(word) for f in _SECRET_FLAGS) and word.startswith("--") and "=" not in word
+    if "--resume_from_checkpoint" not in shown:
+        shown += ["--resume_from_checkpoint", "latest"]
+    return shlex.join(shown)
 
 
 def format_metrics(metrics: dict, digits: int = 4) -> str:
@@ -238,17 +308,45 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
                         pending_checkpoint = f"step_{step}"
             if state.completed_steps >= args.max_train_steps:
                 break
+            if accelerator.sync_gradients and stop.requested(accelerator):
+                if state.completed_steps % steps_per_epoch == 0:  # validate the finished epoch first, as a resume would not
+                    pending_checkpoint = pending_checkpoint or f"step_{state.completed_steps}"
+                    break
+                stop_now(saved=f"step_{state.completed_steps}" if every and state.completed_steps % every == 0 else None)
         validate(epoch, total_loss / max(seen, 1), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
         if pending_checkpoint:
             save(pending_checkpoint)
         if args.checkpointing_steps == "epoch":
             save(f"epoch_{epoch}")
+        if stop.requested(accelerator):
+            stop_now(saved=pending_checkpoint or (f"epoch_{epoch}" if args.checkpointing_steps == "epoch" else None))
 
-    with logging_redirect_tqdm():  # validation lines go above the bar, not onto it
+    def stop_now(saved: str | None) -> None:
+        tag = saved or f"step_{state.completed_steps}"
+        if saved is None:
+            save(tag)
+        progress.close()
+        error = TrainingStopped(stop.signum, checkpoints.folder / tag, state.completed_steps, resume_command(args.output_dir))
+        if accelerator.is_main_process:
+            logger.warning(error.message)
+        raise error
+
+    stop = StopRequest()
+    with logging_redirect_tqdm(), stop:  # validation lines go above the bar, not onto it; signals stop cleanly
+        if state.completed_steps >= args.max_train_steps:  # a resume of a run that already trained its last step
+            logger.info(
+                f"The checkpoint is at step {state.completed_steps}, --max_train_steps {args.max_train_steps}: nothing more to train "
+                "(pass a larger --max_train_steps to train longer)."
+            )
+            last = state.history[-1]["step"] if state.history else None
+            if last != state.completed_steps:  # the run stopped between its last step and its last validation
+                validate(max(starting_epoch - (state.completed_steps % steps_per_epoch == 0), 0), float("nan"), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
         for epoch in range(starting_epoch, args.num_train_epochs):
-            run_epoch(epoch)
             if state.completed_steps >= args.max_train_steps:
                 break
+            run_epoch(epoch)
+        if every and not (checkpoints.folder / f"step_{state.completed_steps}").exists() and state.resumed_from != checkpoints.folder / f"step_{state.completed_steps}":
+            save(f"step_{state.completed_steps}")  # the last step: a run stopped during its test evaluation resumes here
     progress.close()
     if args.with_tracking:
         accelerator.end_training()

@@ -13,28 +13,70 @@ from pathlib import Path
 
 import torch
 
+from ..folders import LOCK_FILE, OutputDirError, check_output_dir, claim_folder, recover_final_save
 from ..modelcard import public_args, write_json
 from .arguments import typed_command
 
-LOCK_FILE = ".lmke_hf.lock"
+
+def run_inputs(args) -> dict:
+    """The folders a run reads, by flag: an output folder may never be one of them or hold one of them."""
+    inputs = {"--data_dir": args.data_dir or os.environ.get("LMKE_HF_DATA_DIR"), "--encoder": getattr(args, "encoder", None)}
+    dataset = getattr(args, "dataset", None)
+    if dataset:
+        inputs["--dataset"] = dataset if Path(dataset).exists() else (Path(inputs["--data_dir"]) / dataset if inputs["--data_dir"] else None)
+    return inputs
+
+
+def _refuse_resume_without_checkpoint(args, out: Path) -> None:
+    """`--resume_from_checkpoint latest` needs a run of ours with a checkpoint in it: never a silent fresh start."""
+    from .checkpoints import find_checkpoint
+
+    if args.resume_from_checkpoint != "latest" or find_checkpoint(args) is not None:
+        return
+    results = out / "all_results.json"
+    if results.is_file():
+        try:
+            done = json.loads(results.read_text())
+        except ValueError:
+            done = {}
+        steps = done.get("completed_steps")
+        raise SystemExit(
+            f"--resume_from_checkpoint latest: the run in {out} is finished ({steps if steps is not None else 'all'} steps) and kept no "
+            "checkpoints, so it cannot train longer. Train a new run into a new --output_dir, with --checkpointing_steps N "
+            "--checkpoints_total_limit 2 so that it can be resumed and extended later."
+        )
+    raise SystemExit(
+        f"--resume_from_checkpoint latest: {out} holds no checkpoint to resume from (no {out / 'checkpoints'}/step_N). "
+        "Start a new run without --resume_from_checkpoint (into a new folder, or this one with --overwrite_output_dir "
+        "if it is a run of yours to discard)."
+    )
 
 
 @contextlib.contextmanager
 def claim_output_dir(args):
     """One run, one output folder. Takes a lock on `args.output_dir` (a second run into it stops at once, naming
-    the first), refuses a folder that already holds files unless `--overwrite_output_dir` (which clears it) or a
-    resume is asked for (transformers' convention), and removes what it created when the run fails before
-    anything worth keeping (a checkpoint, a best or final model) was written. Only the first process of a
-    multi-process run does this; the others wait for the folder."""
+    the first) and decides what the run may do there (`lmke_hf.folders.check_output_dir`): a new or empty folder
+    is marked as a run's; a folder holding a run of ours is cleared with `--overwrite_output_dir` or continued with
+    `--resume_from_checkpoint` (which needs a checkpoint there); anything else is refused untouched: a folder no
+    tool of ours made, the working directory and its parents, a home folder, a repository, the data and encoder
+    folders, or a link to one of them. An interrupted final save is completed (`recover_final_save`), and a run
+    that fails before anything worth keeping (a checkpoint, a best or final model) was written removes the folder
+    it created. Only the first process of a multi-process run does this; the others wait for the folder."""
     from filelock import FileLock, Timeout
 
     out = Path(args.output_dir)
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
         yield out
         return
+    resume = bool(args.resume_from_checkpoint)
+    check = dict(inputs=run_inputs(args), replace_flag="--overwrite_output_dir", replace=getattr(args, "overwrite_output_dir", False), reuse=resume)
+    try:  # refuse before creating anything (the lock file included)
+        decision = check_output_dir(out, "training-run", **check)
+    except OutputDirError as err:
+        raise SystemExit(str(err)) from None
+    if resume and decision == "new" and args.resume_from_checkpoint == "latest":
+        raise SystemExit(f"--resume_from_checkpoint latest: {out} holds no run to resume. Start a new run without --resume_from_checkpoint.")
     existed = out.exists()
-    if existed and not out.is_dir():
-        raise SystemExit(f"--output_dir {out} is a file, not a folder.")
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / LOCK_FILE))
     try:
@@ -44,18 +86,13 @@ def claim_output_dir(args):
         raise SystemExit(f"--output_dir {out} is in use by another run ({owner}); wait for it or choose another folder.") from None
     try:
         (out / (LOCK_FILE + ".owner")).write_text(f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
-        held = {LOCK_FILE, LOCK_FILE + ".owner"}
-        contents = sorted(p.name for p in out.iterdir() if p.name not in held)
-        if contents and not args.resume_from_checkpoint:
-            if not getattr(args, "overwrite_output_dir", False):
-                shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
-                raise SystemExit(
-                    f"--output_dir {out} already holds files ({shown}): pass --overwrite_output_dir to replace that run, "
-                    "--resume_from_checkpoint latest to continue it, or choose another folder."
-                )
-            for name in contents:
-                target = out / name
-                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        try:
+            recover_final_save(out, locked=True)
+            claim_folder(out, "training-run", **check)  # under the lock: the decision again, then clear / mark
+        except OutputDirError as err:
+            raise SystemExit(str(err)) from None
+        if resume:
+            _refuse_resume_without_checkpoint(args, out)
         try:
             yield out
         except BaseException:

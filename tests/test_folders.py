@@ -1,0 +1,352 @@
+"""Never delete or overwrite what is not ours (issue 18, items 1-3): which folders a tool may write into, resumes
+that need a run to resume, and final saves that cannot tear. Every case uses decoy folders under tmp_path; the
+working directory and the home folder are moved there with monkeypatch, so nothing real is at risk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import RESUME_FLAGS, _clmke_argv, _load_script
+
+from lmke_hf import cli
+from lmke_hf.folders import (
+    MARKER_FILE, READY_DIR, STAGING_DIR, FinalSave, OutputDirError, check_output_dir, claim_folder, folder_kind,
+    protected_reason, recover_final_save,
+)
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script("train_clmke")
+
+
+def _train(script, kg, encoder, out, *extra):
+    return script.main(script.parse_args(_clmke_argv(kg, encoder, out, *extra)))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def _user_folder(folder: Path) -> Path:
+    """A decoy of a user's own files: a photo, notes, and a README.md + config.json that look like a model's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "photo.jpg").write_bytes(b"\xff\xd8 not really a photo")
+    (folder / "notes").mkdir(exist_ok=True)
+    (folder / "notes" / "todo.txt").write_text("buy milk")
+    (folder / "README.md").write_text("# my project")
+    (folder / "config.json").write_text(json.dumps({"mine": True}))
+    return folder
+
+
+# ------------------------------------------------------------------------------------ item 1: whose folder is it
+def test_a_folder_lmke_hf_did_not_make_is_refused_even_with_overwrite_and_the_advice_names_a_fresh_folder(script, kg_dir, tiny_bert_dir, tmp_path):
+    mine = _user_folder(tmp_path / "mine")
+    before = _snapshot(mine)
+    with pytest.raises(SystemExit) as info:
+        _train(script, kg_dir, tiny_bert_dir, mine, "--max_train_steps", 1, "--overwrite_output_dir")
+    message = str(info.value.code)
+    assert str(mine) in message and "did not write" in message and "photo.jpg" in message
+    assert "--overwrite_output_dir" not in message and str(tmp_path / "mine-2") in message
+    assert _snapshot(mine) == before and not list(mine.glob(".lmke_hf*"))
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent", "home", "link_to_cwd"])
+def test_the_working_directory_its_parents_home_and_links_to_them_are_refused(script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch, where):
+    home = _user_folder(tmp_path / "home")
+    cwd = _user_folder(_user_folder(home / "projects") / "work")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "link").symlink_to(cwd)
+    target = {"cwd": ".", "parent": "..", "home": str(home), "link_to_cwd": str(tmp_path / "link")}[where]
+    before = _snapshot(home)
+    with pytest.raises(SystemExit) as info:
+        _train(script, kg_dir, tiny_bert_dir, target, "--max_train_steps", 1, "--overwrite_output_dir")
+    message = str(info.value.code)
+    assert {"cwd": "is the working directory", "parent": "holds the working directory", "home": "home folder",
+            "link_to_cwd": "a link to"}[where] in message
+    assert _snapshot(home) == before and cwd.is_dir()
+    assert "choose a new folder, e.g. outputs/run" in message
+
+
+def test_the_data_folder_the_dataset_folder_and_the_encoder_are_refused(script, kg_dir, tiny_bert_dir, tmp_path):
+    data_dir = kg_dir.parent
+    for target in (kg_dir, data_dir, tiny_bert_dir):
+        before = _snapshot(target)
+        with pytest.raises(SystemExit, match="not a place to write a training run into"):
+            _train(script, kg_dir, tiny_bert_dir, target, "--max_train_steps", 1, "--overwrite_output_dir")
+        assert _snapshot(target) == before
+
+
+def test_a_git_repository_is_refused(script, kg_dir, tiny_bert_dir, tmp_path):
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    (clone / "lmke_hf.py").write_text("# sources")
+    with pytest.raises(SystemExit, match="is a git repository"):
+        _train(script, kg_dir, tiny_bert_dir, clone, "--max_train_steps", 1, "--overwrite_output_dir")
+    assert (clone / ".git").is_dir() and (clone / "lmke_hf.py").is_file()
+
+
+def test_a_run_of_ours_is_still_replaced_with_overwrite_and_links_inside_it_are_not_followed(script, kg_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 1)
+    assert folder_kind(out) == "training-run"
+    photos = _user_folder(tmp_path / "photos")
+    (out / "photos").symlink_to(photos)  # something a user linked into the run folder
+    before = _snapshot(photos)
+    _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 1, "--seed", 3, "--overwrite_output_dir")
+    assert _snapshot(photos) == before and not (out / "photos").exists()
+    assert (out / "model.safetensors").is_file()
+
+
+def test_a_run_written_before_markers_is_recognised_by_its_training_args(tmp_path):
+    legacy = tmp_path / "old_run"
+    legacy.mkdir()
+    (legacy / "training_args.json").write_text(json.dumps({"method": "C-LMKE", "args": {}, "command": "python ..."}))
+    (legacy / "model.safetensors").write_bytes(b"x")
+    assert folder_kind(legacy) == "training-run"
+    assert check_output_dir(legacy, "training-run", replace=True) == "replace"
+    user = _user_folder(tmp_path / "user")
+    (user / "training_args.json").write_text(json.dumps({"lr": 1}))  # a file of the same name, not ours
+    assert folder_kind(user) is None
+
+
+def test_prepare_refuses_the_working_directory_and_other_files_and_replaces_its_own_only_with_the_flag(toy_kg_dir, tmp_path, monkeypatch):
+    cwd = _user_folder(tmp_path / "cwd")
+    (cwd / "data").mkdir()
+    (cwd / "data" / "train.parquet").write_bytes(b"the user's own table")
+    monkeypatch.chdir(cwd)
+    before = _snapshot(cwd)
+    for target in (".", str(cwd)):
+        with pytest.raises(SystemExit, match="working directory"):
+            cli.main(["prepare", str(toy_kg_dir), "--output_dir", target])
+    mine = _user_folder(tmp_path / "mine")
+    with pytest.raises(SystemExit, match="did not write"):
+        cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(mine), "--overwrite_output_dir"])
+    with pytest.raises(SystemExit, match="the folder of name_or_path"):
+        cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(toy_kg_dir), "--overwrite_output_dir"])
+    assert _snapshot(cwd) == before
+    ours = tmp_path / "prepared"
+    assert cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(ours)]) == 0
+    with pytest.raises(SystemExit, match="--overwrite_output_dir"):
+        cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(ours)])
+    assert cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(ours), "--overwrite_output_dir"]) == 0
+    assert folder_kind(ours) == "prepared-dataset"
+
+
+def _finished_run(folder: Path, mrr: float) -> Path:
+    folder.mkdir()
+    (folder / "README.md").write_text(f"# card {mrr}")
+    (folder / "all_results.json").write_text(json.dumps({"test_mrr": mrr}))
+    (folder / "training_args.json").write_text(json.dumps({"method": "C-LMKE", "args": {}}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def test_export_card_never_writes_into_another_run_or_its_own_run(tmp_path, capsys):
+    run_a, run_b = _finished_run(tmp_path / "a", 0.5), _finished_run(tmp_path / "b", 0.7)
+    before = _snapshot(run_b)
+    with pytest.raises(SystemExit, match="export-card: destination .* holds a training run"):
+        cli.main(["export-card", str(run_a), str(run_b)])
+    with pytest.raises(SystemExit, match="export-card: destination .* is the folder of run_dir"):
+        cli.main(["export-card", str(run_a), str(run_a)])  # was a raw SameFileError
+    assert _snapshot(run_b) == before
+    card = tmp_path / "cards" / "a"
+    assert cli.main(["export-card", str(run_a), str(card)]) == 0
+    assert cli.main(["export-card", str(run_b), str(card)]) == 0  # an exported card is updated in place
+    assert json.loads((card / "all_results.json").read_text())["test_mrr"] == 0.7
+
+
+def test_a_card_exported_before_markers_is_updated_and_a_folder_with_only_a_readme_is_not(tmp_path):
+    run = _finished_run(tmp_path / "run", 0.5)
+    legacy = tmp_path / "model_cards" / "old"
+    legacy.mkdir(parents=True)
+    (legacy / "README.md").write_text("old card")
+    (legacy / "card.json").write_text("{}")
+    assert folder_kind(legacy) == "model-card"
+    readme_only = tmp_path / "docs"
+    readme_only.mkdir()
+    (readme_only / "README.md").write_text("my docs")
+    with pytest.raises(SystemExit, match="did not write"):
+        cli.main(["export-card", str(run), str(readme_only)])
+    assert (readme_only / "README.md").read_text() == "my docs"
+
+
+def test_protected_reason_names_each_place(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert protected_reason(Path("/")) == "it is the filesystem root"
+    assert "working directory" in protected_reason(tmp_path)
+    assert protected_reason(tmp_path / "new") is None
+    package_root = Path(__file__).resolve().parents[1]
+    assert protected_reason(package_root) is not None  # the repository / the installed package
+    data = tmp_path / "elsewhere" / "data"
+    data.mkdir(parents=True)
+    assert protected_reason(tmp_path / "elsewhere", {"--data_dir": data}) == f"it holds the folder of --data_dir ({data.resolve()})"
+    assert protected_reason(data, {"--data_dir": data}) == f"it is the folder of --data_dir ({data.resolve()})"
+    assert protected_reason(data / "run", {"--data_dir": data}) is None  # a new folder inside it harms nothing
+
+
+# ------------------------------------------------------------------------------------ item 2: resume needs a run
+def test_resume_latest_refuses_a_folder_with_no_run_in_it_and_leaves_it_untouched(script, kg_dir, tiny_bert_dir, tmp_path):
+    mine = _user_folder(tmp_path / "mine")
+    before = _snapshot(mine)
+    with pytest.raises(SystemExit, match="did not write"):
+        _train(script, kg_dir, tiny_bert_dir, mine, "--max_train_steps", 1, "--resume_from_checkpoint", "latest")
+    assert _snapshot(mine) == before
+    missing = tmp_path / "nothing"
+    with pytest.raises(SystemExit, match="holds no run to resume"):
+        _train(script, kg_dir, tiny_bert_dir, missing, "--max_train_steps", 1, "--resume_from_checkpoint", "latest")
+    assert not missing.exists()
+
+
+def test_resume_latest_of_a_finished_run_without_checkpoints_says_it_is_finished_and_retrains_nothing(script, kg_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2)
+    before = _snapshot(out)
+    with pytest.raises(SystemExit) as info:
+        _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", "--learning_rate", "0.5")
+    message = str(info.value.code)
+    assert "is finished (2 steps)" in message and "kept no checkpoints" in message and "--checkpointing_steps" in message
+    assert _snapshot(out) == before
+
+
+def test_a_resume_at_max_train_steps_trains_nothing_more(script, kg_dir, no_dropout_encoder, tmp_path):
+    out = tmp_path / "run"
+    _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, *RESUME_FLAGS)
+    weights = (out / "checkpoints" / "step_4" / "model.safetensors").read_bytes()
+    results = _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    assert results["completed_steps"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4"]  # no step 5 was saved
+    assert (out / "checkpoints" / "step_4" / "model.safetensors").read_bytes() == weights
+    assert json.loads((out / "all_results.json").read_text())["completed_steps"] == 4
+
+
+# ------------------------------------------------------------------------------------ item 3: saves that cannot tear
+def _old_and_new(tmp_path: Path) -> Path:
+    folder = tmp_path / "run"
+    claim_folder(folder, "training-run")
+    (folder / "model.bin").write_text("old weights")
+    (folder / "index.bin").write_text("old index")
+    (folder / "tables").mkdir()
+    (folder / "tables" / "ranks.csv").write_text("old ranks")
+    (folder / "training_args.json").write_text("kept")
+    return folder
+
+
+def _write_new(staging: Path) -> None:
+    (staging / "model.bin").write_text("new weights")
+    (staging / "index.bin").write_text("new index")
+    (staging / "tables").mkdir()
+    (staging / "tables" / "metrics.json").write_text("new metrics")
+
+
+def test_a_final_save_that_fails_midway_leaves_the_old_files(tmp_path):
+    folder = _old_and_new(tmp_path)
+    before = _snapshot(folder)
+    with pytest.raises(RuntimeError, match="disk full"):
+        with FinalSave(folder) as staging:
+            (staging / "model.bin").write_text("new weights")
+            raise RuntimeError("disk full")
+    assert _snapshot(folder) == before and not (folder / STAGING_DIR).exists()
+
+
+def test_a_final_save_interrupted_after_its_commit_is_completed_by_the_next_reader(tmp_path, monkeypatch):
+    folder = _old_and_new(tmp_path)
+    moves = []
+    real_replace = os.replace
+
+    def crash_after_two_moves(src, dst):
+        moves.append(dst)
+        if len(moves) == 4:  # commit, move-aside + move of the first entry, then the crash
+            raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_after_two_moves)
+    with pytest.raises(KeyboardInterrupt):
+        with FinalSave(folder) as staging:
+            _write_new(staging)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (folder / READY_DIR).is_dir() and (folder / "index.bin").read_text() == "new index"  # torn on disk
+    assert recover_final_save(folder) is True
+    assert (folder / "model.bin").read_text() == "new weights" and (folder / "index.bin").read_text() == "new index"
+    assert sorted(p.name for p in (folder / "tables").iterdir()) == ["metrics.json"]  # the old table set is gone whole
+    assert (folder / "training_args.json").read_text() == "kept"
+    assert not (folder / READY_DIR).exists() and (folder / MARKER_FILE).is_file()
+
+
+def test_a_crash_in_a_runs_final_save_leaves_its_previous_complete_model(script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 2, *RESUME_FLAGS)
+    before = {k: v for k, v in _snapshot(out).items() if not k.startswith(("checkpoints", "training_args", "best"))}
+    from lmke_hf.modelcard import ModelCard
+
+    def full_disk(self, directory):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ModelCard, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    after = {k: v for k, v in _snapshot(out).items() if not k.startswith(("checkpoints", "training_args", "best"))}
+    assert after == before  # weights, entity index, card, results: all of the 2-step model
+    assert not (out / STAGING_DIR).exists()
+
+
+def test_an_entity_index_made_by_other_weights_is_detected_and_encoded_again(make_model, tok, tmp_path, caplog):
+    from lmke_hf import ClmkeForLinkPrediction
+
+    model = make_model("clmke")
+    model.attach_tokenizer(tok)
+    model.build_entity_index()
+    model.save_pretrained(tmp_path / "a")
+    loaded = ClmkeForLinkPrediction.from_pretrained(tmp_path / "a")
+    assert loaded.load_entity_index() is not None  # its own index is used
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05)
+    model.save_pretrained(tmp_path / "b")  # new weights; its index still records the old ones
+    torn = tmp_path / "torn"
+    (tmp_path / "a").rename(torn)
+    (torn / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())  # weights of one save, index of another
+    stale = ClmkeForLinkPrediction.from_pretrained(torn)
+    with caplog.at_level("WARNING"):
+        assert stale.load_entity_index() is None
+    assert "encoded by other weights" in caplog.text
+    fresh = stale.encode_entities()
+    assert torch.allclose(stale.entity_index, fresh)
+
+
+# ------------------------------------------------------------------------------------ issue 22: stopped by a signal
+def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matches_an_uninterrupted_run(script, kg_dir, no_dropout_encoder, tmp_path):
+    import signal
+    import sys
+    import time
+
+    from helpers import REPO, _assert_same_weights
+
+    flags = ("--max_train_steps", 40, "--per_device_train_batch_size", 1, "--lr_scheduler_type", "constant", "--checkpointing_steps", 3)
+    stopped = tmp_path / "stopped"
+    command = [sys.executable, str(REPO / "examples" / "train_clmke.py"), *_clmke_argv(kg_dir, no_dropout_encoder, stopped, *flags)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (stopped / "checkpoints" / "step_3").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    step = int(output.split("Stopped by SIGTERM after step ")[1].split(";")[0])
+    assert 3 <= step < 40, output  # mid-epoch: 80 batches of 1 per epoch
+    assert "--resume_from_checkpoint latest" in output.split("Resume with:")[1]
+    assert (stopped / "checkpoints" / f"step_{step}" / "trainer_state.json").is_file()
+    assert not (stopped / "model.safetensors").exists()  # no final model: the run is not finished
+    results = _train(script, kg_dir, no_dropout_encoder, stopped, *flags, "--resume_from_checkpoint", "latest")
+    assert results["completed_steps"] == 40 and results["exact_resume"] is True
+    whole = tmp_path / "whole"
+    _train(script, kg_dir, no_dropout_encoder, whole, *flags)
+    _assert_same_weights(stopped / "checkpoints" / "step_40" / "model.safetensors", whole / "checkpoints" / "step_40" / "model.safetensors")
