@@ -95,6 +95,9 @@ def encoder_label(encoder) -> str:
     return f"`{text}`"
 
 
+_PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 mixed precision (encoders in bf16; weights, optimizer, losses and scores fp32)", "fp16": "fp16 mixed precision"}
+
+
 def describe_hardware(device=None) -> str:
     """"1 x NVIDIA H100 80GB HBM3" or "AMD EPYC 7B13 (2 cores, 2 torch threads)": what a card's reader needs to
     compare wall times. `device`: the run's device (default: CUDA when available)."""
@@ -238,6 +241,9 @@ class ModelCard:
         if self.plot:
             lines += [f"![Hits@1 and Hits@10 by degree bucket]({self.plot})", ""]
         lines += ["## Training", "", f"- Command: `{self.command}`", f"- Hardware: {self.hardware}"]
+        precision = self.results.get("mixed_precision")
+        if precision:
+            lines.append(f"- Precision: {_PRECISION_NAMES.get(precision, precision)}")
         if self.train_runtime_s is not None:
             lines.append(f"- Training time: {self.train_runtime_s / 60:.1f} min")
         if self.results.get("exact_resume") is False:

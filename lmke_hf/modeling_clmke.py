@@ -347,6 +347,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             scores (`(Bq, Bk)`): cosines or matcher logits.
             labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value ignored.
         """
+        scores = scores.float()  # fp32 under bf16 / fp16 autocast too: the loss is never computed in low precision
         positive, negative = labels == 1, labels == 0
         logits = (scores - self.config.infonce_margin * positive.to(scores.dtype)) * self._inverse_temperature()
         floor = torch.finfo(logits.dtype).min  # no negatives: the positive's term is 0, with finite gradients
@@ -368,6 +369,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             logits (`(Bq, Bk)`): matcher logits.
             labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value (e.g. -100) ignored.
         """
+        logits = logits.float()  # fp32 under bf16 / fp16 autocast too
         positive = labels == 1
         negative = labels == 0
         n_pos = positive.sum(1).clamp(min=1)

@@ -124,7 +124,7 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
             if labels.shape != logits.shape:
                 raise ValueError(f"`labels` has {labels.numel()} values for a batch of {logits.numel()} triples.")
             _check_label_values(labels, (0, 1), "labels")
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())  # fp32 under autocast too
         output = TripleClassificationOutput(
             loss=loss,
             logits=logits,

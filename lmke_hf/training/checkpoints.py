@@ -71,11 +71,16 @@ RESUMABLE_FLAGS = {
     "cpu_threads", "num_proc", "push_to_hub", "hub_model_id", "hub_token", "with_tracking", "report_to", "score_bf16",
     "no_test_eval", "overwrite_output_dir", "keep_best", "no_malloc_tuning",
 }
+# flags the loop stores as it resolved them (the precision may come from `accelerate launch` instead of the flag)
+_STORED_BY_LOOP = {"mixed_precision"}
+# settings a checkpoint written before they were stored cannot be checked against (not assumed to be a default):
+# the precision came from `accelerate launch` then, and the loop stores the one in effect (`mixed_precision`)
+UNRECORDED_BEFORE = {"mixed_precision"}
 
 
 def run_settings(args) -> dict:
     """The flags that define a run (all but `RESUMABLE_FLAGS`), as stored with its checkpoints."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE_FLAGS and (v is None or isinstance(v, (int, float, str, bool, list)))}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE_FLAGS | _STORED_BY_LOOP and (v is None or isinstance(v, (int, float, str, bool, list)))}
 
 
 # flags added after checkpoints were first written, with the value a checkpoint that lacks them ran with
@@ -89,7 +94,8 @@ def check_resume_settings(saved: dict | None, current: dict, checkpoint) -> None
     if saved is None:
         warnings.warn(f"{checkpoint} predates stored run settings: cannot check that this resume uses the same flags.", stacklevel=2)
         return
-    differ = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)}
+    keys = (set(saved) | set(current)) - {k for k in UNRECORDED_BEFORE if k not in saved}
+    differ = {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
     if differ:
         shown = "; ".join(f"--{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
         raise SystemExit(

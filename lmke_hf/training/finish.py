@@ -26,6 +26,7 @@ def run_results(summary: dict, metric_name: str, accelerator) -> dict:
     return {
         "train_runtime_s": summary["train_runtime_s"], "completed_steps": summary["completed_steps"],
         "exact_resume": summary["exact_resume"], "best_epoch": summary["best_epoch"], "best_step": summary.get("best_step"),
+        "mixed_precision": summary.get("mixed_precision", accelerator.mixed_precision),
         f"best_eval_{metric_name}": summary[f"best_eval_{metric_name}"],
         "num_processes": accelerator.num_processes, "device": str(accelerator.device),
     }

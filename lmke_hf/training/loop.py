@@ -208,6 +208,7 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     _schedule(args, steps_per_epoch)
     settings = run_settings(args)  # with the warmup steps as filled in (max_train_steps / epochs may change at resume)
+    settings["mixed_precision"] = accelerator.mixed_precision  # from the flag, accelerate launch or accelerate config
     scheduler = get_scheduler(
         args.lr_scheduler_type, optimizer=optimizer,
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
@@ -359,5 +360,6 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         f"best_eval_{metric_name}": state.best["metric"],
         "history": state.history,
         "exact_resume": state.exact_resume,
+        "mixed_precision": accelerator.mixed_precision,
         "model": model,
     }

@@ -191,6 +191,40 @@ def configure_process(args):
     return state
 
 
+def resolve_precision(flag: str | None) -> str:
+    """The run's precision: `--mixed_precision`, else what `accelerate launch` / `accelerate config` exported, else
+    fp32 ("no"). Accelerate keeps one precision per process; a later run of the same process (a notebook, the
+    tests) that asks for another one gets a fresh Accelerator state instead of the first run's precision."""
+    from accelerate.state import AcceleratorState
+
+    precision = (flag or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").lower()
+    state = AcceleratorState._shared_state
+    if state.get("_mixed_precision") not in (None, precision):
+        AcceleratorState._reset_state()  # the process group (PartialState) is kept
+    return precision
+
+
+def cpu_has_bf16_units() -> bool | None:
+    """Whether this CPU computes bf16 natively (x86 `avx512_bf16` / `amx_bf16`, Arm `bf16`), from /proc/cpuinfo;
+    None where that cannot be read (not Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def warn_if_slow_precision(accelerator) -> None:
+    """One line when bf16 was asked for on a CPU that emulates it (slower than fp32 there)."""
+    import logging
+
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and cpu_has_bf16_units() is False:
+        logging.getLogger(__name__).warning(
+            "--mixed_precision bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16 in /proc/cpuinfo): it runs, "
+            "but slower than fp32 here; drop --mixed_precision bf16 on this machine."
+        )
+
+
 def prepare_run(args, method: str):
     """Accelerator, seeded RNGs, output folder (with `training_args.json`: how the run started, and each resume)
     and the KG (train/validation/test checked) of a run. Process-wide settings are `configure_process`'s."""
@@ -199,13 +233,16 @@ def prepare_run(args, method: str):
 
     from ..kg import load_kg
 
+    precision = resolve_precision(getattr(args, "mixed_precision", None))
     accelerator = Accelerator(
+        mixed_precision=precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.report_to if args.with_tracking else None,
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(args.seed)
+    warn_if_slow_precision(accelerator)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:  # what produced this folder, for cards and for anyone reading it later
         from ..modelcard import describe_hardware

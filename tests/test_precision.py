@@ -1,0 +1,80 @@
+"""bf16 as a first-class precision (issue 22 item 1, issue 18 item 5): the flag, what a run records, the resume
+check, and the warning on CPUs that emulate bf16. Tiny and offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script
+
+from lmke_hf.training import run as run_module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script("train_clmke")
+
+
+def _train(script, kg, encoder, out, *extra):
+    return script.main(script.parse_args(_clmke_argv(kg, encoder, out, *extra)))
+
+
+def test_a_bf16_run_records_its_precision_and_resumes_exactly_but_not_in_fp32(script, kg_dir, no_dropout_encoder, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _train(script, kg_dir, no_dropout_encoder, whole, "--max_train_steps", 4, "--mixed_precision", "bf16", *RESUME_FLAGS)
+    results = json.loads((whole / "all_results.json").read_text())
+    assert results["mixed_precision"] == "bf16"
+    assert "- Precision: bf16 mixed precision" in (whole / "README.md").read_text()
+    assert json.loads((whole / "checkpoints" / "step_4" / "trainer_state.json").read_text())["settings"]["mixed_precision"] == "bf16"
+
+    _train(script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 2, "--mixed_precision", "bf16", *RESUME_FLAGS)
+    with pytest.raises(SystemExit) as info:
+        _train(script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    assert "--mixed_precision: checkpoint 'bf16', now 'no'" in str(info.value.code)
+    _train(script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", "--mixed_precision", "bf16", *RESUME_FLAGS)
+    _assert_same_weights(whole / "checkpoints" / "step_4" / "model.safetensors", resumed / "checkpoints" / "step_4" / "model.safetensors", atol=0)
+
+
+def test_an_fp32_run_says_fp32_and_a_checkpoint_without_a_stored_precision_resumes(script, kg_dir, no_dropout_encoder, tmp_path):
+    out = tmp_path / "run"
+    _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 2, *RESUME_FLAGS)
+    assert json.loads((out / "all_results.json").read_text())["mixed_precision"] == "no"
+    assert "- Precision: fp32" in (out / "README.md").read_text()
+    state_file = out / "checkpoints" / "step_2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["settings"]["mixed_precision"]  # as written before the precision was stored
+    state_file.write_text(json.dumps(state))
+    results = _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    assert results["completed_steps"] == 4
+
+
+@pytest.mark.parametrize("loss", ["adversarial_bce", "infonce", "lmke"])
+def test_the_loss_is_fp32_under_bf16_autocast(tiny_bert_dir, tok, loss):
+    from helpers import clmke_batch, gold_answer_ids, lmke_batch
+
+    from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification
+
+    if loss == "lmke":
+        model = LmkeForTripleClassification.from_encoder_pretrained(str(tiny_bert_dir), tok)
+        batch = lmke_batch(tok)
+        batch["labels"] = torch.arange(batch["input_ids"].shape[0]) % 2
+    else:
+        model = ClmkeForLinkPrediction.from_encoder_pretrained(str(tiny_bert_dir), tok, loss=loss)
+        batch = {**clmke_batch(tok), "answer_ids": gold_answer_ids()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("units, warned", [(False, True), (True, False), (None, False)])
+def test_bf16_on_a_cpu_without_bf16_units_warns_in_one_line(monkeypatch, caplog, units, warned):
+    monkeypatch.setattr(run_module, "cpu_has_bf16_units", lambda: units)
+    accelerator = SimpleNamespace(mixed_precision="bf16", device=torch.device("cpu"))
+    with caplog.at_level(logging.WARNING):
+        run_module.warn_if_slow_precision(accelerator)
+    lines = [r.getMessage() for r in caplog.records]
+    assert (len(lines) == 1 and "without bf16 units" in lines[0] and "\n" not in lines[0]) if warned else not lines
