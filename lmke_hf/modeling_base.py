@@ -85,6 +85,45 @@ def _build_encoder(encoder_config) -> PreTrainedModel:
     return encoder
 
 
+def _available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def estimated_parameters(config, num_encoders: int) -> int:
+    """About how many parameters a model of `config` holds: the KG embedding table plus `num_encoders` BERT-shaped
+    encoders (attention, feed-forward, layer norms), counted from the config before anything is allocated."""
+    enc = config.encoder
+    hidden = int(getattr(enc, "hidden_size", 0) or 0)
+    layers = int(getattr(enc, "num_hidden_layers", 0) or 0)
+    inner = int(getattr(enc, "intermediate_size", 4 * hidden) or 4 * hidden)
+    per_layer = 4 * hidden * hidden + 2 * hidden * inner + 9 * hidden + inner
+    positions = int(getattr(enc, "max_position_embeddings", 512) or 512) * hidden
+    return config.total_vocab_size * hidden + num_encoders * (layers * per_layer + positions)
+
+
+def check_fits_in_memory(config, num_encoders: int) -> None:
+    """Refuses, before allocating anything, a configuration whose fp32 weights alone exceed this machine's available
+    memory (a mistyped `num_hidden_layers` or `hidden_size` would otherwise grow the process until it is killed)."""
+    available = _available_memory_bytes()
+    params = estimated_parameters(config, num_encoders)
+    if available is not None and 4 * params > available:
+        enc = config.encoder
+        raise ValueError(
+            f"This {type(config).__name__} describes about {params / 1e9:.2f}B parameters ({4 * params / 2**30:.1f} GiB in fp32: "
+            f"{num_encoders} encoder(s) of {getattr(enc, 'num_hidden_layers', '?')} layers x hidden {getattr(enc, 'hidden_size', '?')}, "
+            f"{config.total_vocab_size} embeddings), more than the {available / 2**30:.1f} GiB of memory available. "
+            "Check encoder.num_hidden_layers / hidden_size in its config.json."
+        )
+
+
 def check_bert_family(encoder, source) -> None:
     """The one test of "is this a BERT-family encoder": LMKE feeds `inputs_embeds` built from its own table, so the
     encoder needs `embeddings.word_embeddings` (bert, roberta, deberta-v2, electra, ...). Raises ValueError

@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 from .configuration_lmke import ClmkeConfig
 from .modeling_base import (
     LmkePreTrainedModel,
+    check_fits_in_memory,
     _build_encoder,
     _check_input_ids,
     _check_label_values,
@@ -191,6 +192,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
     config_class = ClmkeConfig
 
     def __init__(self, config: ClmkeConfig):
+        check_fits_in_memory(config, num_encoders=2)
         super().__init__(config)
         self.word_embeddings = self._new_embeddings(config)
         self.query_encoder = _build_encoder(config.encoder)
@@ -609,8 +611,11 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             raise ValueError("Give exactly one of `head` (predict the tail) or `tail` (predict the head).")
         if relation is None:
             raise ValueError("`relation` is required.")
+        if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)):
+            raise TypeError(f"`top_k` must be a whole number of candidates (an int >= 1), got {top_k!r} ({type(top_k).__name__}).")
         if top_k < 1:
             raise ValueError(f"`top_k` must be >= 1, got {top_k}.")
+        top_k = int(top_k)
         tokenizer = self.kg_tokenizer
         given = self._resolve(head if head is not None else tail, "entity")
         rel = self._resolve(relation, "relation")
@@ -618,7 +623,18 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         was_training = self.training
         self.eval()
         q, q_ent = self.encode_queries(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-        scores = self.score_all(q, q_ent, self.entity_index)[0]
+        keys = self.entity_index
+        bad = ~torch.isfinite(keys).all(1)
+        if bool(bad.any()):
+            shown = ", ".join(tokenizer.entity_ids[i] for i in bad.nonzero().flatten()[:5].tolist())
+            raise ValueError(
+                f"The entity index holds {int(bad.sum())} keys with NaN or inf values (entities {shown}{', ...' if int(bad.sum()) > 5 else ''}): "
+                "their scores would be meaningless. Encode them again with `model.build_entity_index()`; if that gives "
+                "NaN too, the weights themselves are broken (a diverged run)."
+            )
+        scores = self.score_all(q, q_ent, keys)[0]
+        if not bool(torch.isfinite(q).all()):
+            raise ValueError("The query's embedding holds NaN or inf values: the weights are broken (a diverged run); nothing can be ranked.")
         if self.config.scorer == "matcher":
             scores = torch.sigmoid(scores)
         self.train(was_training)

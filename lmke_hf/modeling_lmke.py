@@ -20,6 +20,7 @@ from .modeling_base import (  # noqa: F401  (KgEmbeddings and LmkePreTrainedMode
     KgEmbeddings,
     LmkePreTrainedModel,
     _build_encoder,
+    check_fits_in_memory,
     _check_input_ids,
     _check_label_values,
     _check_no_unknown_kwargs,
@@ -67,6 +68,7 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
     config_class = LmkeConfig
 
     def __init__(self, config: LmkeConfig):
+        check_fits_in_memory(config, num_encoders=1)
         super().__init__(config)
         self.word_embeddings = self._new_embeddings(config)
         self.encoder = _build_encoder(config.encoder)

@@ -350,3 +350,16 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matc
     whole = tmp_path / "whole"
     _train(script, kg_dir, no_dropout_encoder, whole, *flags)
     _assert_same_weights(stopped / "checkpoints" / "step_40" / "model.safetensors", whole / "checkpoints" / "step_40" / "model.safetensors")
+
+
+def test_library_calls_raise_output_dir_error_and_write_nothing(toy_kg_dir, tmp_path):
+    from lmke_hf.kg import load_kg, save_prepared
+
+    mine = _user_folder(tmp_path / "mine")
+    before = _snapshot(mine)
+    kg = load_kg(toy_kg_dir)
+    with pytest.raises(OutputDirError, match="did not write"):
+        save_prepared(kg, mine, overwrite=True)
+    with pytest.raises(OutputDirError, match="the folder of the source KG"):
+        save_prepared(kg, toy_kg_dir)
+    assert _snapshot(mine) == before

@@ -160,6 +160,29 @@ class StopRequest:
         return bool(flag.item())
 
 
+class DivergenceGuard:
+    """Stops a run whose loss is no longer finite or has grown `factor` times above its start (the mean of its first
+    `warmup` steps in this process): a diverged model must not train on, be checkpointed or become the best one."""
+
+    def __init__(self, args, factor: float = 1000.0, warmup: int = 10):
+        self.args, self.factor, self.warmup = args, factor, warmup
+        self.start: list[float] = []
+
+    def check(self, loss: float, step: int) -> None:
+        if len(self.start) < self.warmup and math.isfinite(loss):
+            self.start.append(loss)
+            return
+        reference = sum(self.start) / len(self.start) if self.start else None
+        if math.isfinite(loss) and (reference is None or loss <= self.factor * max(abs(reference), 1e-2)):
+            return
+        began = f" (it started at {reference:.3g})" if reference is not None else ""
+        raise SystemExit(
+            f"Training diverged at step {step}: the loss is {loss:.3g}{began}. Nothing of this step was saved; the best "
+            f"model so far and the checkpoints stay. Lower --learning_rate (now {self.args.learning_rate:g}) and "
+            f"--head_learning_rate (now {getattr(self.args, 'head_learning_rate', float('nan')):g}), or clip with --max_grad_norm, and start again."
+        )
+
+
 class TrainingStopped(SystemExit):
     """Training stopped on a signal after saving a checkpoint; exits with status 128 + the signal's number."""
 
@@ -291,7 +314,9 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            total_loss += loss.detach().float().item()
+            value = loss.detach().float().item()
+            divergence.check(value, state.completed_steps + 1)
+            total_loss += value
             seen += 1
             if accelerator.sync_gradients:
                 state.completed_steps += 1
@@ -333,6 +358,7 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         raise error
 
     stop = StopRequest()
+    divergence = DivergenceGuard(args)
     with logging_redirect_tqdm(), stop:  # validation lines go above the bar, not onto it; signals stop cleanly
         if state.completed_steps >= args.max_train_steps:  # a resume of a run that already trained its last step
             logger.info(
