@@ -33,7 +33,7 @@ from lmke_hf.evaluation import classification_report, plot_degree_buckets, rank_
 from lmke_hf.loading import checkpoint_source, exit_on_error, local_folder  # noqa: E402
 from filelock import FileLock, Timeout  # noqa: E402
 
-from lmke_hf.folders import LOCK_FILE, FinalSave, check_output_dir, claim_folder, folder_kind  # noqa: E402
+from lmke_hf.folders import LOCK_FILE, FinalSave, OutputDirError, check_output_dir, claim_folder, folder_kind  # noqa: E402
 from lmke_hf.modelcard import write_json  # noqa: E402
 from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, set_cpu_threads  # noqa: E402
 
@@ -141,10 +141,12 @@ def main(args) -> dict:
     with exit_on_error("--model"):
         source = checkpoint_source(args.model)
     out_dir = default_output_dir(args.model, source) if args.output_dir is None else Path(args.output_dir)
-    with exit_on_error("--output_dir"):  # a new folder or one of earlier evaluations; never a run, data or other files
-        inputs = {"--model": source if Path(source).is_dir() else None, "--data_dir": args.data_dir,
-                  "--dataset": args.dataset if Path(args.dataset).exists() else None}
+    inputs = {"--model": source if Path(source).is_dir() else None, "--data_dir": args.data_dir,
+              "--dataset": args.dataset if Path(args.dataset).exists() else None}
+    try:  # a new folder or one of earlier evaluations; never a run, data or other files
         check_output_dir(out_dir, "evaluation", inputs=inputs, reuse=True)
+    except OutputDirError as err:
+        raise SystemExit(str(err)) from None
     with exit_on_error("--dataset"):
         local_folder(args.dataset)
         kg = load_kg(args.dataset, data_dir=args.data_dir)
@@ -155,8 +157,10 @@ def main(args) -> dict:
         check_same_kg(tokenizer, kg, args.model)
     model.to(accelerator.device)
     if accelerator.is_main_process:
-        with exit_on_error("--output_dir"):
+        try:
             claim_folder(out_dir, "evaluation", inputs=inputs, reuse=True)
+        except OutputDirError as err:
+            raise SystemExit(str(err)) from None
     start = time.perf_counter()
     lock = FileLock(str(out_dir / LOCK_FILE))
     if accelerator.is_main_process:

@@ -363,3 +363,49 @@ def test_library_calls_raise_output_dir_error_and_write_nothing(toy_kg_dir, tmp_
     with pytest.raises(OutputDirError, match="the folder of the source KG"):
         save_prepared(kg, toy_kg_dir)
     assert _snapshot(mine) == before
+
+
+# ------------------------------------------------------------------------------------ evaluations (item 4)
+def _evaluate(*argv):
+    script = _load_script("evaluate")
+    return script.main(script.parse_args([*map(str, argv), "--no_progress"]))
+
+
+def test_evaluate_never_writes_into_a_run_and_two_evaluations_never_mix(clmke_run, kg_dir, tmp_path, monkeypatch):
+    run, _ = clmke_run
+    before = _snapshot(run / "test_metrics")
+    with pytest.raises(SystemExit, match="^--output_dir .* is the folder of --model"):
+        _evaluate("--model", run, "--dataset", kg_dir, "--output_dir", run)
+    with pytest.raises(SystemExit, match="did not write"):
+        _evaluate("--model", run, "--dataset", kg_dir, "--output_dir", _user_folder(tmp_path / "mine"))
+    assert _snapshot(run / "test_metrics") == before
+
+    out = tmp_path / "eval"
+    full = _evaluate("--model", run, "--dataset", kg_dir, "--output_dir", out)
+    ranks = (out / "test_metrics" / "ranks.csv").read_text()
+    import lmke_hf.evaluation as evaluation
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    script = _load_script("evaluate")
+    monkeypatch.setattr(script, "plot_degree_buckets", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _evaluate("--model", run, "--dataset", kg_dir, "--output_dir", out, "--max_queries", 1)
+    assert (out / "test_metrics" / "ranks.csv").read_text() == ranks  # the complete earlier set, not half of each
+    assert json.loads((out / "test_results.json").read_text())["num_examples"] == full["num_examples"]
+    monkeypatch.setattr(script, "plot_degree_buckets", evaluation.plot_degree_buckets)
+    _evaluate("--model", run, "--dataset", kg_dir, "--output_dir", out, "--max_queries", 1)
+    assert json.loads((out / "test_results.json").read_text())["num_examples"] == 1
+    assert (out / "test_metrics" / "ranks.csv").read_text().count("\n") == 2 + 1  # 1 triple x 2 directions + header
+    assert not (out / STAGING_DIR).exists() and not (out / READY_DIR).exists()
+
+
+def test_evaluating_a_runs_best_folder_writes_beside_it_not_into_it(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
+    from lmke_hf.folders import folder_kind as kind_of
+
+    run = tmp_path / "run"
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, run, "--max_train_steps", 2, "--keep_best")))
+    _evaluate("--model", run / "best", "--dataset", kg_dir)
+    assert (run / "eval-best" / "test_results.json").is_file() and not (run / "best" / "eval").exists()
+    assert kind_of(run / "eval-best") == "evaluation"
