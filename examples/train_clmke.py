@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
 from lmke_hf.configuration_lmke import LOSSES, POOLINGS, SCORERS  # noqa: E402
 from lmke_hf.evaluation import encode_entities, plot_degree_buckets, rank_link_prediction  # noqa: E402
-from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
+from lmke_hf.features import ClmkeCollator, LengthGroupedSampler, link_prediction_examples, tokenize_link_prediction  # noqa: E402
 from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
 from lmke_hf.training import (  # noqa: E402
     NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_common_arguments, check_arguments, claim_output_dir,
@@ -89,8 +89,9 @@ def _run(args) -> dict:
         tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head"),
         self_negatives=tokenizer if args.self_negatives else None,
     )
+    sampler = LengthGroupedSampler(train_set, args.per_device_train_batch_size, seed=args.seed) if args.group_by_length else None
     train_dataloader = DataLoader(
-        train_set, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collator, drop_last=True,
+        train_set, batch_size=args.per_device_train_batch_size, shuffle=sampler is None, sampler=sampler, collate_fn=collator, drop_last=True,
     )
     if len(train_dataloader) == 0:
         raise SystemExit(f"--per_device_train_batch_size {args.per_device_train_batch_size} exceeds the {len(train_set)} training queries.")

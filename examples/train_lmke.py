@@ -25,7 +25,7 @@ from lmke_hf import LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.kg import add_classification_negatives  # noqa: E402
 from lmke_hf.kg.negatives import CORRUPTIONS  # noqa: E402
 from lmke_hf.evaluation import classification_report, score_triples  # noqa: E402
-from lmke_hf.features import LmkeCollator, TrainingTriples  # noqa: E402
+from lmke_hf.features import LengthGroupedSampler, LmkeCollator, TrainingTriples  # noqa: E402
 from lmke_hf.modelcard import ModelCard, describe_hardware, write_json  # noqa: E402
 from lmke_hf.training import (  # noqa: E402
     NON_NEGATIVE_INT, add_common_arguments, check_arguments, claim_output_dir, configure_process, finish_run, hub_dataset_id,
@@ -67,9 +67,10 @@ def _run(args) -> dict:
     # training set: positives + one negative each; with --resample_negatives redrawn per epoch by the loop's
     # set_epoch (seeded: the same in every process and after a resume)
     train_set = TrainingTriples(kg, tokenizer, seed=args.seed, resample=args.resample_negatives, corruption=args.negative_sampling)
+    sampler = LengthGroupedSampler(train_set, args.per_device_train_batch_size, seed=args.seed) if args.group_by_length else None
     train_dataloader = DataLoader(
-        train_set, batch_size=args.per_device_train_batch_size,
-        shuffle=True, collate_fn=LmkeCollator(tokenizer.pad_token_id), drop_last=False,
+        train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
+        shuffle=sampler is None, collate_fn=LmkeCollator(tokenizer.pad_token_id), drop_last=False,
     )
     valid_triples, valid_labels = _labelled(kg, "validation")
     if args.eval_max_queries:

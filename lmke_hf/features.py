@@ -181,6 +181,14 @@ class TrainingTriples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def lengths(self) -> np.ndarray:
+        """Word pieces of each of this epoch's triples (for `LengthGroupedSampler`)."""
+        out = np.empty(len(self.labels), dtype=np.int64)
+        for start in range(0, len(out), 65536):
+            rows = self.triples[start : start + 65536]
+            out[start : start + len(rows)] = [len(x) for x in self.tokenizer.encode_triples(rows[:, 0], rows[:, 1], rows[:, 2])["input_ids"]]
+        return out
+
     def __getitems__(self, indices) -> list[dict]:  # batched fetch (torch DataLoader): one tokeniser call per batch
         indices = np.asarray(indices, dtype=np.int64)
         triples = self.triples[indices]
@@ -189,6 +197,59 @@ class TrainingTriples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])[0]
+
+
+def example_lengths(dataset) -> np.ndarray:
+    """Word pieces per training example, what a batch is padded by: `dataset.lengths()` when it has one (e.g.
+    `TrainingTriples`, whose negatives change per epoch), else the summed lengths of the id columns of a tokenised
+    `datasets.Dataset` (`input_ids`; or `query_input_ids` + `key_input_ids` for C-LMKE)."""
+    if hasattr(dataset, "lengths"):
+        return np.asarray(dataset.lengths(), dtype=np.int64)
+    import pyarrow.compute as pc
+
+    columns = [c for c in ("input_ids", "query_input_ids", "key_input_ids") if c in dataset.column_names]
+    if not columns:
+        raise ValueError(f"Cannot group by length: the dataset has no input_ids columns (it has {dataset.column_names}).")
+    table = dataset.with_format("arrow")[:]
+    return np.sum([pc.list_value_length(table[c]).to_numpy(zero_copy_only=False) for c in columns], axis=0).astype(np.int64)
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Batches of examples of similar length (transformers' `group_by_length`), so that a batch pads to little more
+    than its own examples: each epoch shuffles the examples (seeded by `seed` and the epoch), sorts each run of
+    `batch_size * mega_batch_mult` of them by length and cuts it into batches, then shuffles the order of those
+    batches. Deterministic per epoch (`set_epoch`), so a resumed run sees the same batches; the one incomplete batch
+    comes last (where `drop_last` drops it)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, mega_batch_mult: int = 50):
+        if batch_size < 1 or mega_batch_mult < 1:
+            raise ValueError(f"batch_size and mega_batch_mult must be >= 1, got {batch_size} and {mega_batch_mult}.")
+        self.dataset, self.batch_size, self.seed, self.mega_batch_mult = dataset, int(batch_size), int(seed), int(mega_batch_mult)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self) -> list[np.ndarray]:
+        """This epoch's batches of example indices, in order."""
+        lengths = example_lengths(self.dataset)  # read now: a dataset's set_epoch may have changed them
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(lengths))
+        size = self.batch_size * self.mega_batch_mult
+        full, rest = [], []
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+            for b in range(0, len(chunk), self.batch_size):
+                (full if len(chunk[b : b + self.batch_size]) == self.batch_size else rest).append(chunk[b : b + self.batch_size])
+        return [full[i] for i in rng.permutation(len(full))] + rest
+
+    def __iter__(self):
+        for batch in self.batches():
+            yield from batch.tolist()
 
 
 @dataclass
@@ -213,4 +274,6 @@ __all__ = [
     "TrainingTriples",
     "ClmkeCollator",
     "LmkeCollator",
+    "LengthGroupedSampler",
+    "example_lengths",
 ]

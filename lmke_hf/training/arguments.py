@@ -84,6 +84,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     a("--num_train_epochs", type=POSITIVE_INT, default=1, help="Training epochs (overridden by --max_train_steps).")
     a("--max_train_steps", type=POSITIVE_INT, default=None, help="Total optimizer steps; overrides --num_train_epochs.")
     a("--per_device_train_batch_size", type=POSITIVE_INT, default=16, help="Training batch size per process.")
+    a("--group_by_length", action="store_true", help="Batch examples of similar length together (shuffled, seeded per epoch), so batches pad less (transformers' Trainer flag); C-LMKE's in-batch negatives then share a length range.")
     a("--per_device_eval_batch_size", type=POSITIVE_INT, default=128, help="Evaluation batch size per process.")
     a("--learning_rate", type=POSITIVE_FLOAT, default=1e-5, help="Learning rate of the encoder(s) and word pieces (original: 1e-5).")
     a("--head_learning_rate", type=POSITIVE_FLOAT, default=5e-4, help="Learning rate of entity/relation embeddings, matcher, classifier (original: 5e-4).")

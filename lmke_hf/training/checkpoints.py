@@ -84,7 +84,7 @@ def run_settings(args) -> dict:
 
 
 # flags added after checkpoints were first written, with the value a checkpoint that lacks them ran with
-ADDED_FLAG_DEFAULTS = {"negative_sampling": "uniform"}
+ADDED_FLAG_DEFAULTS = {"negative_sampling": "uniform", "group_by_length": False}
 
 
 def check_resume_settings(saved: dict | None, current: dict, checkpoint) -> None:
