@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--num_workers", type=int, default=0, help="DataLoader workers (0 = in the training process, as examples/train_clmke.py).")
     a("--target_overhead", type=float, default=0.25, help="Target for ours / bare - 1.")
     a("--profile", action="store_true", help="Also profile a few steps of ours (torch.profiler, top ops by self CPU time).")
+    a("--precisions", nargs="*", choices=["no", "bf16"], default=["no", "bf16"],
+      help="Then time ours' whole step in each of these precisions side by side ('no' = fp32, 'bf16' = bf16 autocast, "
+           "as --mixed_precision bf16 trains), in alternating rounds of --steps each; none to skip.")
     a("--seed", type=int, default=0, help="Seed of the initialisation and of the shuffling.")
     a("--output", default=None, help="Write all figures as JSON to this file.")
     return p.parse_args(argv)
@@ -122,6 +125,47 @@ def bare_step(model, inputs, timings):
         timings["backward"] += t2 - t1
 
 
+def compare_precisions(args, model, optimizer, it) -> dict:
+    """Ours' whole step (data, forward, backward, AdamW) in each of `args.precisions`, timed in alternating rounds on
+    consecutive batches of one stream (a change of machine load hits every precision); bf16 is autocast, as
+    `--mixed_precision bf16` trains (weights, optimizer and loss stay fp32)."""
+    import contextlib
+
+    from lmke_hf.training.run import cpu_has_bf16_units
+
+    def context(precision):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+    for precision in args.precisions:  # warm-up of each precision's kernels
+        for _ in range(args.warmup):
+            with context(precision):
+                ours_step(model, optimizer, it, None)
+    totals = {p: {"s": 0.0, "queries": 0, "tokens": 0} for p in args.precisions}
+    rounds = []
+    for size in [len(a) for a in np.array_split(np.arange(args.steps), max(1, min(args.rounds, args.steps)))]:
+        row = {}
+        for precision in args.precisions:
+            t0 = time.perf_counter()
+            for _ in range(size):
+                with context(precision):
+                    batch = ours_step(model, optimizer, it, None)
+                totals[precision]["queries"] += batch["query_input_ids"].shape[0]
+                totals[precision]["tokens"] += int(batch["query_attention_mask"].sum() + batch["key_attention_mask"].sum())
+            row[precision] = time.perf_counter() - t0
+            totals[precision]["s"] += row[precision]
+        rounds.append({**row, "steps": size, "load_avg_1m": load_avg()[:1]})
+        print("  precision round " + str(len(rounds)) + ": " + ", ".join(f"{p} {row[p]:.2f} s" for p in args.precisions), flush=True)
+    fp32 = totals.get("no")
+    by_precision = {
+        {"no": "fp32", "bf16": "bf16"}[p]: {
+            "step_s": t["s"] / args.steps, "queries_per_s": t["queries"] / t["s"], "tokens_per_s": t["tokens"] / t["s"],
+            "speedup_vs_fp32": (fp32["s"] / fp32["queries"]) / (t["s"] / t["queries"]) if fp32 else float("nan"),
+        }
+        for p, t in totals.items()
+    }
+    return {"cpu_bf16_units": cpu_has_bf16_units(), "by_precision": by_precision, "rounds": rounds}
+
+
 def main(args) -> dict:
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -145,7 +189,7 @@ def main(args) -> dict:
         train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collator, drop_last=True,
         num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),
     )
-    need = args.warmup + args.steps + (3 if args.profile else 0)
+    need = args.warmup + args.steps + (3 if args.profile else 0) + (args.warmup + args.steps) * len(args.precisions)
     if len(loader) < need:
         raise SystemExit(f"Only {len(loader)} batches of {args.batch_size}; lower --steps/--warmup.")
     optimizer = build_optimizer(model, argparse.Namespace(
@@ -237,6 +281,8 @@ def main(args) -> dict:
             for _ in range(3):
                 ours_step(model, optimizer, it, None)
         result["profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    if args.precisions:
+        result["precision"] = compare_precisions(args, model, optimizer, it)
     result["machine"]["load_avg_end"] = load_avg()
 
     # ---------------------------------------------------------------- report
@@ -244,7 +290,7 @@ def main(args) -> dict:
     ms = lambda s: 1e3 * s / n  # noqa: E731
     print()
     print(f"== C-LMKE training, {kg.name}, batch {args.batch_size}, {n} timed steps after {args.warmup} warm-up, "
-          f"threads={torch.get_num_threads()}, AdamW: {args.adamw}, BERT-tiny shape; {tokens / queries:.1f} non-pad tokens per query+key pair "
+          f"threads={torch.get_num_threads()}, AdamW: {args.adamw}, encoder hidden {args.hidden_size} x {args.num_layers} layers; {tokens / queries:.1f} non-pad tokens per query+key pair "
           f"({100 * tokens / padded:.0f} % of the padded tokens)")
     print(table(
         [
@@ -274,6 +320,13 @@ def main(args) -> dict:
     print(f"minor page faults per step: ours {faults['ours'] / n:.0f}, bare {faults['bare'] / n:.0f} "
           f"(x 4 KiB = {faults['ours'] / n * 4 / 1024:.0f} / {faults['bare'] / n * 4 / 1024:.0f} MiB of fresh pages per step)")
     print(f"peak RSS: {summary['peak_rss_mib']:.0f} MiB; load average start {result['machine']['load_avg_start']}, end {result['machine']['load_avg_end']}")
+    if "precision" in result:
+        figures = result["precision"]
+        print()
+        print(f"== ours' whole step by precision (same model and batch stream, {len(figures['rounds'])} alternating rounds; "
+              f"CPU bf16 units: {figures['cpu_bf16_units']})")
+        rows = [[name, 1e3 * f["step_s"], f["queries_per_s"], f["tokens_per_s"], f["speedup_vs_fp32"]] for name, f in figures["by_precision"].items()]
+        print(table(rows, ["precision", "ms / step", "queries/s", "non-pad tokens/s", "x fp32"]))
     if "profile" in result:
         print()
         print("profile of 3 steps of ours:")
