@@ -36,6 +36,11 @@ logger = hf_logging.get_logger(__name__)
 ENTITY_INDEX_FILE = "entity_index.safetensors"
 
 
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in fp32 when it is in a lower precision (bf16 / fp16 under autocast); fp32 and fp64 as they are."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 @dataclass
 class LinkPredictionOutput(ModelOutput):
     """Output of [`ClmkeForLinkPrediction`].
@@ -349,7 +354,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             scores (`(Bq, Bk)`): cosines or matcher logits.
             labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value ignored.
         """
-        scores = scores.float()  # fp32 under bf16 / fp16 autocast too: the loss is never computed in low precision
+        scores = _at_least_fp32(scores)  # under bf16 / fp16 autocast too: the loss is never computed in low precision
         positive, negative = labels == 1, labels == 0
         logits = (scores - self.config.infonce_margin * positive.to(scores.dtype)) * self._inverse_temperature()
         floor = torch.finfo(logits.dtype).min  # no negatives: the positive's term is 0, with finite gradients
@@ -371,7 +376,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             logits (`(Bq, Bk)`): matcher logits.
             labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value (e.g. -100) ignored.
         """
-        logits = logits.float()  # fp32 under bf16 / fp16 autocast too
+        logits = _at_least_fp32(logits)  # under bf16 / fp16 autocast too
         positive = labels == 1
         negative = labels == 0
         n_pos = positive.sum(1).clamp(min=1)

@@ -126,7 +126,8 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
             if labels.shape != logits.shape:
                 raise ValueError(f"`labels` has {labels.numel()} values for a batch of {logits.numel()} triples.")
             _check_label_values(labels, (0, 1), "labels")
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())  # fp32 under autocast too
+            low = logits.dtype in (torch.float16, torch.bfloat16)  # under autocast: the loss is computed in fp32
+            loss = F.binary_cross_entropy_with_logits(logits.float() if low else logits, labels.float() if low else labels)
         output = TripleClassificationOutput(
             loss=loss,
             logits=logits,
