@@ -37,6 +37,11 @@ LOCK_FILE = ".lmke_hf.lock"  # a tool writing into a folder holds it (filelock);
 _BOOKKEEPING = {MARKER_FILE, LOCK_FILE, LOCK_FILE + ".owner", STAGING_DIR, READY_DIR}
 
 
+# what a training run has written before its first checkpoint, best model or final save: a run stopped that early
+# (e.g. SIGTERM while it tokenised) left nothing to keep, and the next run may start there without a flag
+_ABORTED_START = {"training_args.json"}
+
+
 class OutputDirError(ValueError):
     """An output folder a tool may not write into (not ours, or a protected place), with the reason and advice."""
 
@@ -196,8 +201,8 @@ def check_output_dir(path, kind: str, *, flag: str = "--output_dir", inputs: dic
         )
     if reuse:
         return "reuse"
-    if replace:
-        return "replace"
+    if replace or (kind == "training-run" and set(contents) <= _ABORTED_START):
+        return "replace"  # with the flag, or a run stopped before it wrote anything but how it started
     advice = f"pass {replace_flag} to replace it, or " if replace_flag else ""
     raise OutputDirError(f"{where} already holds {KINDS[kind]} ({_shown(contents)}): {advice}choose a new folder, e.g. {fresh_sibling(folder)}.")
 

@@ -310,7 +310,21 @@ class LmkePreTrainedModel(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         _complete_interrupted_save(pretrained_model_name_or_path)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k) is not None}
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except Exception as err:  # noqa: BLE001 - only the two failures below are rephrased
+            text = f"{type(err).__name__}: {err}"
+            if "SafetensorError" in text or "Error while deserializing" in text or "incomplete metadata" in text.lower():
+                raise ValueError(
+                    f"The weights of {pretrained_model_name_or_path} are damaged (a save cut short or a broken copy: {str(err)[:200]}); "
+                    "save or download the model again."
+                ) from err
+            if isinstance(err, RuntimeError) and ("size mismatch" in str(err) or "ignore_mismatched_sizes" in str(err)):
+                raise ValueError(
+                    f"The config.json and the weights of {pretrained_model_name_or_path} disagree on tensor shapes (they come "
+                    f"from different saves): {str(err).splitlines()[0][:300]}"
+                ) from err
+            raise
         model._hub_kwargs = hub_kwargs  # the tokenizer and entity index are read from the same revision
         problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:

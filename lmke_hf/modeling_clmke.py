@@ -558,9 +558,20 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 path = hf_hub_download(source, ENTITY_INDEX_FILE, **getattr(self, "_hub_kwargs", {}))
             except absent:
                 return None
-        with safe_open(path, framework="pt") as handle:
-            made_by = (handle.metadata() or {}).get("weights_sha256")
-            keys = handle.get_tensor("keys")
+        try:
+            with safe_open(path, framework="pt") as handle:
+                made_by = (handle.metadata() or {}).get("weights_sha256")
+                keys = handle.get_tensor("keys")
+        except Exception as err:  # noqa: BLE001 - a damaged or foreign file: say so, then encode instead
+            logger.warning(f"{path} cannot be read as an entity index ({type(err).__name__}: {err}): ignoring it; the entity keys are encoded again.")
+            return None
+        width = self.config.encoder.hidden_size
+        if keys.dim() != 2 or not keys.is_floating_point() or keys.shape[1] != width:
+            logger.warning(
+                f"{path} holds keys of shape {tuple(keys.shape)} and dtype {keys.dtype}, not (num_entities, {width}) floats: "
+                "ignoring it; the entity keys are encoded again."
+            )
+            return None
         if keys.shape[0] != self.config.num_entities:
             return None
         if made_by is not None and made_by != self.weights_fingerprint():

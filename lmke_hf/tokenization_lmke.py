@@ -108,8 +108,8 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
                 "BERT-family tokenizer (BERT, RoBERTa, DeBERTa-v2, MiniLM)."
             )
         self.tokenizer = tokenizer
-        self.entity_ids = [str(e) for e in _as_list(entity_ids)]
-        self.relation_ids = [str(r) for r in _as_list(relation_ids)]
+        self.entity_ids = _ids(entity_ids, "entity_ids")
+        self.relation_ids = _ids(relation_ids, "relation_ids")
         self.entity_names = _texts(entity_names, self.entity_ids, "entity_names")
         self.entity_descriptions = _texts(entity_descriptions, self.entity_ids, "entity_descriptions", default="")
         self.relation_names = _texts(relation_names, self.relation_ids, "relation_names")
@@ -509,8 +509,13 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
                 )
         else:
             vocab_path = hf_hub_download(path, KG_VOCAB_FILE, **hub_kwargs)
-        with open(vocab_path, encoding="utf-8-sig") as f:
-            vocab = json.load(f)
+        try:
+            with open(vocab_path, encoding="utf-8-sig") as f:
+                vocab = json.load(f)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{vocab_path} is damaged (not valid JSON: {err}); save the tokenizer again.") from None
+        if not isinstance(vocab, dict) or not {"entity_ids", "relation_ids"} <= set(vocab):
+            raise ValueError(f"{vocab_path} is damaged: it lacks entity_ids / relation_ids; save the tokenizer again.")
         # the folder's config.json is an LMKE model config; the word-piece tokenizer needs no remote code
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **hub_kwargs)
         vocab.update(kwargs)
@@ -544,6 +549,16 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
 def _as_list(values) -> list:
     """A lone ``str`` is one value, not a sequence of characters."""
     return [values] if isinstance(values, str) else list(values)
+
+
+def _ids(values, name: str) -> list[str]:
+    """Entity or relation ids as strings; a missing (None / NaN) or empty id is refused, naming its row."""
+    out = []
+    for row, value in enumerate(_as_list(values)):
+        if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
+            raise ValueError(f"`{name}` row {row} is {value!r}: every entity and relation needs a non-empty id (a damaged kg_vocab.json or KG file?).")
+        out.append(str(value))
+    return out
 
 
 def _texts(values, ids, name, default=None) -> list[str]:

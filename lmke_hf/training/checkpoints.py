@@ -4,6 +4,7 @@ renamed), rotates (`--checkpoints_total_limit`) and restores them with the loop'
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -172,17 +173,32 @@ class CheckpointManager:
         """Writes checkpoint `tag` (e.g. `step_500`) with `state`, then drops the oldest beyond `total_limit`."""
         path = self.folder / tag
         partial = path.with_name(tag + PARTIAL_SUFFIX)
-        self.accelerator.save_state(str(partial))
-        if self.accelerator.is_main_process:
-            stored = {
-                "completed_steps": state.completed_steps, "best": state.best, "train_runtime_s": train_runtime_s,
-                "history": state.history, "eval_runtime_s": eval_runtime_s, "settings": self.settings,
-                "exact_resume": state.exact_resume,
-            }
-            write_json(partial / "trainer_state.json", stored, default=float)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(partial, path)
+        if self.accelerator.is_main_process and self.total_limit and self.total_limit >= 2 and self.folder.is_dir():
+            self._rotate(keep=None, room_for=1)  # free the space first; with a limit of 1 the only checkpoint stays until the new one exists
+        try:
+            self.accelerator.save_state(str(partial))
+            if self.accelerator.is_main_process:
+                stored = {
+                    "completed_steps": state.completed_steps, "best": state.best, "train_runtime_s": train_runtime_s,
+                    "history": state.history, "eval_runtime_s": eval_runtime_s, "settings": self.settings,
+                    "exact_resume": state.exact_resume,
+                }
+                write_json(partial / "trainer_state.json", stored, default=float)
+                if path.exists():
+                    shutil.rmtree(path)
+                os.replace(partial, path)
+        except (OSError, RuntimeError) as err:
+            shutil.rmtree(partial, ignore_errors=True)  # an incomplete save only keeps the disk full
+            free = shutil.disk_usage(self.folder if self.folder.is_dir() else self.folder.parent).free
+            text = str(err)
+            if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "unexpected pos" in text or free < 64 << 20:
+                raise OSError(
+                    errno.ENOSPC,
+                    f"No space left on device while saving checkpoint {tag} into {self.folder} ({free / 2**20:.0f} MiB free): the "
+                    "incomplete save was removed and the older checkpoints kept. Free some space (or lower "
+                    "--checkpoints_total_limit), then continue with --resume_from_checkpoint latest",
+                ) from err
+            raise
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process and self.total_limit:
             self._rotate(keep=path)
@@ -190,8 +206,11 @@ class CheckpointManager:
             logger.info(f"Saved checkpoint {path} (step {state.completed_steps}).")
         return path
 
-    def _rotate(self, keep: Path) -> None:
+    def _rotate(self, keep: Path | None, room_for: int = 0) -> None:
+        """Removes the oldest checkpoints so that `total_limit` remain counting `keep` (the newest) or, before a
+        save, `room_for` checkpoints still to be written."""
         saved = [p for p in self.folder.iterdir() if (p / "trainer_state.json").is_file() and p != keep and not p.name.endswith(PARTIAL_SUFFIX)]
         saved.sort(key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
-        for old in saved[: max(0, len(saved) - (self.total_limit - 1))]:  # `keep` is the newest
+        others = self.total_limit - (1 if keep is not None else room_for)
+        for old in saved[: max(0, len(saved) - others)]:
             shutil.rmtree(old)
