@@ -1,6 +1,7 @@
 """lmke_hf: LMKE and C-LMKE (Language Models as Knowledge Embeddings, IJCAI 2022) on Hugging Face transformers.
 
-Importing the package registers both configurations and models with `AutoConfig` / `AutoModel`.
+Importing the package registers both configurations and models with `AutoConfig` / `AutoModel`, and the pipeline
+tasks "knowledge-graph-completion" and "triple-classification" with `transformers.pipeline`.
 """
 
 from transformers import AutoConfig, AutoModel
@@ -10,6 +11,7 @@ from .loading import check_same_kg, load_model
 from .modeling_base import LmkePreTrainedModel
 from .modeling_clmke import ClmkeForLinkPrediction, ClmkeMatcher, LinkPredictionOutput
 from .modeling_lmke import LmkeForTripleClassification, TripleClassificationOutput
+from .pipelines import KnowledgeGraphCompletionPipeline, TripleClassificationPipeline, register_pipelines
 from .tokenization_lmke import LmkeTokenizer
 
 __version__ = "0.1.0"
@@ -23,6 +25,7 @@ LmkeConfig.register_for_auto_class()
 ClmkeConfig.register_for_auto_class()
 LmkeForTripleClassification.register_for_auto_class("AutoModel")
 ClmkeForLinkPrediction.register_for_auto_class("AutoModel")
+register_pipelines()  # pipeline("knowledge-graph-completion" | "triple-classification", model=...)
 
 __all__ = [
     "LmkeConfig",
@@ -34,6 +37,8 @@ __all__ = [
     "TripleClassificationOutput",
     "LinkPredictionOutput",
     "LmkeTokenizer",
+    "KnowledgeGraphCompletionPipeline",
+    "TripleClassificationPipeline",
     "load_model",
     "check_same_kg",
 ]

@@ -180,7 +180,7 @@ class ModelCard:
             "base_model": encoder_hub_id(self.args.get("encoder")),
             "tags": ["knowledge-graph-embedding", "lmke", "clmke" if self.task == "link-prediction" else "lmke-triple-classification"],
             "datasets": [self.dataset_id or self.dataset],
-            "pipeline_tag": None,
+            "pipeline_tag": "knowledge-graph-completion" if self.task == "link-prediction" else "triple-classification",  # lmke_hf.pipelines
             "model-index": [
                 {
                     "name": self.model_id.split("/")[-1],
@@ -254,6 +254,11 @@ class ModelCard:
             lines += ["entity = model.kg_tokenizer.entity_names[0]", "relation = model.kg_tokenizer.relation_ids[0]", "print(model.predict(head=entity, relation=relation, top_k=5))"]
         else:
             lines += ["kg = model.kg_tokenizer  # entity / relation ids, names and descriptions", "print(model.predict(kg.entity_ids[0], kg.relation_ids[0], kg.entity_ids[1]))  # ids or names"]
+        lines += ["", "# or as a transformers pipeline (the task lmke_hf registers)", "from transformers import pipeline", ""]
+        if self.task == "link-prediction":
+            lines += [f'complete = pipeline("knowledge-graph-completion", model="{self.model_id}")', 'print(complete({"head": entity, "relation": relation}, top_k=5))']
+        else:
+            lines += [f'classify = pipeline("triple-classification", model="{self.model_id}")', 'print(classify({"head": kg.entity_ids[0], "relation": kg.relation_ids[0], "tail": kg.entity_ids[1]}))']
         lines += ["```", "", "## Limitations", ""]
         lines += [
             "- Trained and evaluated on one benchmark; scores are not calibrated probabilities across relations.",
