@@ -478,33 +478,57 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     # ------------------------------------------------------------ prediction from a loaded model
     @torch.no_grad()
-    def encode_entities(self, entities=None, batch_size: int = 256, tokenizer=None, progress: bool = False) -> torch.Tensor:
+    def encode_entities(self, entities=None, batch_size: int = 256, tokenizer=None, progress: bool = False, *,
+                        normalize_embeddings: bool = False, convert_to_numpy: bool = False, convert_to_tensor: bool = True,
+                        device=None, show_progress_bar: bool | None = None):
         """Key embeddings `(N, hidden)` of `entities` (row indices or ids, see `LmkeTokenizer.entity_to_index`;
-        default all), in eval mode, batched by length.
+        default all), in eval mode, batched by length; the options are sentence-transformers' `encode`'s.
+
+        Which embeddings may be searched with a plain vector index: with `config.scorer == "cosine"` the score of a
+        query against a key is the cosine of their embeddings (plus, with `own_entity_bias`, a learned offset for
+        the query's own entity), so `normalize_embeddings=True` keys and queries can go into any dot-product
+        index (FAISS, a vector database). With the paper's matcher (`"matcher"`) the score is an MLP over
+        `[q; k; q-k; q*k; degrees]`, not a dot product: rank with `score_all` / `predict` instead.
 
         Args:
+            batch_size (`int`): keys per forward pass.
             tokenizer (`LmkeTokenizer`, *optional*): the KG tokenizer; default the attached one (`kg_tokenizer`).
-            progress (`bool`): show a progress bar.
+            progress / show_progress_bar (`bool`): show a progress bar.
+            normalize_embeddings (`bool`): unit length (L2) rows.
+            convert_to_numpy (`bool`): a float32 NumPy array instead of a tensor (wins over `convert_to_tensor`).
+            convert_to_tensor (`bool`): a tensor on the model's device (the default).
+            device (`str` / `torch.device`, *optional*): move the model there first (as sentence-transformers does).
         """
+        import torch.nn.functional as F
+
+        if device is not None:
+            self.to(device)
         tokenizer = self.kg_tokenizer if tokenizer is None else tokenizer
-        was_training = self.training
-        self.eval()
         index = torch.arange(tokenizer.num_entities) if entities is None else torch.as_tensor(tokenizer.entity_to_index(entities))
         encoded = tokenizer.encode_keys(index.numpy())["input_ids"] if len(index) else []
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         device = self.device
         out = torch.empty(len(encoded), self.config.encoder.hidden_size, device=device)
         starts = range(0, len(order), batch_size)
-        if progress:
+        if progress or show_progress_bar:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="Encoding entities")
-        for start in starts:
-            rows = order[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]})
-            emb, _ = self.encode_keys(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            out[torch.as_tensor(rows, device=device)] = emb.to(out.dtype)
-        self.train(was_training)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                for start in starts:
+                    rows = order[start : start + batch_size]
+                    batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]})
+                    emb, _ = self.encode_keys(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                    out[torch.as_tensor(rows, device=device)] = emb.to(out.dtype)
+        finally:
+            self.train(was_training)
+        if normalize_embeddings:
+            out = F.normalize(out, dim=-1)
+        if convert_to_numpy or not convert_to_tensor:
+            return out.cpu().numpy()
         return out
 
     @property

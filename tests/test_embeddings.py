@@ -1,0 +1,36 @@
+"""Entity embeddings with sentence-transformers' options (issue 19 item 3), and the claim the docstring makes: with
+the cosine scorer, normalised embeddings score by dot product."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lmke_hf import ClmkeForLinkPrediction
+
+
+def test_encode_entities_options(make_model, tok):
+    model = make_model("clmke")
+    model.attach_tokenizer(tok)
+    plain = model.encode_entities()
+    assert isinstance(plain, torch.Tensor) and plain.shape == (tok.num_entities, model.config.encoder.hidden_size)
+    unit = model.encode_entities(normalize_embeddings=True, batch_size=2, show_progress_bar=False)
+    torch.testing.assert_close(unit.norm(dim=-1), torch.ones(tok.num_entities))
+    torch.testing.assert_close(unit, torch.nn.functional.normalize(plain, dim=-1))
+    arr = model.encode_entities([tok.entity_ids[3], tok.entity_ids[1]], convert_to_numpy=True, device="cpu")
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.float32
+    np.testing.assert_allclose(arr, plain[[3, 1]].numpy(), rtol=1e-5, atol=1e-6)
+    model.train()
+    model.encode_entities()
+    assert model.training  # the mode is restored
+
+
+def test_with_the_cosine_scorer_normalised_embeddings_score_by_dot_product(tiny_bert_dir, tok):
+    model = ClmkeForLinkPrediction.from_encoder_pretrained(str(tiny_bert_dir), tok, scorer="cosine", pooling="mean").eval()
+    model.attach_tokenizer(tok)
+    keys = model.encode_entities(normalize_embeddings=True)
+    batch = tok.pad(tok.encode_queries([0, 2], [0, 1], "tail"))
+    with torch.no_grad():
+        q, q_ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
+        scores = model.score_all(q, q_ent, model.encode_entities())
+    torch.testing.assert_close(torch.nn.functional.normalize(q, dim=-1) @ keys.T, scores, rtol=1e-4, atol=1e-5)
