@@ -37,6 +37,19 @@ def test_every_example_once_per_epoch_in_batches_that_pad_less_than_random_ones(
     assert _padding(batches, lengths) < 0.25 * _padding(random_batches, lengths)
 
 
+def test_query_and_key_lengths_are_grouped_by_their_longer_part():
+    rng = np.random.default_rng(2)
+    lengths = np.stack([rng.integers(10, 45, size=2048), rng.integers(5, 36, size=2048)], axis=1)
+
+    def cost(batches):
+        return sum(len(b) * (lengths[b, 0].max() + lengths[b, 1].max()) for b in batches)
+
+    by_parts = LengthGroupedSampler(_Lengths(lengths), 64, seed=1).batches()
+    by_total = LengthGroupedSampler(_Lengths(lengths.sum(1)), 64, seed=1).batches()
+    shuffled = [rng.permutation(2048)[i : i + 64] for i in range(0, 2048, 64)]
+    assert cost(by_parts) < cost(by_total) < cost(shuffled)
+
+
 def test_the_batches_depend_on_seed_and_epoch_only():
     lengths = np.random.default_rng(1).integers(5, 60, size=200)
     a, b = LengthGroupedSampler(_Lengths(lengths), 8, seed=5), LengthGroupedSampler(_Lengths(lengths), 8, seed=5)
@@ -65,7 +78,7 @@ def test_a_length_grouped_run_resumes_exactly(script_name, kg_dir, no_dropout_en
     _assert_same_weights(tmp_path / "whole" / "checkpoints" / "step_6" / "model.safetensors", tmp_path / "resumed" / "checkpoints" / "step_6" / "model.safetensors")
 
 
-def test_tokenised_link_prediction_examples_report_query_plus_key_lengths(kg_dir, tiny_bert_dir):
+def test_tokenised_link_prediction_examples_report_query_and_key_lengths(kg_dir, tiny_bert_dir):
     from lmke_hf import LmkeTokenizer
     from lmke_hf.features import example_lengths, link_prediction_examples, tokenize_link_prediction
     from lmke_hf.kg import load_kg
@@ -73,5 +86,5 @@ def test_tokenised_link_prediction_examples_report_query_plus_key_lengths(kg_dir
     kg = load_kg(kg_dir)
     tokenizer = LmkeTokenizer.from_kg(str(tiny_bert_dir), kg, max_entity_description_length=8, max_key_description_length=8)
     data = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer)
-    expected = [len(q) + len(k) for q, k in zip(data["query_input_ids"], data["key_input_ids"])]
+    expected = [[len(q), len(k)] for q, k in zip(data["query_input_ids"], data["key_input_ids"])]
     assert example_lengths(data).tolist() == expected
