@@ -51,6 +51,12 @@ RECIPES = {
     "simkgc-6l-freeze4-ownbias-lr2e-4": f"{SHARED} {SIMKGC} --freeze_layers 4 --own_entity_bias".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
     "simkgc-2l-ownbias-lr2e-4": f"{SHARED} --encoder_layers 2 {SIMKGC} --own_entity_bias".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
     "simkgc-6l-freeze4-b256": f"{SHARED} {SIMKGC} --freeze_layers 4".replace("--per_device_train_batch_size 128", "--per_device_train_batch_size 256"),
+    # full depth in bf16 (issue 22): all 6 layers trained, the own-entity offset and the 4x encoder rate; then one lever each
+    "full-6l-bf16": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
+    "full-6l-bf16-freeze2": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --freeze_layers 2".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
+    "full-6l-bf16-queue": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --key_queue_size 1024".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
+    "full-6l-bf16-b256": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16".replace("--learning_rate 5e-5", "--learning_rate 2e-4").replace("--per_device_train_batch_size 128", "--per_device_train_batch_size 256"),
+    "full-6l-bf16-grouped": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --group_by_length".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
 }
 REFERENCE = "paper-2l"
 
