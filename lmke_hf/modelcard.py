@@ -49,17 +49,13 @@ def public_value(value):
     return f".../{Path(value).name}"
 
 
-def _public_args(args: dict) -> dict:
-    """The flags a card shows: plain values, secrets left out, no absolute local paths."""
+def public_args(args: dict) -> dict:
+    """The flags a card, `training_args.json` or a tracker shows: plain values, secrets left out, no absolute local
+    paths."""
     return {
         k: public_value(v) for k, v in args.items()
         if k not in _SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)
     }
-
-
-def public_args(args: dict) -> dict:
-    """`_public_args` for any consumer (training_args.json, trackers)."""
-    return _public_args(args)
 
 
 def write_json(path, data, **dump_kwargs) -> Path:
@@ -153,7 +149,7 @@ class ModelCard:
 
     def __post_init__(self):
         # what a card shows is what it uploads: no secrets, no local absolute paths (the encoder by its Hub id)
-        self.args = _public_args(self.args)
+        self.args = public_args(self.args)
         self.command = " ".join(public_value(part) for part in str(self.command).split(" "))
         if self.license is None:
             self.license = KNOWN_ENCODER_LICENSES.get(encoder_hub_id(self.args.get("encoder")) or "", "unknown")
@@ -248,7 +244,7 @@ class ModelCard:
             lines.append(f"- Training time: {self.train_runtime_s / 60:.1f} min")
         if self.results.get("exact_resume") is False:
             lines.append("- **Not exactly reproducible**: a resume of this run could not restore its random states.")
-        lines += ["- Hyperparameters:", "", "```json", json.dumps(_public_args(self.args), indent=2), "```", ""]
+        lines += ["- Hyperparameters:", "", "```json", json.dumps(public_args(self.args), indent=2), "```", ""]
         lines += ["## Usage", "", "```python", "import lmke_hf  # registers the Auto classes (or pass trust_remote_code=True)", "from transformers import AutoModel", "", f'model = AutoModel.from_pretrained("{self.model_id}")']
         if self.task == "link-prediction":
             lines += ["entity = model.kg_tokenizer.entity_names[0]", "relation = model.kg_tokenizer.relation_ids[0]", "print(model.predict(head=entity, relation=relation, top_k=5))"]
@@ -282,7 +278,7 @@ class ModelCard:
         tmp.write_text(self.render(), encoding="utf-8")
         os.replace(tmp, path)
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        data["args"] = _public_args(self.args)
+        data["args"] = public_args(self.args)
         write_json(Path(directory) / CARD_DATA_FILE, data, indent=2, default=float)
         return path
 

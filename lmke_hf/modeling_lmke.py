@@ -16,8 +16,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_lmke import LmkeConfig
-from .modeling_base import (  # noqa: F401  (KgEmbeddings and LmkePreTrainedModel: still importable from here)
-    KgEmbeddings,
+from .modeling_base import (
     LmkePreTrainedModel,
     _build_encoder,
     check_fits_in_memory,
@@ -172,33 +171,4 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
         ]
 
 
-# ---------------------------------------------------------------------------------------------------- compatibility
-# C-LMKE moved to `modeling_clmke`; its names stay importable from here, with a DeprecationWarning, for one release
-# (checkpoints saved before the split carry their own copy of the old file and need nothing from this one).
-# Resolved on first use, so that loading LMKE does not load C-LMKE.
-_MOVED_TO_CLMKE = (
-    "ClmkeForLinkPrediction", "ClmkeMatcher", "KeyQueue", "LinkPredictionOutput", "ENTITY_INDEX_FILE",
-    "_GatherWithGrad", "_gather_with_grad",
-)
-
-
-def __getattr__(name: str):
-    if name not in _MOVED_TO_CLMKE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import sys
-    import warnings
-
-    # `from .modeling_clmke import` (not `from . import`): the form transformers looks for when it copies the
-    # files a saved checkpoint needs
-    from .modeling_clmke import ClmkeForLinkPrediction
-
-    warnings.warn(
-        f"`modeling_lmke.{name}` moved to `modeling_clmke.{name}` (or import it from `lmke_hf`); the old path goes "
-        "away in the next release.",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(sys.modules[ClmkeForLinkPrediction.__module__], name)
-
-
-__all__ = ["KgEmbeddings", "LmkePreTrainedModel", "LmkeForTripleClassification", "TripleClassificationOutput"]
+__all__ = ["LmkeForTripleClassification", "TripleClassificationOutput"]

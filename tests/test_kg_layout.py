@@ -1,59 +1,18 @@
-"""The layout of ``lmke_hf.kg`` (split out of ``lmke_hf/data.py``) and the ``lmke_hf.data`` compatibility alias."""
+"""The layout of ``lmke_hf.kg``: no import cycles, warnings that name the caller, prepared folders."""
 
 from __future__ import annotations
 
 import ast
-import importlib
 import json
 import warnings
 from pathlib import Path
 
 from helpers import write_toy_kg  # noqa: E402
 
-import lmke_hf.data
 import lmke_hf.kg
 from lmke_hf.kg import PREPARED_METADATA, load_kg, save_prepared
 
 KG_DIR = Path(lmke_hf.kg.__file__).parent
-
-# every public name of lmke_hf/data.py before the split
-OLD_PUBLIC_NAMES = (
-    "SHORT_NAMES",
-    "DATA_DIR_ENV",
-    "SPLITS",
-    "SPLIT_FILES",
-    "PREPARED_METADATA",
-    "PREPARED_FORMAT_VERSION",
-    "AnswerIndex",
-    "KnowledgeGraph",
-    "load_kg",
-    "generate_negatives",
-    "add_classification_negatives",
-    "save_prepared",
-    "push_prepared_to_hub",
-)
-
-
-def test_old_import_path_exposes_the_same_objects():
-    for name in OLD_PUBLIC_NAMES:
-        assert getattr(lmke_hf.data, name) is getattr(lmke_hf.kg, name), name
-    assert sorted(lmke_hf.data.__all__) == sorted(lmke_hf.kg.__all__) == sorted(OLD_PUBLIC_NAMES)
-    from lmke_hf.data import (  # noqa: F401  (the import is the test)
-        AnswerIndex,
-        KnowledgeGraph,
-        add_classification_negatives,
-        generate_negatives,
-        load_kg,
-        save_prepared,
-    )
-
-
-def test_old_import_path_does_not_warn():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        importlib.reload(lmke_hf.data)
-    assert lmke_hf.data.load_kg is lmke_hf.kg.load_kg
-
 
 def test_kg_modules_import_each_other_without_cycles():
     graph = {}

@@ -1,4 +1,4 @@
-"""Where the code lives: weight names that checkpoints depend on, and the import paths kept for compatibility."""
+"""Where the code lives: weight names that checkpoints depend on, the evaluation package's exports, and the files a saved model's remote code needs."""
 
 from __future__ import annotations
 
@@ -36,42 +36,18 @@ def test_state_dict_names_and_shapes_are_unchanged(name):
 
 
 # ---------------------------------------------------------------------------------------------------- old paths
-def test_c_lmke_names_stay_importable_from_modeling_lmke():
-    import lmke_hf.modeling_clmke as new
-    import lmke_hf.modeling_lmke as old
-
-    for name in ("ClmkeForLinkPrediction", "ClmkeMatcher", "KeyQueue", "LinkPredictionOutput", "ENTITY_INDEX_FILE",
-                 "_GatherWithGrad", "_gather_with_grad"):
-        with pytest.warns(DeprecationWarning, match=f"modeling_lmke.{name}` moved to `modeling_clmke"):
-            assert getattr(old, name) is getattr(new, name), name
-    with pytest.warns(DeprecationWarning):
-        from lmke_hf.modeling_lmke import ClmkeForLinkPrediction, ClmkeMatcher, KeyQueue, LinkPredictionOutput  # noqa: F401
-    assert ClmkeForLinkPrediction is new.ClmkeForLinkPrediction is lmke_hf.ClmkeForLinkPrediction
-    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
-        old.Nothing  # noqa: B018
-
-
-def test_shared_base_names_stay_importable_from_modeling_lmke():
-    import lmke_hf.modeling_base as base
-    import lmke_hf.modeling_lmke as old
-
-    assert old.KgEmbeddings is base.KgEmbeddings and old.LmkePreTrainedModel is base.LmkePreTrainedModel
-    assert lmke_hf.LmkePreTrainedModel is base.LmkePreTrainedModel
-
-
-# every public name of lmke_hf/evaluation.py before it became a package
-OLD_EVALUATION_NAMES = [
+EVALUATION_NAMES = [
     "DIRECTIONS", "RankTriple", "filtered_ranks", "ranking_metrics_from_ranks", "degree_bucket", "degree_bucket_label",
     "LinkPredictionEvaluator", "plot_degree_buckets", "classification_report", "tune_thresholds",
 ]
 LOOP_NAMES = ["encode_entities", "rank_link_prediction", "score_triples"]
 
 
-def test_evaluation_package_exports_the_old_names_and_the_loops():
+def test_evaluation_package_exports_the_metrics_and_the_loops():
     import lmke_hf.evaluation as E
     from lmke_hf.evaluation import classification, link_prediction, loops, ranks
 
-    assert sorted(E.__all__) == sorted(OLD_EVALUATION_NAMES + LOOP_NAMES)
+    assert sorted(E.__all__) == sorted(EVALUATION_NAMES + LOOP_NAMES)
     home = {**{n: ranks for n in ("DIRECTIONS", "RankTriple", "filtered_ranks", "ranking_metrics_from_ranks")},
             **{n: link_prediction for n in ("degree_bucket", "degree_bucket_label", "LinkPredictionEvaluator", "plot_degree_buckets")},
             **{n: classification for n in ("classification_report", "tune_thresholds")},
@@ -86,23 +62,14 @@ def test_evaluation_package_exports_the_old_names_and_the_loops():
         E.not_a_name  # noqa: B018
 
 
-def test_inference_is_an_alias_of_the_loops():
-    import lmke_hf.evaluation as E
-    import lmke_hf.inference as old
-
-    assert sorted(old.__all__) == LOOP_NAMES
-    for name in LOOP_NAMES:
-        assert getattr(old, name) is getattr(E, name), name
-
-
 def test_metrics_import_without_the_data_code():
     """`import lmke_hf.evaluation` (ranks, metrics, thresholds) does not load the loops, hence neither
-    `lmke_hf.features` nor `lmke_hf.data` (and `datasets`), which the loops need."""
+    `lmke_hf.features` nor `lmke_hf.kg` (and `datasets`), which the loops need."""
     import subprocess
     import sys
 
     code = ("import sys, lmke_hf.evaluation as E; E.filtered_ranks; E.degree_bucket([1]); "
-            "print(sorted(m for m in ('lmke_hf.features', 'lmke_hf.data', 'lmke_hf.evaluation.loops', 'datasets') if m in sys.modules))")
+            "print(sorted(m for m in ('lmke_hf.features', 'lmke_hf.kg', 'lmke_hf.evaluation.loops', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"

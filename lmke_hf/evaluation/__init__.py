@@ -5,8 +5,7 @@
 * ``link_prediction``: :class:`LinkPredictionEvaluator`, :func:`degree_bucket`, :func:`degree_bucket_label`,
   :func:`plot_degree_buckets`;
 * ``classification``: :func:`tune_thresholds`, :func:`classification_report`;
-* ``loops``: :func:`encode_entities`, :func:`rank_link_prediction`, :func:`score_triples` (they were
-  ``lmke_hf.inference``, which stays an alias for one release). Imported on first use, so that the metrics
+* ``loops``: :func:`encode_entities`, :func:`rank_link_prediction`, :func:`score_triples`. Imported on first use, so that the metrics
   (``import lmke_hf.evaluation``) do not load the data and feature code the loops need.
 
 All but the loops work on scores and ranks only, so any model that scores a block of queries

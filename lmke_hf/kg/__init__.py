@@ -34,8 +34,6 @@ Modules (everything public is re-exported here; import from ``lmke_hf.kg``):
 * :mod:`lmke_hf.kg._common`: the constants (:data:`SPLITS`, :data:`SHORT_NAMES`, :data:`DATA_DIR_ENV`, ...)
   and the message helpers.
 
-``lmke_hf.data`` is a deprecated alias of this package, kept for one release.
-
 References: Wang et al., "Language Models as Knowledge Embeddings", IJCAI 2022 (section 4.1 for the
 negative sampling protocol of triple classification).
 """

@@ -38,7 +38,7 @@ from .checkpoints import (
 )
 from .finish import PUSH_IGNORE, finish_run, hub_dataset_id, run_results, summary_text
 from .loop import GeneratorState, StopRequest, TrainingStopped, build_optimizer, format_metrics, resume_command, seeded_generator, train
-from .run import LOCK_FILE, claim_output_dir, configure_process, keep_freed_memory, prepare_run, set_cpu_threads, setup_run, silence_progress_bars
+from .run import LOCK_FILE, claim_output_dir, configure_process, keep_freed_memory, prepare_run, set_cpu_threads, silence_progress_bars
 
 __all__ = [
     "add_common_arguments",
@@ -78,7 +78,6 @@ __all__ = [
     "SCHEDULERS",
     "seeded_generator",
     "set_cpu_threads",
-    "setup_run",
     "silence_progress_bars",
     "summary_text",
     "train",

@@ -269,9 +269,3 @@ def prepare_run(args, method: str):
         if split not in kg.splits:
             raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test.")
     return accelerator, kg
-
-
-def setup_run(args, method: str):
-    """`configure_process` + `prepare_run`, as one call (the pre-0.2 entry point of the scripts)."""
-    configure_process(args)
-    return prepare_run(args, method)
