@@ -13,6 +13,7 @@ file with `modeling_lmke.py` / `modeling_clmke.py` into saved checkpoints, which
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -239,6 +240,22 @@ class KgEmbeddings(nn.Module):
         if bool(is_kg.any()):
             out = out.index_put((is_kg,), self.kg(input_ids[is_kg] - self.base_vocab_size))
         return out
+
+
+def in_eval_mode(function):
+    """Runs `function(module, ...)` with the module in eval mode (no dropout) and gives it back in the mode it was in,
+    also when `function` raises."""
+
+    @functools.wraps(function)
+    def wrapper(module, *args, **kwargs):
+        was_training = module.training
+        module.eval()
+        try:
+            return function(module, *args, **kwargs)
+        finally:
+            module.train(was_training)
+
+    return wrapper
 
 
 def _complete_interrupted_save(source) -> None:

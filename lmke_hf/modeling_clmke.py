@@ -22,6 +22,7 @@ from .configuration_lmke import ClmkeConfig
 from .modeling_base import (
     LmkePreTrainedModel,
     check_fits_in_memory,
+    in_eval_mode,
     _build_encoder,
     _check_input_ids,
     _check_label_values,
@@ -478,6 +479,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     # ------------------------------------------------------------ prediction from a loaded model
     @torch.no_grad()
+    @in_eval_mode
     def encode_entities(self, entities=None, batch_size: int = 256, tokenizer=None, progress: bool = False, *,
                         normalize_embeddings: bool = False, convert_to_numpy: bool = False, convert_to_tensor: bool = True,
                         device=None, show_progress_bar: bool | None = None):
@@ -514,17 +516,12 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="Encoding entities")
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                for start in starts:
-                    rows = order[start : start + batch_size]
-                    batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]})
-                    emb, _ = self.encode_keys(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                    out[torch.as_tensor(rows, device=device)] = emb.to(out.dtype)
-        finally:
-            self.train(was_training)
+        with torch.no_grad():
+            for start in starts:
+                rows = order[start : start + batch_size]
+                batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]})
+                emb, _ = self.encode_keys(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                out[torch.as_tensor(rows, device=device)] = emb.to(out.dtype)
         if normalize_embeddings:
             out = F.normalize(out, dim=-1)
         if convert_to_numpy or not convert_to_tensor:
@@ -628,6 +625,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             )
 
     @torch.no_grad()
+    @in_eval_mode
     def predict(self, head=None, relation=None, tail=None, top_k: int = 10, filter_known=None,
                 filter_splits=("train", "validation", "test")) -> list[dict]:
         """Ranks all entities for `(head, relation, ?)` or `(?, relation, tail)`; entities and relations by id or name.
@@ -660,8 +658,6 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         given = self._resolve(head if head is not None else tail, "entity")
         rel = self._resolve(relation, "relation")
         batch = tokenizer.pad(tokenizer.encode_queries([given], [rel], "tail" if head is not None else "head"))
-        was_training = self.training
-        self.eval()
         q, q_ent = self.encode_queries(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
         keys = self.entity_index
         bad = ~torch.isfinite(keys).all(1)
@@ -677,7 +673,6 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             raise ValueError("The query's embedding holds NaN or inf values: the weights are broken (a diverged run); nothing can be ranked.")
         if self.config.scorer == "matcher":
             scores = torch.sigmoid(scores)
-        self.train(was_training)
         if filter_known is not None:
             kg_ids = list(filter_known.entities["id"]) if hasattr(filter_known, "entities") else None
             if filter_known.num_entities != self.config.num_entities or (kg_ids is not None and kg_ids != list(tokenizer.entity_ids)):

@@ -20,6 +20,7 @@ from .modeling_base import (
     LmkePreTrainedModel,
     _build_encoder,
     check_fits_in_memory,
+    in_eval_mode,
     _check_input_ids,
     _check_label_values,
     _check_no_unknown_kwargs,
@@ -140,6 +141,7 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
+    @in_eval_mode
     def predict(self, head, relation, tail, threshold: float = 0.5, batch_size: int = 256) -> list[dict]:
         """p(true) of triples given by entity / relation ids or names (single values or equal-length lists).
 
@@ -155,15 +157,12 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
         h = [self._resolve(v, "entity") for v in heads]
         r = [self._resolve(v, "relation") for v in relations]
         t = [self._resolve(v, "entity") for v in tails]
-        was_training = self.training
-        self.eval()
         scores = []
         for start in range(0, len(h), batch_size):
             sl = slice(start, start + batch_size)
             batch = tokenizer.pad(tokenizer.encode_triples(h[sl], r[sl], t[sl]))
             logits = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).logits
             scores += torch.sigmoid(logits.float()).tolist()
-        self.train(was_training)
         return [
             {"head": tokenizer.entity_ids[a], "relation": tokenizer.relation_ids[b], "tail": tokenizer.entity_ids[c],
              "score": p, "is_true": p > threshold}

@@ -4,6 +4,7 @@ the cosine scorer, normalised embeddings score by dot product."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from lmke_hf import ClmkeForLinkPrediction
@@ -34,3 +35,22 @@ def test_with_the_cosine_scorer_normalised_embeddings_score_by_dot_product(tiny_
         q, q_ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
         scores = model.score_all(q, q_ent, model.encode_entities())
     torch.testing.assert_close(torch.nn.functional.normalize(q, dim=-1) @ keys.T, scores, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_and_the_loops_give_the_model_back_in_its_mode_even_when_they_raise(make_model, tok):
+    from lmke_hf.evaluation import score_triples
+
+    model = make_model("clmke")
+    model.attach_tokenizer(tok)
+    model.train()
+    with pytest.raises(KeyError):
+        model.predict(head="no such entity", relation=0)
+    assert model.training
+    model.predict(head=0, relation=0, top_k=2)
+    assert model.training
+    lmke = make_model("lmke")
+    lmke.attach_tokenizer(tok)
+    lmke.train()
+    with pytest.raises((ValueError, IndexError)):
+        score_triples(lmke, tok, np.array([[0, 0, 99]]))  # an entity row that does not exist
+    assert lmke.training

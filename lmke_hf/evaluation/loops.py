@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..modeling_base import in_eval_mode
 from ..tokenization_lmke import pad_sequences
 from ..tokenization_lmke import LmkeTokenizer
 from .link_prediction import LinkPredictionEvaluator
@@ -56,6 +57,7 @@ def encode_entities(model, tokenizer: LmkeTokenizer, entities=None, batch_size: 
 
 
 @torch.no_grad()
+@in_eval_mode
 def rank_link_prediction(
     model,
     tokenizer: LmkeTokenizer,
@@ -85,8 +87,6 @@ def rank_link_prediction(
         A `LinkPredictionEvaluator` holding every rank (realistic = tie-averaged) with direction, relation and
         degree metadata; call `.compute()`, `.per_relation()`, `.per_degree_bucket()`.
     """
-    was_training = model.training
-    model.eval()
     triples = kg.triples(split)
     if max_queries is not None:
         triples = triples[:max_queries]
@@ -125,15 +125,13 @@ def rank_link_prediction(
                 evaluator.merge(other)
         else:
             evaluator.merge(block)
-    model.train(was_training)
     return evaluator
 
 
 @torch.no_grad()
+@in_eval_mode
 def score_triples(model, tokenizer: LmkeTokenizer, triples: np.ndarray, batch_size: int = 256, accelerator=None) -> np.ndarray:
     """p(u) = sigmoid(logit) of each `(h, r, t)` row, `(n,)` float, batched by length."""
-    was_training = model.training
-    model.eval()
     triples = np.asarray(triples, dtype=np.int64).reshape(-1, 3)
     rows = _shard(len(triples), accelerator)
     encoded = tokenizer.encode_triples(triples[rows, 0], triples[rows, 1], triples[rows, 2])["input_ids"] if len(rows) else []
@@ -143,7 +141,6 @@ def score_triples(model, tokenizer: LmkeTokenizer, triples: np.ndarray, batch_si
     for batch_rows in _length_sorted_batches(lengths, batch_size):
         ids, mask = pad_sequences([encoded[i] for i in batch_rows], tokenizer.pad_token_id)
         probs[torch.as_tensor(batch_rows, device=device)] = torch.sigmoid(model(ids.to(device), mask.to(device)).logits.float())
-    model.train(was_training)
     return _gather_rows(probs.unsqueeze(1), accelerator).squeeze(1).cpu().numpy()
 
 
