@@ -16,7 +16,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,9 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _labelled(kg, split):
-    table = kg.splits[split]
-    labels = np.asarray(table["label"]) if "label" in table.column_names else np.ones(len(table), dtype=np.int64)
-    return np.stack([np.asarray(table["head"]), np.asarray(table["relation"]), np.asarray(table["tail"])], 1), labels
+    return kg.triples(split, positives_only=False), kg.labels(split)
 
 
 def _run(args) -> dict:

@@ -16,7 +16,7 @@ import yaml
 
 from .configuration_lmke import CITATION as _CITATION
 
-_SECRET_ARGS = {"hub_token", "token"}  # never rendered into a card that may be pushed
+SECRET_ARGS = ("hub_token", "token")  # never rendered into a card, a record or a command line that may be pushed
 CARD_DATA_FILE = "card.json"
 
 
@@ -54,7 +54,7 @@ def public_args(args: dict) -> dict:
     paths."""
     return {
         k: public_value(v) for k, v in args.items()
-        if k not in _SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)
+        if k not in SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)
     }
 
 

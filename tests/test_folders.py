@@ -409,3 +409,16 @@ def test_evaluating_a_runs_best_folder_writes_beside_it_not_into_it(clmke_script
     _evaluate("--model", run / "best", "--dataset", kg_dir)
     assert (run / "eval-best" / "test_results.json").is_file() and not (run / "best" / "eval").exists()
     assert kind_of(run / "eval-best") == "evaluation"
+
+
+def test_the_resume_command_keeps_paths_as_typed_and_hides_tokens(monkeypatch):
+    import sys
+
+    from lmke_hf.training import resume_command
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", "--output_dir", "/data/runs/my run", "--hub_token", "hf_secret", "--token=hf_other"])
+    command = resume_command("/data/runs/my run")
+    assert command == "python examples/train_clmke.py --output_dir '/data/runs/my run' --hub_token '***' '--token=***' --resume_from_checkpoint latest"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import SchedulerType
 
-from ..modelcard import public_value
+from ..modelcard import SECRET_ARGS, public_value
 
 SCHEDULERS = [s.value for s in SchedulerType]
 
@@ -156,12 +156,15 @@ def check_arguments(args) -> None:
 
 
 
-_SECRET_FLAGS = ("--hub_token", "--token")
+_SECRET_FLAGS = tuple(f"--{name}" for name in SECRET_ARGS)
 
 
-def redact_argv(argv) -> list[str]:
-    """`argv` with the values of token flags replaced by `***` and absolute local paths shortened
-    (`modelcard.public_value`): commands are written into cards and uploaded."""
+def redact_argv(argv, shorten_paths: bool = True) -> list[str]:
+    """`argv` with the values of token flags replaced by `***` and, with `shorten_paths`, absolute local paths
+    shortened (`modelcard.public_value`): commands are written into cards and uploaded. Without it the paths stay
+    as typed (a command this machine's user runs again, e.g. the resume command)."""
+    shown = public_value if shorten_paths else (lambda value: value)
+
     def secret(flag: str) -> bool:  # argparse also accepts unique prefixes such as --hub_tok
         return flag.startswith("--") and flag not in ("--", "--hub", "--hub_") and any(f.startswith(flag) for f in _SECRET_FLAGS)
 
@@ -177,9 +180,9 @@ def redact_argv(argv) -> list[str]:
             out.append(item.split("=", 1)[0] + "=***")
         elif item.startswith("--") and "=" in item:
             flag, value = item.split("=", 1)
-            out.append(f"{flag}={public_value(value)}")
+            out.append(f"{flag}={shown(value)}")
         else:
-            out.append(public_value(item))
+            out.append(shown(item))
     return out
 
 

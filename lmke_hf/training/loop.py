@@ -200,13 +200,10 @@ def resume_command(output_dir) -> str:
     import shlex
     import sys
 
-    from .arguments import _SECRET_FLAGS, _launcher_argv
+    from .arguments import _launcher_argv, redact_argv
 
     words = ["accelerate", *launcher] if (launcher := _launcher_argv()) else ["python", *sys.argv]
-    shown, hide = [], False
-    for word in map(str, words):
-        shown.append("***" if hide else word)
-        hide = not hide and any(f.startswith(word) for f in _SECRET_FLAGS) and word.startswith("--") and "=" not in word
+    shown = redact_argv(words, shorten_paths=False)
     if "--resume_from_checkpoint" not in shown:
         shown += ["--resume_from_checkpoint", "latest"]
     return shlex.join(shown)
