@@ -136,7 +136,8 @@ def run_recipe(name: str, flags: str, args) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {steps} steps of {batch}, validation every {eval_steps} steps; log {log}", flush=True)
     load_before, began = _load_average(), time.time()
     with open(log, "w") as handle:
-        done = subprocess.run(["nice", "-n", str(args.nice), *command], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # this clone's lmke_hf
+        done = subprocess.run(["nice", "-n", str(args.nice), *command], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if done.returncode:
         raise SystemExit(f"recipe {name} failed (exit {done.returncode}); see {log}")
     history = json.loads((out / "train_history.json").read_text())

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from lmke_hf import check_same_kg, load_model  # noqa: E402
-from lmke_hf.kg import load_kg  # noqa: E402
-from lmke_hf.loading import exit_on_error, local_folder  # noqa: E402
-from lmke_hf.training import POSITIVE_INT  # noqa: E402
+from lmke_hf import check_same_kg, load_model
+from lmke_hf.kg import load_kg
+from lmke_hf.loading import exit_on_error, local_folder
+from lmke_hf.training import POSITIVE_INT
 
 
 def build_parser() -> argparse.ArgumentParser:

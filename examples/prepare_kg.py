@@ -1,97 +1,10 @@
-"""Convert a KG-BERT / LMKE data folder into a Hub-ready dataset folder (and optionally push it).
+#!/usr/bin/env python
+"""Convert a KG-BERT / LMKE data folder into a Hub-ready dataset folder (and optionally push it): `accelerate launch examples/prepare_kg.py --help`.
 
-Example::
+The program lives in the package (`lmke_hf.commands.prepare_kg`, also `lmke-hf prepare`); this file runs it as a
+script."""
 
-    python examples/prepare_kg.py umls --data_dir /path/to/data --output_dir outputs/umls-kg
-    python examples/prepare_kg.py wn18rr --data_dir /path/to/data --output_dir outputs/wn18rr-kg \\
-        --push_to_hub my-org/wn18rr-lmke
-
-Flags are spelled as in the other scripts (`--output_dir`); the dashed spellings of version 0.1.0
-(`--output-dir`, `--push-to-hub`, ...) are still accepted and go in the next release.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-import os
-from pathlib import Path
-
-from lmke_hf.folders import OutputDirError, check_output_dir
-from lmke_hf.kg import add_classification_negatives, load_kg, push_prepared_to_hub, save_prepared
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "name_or_path",
-        help="KG-BERT folder, prepared folder, short name (wn18rr, fb15k-237, fb13, umls, wn11, nations, kinship) "
-        "or Hub dataset repo id.",
-    )
-    parser.add_argument(
-        "--data_dir",
-        "--data-dir",
-        default=None,
-        help="Folder holding one sub-folder per short name (default: $LMKE_HF_DATA_DIR).",
-    )
-    parser.add_argument(
-        "--description",
-        default="auto",
-        help="'auto' (longest description file available), 'name' (names only) or a text file name in the folder.",
-    )
-    parser.add_argument("--revision", default=None, help="Hub revision when name_or_path is a Hub repo id.")
-    parser.add_argument("--output_dir", "--output-dir", required=True, help="Folder to write the prepared dataset into.")
-    parser.add_argument(
-        "--negatives_seed",
-        "--negatives-seed",
-        type=int,
-        default=0,
-        help="Seed of the validation/test negatives generated for splits that ship without labels.",
-    )
-    parser.add_argument(
-        "--no_negatives",
-        "--no-negatives",
-        action="store_true",
-        help="Do not generate validation/test negatives; unlabelled splits stay positives only.",
-    )
-    parser.add_argument("--no_card", "--no-card", action="store_true", help="Do not write the README.md dataset card.")
-    parser.add_argument(
-        "--overwrite_output_dir", action="store_true",
-        help="Replace a dataset that this command prepared earlier in --output_dir (any other non-empty folder is refused).",
-    )
-    parser.add_argument(
-        "--push_to_hub",
-        "--push-to-hub",
-        default=None,
-        metavar="REPO_ID",
-        help="Upload the folder to this Hub dataset repo (token from HF_TOKEN or `huggingface-cli login`).",
-    )
-    parser.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
-    return parser.parse_args(argv)
-
-
-def main(args: argparse.Namespace) -> Path:
-    source = Path(args.name_or_path) if Path(args.name_or_path).exists() else None
-    inputs = {"--data_dir": args.data_dir or os.environ.get("LMKE_HF_DATA_DIR"), "name_or_path": source}
-    try:  # refused before the KG is read; save_prepared checks again before it writes
-        check_output_dir(args.output_dir, "prepared-dataset", inputs=inputs, replace_flag="--overwrite_output_dir", replace=args.overwrite_output_dir)
-    except OutputDirError as err:
-        raise SystemExit(str(err)) from None
-    kg = load_kg(args.name_or_path, data_dir=args.data_dir, description=args.description, revision=args.revision)
-    if not args.no_negatives:
-        kg = add_classification_negatives(kg, seed=args.negatives_seed)
-    try:
-        out = save_prepared(kg, args.output_dir, card=not args.no_card, overwrite=args.overwrite_output_dir, inputs=inputs)
-    except OutputDirError as err:
-        raise SystemExit(str(err)) from None
-    statistics = kg.statistics()
-    print(json.dumps({k: v for k, v in statistics.items() if k != "report"}, indent=2))
-    print(f"wrote {out}")
-    if args.push_to_hub:
-        commit = push_prepared_to_hub(out, args.push_to_hub, private=args.private)
-        print(f"pushed to {args.push_to_hub}: {getattr(commit, 'commit_url', commit)}")
-    return out
-
+from lmke_hf.commands.prepare_kg import main, parse_args
 
 if __name__ == "__main__":
     main(parse_args())

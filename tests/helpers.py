@@ -9,7 +9,7 @@ loaded as modules with their command lines, and weight comparisons. Fixtures bui
   training-script tests: 12 entities named with words of the tiny BERT vocabulary of `conftest.tiny_bert_dir`, 3
   relations, 40 training triples, 6 dev and 6 test triples, in the KG-BERT layout. Every entity occurs in train.
   Deterministic.
-- `_load_script`, `_common`, `_clmke_argv`, `RESUME_FLAGS`: the example scripts and their flags in the tests.
+- `_load_script`, `_common`, `_clmke_argv`, `RESUME_FLAGS`: the command programs and their flags in the tests.
 - The tiny *model* KG (`KG`, `LENGTHS`, `TRIPLES`, `QUERIES`, `DEGREES`; batches `lmke_batch`, `clmke_batch`,
   `gold_answer_ids`; `MODEL_CASES`; fixtures `tok`, `make_model`, `kg_tok` in conftest.py), for the model,
   tokenizer, feature and evaluation-loop tests: 7 entities ``Q0``..``Q6`` and 3 relations ``P0``..``P2`` given
@@ -18,6 +18,7 @@ loaded as modules with their command lines, and weight comparisons. Fixtures bui
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -190,15 +191,17 @@ LINK_PREDICTION_KEYS = ("test_mrr", "test_mr", "test_hits@1", "test_hits@3", "te
 
 
 def _load_script(name: str):
-    """Imports examples/<name>.py once as module `_lmke_example_<name>`."""
+    """The program behind a command (`lmke_hf.commands.<name>`: train_clmke, train_lmke, evaluate, prepare_kg), or
+    an example of `examples/` that is only an example (own_entity_first), imported once by path."""
+    if importlib.util.find_spec(f"lmke_hf.commands.{name}") is not None:
+        return importlib.import_module(f"lmke_hf.commands.{name}")
     module_name = f"_lmke_example_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, REPO / "examples" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 def _common(kg_dir, encoder, output_dir, *extra) -> list[str]:

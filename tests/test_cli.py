@@ -84,23 +84,33 @@ def test_every_command_shows_its_scripts_help_under_its_own_name(name, capsys):
     assert sys.argv == argv_before
 
 
-def test_evaluate_is_the_example_even_when_a_module_named_evaluate_exists(monkeypatch, capsys):
-    """An installed Hugging Face `evaluate` package must not stand in for examples/evaluate.py."""
+def test_evaluate_is_ours_even_when_a_module_named_evaluate_exists(monkeypatch, capsys):
+    """An installed Hugging Face `evaluate` package must not stand in for the evaluate command."""
     monkeypatch.setitem(sys.modules, "evaluate", types.ModuleType("evaluate"))
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--help"])
     assert "--model" in capsys.readouterr().out
-    loaded = sys.modules["lmke_hf_examples.evaluate"]
-    assert Path(loaded.__file__).resolve() == REPO_ROOT / "examples" / "evaluate.py"
+    assert Path(sys.modules["lmke_hf.commands.evaluate"].__file__).resolve() == REPO_ROOT / "lmke_hf" / "commands" / "evaluate.py"
 
 
-def test_without_examples_folder_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "EXAMPLES_DIR", tmp_path / "no-examples")
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train-lmke", "--help"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no examples/ folder" in err and "pip install -e ." in err
+def test_every_command_works_from_the_package_alone(tmp_path):
+    """A wheel holds the package and no examples/ folder: with only `lmke_hf/` importable, every command still runs
+    (its --help), so `pip install .` gives the whole CLI."""
+    shutil.copytree(REPO_ROOT / "lmke_hf", tmp_path / "lmke_hf", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONNOUSERSITE": "1"}
+    code = ("import sys, lmke_hf, lmke_hf.cli as cli; assert lmke_hf.__file__.startswith(sys.argv[1]), lmke_hf.__file__; "
+            "import contextlib, io\n"
+            "for name in ('train-clmke', 'train-lmke', 'evaluate', 'prepare', 'export-card'):\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        try:\n"
+            "            cli.main([name, '--help'])\n"
+            "        except SystemExit as e:\n"
+            "            assert e.code == 0, (name, e.code)\n"
+            "    assert out.getvalue().startswith('usage: lmke-hf ' + name), name\n"
+            "print('ok')")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
 def _prepare_example():

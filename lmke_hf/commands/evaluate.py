@@ -1,0 +1,195 @@
+"""Evaluate a trained LMKE / C-LMKE model (a saved folder or a Hub id) on a split of a knowledge graph.
+
+    accelerate launch examples/evaluate.py --model outputs/clmke-umls --dataset umls --split test
+
+The task follows the checkpoint's `model_type`: `clmke` -> filtered link prediction over all entities
+(MR, MRR, Hits@1/3/10 overall, per direction, per relation and per degree bucket, with a degree-bucket plot);
+`lmke` -> triple classification (accuracy at the 0.5 threshold and with thresholds tuned on
+`--threshold_split`, globally and per relation). Metrics go to `--output_dir/<split>_results.json`.
+
+The model scores with the training degrees stored in the checkpoint; the KG only supplies the triples to
+rank, the filter and the gold degrees for the bucket table. The KG's entity and relation ids must be the
+ones the model was trained with (same order), which the script checks before spending any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+
+from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, check_same_kg, load_model
+from lmke_hf.kg import add_classification_negatives, load_kg
+from lmke_hf.evaluation import classification_report, plot_degree_buckets, rank_link_prediction, score_triples
+from lmke_hf.loading import checkpoint_source, exit_on_error, local_folder
+from filelock import FileLock, Timeout
+
+from lmke_hf.folders import LOCK_FILE, FinalSave, OutputDirError, check_output_dir, claim_folder, folder_kind
+from lmke_hf.modelcard import write_json
+from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, set_cpu_threads
+
+logger = logging.getLogger("evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = parser.add_argument
+    a("--model", required=True, help="Saved output folder or Hub repo id of a trained LMKE / C-LMKE model.")
+    a("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
+    a("--token", default=None, help="Hub token for private repos (default: the cached login).")
+    a("--dataset", required=True, help="KG: a short name (umls, wn18rr, fb15k-237, fb13, ...), a KG-BERT or prepared folder, or a Hub dataset id.")
+    a("--data_dir", default=None, help="Where short dataset names are looked up (default: $LMKE_HF_DATA_DIR).")
+    a("--split", default="test", choices=["train", "validation", "test"], help="Split to evaluate.")
+    a("--output_dir", default=None, help="Where metrics are written (default: <model folder>/eval, else ./eval-<name>; never the training run's own test_metrics).")
+    a("--per_device_eval_batch_size", type=POSITIVE_INT, default=256, help="Queries / triples / entity keys per forward pass.")
+    a("--max_queries", type=POSITIVE_INT, default=None, help="Evaluate only the first N triples of the split (quick checks).")
+    a("--filter_splits", nargs="+", default=["train", "validation", "test"], help="Known true triples removed from the ranking (link prediction).")
+    a("--directions", nargs="+", default=["tail", "head"], choices=["tail", "head"], help="Which entity to predict (link prediction).")
+    a("--reencode_entities", action="store_true", help="Encode all entity keys instead of using the checkpoint's entity_index.safetensors.")
+    a("--threshold_split", default="validation", choices=["train", "validation", "test"], help="Split on which triple-classification thresholds are tuned.")
+    a("--negatives_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the classification negatives of splits that ship none (train_lmke.py's default: 0).")
+    a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (GPUs / CPUs with bf16 units; may change ties).")
+    a("--no_progress", action="store_true", help="No progress bars.")
+    a("--cpu_threads", type=POSITIVE_INT, default=None, help="Torch threads on CPU (default: every core this process may use; `accelerate launch` alone pins one).")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)  # numeric flags are range-checked by their types
+
+
+def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
+    model.attach_tokenizer(tokenizer)
+    keys = None
+    if not args.reencode_entities:
+        keys = model.load_entity_index()
+        if keys is not None:
+            logger.info("using the checkpoint's entity_index.safetensors (%d keys)", keys.shape[0])
+    evaluator = rank_link_prediction(
+        model, tokenizer, kg, args.split, filter_splits=tuple(args.filter_splits),
+        batch_size=args.per_device_eval_batch_size, max_queries=args.max_queries, directions=tuple(args.directions),
+        entity_embeddings=keys.to(accelerator.device) if keys is not None else None, accelerator=accelerator,
+        score_dtype=torch.bfloat16 if args.score_bf16 else None,
+        progress=not args.no_progress and accelerator.is_main_process,
+    )
+    if not accelerator.is_main_process:
+        return {}
+    metrics = {f"{args.split}_{k}": v for k, v in evaluator.compute().items()}
+    metrics["num_examples"] = len(evaluator) // len(args.directions)  # triples ranked
+    for direction, values in evaluator.per_direction().items():
+        metrics.update({f"{args.split}_{direction}_{k}": v for k, v in values.items()})
+    tables = out_dir / f"{args.split}_metrics"
+    evaluator.save(tables, relation_names=list(kg.relations["id"]))  # with every rank (ranks.npz / .csv)
+    plot_degree_buckets(evaluator.per_degree_bucket(), tables / "degree_buckets.png", title=f"C-LMKE on {kg.name} ({args.split})")
+    return metrics
+
+
+def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
+    if args.threshold_split == args.split:
+        raise SystemExit(f"--threshold_split {args.threshold_split} is the split being evaluated: the tuned accuracies would be tuned on the labels they are measured on; pick another split.")
+    kg = add_classification_negatives(kg, seed=args.negatives_seed)  # the same negatives train_lmke.py scored
+
+    def labelled(split):
+        triples, labels = kg.triples(split, positives_only=False), kg.labels(split)
+        if (labels == 0).sum() == 0:
+            raise SystemExit(f"Split {split!r} of {kg.name} has no negative triples, so accuracy is undefined; use validation or test.")
+        return triples, labels
+
+    triples, labels = labelled(args.split)
+    if args.max_queries is not None:
+        triples, labels = triples[: args.max_queries], labels[: args.max_queries]
+    tune_triples, tune_labels = labelled(args.threshold_split)
+    scores = score_triples(model, tokenizer, triples, args.per_device_eval_batch_size, accelerator)
+    tune_scores = score_triples(model, tokenizer, tune_triples, args.per_device_eval_batch_size, accelerator)
+    if not accelerator.is_main_process:
+        return {}
+    report = classification_report(scores, labels, triples[:, 1], tune_scores, tune_labels, tune_triples[:, 1])
+    write_json(out_dir / f"{args.split}_thresholds.json", report.get("thresholds_per_relation", {}), default=float)
+    return {**{f"{args.split}_{k}": v for k, v in report.items() if not isinstance(v, dict)}, "num_examples": len(triples)}
+
+
+def default_output_dir(model: str, source) -> Path:
+    """`<model folder>/eval`; for a run's `best/` (removed when the run ends) `<run>/eval-best`; for a Hub id
+    `./eval-<name>`."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return Path(f"eval-{Path(model).name}")
+    if folder.name == "best" and folder_kind(folder.parent) == "training-run":
+        return folder.parent / "eval-best"
+    return folder / "eval"
+
+
+def main(args) -> dict:
+    from accelerate import Accelerator
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    accelerator = Accelerator()
+    set_cpu_threads(accelerator, args.cpu_threads)
+    # user mistakes end with one line naming the flag; a mistyped folder stops before the KG is read
+    with exit_on_error("--data_dir"):
+        if args.data_dir is not None:
+            local_folder(args.data_dir, required=True)
+    with exit_on_error("--model"):
+        source = checkpoint_source(args.model)
+    out_dir = default_output_dir(args.model, source) if args.output_dir is None else Path(args.output_dir)
+    inputs = {"--model": source if Path(source).is_dir() else None, "--data_dir": args.data_dir,
+              "--dataset": args.dataset if Path(args.dataset).exists() else None}
+    try:  # a new folder or one of earlier evaluations; never a run, data or other files
+        check_output_dir(out_dir, "evaluation", inputs=inputs, reuse=True)
+    except OutputDirError as err:
+        raise SystemExit(str(err)) from None
+    with exit_on_error("--dataset"):
+        local_folder(args.dataset)
+        kg = load_kg(args.dataset, data_dir=args.data_dir)
+    if args.split not in kg.splits:
+        raise SystemExit(f"--split {args.split!r}: {kg.name} has splits {sorted(kg.splits)}.")
+    with exit_on_error("--model"):
+        model, tokenizer = load_model(args.model, args.revision, args.token)
+        check_same_kg(tokenizer, kg, args.model)
+    model.to(accelerator.device)
+    if accelerator.is_main_process:
+        try:
+            claim_folder(out_dir, "evaluation", inputs=inputs, reuse=True)
+        except OutputDirError as err:
+            raise SystemExit(str(err)) from None
+    start = time.perf_counter()
+    lock = FileLock(str(out_dir / LOCK_FILE))
+    if accelerator.is_main_process:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise SystemExit(f"--output_dir {out_dir} is in use by another evaluation; wait for it or choose another folder.") from None
+    try:
+        # a split's files (results, tables, ranks, thresholds) are staged and swapped in together: two evaluations
+        # never mix their files, and a crash leaves the previous complete set
+        with (FinalSave(out_dir) if accelerator.is_main_process else contextlib.nullcontext(out_dir)) as staging:
+            if isinstance(model, ClmkeForLinkPrediction):
+                task, results = "link-prediction", evaluate_link_prediction(args, accelerator, model, tokenizer, kg, staging)
+            elif isinstance(model, LmkeForTripleClassification):
+                task, results = "triple-classification", evaluate_triple_classification(args, accelerator, model, tokenizer, kg, staging)
+            else:  # load_model only returns the two
+                raise SystemExit(f"--model {args.model!r}: unsupported model class {type(model).__name__}.")
+            if accelerator.is_main_process:
+                results.update(
+                    model=args.model, revision=args.revision, dataset=kg.name, split=args.split, task=task,
+                    eval_runtime_s=time.perf_counter() - start, num_processes=accelerator.num_processes, device=str(accelerator.device),
+                )
+                write_json(staging / f"{args.split}_results.json", results, indent=2, default=float)
+    finally:
+        if lock.is_locked:
+            lock.release()
+    if accelerator.is_main_process:
+        path = out_dir / f"{args.split}_results.json"
+        logger.info("metrics written to %s", path)
+        print(json.dumps({k: v for k, v in results.items() if k.startswith(args.split)}, indent=2, default=float))
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())
