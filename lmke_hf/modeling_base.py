@@ -27,7 +27,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import CITATION
-from .tokenization_lmke import KG_VOCAB_FILE, LmkeTokenizer
+from .tokenization_lmke import KG_VOCAB_FILE, NAME_PIECES, LmkeTokenizer
 
 logger = hf_logging.get_logger(__name__)
 
@@ -498,11 +498,9 @@ class LmkePreTrainedModel(PreTrainedModel):
                 table[off : off + self.config.num_relations] = mean_pieces(pieces)
         if self.config.num_entities:
             idx = torch.arange(self.config.num_entities) if entities is None else torch.as_tensor(entities)
-            names = tokenizer.name_pieces("entity") if entities is None else [
-                tokenizer.name_pieces("entity")[i] for i in idx.tolist()
-            ]
+            names = tokenizer.name_pieces("entity", rows=None if entities is None else idx.tolist())  # only the new ones when adding
             desc = tokenizer.entity_pieces
-            pieces = [n or desc[i][:32] for n, i in zip(names, idx.tolist())]
+            pieces = [n or desc[i][:NAME_PIECES] for n, i in zip(names, idx.tolist())]
             table[self.config.entity_token_offset - base + idx.to(table.device)] = mean_pieces(pieces)
 
     @classmethod

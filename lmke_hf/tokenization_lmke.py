@@ -24,6 +24,7 @@ from transformers.utils import PushToHubMixin
 from .configuration_lmke import KgVocabLayout
 
 KG_VOCAB_FILE = "kg_vocab.json"
+NAME_PIECES = 32  # word pieces of a name (or, for a nameless entity, of its text) that initialise its KG token
 DIRECTIONS = ("tail", "head")  # the element predicted; its index is the `direction` value in datasets and evaluators
 _PLURAL = {"entity": "entities", "relation": "relations"}
 _MAX_EXCERPT = 200  # characters of a value an error message quotes at most
@@ -351,10 +352,11 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
             self._relation_pieces = self._pieces(texts, self.max_relation_description_length)
         return self._relation_pieces
 
-    def name_pieces(self, kind: str = "entity") -> list[list[int]]:
-        """Word pieces of the names alone (used to initialise the KG token embeddings)."""
+    def name_pieces(self, kind: str = "entity", rows: Sequence[int] | None = None) -> list[list[int]]:
+        """Word pieces of the names alone, at most `NAME_PIECES` each (used to initialise the KG token embeddings):
+        of every entity / relation, or only of the row indices `rows` (e.g. entities just added)."""
         names = self.entity_names if kind == "entity" else self.relation_names
-        return self._pieces(list(names), 32)
+        return self._pieces([names[i] for i in rows] if rows is not None else list(names), NAME_PIECES)
 
     # ------------------------------------------------------------------ building inputs
     def encode_triples(self, heads, relations, tails) -> dict[str, list[list[int]]]:
