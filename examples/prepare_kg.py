@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a KG-BERT / LMKE data folder into a Hub-ready dataset folder (and optionally push it): `accelerate launch examples/prepare_kg.py --help`.
+"""Convert a KG-BERT / LMKE data folder into a Hub-ready dataset folder (and optionally push it): `python examples/prepare_kg.py --help`.
 
 The program lives in the package (`lmke_hf.commands.prepare_kg`, also `lmke-hf prepare`); this file runs it as a
 script."""

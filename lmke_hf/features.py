@@ -182,11 +182,16 @@ class TrainingTriples(torch.utils.data.Dataset):
         return len(self.labels)
 
     def lengths(self) -> np.ndarray:
-        """Word pieces of each of this epoch's triples (for `LengthGroupedSampler`)."""
+        """Word pieces of each of this epoch's triples (for `LengthGroupedSampler`); tokenised again only when the
+        negatives were redrawn."""
+        cached = getattr(self, "_lengths", None)
+        if cached is not None and cached[0] == self.epoch:
+            return cached[1]
         out = np.empty(len(self.labels), dtype=np.int64)
         for start in range(0, len(out), 65536):
             rows = self.triples[start : start + 65536]
             out[start : start + len(rows)] = [len(x) for x in self.tokenizer.encode_triples(rows[:, 0], rows[:, 1], rows[:, 2])["input_ids"]]
+        self._lengths = (self.epoch, out)
         return out
 
     def __getitems__(self, indices) -> list[dict]:  # batched fetch (torch DataLoader): one tokeniser call per batch
