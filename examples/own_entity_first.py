@@ -51,7 +51,7 @@ def own_entity_first(model, tokenizer, kg, split="test", direction="tail", max_q
     triples = kg.triples(split)[:max_queries]
     given_col, target_col = (0, 2) if direction == "tail" else (2, 0)
     index = kg.answer_index(["train", "validation", "test"], direction)
-    keys = model.entity_index
+    keys = model.entity_index.keys
     first = 0
     for start in range(0, len(triples), batch_size):
         part = triples[start : start + batch_size]

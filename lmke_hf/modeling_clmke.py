@@ -8,7 +8,6 @@ saved checkpoints load with `trust_remote_code=True` where `lmke_hf` is not inst
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import ClmkeConfig
+from .entity_index import ENTITY_INDEX_FILE, EntityIndex, EntityIndexError
 from .modeling_base import (
     LmkePreTrainedModel,
     check_fits_in_memory,
@@ -34,7 +34,6 @@ from .modeling_base import (
 
 logger = hf_logging.get_logger(__name__)
 
-ENTITY_INDEX_FILE = "entity_index.safetensors"
 
 
 def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
@@ -529,105 +528,86 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         return out
 
     @property
-    def entity_index(self) -> torch.Tensor:
-        """Keys of all entities `(num_entities, hidden)`: loaded from `entity_index.safetensors` when the
-        checkpoint has one made by these weights, else encoded (and kept) on first use."""
-        keys = getattr(self, "_entity_keys", None)
-        if keys is None or keys.shape[0] != self.config.num_entities:
-            keys = self._load_entity_index()
-            if keys is None:
-                keys = self.encode_entities()
-                self._entity_keys_weights = self.weights_fingerprint()
-            self._entity_keys = keys
-        return self._entity_keys
+    def entity_index(self) -> EntityIndex:
+        """The `EntityIndex` of all entities (keys, training degrees, ids): loaded (memory-mapped) from the
+        checkpoint's `entity_index.safetensors` (or shards) when those were made by these weights, else encoded
+        (and kept) on first use."""
+        index = getattr(self, "_entity_index", None)
+        if index is None or index.num_entities != self.config.num_entities:
+            index = self._load_entity_index()
+            if index is None:
+                index = EntityIndex.build(self)
+            self._entity_index = index
+        return self._entity_index
 
     @entity_index.setter
-    def entity_index(self, keys: torch.Tensor) -> None:
-        """Uses `keys` `(num_entities, hidden)`, encoded by this model's current weights (e.g. across processes by
-        `lmke_hf.evaluation.encode_entities`), as the entity index; `save_pretrained` writes them as
-        `entity_index.safetensors` with the fingerprint of those weights."""
-        if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[0] != self.config.num_entities:
-            shape = tuple(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
-            raise ValueError(f"entity_index must be a (num_entities={self.config.num_entities}, hidden) tensor, got {shape}.")
-        self._entity_keys = keys
-        self._entity_keys_weights = self.weights_fingerprint()
+    def entity_index(self, index) -> None:
+        """Uses `index` (an `EntityIndex`, or the keys `(num_entities, hidden)` as a tensor), encoded by this model's
+        current weights (e.g. across processes by `lmke_hf.evaluation.encode_entities`), as the entity index;
+        `save_pretrained` writes it with the fingerprint of those weights."""
+        if isinstance(index, torch.Tensor):
+            if index.dim() != 2 or index.shape[0] != self.config.num_entities:
+                raise ValueError(f"entity_index must be a (num_entities={self.config.num_entities}, hidden) tensor, got {tuple(index.shape)}.")
+            index = EntityIndex(index, self.entity_degrees.detach().cpu())
+        elif not isinstance(index, EntityIndex):
+            raise ValueError(f"entity_index must be an EntityIndex or a (num_entities, hidden) tensor, got {type(index).__name__}.")
+        if index.num_entities != self.config.num_entities:
+            raise ValueError(f"entity_index holds {index.num_entities} entities, the model {self.config.num_entities}.")
+        index.weights_sha256 = self.weights_fingerprint()
+        self._entity_index = index
 
-    def load_entity_index(self) -> torch.Tensor | None:
-        """The entity keys saved with the checkpoint (`entity_index.safetensors` of its folder, or of its Hub repo
-        at the revision it was loaded from), `(num_entities, hidden)` on the model's device; None when it has none,
-        they are for another number of entities, or they were encoded by other weights than these (a warning says
-        so). Never encodes (`entity_index` encodes when this is None)."""
+    def load_entity_index(self) -> EntityIndex | None:
+        """The entity index saved with the checkpoint (in its folder, or its Hub repo at the revision it was loaded
+        from), memory-mapped; None when it has none, it is for another number of entities, or it was encoded by
+        other weights than these (a warning says so). Never encodes (`entity_index` encodes when this is None)."""
         return self._load_entity_index()
 
-    def _load_entity_index(self):
-        from safetensors import safe_open
-
+    def _load_entity_index(self) -> EntityIndex | None:
         source = self.name_or_path
         if not source:
             return None
-        path = os.path.join(source, ENTITY_INDEX_FILE)
-        if os.path.isdir(source) and not os.path.isfile(path):
-            return None  # a folder without an index: encode instead
-        if not os.path.isfile(path):
-            from huggingface_hub import constants, hf_hub_download
-            from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-            # "no index there" means encode instead; a failed download is an error (in a multi-process run, one
-            # process silently encoding while the others do not would hang the collective in encode_entities)
-            absent = (EntryNotFoundError, RepositoryNotFoundError, HFValidationError) + ((LocalEntryNotFoundError,) if constants.HF_HUB_OFFLINE else ())
-            try:
-                path = hf_hub_download(source, ENTITY_INDEX_FILE, **getattr(self, "_hub_kwargs", {}))
-            except absent:
-                return None
         try:
-            with safe_open(path, framework="pt") as handle:
-                made_by = (handle.metadata() or {}).get("weights_sha256")
-                keys = handle.get_tensor("keys")
-        except Exception as err:  # noqa: BLE001 - a damaged or foreign file: say so, then encode instead
-            logger.warning(f"{path} cannot be read as an entity index ({type(err).__name__}: {err}): ignoring it; the entity keys are encoded again.")
+            index = EntityIndex.from_pretrained(source, **getattr(self, "_hub_kwargs", {}))
+        except EntityIndexError as err:  # a damaged or foreign file: say so, then encode instead
+            logger.warning(f"{err}: ignoring it; the entity keys are encoded again.")
+            return None
+        if index is None:
             return None
         width = self.config.encoder.hidden_size
-        if keys.dim() != 2 or not keys.is_floating_point() or keys.shape[1] != width:
+        if index.hidden_size != width:
             logger.warning(
-                f"{path} holds keys of shape {tuple(keys.shape)} and dtype {keys.dtype}, not (num_entities, {width}) floats: "
-                "ignoring it; the entity keys are encoded again."
+                f"The entity index of {source} holds keys of width {index.hidden_size}, not {width}: ignoring it; the "
+                "entity keys are encoded again."
             )
             return None
-        if keys.shape[0] != self.config.num_entities:
+        if index.num_entities != self.config.num_entities:
             return None
-        if made_by is not None and made_by != self.weights_fingerprint():
+        if index.weights_sha256 is not None and index.weights_sha256 != self.weights_fingerprint():
             logger.warning(
-                f"{path} was encoded by other weights than the model's ({ENTITY_INDEX_FILE} and model.safetensors come from "
-                "different saves): ignoring it; the entity keys are encoded again."
+                f"The entity index of {source} was encoded by other weights than the model's ({ENTITY_INDEX_FILE} and "
+                "model.safetensors come from different saves): ignoring it; the entity keys are encoded again."
             )
             return None
-        self._entity_keys_weights = made_by
-        return keys.to(self.device)
+        index.ids = list(self.kg_tokenizer.entity_ids) if getattr(self, "_kg_tokenizer", None) is not None else None
+        return index
 
-    def build_entity_index(self) -> torch.Tensor:
-        """(Re-)encodes every entity key; saved as `entity_index.safetensors` by `save_pretrained`."""
-        self._entity_keys = self.encode_entities()
-        self._entity_keys_weights = self.weights_fingerprint()
-        return self._entity_keys
+    def build_entity_index(self, **options) -> EntityIndex:
+        """(Re-)encodes every entity key (`EntityIndex.build` options: `batch_size`, `shard_size`, `dtype`,
+        `save_directory`, `accelerator`, `progress`); saved by `save_pretrained`."""
+        self._entity_index = EntityIndex.build(self, **options)
+        return self._entity_index
 
     def _save_extras(self, save_directory) -> None:
         super()._save_extras(save_directory)
-        keys = getattr(self, "_entity_keys", None)
-        if keys is not None and keys.shape[0] == self.config.num_entities:
-            from safetensors.torch import save_file
-
-            made_by = getattr(self, "_entity_keys_weights", None)  # None: an index of unknown origin (an old save)
-            weights = {"weights_sha256": made_by} if made_by else {}
-            save_file(
-                {"keys": keys.detach().float().cpu().contiguous(), "degrees": self.entity_degrees.cpu().contiguous()},
-                os.path.join(save_directory, ENTITY_INDEX_FILE),
-                metadata={"num_entities": str(self.config.num_entities), **weights},
-            )
+        index = getattr(self, "_entity_index", None)
+        if index is not None and index.num_entities == self.config.num_entities:
+            saved = EntityIndex([tile for _, tile in index.tiles()], self.entity_degrees.detach().cpu(), None, index.weights_sha256)
+            saved.save(save_directory)  # weights_sha256 None: an index of unknown origin (an old save)
 
     @torch.no_grad()
     @in_eval_mode
     def predict(self, head=None, relation=None, tail=None, top_k: int = 10, filter_known=None,
-                filter_splits=("train", "validation", "test")) -> list[dict]:
+                filter_splits=("train", "validation", "test"), searcher=None) -> list[dict]:
         """Ranks all entities for `(head, relation, ?)` or `(?, relation, tail)`; entities and relations by id or name.
 
         Returns the `top_k` candidates as dicts `{"entity_id", "name", "score"}` (score = p(q, k), or the cosine
@@ -637,6 +617,8 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             filter_known (`KnowledgeGraph`, *optional*): this model's KG (`lmke_hf.load_kg(...)`); the query's known
                 answers in its `filter_splits` are left out of the ranking (the filtered setting). The model stores
                 no triples, so filtering needs the graph.
+            searcher (`FaissSearcher`, *optional*): approximate search (`model.entity_index.build_faiss()`) instead
+                of the exact, tiled one; its shortlist is re-scored exactly, so the scores are the model's own.
         """
         if isinstance(filter_known, (bool, np.bool_)):
             raise TypeError(
@@ -659,20 +641,18 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         rel = self._resolve(relation, "relation")
         batch = tokenizer.pad(tokenizer.encode_queries([given], [rel], "tail" if head is not None else "head"))
         q, q_ent = self.encode_queries(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-        keys = self.entity_index
-        bad = ~torch.isfinite(keys).all(1)
-        if bool(bad.any()):
-            shown = ", ".join(tokenizer.entity_ids[i] for i in bad.nonzero().flatten()[:5].tolist())
+        index = self.entity_index
+        count, rows = index.nonfinite_rows()
+        if count:
+            shown = ", ".join(tokenizer.entity_ids[i] for i in rows)
             raise ValueError(
-                f"The entity index holds {int(bad.sum())} keys with NaN or inf values (entities {shown}{', ...' if int(bad.sum()) > 5 else ''}): "
+                f"The entity index holds {count} keys with NaN or inf values (entities {shown}{', ...' if count > len(rows) else ''}): "
                 "their scores would be meaningless. Encode them again with `model.build_entity_index()`; if that gives "
                 "NaN too, the weights themselves are broken (a diverged run)."
             )
-        scores = self.score_all(q, q_ent, keys)[0]
         if not bool(torch.isfinite(q).all()):
             raise ValueError("The query's embedding holds NaN or inf values: the weights are broken (a diverged run); nothing can be ranked.")
-        if self.config.scorer == "matcher":
-            scores = torch.sigmoid(scores)
+        known = None
         if filter_known is not None:
             kg_ids = list(filter_known.entities["id"]) if hasattr(filter_known, "entities") else None
             if filter_known.num_entities != self.config.num_entities or (kg_ids is not None and kg_ids != list(tokenizer.entity_ids)):
@@ -680,10 +660,17 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                     f"`filter_known` is a graph of {filter_known.num_entities} entities, this model has {self.config.num_entities} "
                     "(or they are in another order): pass the KG the model was trained on."
                 )
-            index = filter_known.answer_index(list(filter_splits), "tail" if head is not None else "head")
-            known = torch.as_tensor(index.answers(given, rel), dtype=torch.long, device=scores.device)
-            scores = scores.index_fill(0, known, float("-inf"))
-        values, order = scores.topk(min(top_k, int(torch.isfinite(scores).sum())))
+            answers = filter_known.answer_index(list(filter_splits), "tail" if head is not None else "head")
+            known = [np.asarray(answers.answers(given, rel), dtype=np.int64)]
+        if searcher is None:
+            values, order = index.search(self, q, q_ent, top_k, exclude=known)
+        else:
+            values, order = searcher.search(self, index, q, q_ent, top_k, exclude=known)
+        values, order = values[0], order[0]
+        kept = order >= 0
+        values, order = values[kept], order[kept]
+        if self.config.scorer == "matcher":
+            values = torch.sigmoid(values)
         return [
             {"entity_id": tokenizer.entity_ids[i], "name": tokenizer.entity_names[i], "score": float(v)}
             for v, i in zip(values.tolist(), order.tolist())
@@ -694,12 +681,13 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         """Adds unseen entities without retraining (the inductive case): registers their tokens (initialised from
         their names' word pieces), degree 0, and encodes their keys into the entity index. Returns their ids."""
         tokenizer = self.kg_tokenizer
-        keys = self.entity_index
+        index = self.entity_index
         new = tokenizer.add_entities(ids, names, descriptions)
         self.resize_entity_embeddings(tokenizer.num_entities)
         self.init_kg_embeddings(tokenizer, entities=torch.as_tensor(new))
-        self._entity_keys = torch.cat([keys, self.encode_entities(new)], 0)
-        self._entity_keys_weights = self.weights_fingerprint()  # the old keys are unchanged by the new rows
+        grown = index.append(self.encode_entities(new).cpu(), ids=[tokenizer.entity_ids[i] for i in new])
+        grown.weights_sha256 = self.weights_fingerprint()  # the old keys are unchanged by the new rows
+        self._entity_index = grown
         return torch.as_tensor(new)
 
     # ------------------------------------------------------------ ranking against all entities

@@ -133,6 +133,7 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
         if len(self._relation_index) != len(self.relation_ids):
             raise ValueError("`relation_ids` contains duplicates; each relation needs exactly one id.")
         self._entity_pieces: list[list[int]] | None = None
+        self._entity_piece_rows: dict[int, list[int]] = {}  # rows tokenised before all of them were needed
         self._relation_pieces: list[list[int]] | None = None
 
     # ------------------------------------------------------------------ vocabulary
@@ -343,7 +344,25 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
             self._entity_pieces = self._pieces(
                 texts, max(self.max_entity_description_length, self.max_key_description_length)
             )
+            self._entity_piece_rows = {}
         return self._entity_pieces
+
+    def _entity_rows_pieces(self, rows: list[int]) -> Sequence[list[int]] | dict[int, list[int]]:
+        """Pieces of the entity rows `rows`, tokenised on first use row by row (kept until every row is known, then
+        joined into `entity_pieces`), so that a query or a shard of a million-entity graph does not tokenise every
+        entity first."""
+        if self._entity_pieces is not None:
+            return self._entity_pieces
+        known = self._entity_piece_rows
+        missing = sorted({i for i in rows if i not in known})
+        if missing:
+            texts = [entity_text(self.entity_names[i], self.entity_descriptions[i]) for i in missing]
+            known.update(zip(missing, self._pieces(texts, max(self.max_entity_description_length, self.max_key_description_length))))
+        if len(known) == self.num_entities:
+            self._entity_pieces = [known[i] for i in range(self.num_entities)]
+            self._entity_piece_rows = {}
+            return self._entity_pieces
+        return known
 
     @property
     def relation_pieces(self) -> list[list[int]]:
@@ -367,7 +386,7 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
         _same_length(h=h, r=r, t=t)
         cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         le, lr = self.max_entity_description_length, self.max_relation_description_length
-        ent, rel = self.entity_pieces, self.relation_pieces
+        ent, rel = self._entity_rows_pieces(h.tolist() + t.tolist()), self.relation_pieces
         eo, ro = self.entity_token_offset, self.relation_token_offset
         ids = [
             [cls, eo + a, *ent[a][:le], ro + b, *rel[b][:lr], eo + c, *ent[c][:le], sep]
@@ -395,7 +414,7 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
             raise ValueError(f"direction must be 'head' or 'tail', got {bad}.")
         cls, sep, mask = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.entity_mask_token_id
         le, lr = self.max_entity_description_length, self.max_relation_description_length
-        ent, rel = self.entity_pieces, self.relation_pieces
+        ent, rel = self._entity_rows_pieces(g.tolist()), self.relation_pieces
         eo, ro = self.entity_token_offset, self.relation_token_offset
         ids = []
         for a, b, d in zip(g.tolist(), r.tolist(), directions):
@@ -409,7 +428,7 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
         """`[CLS] E_e desc(e) [SEP]` for each entity."""
         e = self.entity_to_index(entities)
         cls, sep, eo, lk = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.entity_token_offset, self.max_key_description_length
-        ent = self.entity_pieces
+        ent = self._entity_rows_pieces(e.tolist())
         ids = [[cls, eo + a, *ent[a][:lk], sep] for a in e.tolist()]
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
 

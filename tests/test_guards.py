@@ -27,7 +27,7 @@ def test_predict_refuses_a_top_k_that_is_not_a_whole_number(clmke, top_k):
 
 
 def test_predict_refuses_nan_keys_instead_of_ranking_them_first(clmke, tok):
-    keys = clmke.entity_index.clone()
+    keys = clmke.entity_index.keys.clone()
     keys[2] = float("nan")
     clmke.entity_index = keys
     with pytest.raises(ValueError, match=f"1 keys with NaN or inf values \\(entities {tok.entity_ids[2]}\\)"):
@@ -67,7 +67,7 @@ def test_a_saved_config_names_no_local_folder(clmke, tiny_bert_dir, tmp_path):
     assert str(tiny_bert_dir) not in text and str(tmp_path) not in text
     assert f'"_name_or_path": "{tiny_bert_dir.name}"' in text
     reloaded = ClmkeForLinkPrediction.from_pretrained(tmp_path / "saved")
-    torch.testing.assert_close(reloaded.entity_index, clmke.entity_index)
+    torch.testing.assert_close(reloaded.entity_index.keys, clmke.entity_index.keys)
 
 
 # ------------------------------------------------------------------------------------ damaged files: one line each
@@ -109,7 +109,7 @@ def test_a_malformed_entity_index_is_ignored_with_a_warning_and_encoded_again(sa
     with caplog.at_level("WARNING"):
         assert model.load_entity_index() is None
     assert "ignoring it; the entity keys are encoded again" in caplog.text
-    assert model.entity_index.shape == (n, width) and len(model.predict(head=0, relation=0, top_k=2)) == 2
+    assert model.entity_index.keys.shape == (n, width) and len(model.predict(head=0, relation=0, top_k=2)) == 2
 
 
 def test_torn_weights_and_a_config_of_another_shape_are_one_line_errors(saved_clmke):

@@ -25,7 +25,7 @@ import torch
 
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, check_same_kg, load_model
-from lmke_hf.kg import add_classification_negatives, load_kg
+from lmke_hf.kg import add_classification_negatives, held_out_entities, load_kg, make_inductive_split
 from lmke_hf.evaluation import classification_report, plot_degree_buckets, rank_link_prediction, score_triples
 from lmke_hf.loading import checkpoint_source, exit_on_error, local_folder
 from filelock import FileLock, Timeout
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--per_device_eval_batch_size", type=POSITIVE_INT, default=256, help="Queries / triples / entity keys per forward pass.")
     a("--max_queries", type=POSITIVE_INT, default=None, help="Evaluate only the first N triples of the split (quick checks).")
     a("--filter_splits", nargs="+", default=["train", "validation", "test"], help="Known true triples removed from the ranking (link prediction).")
+    a("--inductive_fraction", type=float, default=None, help="Evaluate on the inductive split of --dataset (lmke_hf.kg.make_inductive_split): this share of its entities held out of training with all their triples. The model must have been trained on the same split (prepare --inductive_fraction); one that saw a held-out entity in training is refused.")
+    a("--inductive_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the inductive split (as given to prepare).")
     a("--directions", nargs="+", default=["tail", "head"], choices=["tail", "head"], help="Which entity to predict (link prediction).")
     a("--reencode_entities", action="store_true", help="Encode all entity keys instead of using the checkpoint's entity_index.safetensors.")
     a("--threshold_split", default="validation", choices=["train", "validation", "test"], help="Split on which triple-classification thresholds are tuned.")
@@ -66,11 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
     model.attach_tokenizer(tokenizer)
+    if kg.report.get("inductive"):
+        check_never_trained_on(model, held_out_entities(kg), kg)
     keys = None
     if not args.reencode_entities:
         keys = model.load_entity_index()
         if keys is not None:
-            logger.info("using the checkpoint's entity_index.safetensors (%d keys)", keys.shape[0])
+            logger.info("using the checkpoint's entity index (%d keys)", keys.num_entities)
     evaluator = rank_link_prediction(
         model, tokenizer, kg, args.split, filter_splits=tuple(args.filter_splits),
         batch_size=args.per_device_eval_batch_size, max_queries=args.max_queries, directions=tuple(args.directions),
@@ -88,6 +92,21 @@ def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: P
     evaluator.save(tables, relation_names=list(kg.relations["id"]))  # with every rank (ranks.npz / .csv)
     plot_degree_buckets(evaluator.per_degree_bucket(), tables / "degree_buckets.png", title=f"C-LMKE on {kg.name} ({args.split})")
     return metrics
+
+
+def check_never_trained_on(model, entities, kg) -> None:
+    """Refuses a C-LMKE model whose training degrees (stored with it) count any of `entities`: it was trained on
+    triples of entities that the inductive split holds out, so its inductive results would be transductive ones."""
+    degrees = model.entity_degrees.detach().cpu().numpy()
+    seen = entities[degrees[entities] > 0]
+    if len(seen):
+        names = ", ".join(str(kg.entities["id"][int(i)]) for i in seen[:3])
+        raise SystemExit(
+            f"--inductive_fraction: the model was trained on triples of {len(seen)} of the {len(entities)} entities this split "
+            f"holds out (e.g. {names}): its results would not be inductive. Train it on the inductive split: "
+            f"lmke-hf prepare {kg.name.removesuffix('-inductive')} --inductive_fraction F --inductive_seed S --output_dir DIR, "
+            "then train with --dataset DIR."
+        )
 
 
 def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
@@ -147,6 +166,9 @@ def main(args) -> dict:
     with exit_on_error("--dataset"):
         local_folder(args.dataset)
         kg = load_kg(args.dataset, data_dir=args.data_dir)
+    if args.inductive_fraction is not None:
+        with exit_on_error("--inductive_fraction"):
+            kg = make_inductive_split(kg, args.inductive_fraction, args.inductive_seed)
     if args.split not in kg.splits:
         raise SystemExit(f"--split {args.split!r}: {kg.name} has splits {sorted(kg.splits)}.")
     with exit_on_error("--model"):

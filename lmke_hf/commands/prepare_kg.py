@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from lmke_hf.folders import OutputDirError, check_output_dir
-from lmke_hf.kg import add_classification_negatives, load_kg, push_prepared_to_hub, save_prepared
+from lmke_hf.kg import add_classification_negatives, load_kg, make_inductive_split, push_prepared_to_hub, save_prepared
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="Do not generate validation/test negatives; unlabelled splits stay positives only.",
     )
+    parser.add_argument(
+        "--inductive_fraction", type=float, default=None,
+        help="Write the inductive split instead (lmke_hf.kg.make_inductive_split): this share of the entities held out "
+        "of training with all their triples, half for validation, half for test.",
+    )
+    parser.add_argument("--inductive_seed", type=int, default=0, help="Seed of the inductive split.")
     parser.add_argument("--no_card", "--no-card", action="store_true", help="Do not write the README.md dataset card.")
     parser.add_argument(
         "--overwrite_output_dir", action="store_true",
@@ -78,6 +84,11 @@ def main(args: argparse.Namespace) -> Path:
     except OutputDirError as err:
         raise SystemExit(str(err)) from None
     kg = load_kg(args.name_or_path, data_dir=args.data_dir, description=args.description, revision=args.revision)
+    if args.inductive_fraction is not None:
+        try:
+            kg = make_inductive_split(kg, args.inductive_fraction, args.inductive_seed)
+        except ValueError as err:
+            raise SystemExit(f"--inductive_fraction: {err}") from None
     if not args.no_negatives:
         kg = add_classification_negatives(kg, seed=args.negatives_seed)
     try:

@@ -1,9 +1,10 @@
 """Evaluation loops: filtered link prediction over all entities (C-LMKE) and triple scoring (LMKE), multi-process
 aware (each process takes a shard, the results are gathered).
 
-Ranking never sees the gold answer while scoring: entity keys are encoded once, every query block is scored
-against all keys with `ClmkeForLinkPrediction.score_all` (whose inputs are the query, the candidates and their
-own training degrees), and only then are the scores handed to the evaluator together with the gold ids.
+Ranking never sees the gold answer while scoring: entity keys are encoded once (an `EntityIndex`), every query
+block is scored against all keys with `ClmkeForLinkPrediction.score_all` (whose inputs are the query, the candidates
+and their own training degrees), and only then are the scores handed to the evaluator together with the gold ids.
+A block holds as many queries as `scores_memory_mb` allows, so memory does not grow with the number of queries.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..entity_index import EntityIndex
 from ..modeling_base import in_eval_mode
 from ..tokenization_lmke import pad_sequences
 from ..tokenization_lmke import LmkeTokenizer
@@ -68,10 +70,11 @@ def rank_link_prediction(
     batch_size: int = 256,
     max_queries: int | None = None,
     directions=("tail", "head"),
-    entity_embeddings: torch.Tensor | None = None,
+    entity_embeddings: EntityIndex | torch.Tensor | None = None,
     accelerator=None,
     score_dtype: torch.dtype | None = None,
     progress: bool = False,
+    scores_memory_mb: float = 1024,
 ) -> LinkPredictionEvaluator:
     """Filtered ranking of the gold entity of every (h, r, ?) and (?, r, t) query of `split` among all entities.
 
@@ -80,8 +83,10 @@ def rank_link_prediction(
             the degrees of the gold entities for the degree-bucket table (counted on `degree_splits`; the model
             uses its own stored training degrees for scoring).
         max_queries (`int`, *optional*): rank only the first `max_queries` triples (for quick validation).
-        entity_embeddings (*optional*): precomputed keys of all entities (else encoded here).
+        entity_embeddings (*optional*): the `EntityIndex` of all entities, or their keys as a tensor (else encoded here).
         score_dtype (*optional*): matcher compute dtype (`torch.bfloat16` speeds up CPUs with bf16 units).
+        scores_memory_mb: at most this many MiB of `(queries, entities)` scores at a time: blocks of
+            `min(batch_size, scores_memory_mb / (4 N))` queries (at least one).
 
     Returns:
         A `LinkPredictionEvaluator` holding every rank (realistic = tie-averaged) with direction, relation and
@@ -94,24 +99,26 @@ def rank_link_prediction(
         raise ValueError(f"Split {split!r} has no positive triples to rank.")
     if entity_embeddings is None:
         entity_embeddings = encode_entities(model, tokenizer, None, batch_size, accelerator, progress)
-    device = entity_embeddings.device
+    index = entity_embeddings if isinstance(entity_embeddings, EntityIndex) else EntityIndex(entity_embeddings)
+    device = _device(model)
+    block_rows = max(1, min(batch_size, int(scores_memory_mb * 2**20 / 4 / max(index.num_entities, 1))))
     degrees = torch.as_tensor(kg.degrees(list(degree_splits)), dtype=torch.long)
     evaluator = LinkPredictionEvaluator()
     for direction in directions:
         given_col, target_col = (0, 2) if direction == "tail" else (2, 0)
-        index = kg.answer_index(list(filter_splits), direction)
+        answers = kg.answer_index(list(filter_splits), direction)
         rows = _shard(len(triples), accelerator)
         part = triples[rows]
         queries = tokenizer.encode_queries(part[:, given_col], part[:, 1], direction)["input_ids"]
         lengths = np.fromiter((len(x) for x in queries), dtype=np.int64, count=len(queries))
         block = LinkPredictionEvaluator()
-        for batch_rows in _length_sorted_batches(lengths, batch_size):
+        for batch_rows in _length_sorted_batches(lengths, block_rows):
             ids, mask = pad_sequences([queries[i] for i in batch_rows], tokenizer.pad_token_id)
             q, q_ent = model.encode_queries(ids.to(device), mask.to(device))
-            # scored without the gold; ranked right away so that only one (batch x entities) block is alive
-            scores = model.score_all(q, q_ent, entity_embeddings, dtype=score_dtype)
+            # scored without the gold; ranked right away so that only one (block x entities) score matrix is alive
+            scores = index.scores(model, q, q_ent, dtype=score_dtype)
             sub = part[batch_rows]
-            f_rows, f_cols = index.pairs(sub[:, given_col], sub[:, 1])
+            f_rows, f_cols = answers.pairs(sub[:, given_col], sub[:, 1])
             gold = torch.as_tensor(sub[:, target_col], device=scores.device)
             block.update(
                 scores, gold, torch.as_tensor(f_rows, device=scores.device), torch.as_tensor(f_cols, device=scores.device),

@@ -47,6 +47,7 @@ from ._common import (
     SPLITS,
 )
 from .graph import AnswerIndex, KnowledgeGraph
+from .inductive import held_out_entities, make_inductive_split
 from .load import load_kg
 from .negatives import add_classification_negatives, generate_negatives
 from .prepared import push_prepared_to_hub, save_prepared
@@ -59,6 +60,8 @@ __all__ = [
     "add_classification_negatives",
     "save_prepared",
     "push_prepared_to_hub",
+    "make_inductive_split",
+    "held_out_entities",
     "SPLITS",
     "SPLIT_FILES",
     "SHORT_NAMES",
