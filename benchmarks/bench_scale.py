@@ -125,10 +125,10 @@ def run_point(args, n: int) -> dict:
     given, relations = rng.integers(0, n, args.queries), rng.integers(0, args.num_relations, args.queries)
     batch = tokenizer.pad(tokenizer.encode_queries(given, relations, "tail"))
     with torch.no_grad():
-        q, q_ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
+        q, q_ent = model.embed_queries(batch["input_ids"], batch["attention_mask"])
     index.search(model, q[:2], q_ent[:2], args.top_k)  # warm-up
     t0 = time.perf_counter()
-    _, exact = index.search(model, q, q_ent, args.top_k)
+    exact_values, exact = index.search(model, q, q_ent, args.top_k)
     exact_ms = (time.perf_counter() - t0) * 1000 / args.queries
     point = {
         "num_entities": n, "setup_s": setup_s, "encode_s": encode_s, "encode_entities_per_s": n / encode_s,
@@ -145,10 +145,14 @@ def run_point(args, n: int) -> dict:
         build_s = time.perf_counter() - t0
         searcher.search(model, index, q[:2], q_ent[:2], args.top_k)  # warm-up
         t0 = time.perf_counter()
-        _, found = searcher.search(model, index, q, q_ent, args.top_k)
+        found_values, found = searcher.search(model, index, q, q_ent, args.top_k)
         ms = (time.perf_counter() - t0) * 1000 / args.queries
         recall = float(np.mean([len(exact_sets[i] & set(r)) / args.top_k for i, r in enumerate(found.tolist())]))
-        point["faiss"][kind] = {"build_s": build_s, "ms_per_query": ms, "recall_at_10": recall, "speedup": exact_ms / ms, **searcher.params}
+        # the answers re-scored exactly: one scoring at least the exact k-th score is as good as an exact answer
+        # (random-weight keys are crowded, mean cosine ~0.8, so ties at the k-th place are common)
+        as_good = float((found_values >= exact_values[:, -1:] - 1e-6).float().mean())
+        point["faiss"][kind] = {"build_s": build_s, "ms_per_query": ms, "recall_at_10": recall, "recall_at_10_score": as_good,
+                                "speedup": exact_ms / ms, **searcher.params}
         del searcher
     best = max(point["faiss"].items(), key=lambda kv: (kv[1]["recall_at_10"] >= 0.95, kv[1]["speedup"]), default=None)
     point["faiss_kind"] = best[0] if best else None
@@ -230,7 +234,8 @@ def main(argv=None) -> list[dict]:
         point["wall_s"] = time.perf_counter() - t0
         points.append(point)
         faiss_txt = "  ".join(
-            f"{k}: {v['ms_per_query']:.2f} ms, recall@10 {v['recall_at_10']:.3f}, {v['speedup']:.1f}x, build {v['build_s']:.0f} s"
+            f"{k}: {v['ms_per_query']:.2f} ms, recall@10 {v['recall_at_10']:.3f} (by score {v.get('recall_at_10_score', float('nan')):.3f}), "
+            f"{v['speedup']:.1f}x, build {v['build_s']:.0f} s"
             for k, v in point["faiss"].items()
         )
         print(f"N={n:>9,}: encode {point['encode_entities_per_s']:,.0f} entities/s, index {point['index_mb_on_disk']:.0f} MB, "

@@ -56,7 +56,7 @@ def own_entity_first(model, tokenizer, kg, split="test", direction="tail", max_q
     for start in range(0, len(triples), batch_size):
         part = triples[start : start + batch_size]
         batch = tokenizer.pad(tokenizer.encode_queries(part[:, given_col], part[:, 1], direction))
-        q, q_ent = model.encode_queries(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
+        q, q_ent = model.embed_queries(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
         scores = model.score_all(q, q_ent, keys).cpu()
         rows, cols = (torch.as_tensor(x) for x in index.pairs(part[:, given_col], part[:, 1]))
         other = cols != torch.as_tensor(part[:, target_col])[rows]  # the gold answer stays a candidate

@@ -3,10 +3,12 @@
     lmke-hf prepare umls --data_dir /path/to/data --output_dir outputs/umls-kg
     lmke-hf train-clmke --dataset umls --output_dir outputs/clmke-umls
     lmke-hf evaluate --model outputs/clmke-umls --dataset umls --split test
+    lmke-hf index --model outputs/clmke-umls --dtype float16 --faiss hnsw
     lmke-hf export-card outputs/clmke-umls model_cards/clmke-umls
+    lmke-hf demo --model outputs/clmke-umls --kg umls      # needs pip install "lmke_hf[demo]"
 
 Each subcommand runs the very `parse_args(argv)` + `main(args)` of its program in `lmke_hf.commands` (or
-`lmke_hf.modelcard`), so flags, help and results are the program's own (`lmke-hf train-clmke --help`), from any
+`lmke_hf.modelcard`, `lmke_hf.demo`), so flags, help and results are the program's own (`lmke-hf train-clmke --help`), from any
 install of the package, a wheel included. Several processes: `accelerate launch -m lmke_hf.cli train-clmke ...`.
 """
 
@@ -32,7 +34,9 @@ COMMANDS = {
     "train-lmke": Command("Train LMKE (cross-encoder) for triple classification.", module="lmke_hf.commands.train_lmke"),
     "evaluate": Command("Evaluate a trained LMKE / C-LMKE model on a split.", module="lmke_hf.commands.evaluate"),
     "prepare": Command("Convert a KG-BERT / LMKE data folder to a Hub-ready dataset.", module="lmke_hf.commands.prepare_kg"),
+    "index": Command("Build or export a C-LMKE model's entity index (FAISS too).", module="lmke_hf.commands.build_index"),
     "export-card": Command("Copy or re-render a finished run's model card.", module="lmke_hf.modelcard"),
+    "demo": Command("Serve a demo page (Gradio) of a trained model.", module="lmke_hf.demo"),
 }
 
 

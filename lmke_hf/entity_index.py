@@ -518,8 +518,7 @@ def _write_manifest(folder, n, hidden, dtype, fingerprint, files, bounds) -> Non
     with open(partial, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=1)
     os.replace(partial, os.path.join(folder, MANIFEST_FILE))
-    if os.path.isfile(os.path.join(folder, ENTITY_INDEX_FILE)):
-        os.remove(os.path.join(folder, ENTITY_INDEX_FILE))  # the manifest wins; an older single file would mislead
+    _remove_index_files(folder, keep=(MANIFEST_FILE, *files))  # an older single file or other shards would mislead
 
 
 def _remove_index_files(folder: str, keep: Sequence[str]) -> None:

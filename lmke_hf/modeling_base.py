@@ -364,7 +364,9 @@ class LmkePreTrainedModel(PreTrainedModel):
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.word_embeddings(input_ids)
 
-    def _run_encoder(self, encoder, input_ids, attention_mask, token_type_ids=None, **kwargs):
+    def _run_encoder(self, encoder, input_ids, attention_mask, token_type_ids=None, inputs_embeds=None, **kwargs):
+        """The encoder over `input_ids` embedded by the model's own table (or over `inputs_embeds` where a caller has
+        changed some rows, e.g. the entity slot of a text that is not in the KG)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         elif attention_mask.shape != input_ids.shape:
@@ -373,7 +375,7 @@ class LmkePreTrainedModel(PreTrainedModel):
                 "pad both together (`LmkeTokenizer.pad`)."
             )
         return encoder(
-            inputs_embeds=self._embed(input_ids),
+            inputs_embeds=self._embed(input_ids) if inputs_embeds is None else inputs_embeds,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             return_dict=True,

@@ -19,6 +19,7 @@ from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import ClmkeConfig
 from .entity_index import ENTITY_INDEX_FILE, EntityIndex, EntityIndexError
+from .tokenization_lmke import NAME_PIECES, entity_text
 from .modeling_base import (
     LmkePreTrainedModel,
     check_fits_in_memory,
@@ -273,25 +274,28 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         return torch.log1p(self.entity_degrees[entity_ids])
 
     # ------------------------------------------------------------ encoders
-    def encode_queries(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns `(embeddings (B, hidden), given_entity_ids (B,))`: outputs at the `[ENT_MASK]` slot."""
+    def embed_queries(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query token ids (`LmkeTokenizer.encode_queries`) to `(embeddings (B, hidden), given_entity_ids (B,))`:
+        the outputs at the `[ENT_MASK]` slot (pooled by `config.pooling`). Tensors in, tensors out, with gradients;
+        `encode_queries` is the user-level form (entities and relations by name, batching, options)."""
         _check_input_ids(input_ids, self.config, "query_input_ids")
         is_mask = input_ids == self.config.entity_mask_token_id
         if not bool((is_mask.sum(1) == 1).all()):
-            raise ValueError("Each query must hold exactly one [ENT_MASK] token; build queries with `encode_queries`.")
+            raise ValueError("Each query must hold exactly one [ENT_MASK] token; build queries with `LmkeTokenizer.encode_queries`.")
         is_entity = input_ids >= self.config.entity_token_offset
         if not bool((is_entity.sum(1) == 1).all()):
-            raise ValueError("Each query must hold exactly one (given) entity token; build queries with `encode_queries`.")
+            raise ValueError("Each query must hold exactly one (given) entity token; build queries with `LmkeTokenizer.encode_queries`.")
         given = input_ids[is_entity] - self.config.entity_token_offset
         hidden = self._run_encoder(self.query_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
         return self._pool(hidden, attention_mask, _first_position(is_mask)), given
 
-    def encode_keys(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns `(embeddings (B, hidden), entity_ids (B,))`: outputs at the key's entity token (position 1)."""
+    def embed_keys(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key token ids (`LmkeTokenizer.encode_keys`) to `(embeddings (B, hidden), entity_ids (B,))`: the outputs at
+        the key's entity token (position 1, pooled by `config.pooling`); `encode_entities` is the user-level form."""
         _check_input_ids(input_ids, self.config, "key_input_ids")
         entity = input_ids[:, 1] - self.config.entity_token_offset
         if bool((entity < 0).any()):
-            raise ValueError("Keys must start `[CLS] E_e`; build keys with `encode_keys`.")
+            raise ValueError("Keys must start `[CLS] E_e`; build keys with `LmkeTokenizer.encode_keys`.")
         hidden = self._run_encoder(self.key_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
         return self._pool(hidden, attention_mask, torch.ones_like(entity)), entity
 
@@ -419,9 +423,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
     ) -> LinkPredictionOutput | tuple:
         r"""
         Args:
-            query_input_ids (`torch.LongTensor` of shape `(batch_size, query_length)`): from `encode_queries`.
+            query_input_ids (`torch.LongTensor` of shape `(batch_size, query_length)`): from `LmkeTokenizer.encode_queries`.
             key_input_ids (`torch.LongTensor` of shape `(batch_size, key_length)`): key i is the gold target of
-                query i (from `encode_keys`).
+                query i (from `LmkeTokenizer.encode_keys`).
             answer_ids (`torch.LongTensor` of shape `(batch_size, max_answers)`, *optional*): known (training)
                 answers of each query, padded with -1; keys whose entity is among them are positives
                 (multi-label). The loss is computed when this or `labels` is given.
@@ -436,8 +440,8 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         """
         _check_no_unknown_kwargs(kwargs, type(self).__name__)
         return_dict = True if return_dict is None else return_dict
-        q, q_ent = self.encode_queries(query_input_ids, query_attention_mask)
-        k, k_ent = self.encode_keys(key_input_ids, key_attention_mask)
+        q, q_ent = self.embed_queries(query_input_ids, query_attention_mask)
+        k, k_ent = self.embed_keys(key_input_ids, key_attention_mask)
         if q.shape[0] != k.shape[0]:
             raise ValueError(f"Got {q.shape[0]} queries and {k.shape[0]} keys; key i must be the target of query i.")
         offset = 0
@@ -445,7 +449,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             k, k_ent, offset = _gather_with_grad(k, k_ent)
         batch_keys, batch_entities = k, k_ent
         if extra_key_input_ids is not None:  # appended after the (gathered) in-batch keys: the gold offsets hold
-            extra, extra_ent = self.encode_keys(extra_key_input_ids, extra_key_attention_mask)
+            extra, extra_ent = self.embed_keys(extra_key_input_ids, extra_key_attention_mask)
             k, k_ent = torch.cat([k, extra], 0), torch.cat([k_ent, extra_ent], 0)
         # keys of earlier batches (detached) as extra negatives: only in training, with labels from answer_ids
         queued = self.training and labels is None and answer_ids is not None and len(self.key_queue)
@@ -476,7 +480,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    # ------------------------------------------------------------ prediction from a loaded model
+    # ------------------------------------------------------------ embeddings (sentence-transformers' options)
     @torch.no_grad()
     @in_eval_mode
     def encode_entities(self, entities=None, batch_size: int = 256, tokenizer=None, progress: bool = False, *,
@@ -487,9 +491,10 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
         Which embeddings may be searched with a plain vector index: with `config.scorer == "cosine"` the score of a
         query against a key is the cosine of their embeddings (plus, with `own_entity_bias`, a learned offset for
-        the query's own entity), so `normalize_embeddings=True` keys and queries can go into any dot-product
-        index (FAISS, a vector database). With the paper's matcher (`"matcher"`) the score is an MLP over
-        `[q; k; q-k; q*k; degrees]`, not a dot product: rank with `score_all` / `predict` instead.
+        the query's own entity), so `normalize_embeddings=True` keys and queries (`encode_queries`) can go into any
+        dot-product index (FAISS, a vector database; `entity_index.build_faiss()` does it and re-scores exactly).
+        With the paper's matcher (`"matcher"`) the score is an MLP over `[q; k; q-k; q*k; degrees]`, not a dot
+        product: rank with `score_all` / `predict` / `entity_index.search` instead.
 
         Args:
             batch_size (`int`): keys per forward pass.
@@ -500,31 +505,94 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             convert_to_tensor (`bool`): a tensor on the model's device (the default).
             device (`str` / `torch.device`, *optional*): move the model there first (as sentence-transformers does).
         """
-        import torch.nn.functional as F
-
         if device is not None:
             self.to(device)
         tokenizer = self.kg_tokenizer if tokenizer is None else tokenizer
         index = torch.arange(tokenizer.num_entities) if entities is None else torch.as_tensor(tokenizer.entity_to_index(entities))
         encoded = tokenizer.encode_keys(index.numpy())["input_ids"] if len(index) else []
+        out = self._embed_in_batches(encoded, tokenizer, self.embed_keys, batch_size, progress or show_progress_bar, "Encoding entities")
+        return _as_requested(out, normalize_embeddings, convert_to_numpy, convert_to_tensor)
+
+    @torch.no_grad()
+    @in_eval_mode
+    def encode_queries(self, entities, relations, direction: str = "tail", batch_size: int = 256, *,
+                       normalize_embeddings: bool = False, convert_to_numpy: bool = False, convert_to_tensor: bool = True,
+                       device=None, show_progress_bar: bool = False):
+        """Query embeddings `(N, hidden)` of `(entity, relation, ?)` (`direction="tail"`) or `(?, relation, entity)`
+        (`"head"`): entities and relations by id, name or row index (one relation may serve all entities); the
+        options are `encode_entities`'. With the cosine scorer, a normalised query's dot product with a normalised
+        key (`encode_entities`, `encode_text`) is the model's score, less the own-entity offset."""
+        if device is not None:
+            self.to(device)
+        tokenizer = self.kg_tokenizer
+        given = [self._resolve(e, "entity") for e in _as_list(entities)]
+        rels = [self._resolve(r, "relation") for r in _as_list(relations)]
+        if len(rels) == 1 and len(given) > 1:
+            rels = rels * len(given)
+        if len(rels) != len(given):
+            raise ValueError(f"encode_queries got {len(given)} entities and {len(rels)} relations; give one relation per entity, or one for all.")
+        encoded = tokenizer.encode_queries(given, rels, direction)["input_ids"] if given else []
+        out = self._embed_in_batches(encoded, tokenizer, self.embed_queries, batch_size, show_progress_bar, "Encoding queries")
+        return _as_requested(out, normalize_embeddings, convert_to_numpy, convert_to_tensor)
+
+    @torch.no_grad()
+    @in_eval_mode
+    def encode_text(self, names, descriptions=None, batch_size: int = 256, *, normalize_embeddings: bool = False,
+                    convert_to_numpy: bool = False, convert_to_tensor: bool = True, device=None, show_progress_bar: bool = False):
+        """Key embeddings `(N, hidden)` of entities that are not in the KG, from their names and descriptions alone,
+        without adding them: the key `[CLS] E desc [SEP]` whose entity slot `E` is the mean of the name's word
+        embeddings, as `add_entities` initialises a new entity's token (so `encode_text(n, d)` equals the key that
+        `add_entities([id], [n], [d])` would encode). Options as `encode_entities`."""
+        if device is not None:
+            self.to(device)
+        tokenizer = self.kg_tokenizer
+        names = _as_list(names)
+        descriptions = [""] * len(names) if descriptions is None else _as_list(descriptions)
+        if len(descriptions) != len(names):
+            raise ValueError(f"encode_text got {len(names)} names and {len(descriptions)} descriptions; give one description per name (or none).")
+        bad = [i for i, t in enumerate(names + descriptions) if not isinstance(t, str)]
+        if bad:
+            value = (names + descriptions)[bad[0]]
+            raise TypeError(f"encode_text takes str names and descriptions, got {type(value).__name__} {value!r}.")
+        # the same pieces and cuts as `LmkeTokenizer.encode_keys` and `init_kg_embeddings` for a registered entity
+        texts = tokenizer._pieces(
+            [entity_text(n, d) for n, d in zip(names, descriptions)],
+            max(tokenizer.max_entity_description_length, tokenizer.max_key_description_length),
+        )
+        slots = [n or t[:NAME_PIECES] for n, t in zip(tokenizer._pieces(names, NAME_PIECES), texts)]
+        cls, sep, placeholder = tokenizer.tokenizer.cls_token_id, tokenizer.tokenizer.sep_token_id, self.config.entity_token_offset
+        encoded = [[cls, placeholder, *t[: tokenizer.max_key_description_length], sep] for t in texts]
+        words = self.word_embeddings.words.weight
+        unk = [tokenizer.tokenizer.unk_token_id or 0]
+
+        def embed(input_ids, attention_mask, rows):
+            inputs = self._embed(input_ids)
+            pieces = [slots[i] or unk for i in rows]
+            flat = torch.tensor([p for piece in pieces for p in piece], device=inputs.device)
+            offsets = torch.tensor([0] + [len(p) for p in pieces[:-1]], device=inputs.device).cumsum(0)
+            inputs[:, 1] = F.embedding_bag(flat, words, offsets, mode="mean").to(inputs.dtype)
+            hidden = self._run_encoder(self.key_encoder, input_ids, attention_mask, inputs_embeds=inputs).last_hidden_state
+            return self._pool(hidden, attention_mask, torch.ones(len(rows), dtype=torch.long, device=inputs.device)), None
+
+        out = self._embed_in_batches(encoded, tokenizer, embed, batch_size, show_progress_bar, "Encoding texts", pass_rows=True)
+        return _as_requested(out, normalize_embeddings, convert_to_numpy, convert_to_tensor)
+
+    def _embed_in_batches(self, encoded, tokenizer, embed, batch_size: int, progress, description: str, pass_rows: bool = False) -> torch.Tensor:
+        """Rows of `embed(input_ids, attention_mask)` for lists of token ids, batched by length, in input order."""
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         device = self.device
         out = torch.empty(len(encoded), self.config.encoder.hidden_size, device=device)
         starts = range(0, len(order), batch_size)
-        if progress or show_progress_bar:
+        if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="Encoding entities")
-        with torch.no_grad():
-            for start in starts:
-                rows = order[start : start + batch_size]
-                batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]})
-                emb, _ = self.encode_keys(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                out[torch.as_tensor(rows, device=device)] = emb.to(out.dtype)
-        if normalize_embeddings:
-            out = F.normalize(out, dim=-1)
-        if convert_to_numpy or not convert_to_tensor:
-            return out.cpu().numpy()
+            starts = tqdm(starts, desc=description)
+        for start in starts:
+            rows = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]})
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            emb, _ = embed(ids, mask, rows) if pass_rows else embed(ids, mask)
+            out[torch.as_tensor(rows, device=device)] = emb.to(out.dtype)
         return out
 
     @property
@@ -640,7 +708,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         given = self._resolve(head if head is not None else tail, "entity")
         rel = self._resolve(relation, "relation")
         batch = tokenizer.pad(tokenizer.encode_queries([given], [rel], "tail" if head is not None else "head"))
-        q, q_ent = self.encode_queries(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+        q, q_ent = self.embed_queries(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
         index = self.entity_index
         count, rows = index.nonfinite_rows()
         if count:
@@ -693,10 +761,10 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
     # ------------------------------------------------------------ ranking against all entities
     @torch.no_grad()
     def score_all(self, query_embeddings, query_entity_ids, entity_embeddings, entity_ids=None, dtype=None) -> torch.Tensor:
-        """Logits `(Bq, N)` of every query against every entity key (encode the keys once with `encode_keys`).
+        """Logits `(Bq, N)` of every query against every entity key (encode the keys once: `encode_entities` or `entity_index`).
 
         Args:
-            query_embeddings `(Bq, hidden)`, query_entity_ids `(Bq,)`: from `encode_queries`.
+            query_embeddings `(Bq, hidden)`, query_entity_ids `(Bq,)`: from `embed_queries` / `encode_queries`.
             entity_embeddings `(N, hidden)`: keys of the candidate entities.
             entity_ids `(N,)`, *optional*: their entity ids (default: 0..N-1). Each candidate's degree feature is
                 its own training degree.
@@ -708,6 +776,19 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids)
         with torch.autocast(device_type=entity_embeddings.device.type, dtype=dtype):
             return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids).float()
+
+
+def _as_list(values) -> list:
+    return [values] if isinstance(values, (str, int, np.integer)) else list(values)
+
+
+def _as_requested(out: torch.Tensor, normalize: bool, convert_to_numpy: bool, convert_to_tensor: bool):
+    """sentence-transformers' output options: unit rows, and a float32 NumPy array or a tensor."""
+    if normalize:
+        out = F.normalize(out, dim=-1)
+    if convert_to_numpy or not convert_to_tensor:
+        return out.cpu().numpy()
+    return out
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -32,7 +32,7 @@ def test_with_the_cosine_scorer_normalised_embeddings_score_by_dot_product(tiny_
     keys = model.encode_entities(normalize_embeddings=True)
     batch = tok.pad(tok.encode_queries([0, 2], [0, 1], "tail"))
     with torch.no_grad():
-        q, q_ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
+        q, q_ent = model.embed_queries(batch["input_ids"], batch["attention_mask"])
         scores = model.score_all(q, q_ent, model.encode_entities())
     torch.testing.assert_close(torch.nn.functional.normalize(q, dim=-1) @ keys.T, scores, rtol=1e-4, atol=1e-5)
 
@@ -77,3 +77,37 @@ def test_add_entities_tokenises_only_the_new_names_and_initialises_them_as_befor
     row = model.word_embeddings.kg.weight[model.config.entity_token_offset - model.config.base_vocab_size + before]
     expected = words[torch.tensor(tok._pieces(["red apple"], 32)[0])].mean(0)
     torch.testing.assert_close(row, expected)
+
+
+# ------------------------------------------------------------------------------------ issue 19 item 3: by names
+def test_encode_queries_by_names_equals_the_token_level_embeddings(make_model, tok):
+    model = make_model("clmke")
+    model.attach_tokenizer(tok)
+    batch = tok.pad(tok.encode_queries([0, 3, 5], [1, 1, 1], "head"))
+    expected, _ = model.embed_queries(batch["input_ids"], batch["attention_mask"])
+    by_name = model.encode_queries(["paris", "Q3", 5], "P1", direction="head", batch_size=2)  # a name, an id, a row
+    torch.testing.assert_close(by_name, expected)
+    array = model.encode_queries("Q0", ["P0"], convert_to_numpy=True, normalize_embeddings=True)
+    assert array.shape == (1, expected.shape[1]) and abs(float((array**2).sum()) - 1) < 1e-5
+    with pytest.raises(ValueError, match="3 entities and 2 relations"):
+        model.encode_queries(["Q0", "Q1", "Q2"], ["P0", "P1"])
+    with pytest.raises(KeyError, match="Unknown entity 'pariss'.*Did you mean 'paris'"):
+        model.encode_queries(["pariss"], "P0")
+
+
+def test_encode_text_equals_the_key_add_entities_would_encode(make_model, tok):
+    import copy
+
+    model = make_model("clmke")
+    model.attach_tokenizer(tok)
+    names, descriptions = ["lyon", ""], ["lyon is a city in france", "a town with no name"]
+    texts = model.encode_text(names, descriptions, batch_size=1)
+    grown = copy.deepcopy(model)
+    grown.attach_tokenizer(copy.deepcopy(tok))
+    new = grown.add_entities(["N1", "N2"], names, descriptions)
+    torch.testing.assert_close(texts, grown.encode_entities(new))
+    assert model.kg_tokenizer.num_entities == tok.num_entities == 7  # nothing was added
+    with pytest.raises(ValueError, match="2 names and 1 descriptions"):
+        model.encode_text(names, descriptions[:1])
+    with pytest.raises(TypeError, match="str names and descriptions, got int 3"):
+        model.encode_text([3])

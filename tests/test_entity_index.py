@@ -51,7 +51,7 @@ def _queries(model, n: int = 9, seed: int = 1):
     given, relations = rng.integers(0, tokenizer.num_entities, n), rng.integers(0, 2, n)
     batch = tokenizer.pad(tokenizer.encode_queries(given, relations, "tail"))
     with torch.no_grad():
-        return model.encode_queries(batch["input_ids"], batch["attention_mask"])
+        return model.embed_queries(batch["input_ids"], batch["attention_mask"])
 
 
 def _mapped_from(tensor: torch.Tensor, folder) -> bool:

@@ -102,7 +102,7 @@ def test_scores_use_each_candidates_own_training_degree(clmke_run, kg_dir):
     test = np.asarray(TEST)
     batch = tokenizer.pad(tokenizer.encode_queries(test[:, 0], test[:, 1], "tail"))
     with torch.no_grad():
-        q, q_ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
+        q, q_ent = model.embed_queries(batch["input_ids"], batch["attention_mask"])
         scores = model.score_all(q, q_ent, keys)
         n = len(ENTITIES)
         logdeg = torch.log1p(torch.as_tensor(train_degrees(), dtype=torch.float32))

@@ -105,17 +105,17 @@ def test_config_refuses_unknown_choices_and_bad_numbers():
 def test_mean_pooling_is_the_masked_mean_and_ignores_padding(tiny_bert_dir, kg_tok):
     model = build(tiny_bert_dir, kg_tok, pooling="mean").eval()
     batch = clmke_batch(kg_tok)
-    keys, _ = model.encode_keys(batch["key_input_ids"], batch["key_attention_mask"])
+    keys, _ = model.embed_keys(batch["key_input_ids"], batch["key_attention_mask"])
     hidden = model._run_encoder(model.key_encoder, batch["key_input_ids"], batch["key_attention_mask"]).last_hidden_state
     mask = batch["key_attention_mask"].unsqueeze(-1).float()
     torch.testing.assert_close(keys, (hidden * mask).sum(1) / mask.sum(1))
     # each key alone (no padding) gives the same embedding as inside the padded batch
     for i, gold in enumerate(QUERIES["gold"]):
         alone = kg_tok.pad(kg_tok.encode_keys([gold]))
-        single, _ = model.encode_keys(alone["input_ids"], alone["attention_mask"])
+        single, _ = model.embed_keys(alone["input_ids"], alone["attention_mask"])
         torch.testing.assert_close(single[0], keys[i], atol=1e-5, rtol=1e-5)
     cls_model = build(tiny_bert_dir, kg_tok, pooling="cls").eval()
-    q, _ = cls_model.encode_queries(batch["query_input_ids"], batch["query_attention_mask"])
+    q, _ = cls_model.embed_queries(batch["query_input_ids"], batch["query_attention_mask"])
     hq = cls_model._run_encoder(cls_model.query_encoder, batch["query_input_ids"], batch["query_attention_mask"]).last_hidden_state
     torch.testing.assert_close(q, hq[:, 0])
 
@@ -259,8 +259,8 @@ def test_added_layers_are_initialised_by_the_package_not_by_the_transformers_ver
 def test_own_entity_bias_moves_only_the_own_entity_column_and_learns_from_self_negatives(tiny_bert_dir, kg_tok):
     model = build(tiny_bert_dir, kg_tok, own_entity_bias=True, scorer="cosine", pooling="mean", loss="infonce").eval()
     batch = clmke_batch(kg_tok)
-    q, q_ent = model.encode_queries(batch["query_input_ids"], batch["query_attention_mask"])
-    k, k_ent = model.encode_keys(*kg_tok.pad(kg_tok.encode_keys(list(range(7)))).values())
+    q, q_ent = model.embed_queries(batch["query_input_ids"], batch["query_attention_mask"])
+    k, k_ent = model.embed_keys(*kg_tok.pad(kg_tok.encode_keys(list(range(7)))).values())
     before = model.score_all(q, q_ent, k, k_ent)
     with torch.no_grad():
         model.own_entity_offset.fill_(-0.5)

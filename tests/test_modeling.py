@@ -452,7 +452,7 @@ def _gpt2_folder(c: ErrorContext) -> str:
 
 def _query_from_keys(c: ErrorContext):
     keys = c.tok.pad(c.tok.encode_keys([0, 1]))
-    c.make_model("clmke").encode_queries(keys["input_ids"], keys["attention_mask"])
+    c.make_model("clmke").embed_queries(keys["input_ids"], keys["attention_mask"])
 
 
 def _forward_query_without_mask(c: ErrorContext):
@@ -474,7 +474,7 @@ ERROR_CASES = [
     # malformed inputs
     ("query-without-ent-mask", _query_from_keys, ValueError, r"\[ENT_MASK\]"),
     ("forward-query-without-ent-mask", _forward_query_without_mask, ValueError, r"\[ENT_MASK\]"),
-    ("key-without-entity", lambda c: c.make_model("clmke").encode_keys(c.tok.pad(c.tok.encode_queries([0], [0], "head"))["input_ids"]), ValueError, r"Keys must start"),
+    ("key-without-entity", lambda c: c.make_model("clmke").embed_keys(c.tok.pad(c.tok.encode_queries([0], [0], "head"))["input_ids"]), ValueError, r"Keys must start"),
     ("lmke-labels-shape", lambda c: c.make_model("lmke")(**lmke_batch(c.tok), labels=torch.ones(5)), ValueError, r"`labels` has 5 values for a batch of 4"),
     ("clmke-labels-shape", lambda c: c.make_model("clmke")(**clmke_batch(c.tok), labels=torch.eye(6, 5)), ValueError, r"`labels` has shape \(6, 5\), expected \(6, 6\)"),
     ("clmke-queries-vs-keys", lambda c: c.make_model("clmke")(**{**clmke_batch(c.tok), **c.tok.pad(c.tok.encode_keys([0, 1]), prefix="key_")}), ValueError, r"6 queries and 2 keys"),

@@ -59,7 +59,7 @@ def test_model_encode_queries_returns_given_entities(directions, tok, make_model
     given, rels = [6, 0, 4], [1, 2, 0]
     batch = tok.pad(tok.encode_queries(given, rels, directions))
     with torch.no_grad():
-        emb, ent = model.encode_queries(batch["input_ids"], batch["attention_mask"])
+        emb, ent = model.embed_queries(batch["input_ids"], batch["attention_mask"])
     assert ent.tolist() == given
     assert emb.shape == (3, model.config.encoder.hidden_size)
     mask_cols = (batch["input_ids"] == tok.entity_mask_token_id).int().argmax(1)
@@ -236,8 +236,8 @@ def test_extra_keys_are_matched_and_labelled_by_entity(tok, make_model):
     extra = {2: [QUERIES["given"][2]]}  # query 2's given entity is also one of its known answers: (x, r, x)
     with torch.no_grad():
         out = model(**batch, **own, answer_ids=gold_answer_ids(extra))
-        k_own, k_own_ent = model.encode_keys(own["extra_key_input_ids"], own["extra_key_attention_mask"])
-        q, q_ent = model.encode_queries(batch["query_input_ids"], batch["query_attention_mask"])
+        k_own, k_own_ent = model.embed_keys(own["extra_key_input_ids"], own["extra_key_attention_mask"])
+        q, q_ent = model.embed_queries(batch["query_input_ids"], batch["query_attention_mask"])
         direct = model.match(q, q_ent, k_own, k_own_ent)
     b = len(QUERIES["given"])
     assert out.logits.shape == (b, 2 * b)
@@ -345,8 +345,8 @@ def _encode_everything(model, tok):
     q = tok.pad(tok.encode_queries(QUERIES["given"], QUERIES["relations"], QUERIES["directions"]))
     k = tok.pad(tok.encode_keys(list(range(NUM_ENTITIES))))
     with torch.no_grad():
-        q_emb, q_ent = model.encode_queries(q["input_ids"], q["attention_mask"])
-        k_emb, k_ent = model.encode_keys(k["input_ids"], k["attention_mask"])
+        q_emb, q_ent = model.embed_queries(q["input_ids"], q["attention_mask"])
+        k_emb, k_ent = model.embed_keys(k["input_ids"], k["attention_mask"])
     return q_emb, q_ent, k_emb, k_ent
 
 

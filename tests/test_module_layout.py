@@ -76,7 +76,7 @@ def test_metrics_import_without_the_data_code():
 
 
 # ---------------------------------------------------------------------------------------------------- remote code
-REMOTE_CODE_PREFIXES = ("configuration_", "modeling_", "tokenization_")
+REMOTE_CODE_PREFIXES = ("configuration_", "modeling_", "tokenization_", "entity_index")  # entity_index.py: the C-LMKE index
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in Path(lmke_hf.__file__).parent.glob("*.py") if p.name.startswith(REMOTE_CODE_PREFIXES)))

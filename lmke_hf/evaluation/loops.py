@@ -114,7 +114,7 @@ def rank_link_prediction(
         block = LinkPredictionEvaluator()
         for batch_rows in _length_sorted_batches(lengths, block_rows):
             ids, mask = pad_sequences([queries[i] for i in batch_rows], tokenizer.pad_token_id)
-            q, q_ent = model.encode_queries(ids.to(device), mask.to(device))
+            q, q_ent = model.embed_queries(ids.to(device), mask.to(device))
             # scored without the gold; ranked right away so that only one (block x entities) score matrix is alive
             scores = index.scores(model, q, q_ent, dtype=score_dtype)
             sub = part[batch_rows]
