@@ -113,12 +113,14 @@ def run_point(args, n: int) -> dict:
     model.attach_tokenizer(tokenizer)
     setup_s = time.perf_counter() - t0
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_scale_")) / f"n{n}"
-    shutil.rmtree(work, ignore_errors=True)
+    # an index left there by a stopped run of this point is resumed: its finished shards (same seed, same weights) are kept
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else torch.autocast("cpu", enabled=False)
+    reused = _finished_rows(work / "index", model.weights_fingerprint())
     t0 = time.perf_counter()
     with autocast:
         index = EntityIndex.build(model, batch_size=256, dtype=args.storage_dtype, save_directory=work / "index")
     encode_s = time.perf_counter() - t0
+    encoded = n - reused
     disk_mb = sum(f.stat().st_size for f in (work / "index").iterdir()) / 2**20
 
     rng = np.random.default_rng(args.seed + 1)
@@ -131,7 +133,8 @@ def run_point(args, n: int) -> dict:
     exact_values, exact = index.search(model, q, q_ent, args.top_k)
     exact_ms = (time.perf_counter() - t0) * 1000 / args.queries
     point = {
-        "num_entities": n, "setup_s": setup_s, "encode_s": encode_s, "encode_entities_per_s": n / encode_s,
+        "num_entities": n, "setup_s": setup_s, "encode_s": encode_s, "entities_encoded": encoded,
+        "encode_entities_per_s": encoded / encode_s if encoded else None,
         "index_mb_on_disk": disk_mb, "storage_dtype": args.storage_dtype, "exact_ms_per_query": exact_ms, "faiss": {},
     }
     exact_sets = [set(r) for r in exact.tolist()]
@@ -162,6 +165,18 @@ def run_point(args, n: int) -> dict:
     if args.work_dir is None:
         shutil.rmtree(work.parent, ignore_errors=True)
     return point
+
+
+def _finished_rows(folder: Path, fingerprint: str) -> int:
+    """Rows of the shards a stopped run of this point left in `folder` (made by the same weights: kept by the build)."""
+    from lmke_hf.entity_index import read_safetensors
+
+    rows = 0
+    for path in folder.glob("entity_index-*.safetensors") if folder.is_dir() else []:
+        _, meta = read_safetensors(path)
+        if meta.get("weights_sha256") == fingerprint:
+            rows += int(meta["stop"]) - int(meta["start"])
+    return rows
 
 
 def minilm_rate(args) -> dict | None:
@@ -238,7 +253,8 @@ def main(argv=None) -> list[dict]:
             f"{v['speedup']:.1f}x, build {v['build_s']:.0f} s"
             for k, v in point["faiss"].items()
         )
-        print(f"N={n:>9,}: encode {point['encode_entities_per_s']:,.0f} entities/s, index {point['index_mb_on_disk']:.0f} MB, "
+        rate = point["encode_entities_per_s"]
+        print(f"N={n:>9,}: encode {rate or float('nan'):,.0f} entities/s ({point['entities_encoded']:,} encoded in this run), index {point['index_mb_on_disk']:.0f} MB, "
               f"peak RSS {point['peak_rss_mb']:,.0f} MB, exact {point['exact_ms_per_query']:.2f} ms/query | {faiss_txt}", flush=True)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,11 @@
 """lmke_hf: LMKE and C-LMKE (Language Models as Knowledge Embeddings, IJCAI 2022) on Hugging Face transformers.
 
-Importing the package registers both configurations and models with `AutoConfig` / `AutoModel`, and the pipeline
-tasks "knowledge-graph-completion" and "triple-classification" with `transformers.pipeline`.
+Importing the package registers both configurations and models with `AutoConfig` / `AutoModel`, their KG tokenizer
+(`LmkeTokenizer`) with `AutoTokenizer`, and the pipeline tasks "knowledge-graph-completion" and
+"triple-classification" with `transformers.pipeline`.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .configuration_lmke import ClmkeConfig, LmkeConfig
 from .loading import check_same_kg, load_model
@@ -20,11 +21,14 @@ AutoConfig.register(LmkeConfig.model_type, LmkeConfig, exist_ok=True)
 AutoConfig.register(ClmkeConfig.model_type, ClmkeConfig, exist_ok=True)
 AutoModel.register(LmkeConfig, LmkeForTripleClassification, exist_ok=True)
 AutoModel.register(ClmkeConfig, ClmkeForLinkPrediction, exist_ok=True)
+AutoTokenizer.register(LmkeConfig, LmkeTokenizer, exist_ok=True)
+AutoTokenizer.register(ClmkeConfig, LmkeTokenizer, exist_ok=True)
 # Saved checkpoints carry `auto_map` and the modeling code, so they load with trust_remote_code=True without lmke_hf.
 LmkeConfig.register_for_auto_class()
 ClmkeConfig.register_for_auto_class()
 LmkeForTripleClassification.register_for_auto_class("AutoModel")
 ClmkeForLinkPrediction.register_for_auto_class("AutoModel")
+LmkeTokenizer.register_for_auto_class("AutoTokenizer")  # also set on the class, for tokenizers of remote code
 register_pipelines()  # pipeline("knowledge-graph-completion" | "triple-classification", model=...)
 
 __all__ = [

@@ -257,7 +257,8 @@ class EntityIndex:
                 if bar is not None:
                     bar.update(stop - start)
                 continue
-            keys = model.encode_entities(np.arange(start, stop), batch_size, tokenizer=tokenizer).to(dtype).cpu()
+            # a shard's word pieces are not kept: a million-entity graph's would cost gigabytes
+            keys = model.encode_entities(np.arange(start, stop), batch_size, tokenizer=tokenizer, keep_pieces=False).to(dtype).cpu()
             if path is not None:
                 meta = {"start": str(start), "stop": str(stop), "num_entities": str(n), "weights_sha256": fingerprint}
                 _save_file({"keys": keys, "degrees": degrees[start:stop]}, path, meta)

@@ -384,6 +384,12 @@ class LmkePreTrainedModel(PreTrainedModel):
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raises if `tokenizer` (an `LmkeTokenizer`) does not lay out the same vocabulary as this model."""
+        if not all(hasattr(tokenizer, name) for name in ("base_vocab_size", "num_relations", "num_entities")):
+            raise TypeError(
+                f"The KG model needs its LmkeTokenizer, got {type(tokenizer).__name__} (a word-piece tokenizer knows no "
+                "entity or relation tokens). Load it with AutoTokenizer.from_pretrained(run) (after `import lmke_hf`) "
+                "or LmkeTokenizer.from_pretrained(run), or build it with LmkeTokenizer.from_kg(tokenizer, kg)."
+            )
         ours = (self.config.base_vocab_size, self.config.num_relations, self.config.num_entities)
         theirs = (tokenizer.base_vocab_size, tokenizer.num_relations, tokenizer.num_entities)
         if ours != theirs:
@@ -410,7 +416,7 @@ class LmkePreTrainedModel(PreTrainedModel):
         return self._kg_tokenizer
 
     def attach_tokenizer(self, tokenizer: LmkeTokenizer) -> None:
-        """Attaches the KG tokenizer; it is then saved (and pushed) with the model."""
+        """Attaches the KG tokenizer; it is then saved (and pushed) with the model, where `AutoTokenizer` finds it."""
         self.check_tokenizer(tokenizer)
         self._kg_tokenizer = tokenizer
 
@@ -501,7 +507,8 @@ class LmkePreTrainedModel(PreTrainedModel):
         if self.config.num_entities:
             idx = torch.arange(self.config.num_entities) if entities is None else torch.as_tensor(entities)
             names = tokenizer.name_pieces("entity", rows=None if entities is None else idx.tolist())  # only the new ones when adding
-            desc = tokenizer.entity_pieces
+            nameless = [i for n, i in zip(names, idx.tolist()) if not n]  # their text stands in for the name
+            desc = dict(zip(nameless, tokenizer.entity_pieces_of(nameless, cache=False)))
             pieces = [n or desc[i][:NAME_PIECES] for n, i in zip(names, idx.tolist())]
             table[self.config.entity_token_offset - base + idx.to(table.device)] = mean_pieces(pieces)
 

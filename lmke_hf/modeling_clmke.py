@@ -485,7 +485,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
     @in_eval_mode
     def encode_entities(self, entities=None, batch_size: int = 256, tokenizer=None, progress: bool = False, *,
                         normalize_embeddings: bool = False, convert_to_numpy: bool = False, convert_to_tensor: bool = True,
-                        device=None, show_progress_bar: bool | None = None):
+                        device=None, show_progress_bar: bool | None = None, keep_pieces: bool = True):
         """Key embeddings `(N, hidden)` of `entities` (row indices or ids, see `LmkeTokenizer.entity_to_index`;
         default all), in eval mode, batched by length; the options are sentence-transformers' `encode`'s.
 
@@ -504,12 +504,14 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             convert_to_numpy (`bool`): a float32 NumPy array instead of a tensor (wins over `convert_to_tensor`).
             convert_to_tensor (`bool`): a tensor on the model's device (the default).
             device (`str` / `torch.device`, *optional*): move the model there first (as sentence-transformers does).
+            keep_pieces (`bool`): keep the entities' word pieces in the tokenizer for later calls; `False` for a
+                streamed pass over a very large graph (`EntityIndex.build` does).
         """
         if device is not None:
             self.to(device)
         tokenizer = self.kg_tokenizer if tokenizer is None else tokenizer
         index = torch.arange(tokenizer.num_entities) if entities is None else torch.as_tensor(tokenizer.entity_to_index(entities))
-        encoded = tokenizer.encode_keys(index.numpy())["input_ids"] if len(index) else []
+        encoded = tokenizer.encode_keys(index.numpy(), cache=keep_pieces)["input_ids"] if len(index) else []
         out = self._embed_in_batches(encoded, tokenizer, self.embed_keys, batch_size, progress or show_progress_bar, "Encoding entities")
         return _as_requested(out, normalize_embeddings, convert_to_numpy, convert_to_tensor)
 

@@ -6,28 +6,45 @@ The KG tokens are *registered* by arithmetic, not added to the fast tokenizer's 
 ``entity_token_offset + e`` (see `configuration_lmke` for the layout). Descriptions are word-pieced once per
 entity/relation with the fast tokenizer and cached; building a triple, query or key is then a concatenation of
 cached id lists, so no text is ever scanned for tens of thousands of added tokens.
+
+`LmkeTokenizer` is a transformers tokenizer (`PreTrainedTokenizerBase`): `AutoTokenizer.from_pretrained(run)` returns
+it (with `import lmke_hf`, or with `trust_remote_code=True` where lmke_hf is not installed: a saved folder's
+`tokenizer_config.json` names it in `auto_map` and the folder carries this file), `tok(heads=..., relations=...,
+tails=...)`, `tok(given=..., relations=...)` and `tok(entities=...)` build padded batches, `decode` names the KG
+tokens (`[E:<id>]`, `[R:<id>]`, `[ENT_MASK]`), and `save_pretrained` / `push_to_hub` are transformers' own. The
+word-piece work stays with the wrapped encoder tokenizer (`tok.tokenizer`), whose files and settings are saved
+beside `kg_vocab.json`; `tokenizer_config.json` names its class as `base_tokenizer_class`.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import operator
 import os
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
-from transformers.utils import PushToHubMixin
+from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
+from transformers.utils import cached_file, logging
 
 from .configuration_lmke import KgVocabLayout
 
 KG_VOCAB_FILE = "kg_vocab.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+BASE_TOKENIZER_CLASS = "base_tokenizer_class"  # tokenizer_config.json key: the class of the wrapped word-piece tokenizer
+ENTITY_MASK_TOKEN = "[ENT_MASK]"
+RETURN_TENSORS = (None, "pt", "np")
 NAME_PIECES = 32  # word pieces of a name (or, for a nameless entity, of its text) that initialise its KG token
+PIECES_CHUNK = 10_000  # texts per call of the word-piece tokenizer
 DIRECTIONS = ("tail", "head")  # the element predicted; its index is the `direction` value in datasets and evaluators
 _PLURAL = {"entity": "entities", "relation": "relations"}
 _MAX_EXCERPT = 200  # characters of a value an error message quotes at most
+
+logger = logging.get_logger(__name__)
 
 
 def _excerpt(value, quote=repr) -> str:
@@ -53,13 +70,22 @@ def entity_text(name: str, description: str) -> str:
     return f"{name}, {description}"
 
 
-def pad_sequences(sequences, pad_id: int, pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads lists of token ids to the longest one (rounded up to a multiple of `pad_to_multiple_of`), without a
-    Python loop over the sequences: `(input_ids, attention_mask)`, both `(len(sequences), length)` long tensors."""
+def pad_sequences(
+    sequences, pad_id: int, pad_to_multiple_of: int | None = None, *, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads lists of token ids to the longest one (or to `length`, at least as long), rounded up to a multiple of
+    `pad_to_multiple_of`, without a Python loop over the sequences: `(input_ids, attention_mask)`, both
+    `(len(sequences), length)` long tensors."""
     if len(sequences) == 0:
         raise ValueError("Cannot pad an empty batch: got no sequences.")
     lengths = torch.tensor([len(s) for s in sequences])
-    length = int(lengths.max())
+    longest = int(lengths.max())
+    if length is not None and longest > length:
+        raise ValueError(
+            f"A sequence has {longest} tokens, more than the padding length {length}; LMKE inputs are never "
+            "truncated: give a larger max_length, or lower the description lengths of the tokenizer."
+        )
+    length = longest if length is None else int(length)
     if pad_to_multiple_of:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
@@ -69,12 +95,14 @@ def pad_sequences(sequences, pad_id: int, pad_to_multiple_of: int | None = None)
     return ids, mask.long()
 
 
-class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
-    r"""Builds LMKE / C-LMKE inputs from entity and relation ids.
+class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
+    r"""Builds LMKE / C-LMKE inputs from entity and relation ids; a transformers tokenizer (`AutoTokenizer`,
+    `__call__`, `decode`, `save_pretrained`, `push_to_hub`).
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): the encoder's (fast) tokenizer; supplies `[CLS]`, `[SEP]`, `[PAD]`
-            and the word pieces of descriptions.
+            and the word pieces of descriptions. Its special tokens and `model_max_length` are this tokenizer's
+            too (`pad_token_id`, `cls_token_id`, ... are the word-piece ids).
         entity_ids (`Sequence[str]`): original ids of the entities; position = integer entity id.
         relation_ids (`Sequence[str]`): original ids of the relations.
         entity_names, entity_descriptions, relation_names, relation_descriptions (`Sequence[str]`, *optional*):
@@ -83,12 +111,33 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
             or query.
         max_relation_description_length (`int`, defaults to 16): word pieces of a relation text.
         max_key_description_length (`int`, defaults to 508): word pieces of the entity description in a key.
+        **kwargs: settings of `PreTrainedTokenizerBase` (`model_max_length`, special tokens, ...); they default to
+            the word-piece tokenizer's.
 
     Layouts (one token per KG element, `E_x`/`R_x`, then its description):
         triple `[CLS] E_h desc(h) R_r desc(r) E_t desc(t) [SEP]`;
         tail query `[CLS] E_h desc(h) R_r desc(r) [ENT_MASK] [SEP]`; head query `[CLS] [ENT_MASK] R_r desc(r) E_t desc(t) [SEP]`;
         key `[CLS] E_e desc(e) [SEP]`.
+
+    Vocabulary (`configuration_lmke`): the word pieces, then `[ENT_MASK]`, the relations and the entities;
+    `len(tok) == tok.vocab_size == tok.total_vocab_size`, `tok.base_vocab_size` counts the word pieces.
+
+    Example:
+    ```python
+    >>> from transformers import AutoTokenizer
+    >>> tok = AutoTokenizer.from_pretrained("outputs/clmke-umls")  # doctest: +SKIP
+    >>> batch = tok(given=["Q42"], relations=["P31"], direction="tail", return_tensors="pt")  # doctest: +SKIP
+    >>> tok.decode(batch["input_ids"][0])  # doctest: +SKIP
+    '[CLS] [E:Q42] douglas adams, english writer [R:P31] instance of [ENT_MASK] [SEP]'
+    ```
     """
+
+    vocab_files_names = {"kg_vocab_file": KG_VOCAB_FILE}
+    model_input_names = ["input_ids", "attention_mask"]  # the KG models take no token_type_ids
+    padding_side = "right"
+    # Set on the class, not only by `register_for_auto_class()` in lmke_hf/__init__.py: a tokenizer whose class came
+    # from a checkpoint's remote code (a model loaded with trust_remote_code=True) must save its auto_map too.
+    _auto_class = "AutoTokenizer"
 
     def __init__(
         self,
@@ -102,13 +151,32 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
         max_entity_description_length: int = 241,
         max_relation_description_length: int = 16,
         max_key_description_length: int = 508,
+        **kwargs,
     ):
+        if type(tokenizer).__name__ == "LmkeTokenizer":
+            raise TypeError(
+                "`tokenizer` is an LmkeTokenizer already; pass the encoder's word-piece tokenizer (its `.tokenizer`, "
+                "or AutoTokenizer.from_pretrained(encoder))."
+            )
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise TypeError(
+                f"`tokenizer` must be the encoder's transformers tokenizer, got {type(tokenizer).__name__} "
+                f"{_excerpt(tokenizer)}; load it with AutoTokenizer.from_pretrained(encoder) (LmkeTokenizer.from_kg "
+                "also takes a name)."
+            )
         if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError(
                 f"The word-piece tokenizer {type(tokenizer).__name__} lacks a CLS, SEP or PAD token; LMKE needs a "
                 "BERT-family tokenizer (BERT, RoBERTa, DeBERTa-v2, MiniLM)."
             )
         self.tokenizer = tokenizer
+        settings = {"name_or_path": tokenizer.name_or_path, "model_max_length": tokenizer.model_max_length}
+        named = {k: str(v) for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+        extra = [t for t in tokenizer.all_special_tokens if t not in named.values()]
+        settings.update(named)
+        if extra:  # transformers 5 reads this (deprecated) name as extra_special_tokens; 4.x as it is
+            settings["additional_special_tokens"] = extra
+        super().__init__(**{**settings, **kwargs})
         self.entity_ids = _ids(entity_ids, "entity_ids")
         self.relation_ids = _ids(relation_ids, "relation_ids")
         self.entity_names = _texts(entity_names, self.entity_ids, "entity_names")
@@ -149,13 +217,33 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
     def num_relations(self) -> int:
         return len(self.relation_ids)
 
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
     def __len__(self) -> int:
         return self.total_vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        """The whole vocabulary, word pieces and KG tokens (`total_vocab_size`, `len(tok)`): the size of the model's
+        embedding table. The word pieces alone: `base_vocab_size`."""
+        return self.total_vocab_size
+
+    def get_vocab(self) -> dict[str, int]:
+        """`{token: id}` of the word pieces, `[ENT_MASK]`, `[R:<id>]` and `[E:<id>]` (one entry per KG element)."""
+        vocab = dict(self.tokenizer.get_vocab())
+        vocab[ENTITY_MASK_TOKEN] = self.entity_mask_token_id
+        vocab.update((f"[R:{r}]", self.relation_token_offset + k) for k, r in enumerate(self.relation_ids))
+        vocab.update((f"[E:{e}]", self.entity_token_offset + k) for k, e in enumerate(self.entity_ids))
+        return vocab
+
+    @property
+    def added_tokens_decoder(self):
+        """The word-piece tokenizer's added tokens (KG tokens are not added tokens: see `get_vocab`)."""
+        return self.tokenizer.added_tokens_decoder
+
+    def _add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        raise NotImplementedError(
+            f"LmkeTokenizer adds no tokens ({len(new_tokens)} given): register entities with `add_entities`; add "
+            "word pieces to the encoder's tokenizer before building the LmkeTokenizer on it."
+        )
 
     def entity_to_index(self, entities) -> np.ndarray:
         """(n,) int64 row indices (integer entity ids) of entities given as row indices or original ids.
@@ -295,22 +383,106 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
             + (", or add new entities with `add_entities`." if kind == "entity" else ".")
         )
 
-    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
-        """Word pieces for ordinary ids, `[E:<id>]`, `[R:<id>]` and `[ENT_MASK]` for the KG tokens."""
+    # ------------------------------------------------------------------ tokens <-> ids
+    def _kg_token(self, i: int) -> str:
+        """The name of KG token id `i` (`base_vocab_size <= i < total_vocab_size`)."""
+        if i == self.entity_mask_token_id:
+            return ENTITY_MASK_TOKEN
+        if i < self.entity_token_offset:
+            return f"[R:{self.relation_ids[i - self.relation_token_offset]}]"
+        return f"[E:{self.entity_ids[i - self.entity_token_offset]}]"
+
+    def _token_ids(self, ids) -> list[int]:
+        """`ids` (a sequence, array or tensor) as ints, each checked to lie in the vocabulary."""
+        if isinstance(ids, (torch.Tensor, np.ndarray)):
+            ids = ids.tolist()
         out = []
         for i in ids:
-            i = int(i)
-            if i < self.base_vocab_size:
-                out.append(self.tokenizer.convert_ids_to_tokens(i))
-            elif i == self.entity_mask_token_id:
-                out.append("[ENT_MASK]")
-            elif i < self.entity_token_offset:
-                out.append(f"[R:{self.relation_ids[i - self.relation_token_offset]}]")
-            elif i < self.total_vocab_size:
-                out.append(f"[E:{self.entity_ids[i - self.entity_token_offset]}]")
-            else:
-                raise IndexError(f"Token id {i} is outside the vocabulary of {self.total_vocab_size} tokens.")
+            try:
+                if isinstance(i, (bool, np.bool_)):
+                    raise TypeError
+                i = operator.index(i)  # int, numpy integer, 0-d integer tensor
+            except TypeError:
+                raise TypeError(f"Token ids must be ints, got {type(i).__name__} {_excerpt(i)}.") from None
+            if not 0 <= i < self.total_vocab_size:
+                raise IndexError(
+                    f"Token id {i} is outside the vocabulary of {self.total_vocab_size} tokens ({self.base_vocab_size} "
+                    f"word pieces, {self.num_relations} relations, {self.num_entities} entities); decode ids of "
+                    "this tokenizer's own inputs."
+                )
+            out.append(i)
         return out
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False) -> str | list[str]:
+        """Word pieces for ordinary ids, `[E:<id>]`, `[R:<id>]` and `[ENT_MASK]` for the KG tokens: one token for one
+        id, a list for a sequence. `skip_special_tokens` leaves out the word-piece specials (`[CLS]`, `[SEP]`,
+        `[PAD]`, ...), never the KG tokens."""
+        single = isinstance(ids, (int, np.integer)) or (isinstance(ids, (torch.Tensor, np.ndarray)) and ids.ndim == 0)
+        values = self._token_ids([ids.item() if hasattr(ids, "item") else ids] if single else ids)
+        skip = set(self.tokenizer.all_special_ids) if skip_special_tokens and not single else set()
+        base = self.base_vocab_size
+        out = [
+            self.tokenizer.convert_ids_to_tokens(i) if i < base else self._kg_token(i) for i in values if i not in skip
+        ]
+        return out[0] if single else out
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
+        """Ids of word pieces (as the word-piece tokenizer gives them) and of `[ENT_MASK]`, `[E:<id>]` and `[R:<id>]`
+        (unknown KG ids raise `KeyError`, as `entity_to_index` does)."""
+        if isinstance(tokens, str):
+            return self._token_to_id(tokens)
+        return [self._token_to_id(t) for t in tokens]
+
+    def _token_to_id(self, token: str) -> int:
+        if token == ENTITY_MASK_TOKEN:
+            return self.entity_mask_token_id
+        if token.endswith("]") and token.startswith(("[E:", "[R:")):
+            if token[1] == "E":
+                return self.entity_token_offset + int(self.entity_to_index(token[3:-1])[0])
+            return self.relation_token_offset + int(self.relation_to_index(token[3:-1])[0])
+        return self.tokenizer.convert_tokens_to_ids(token)
+
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """Word pieces joined as the word-piece tokenizer joins them; KG tokens kept as they are."""
+        return self._join(tokens, self.tokenizer.convert_tokens_to_string, _is_kg_token)
+
+    def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs) -> str:
+        """One sequence (`decode` handles batches): word pieces decoded by the word-piece tokenizer (with its options),
+        KG tokens named, e.g. ``"[CLS] [E:Q42] douglas adams [R:P31] instance of [ENT_MASK] [SEP]"``."""
+        ids = self._token_ids([token_ids] if isinstance(token_ids, (int, np.integer)) else token_ids)
+        base = self.base_vocab_size
+
+        def words(run: list[int]) -> str:
+            return self.tokenizer.decode(
+                run, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                **kwargs,
+            )
+
+        return self._join(ids, words, lambda i: i >= base, self._kg_token)
+
+    @staticmethod
+    def _join(items, join_words, is_kg, name=str) -> str:
+        """Runs of word pieces joined by `join_words`, KG items by `name`, all separated by single spaces."""
+        parts, run = [], []
+        for item in items:
+            if is_kg(item):
+                if run:
+                    parts.append(join_words(run))
+                    run = []
+                parts.append(name(item))
+            else:
+                run.append(item)
+        if run:
+            parts.append(join_words(run))
+        return " ".join(p for p in parts if p)
+
+    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False, **kwargs) -> list[str]:
+        """The word pieces of `text` (the word-piece tokenizer's `tokenize`)."""
+        return self.tokenizer.tokenize(text, pair=pair, add_special_tokens=add_special_tokens, **kwargs)
+
+    def encode(self, text, text_pair=None, add_special_tokens: bool = True, **kwargs) -> list[int]:
+        """The word-piece ids of `text` (the word-piece tokenizer's `encode`); KG inputs are built by `__call__`."""
+        return self.tokenizer.encode(text, text_pair, add_special_tokens=add_special_tokens, **kwargs)
 
     # ------------------------------------------------------------------ word pieces of the texts
     def _check_lengths(self) -> None:
@@ -331,10 +503,14 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
     def _pieces(self, texts: list[str], max_length: int) -> list[list[int]]:
         if not texts:
             return []
-        encoded = self.tokenizer(
-            texts, add_special_tokens=False, truncation=True, max_length=max(max_length, 1), return_attention_mask=False
-        )["input_ids"]
-        return [ids[:max_length] for ids in encoded]
+        pieces = []
+        for start in range(0, len(texts), PIECES_CHUNK):  # a chunk at a time: a fast tokenizer's encodings are large
+            encoded = self.tokenizer(
+                texts[start : start + PIECES_CHUNK], add_special_tokens=False, truncation=True, max_length=max(max_length, 1),
+                return_attention_mask=False, return_token_type_ids=False,
+            )["input_ids"]
+            pieces.extend(ids[:max_length] for ids in encoded)
+        return pieces
 
     @property
     def entity_pieces(self) -> list[list[int]]:
@@ -347,17 +523,26 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
             self._entity_piece_rows = {}
         return self._entity_pieces
 
-    def _entity_rows_pieces(self, rows: list[int]) -> Sequence[list[int]] | dict[int, list[int]]:
+    def entity_pieces_of(self, rows: Sequence[int], cache: bool = True) -> list[list[int]]:
+        """Word pieces of the texts (name + description) of the entity rows `rows`, in their order: `entity_pieces`
+        for those rows alone, tokenised on first use (`cache=False`: not kept)."""
+        rows = [int(i) for i in rows]
+        pieces = self._entity_rows_pieces(rows, cache=cache)
+        return [pieces[i] for i in rows]
+
+    def _entity_rows_pieces(self, rows: list[int], cache: bool = True) -> Sequence[list[int]] | dict[int, list[int]]:
         """Pieces of the entity rows `rows`, tokenised on first use row by row (kept until every row is known, then
         joined into `entity_pieces`), so that a query or a shard of a million-entity graph does not tokenise every
-        entity first."""
+        entity first. `cache=False` keeps nothing new (streaming over a graph too large to keep every row's pieces)."""
         if self._entity_pieces is not None:
             return self._entity_pieces
-        known = self._entity_piece_rows
+        known = self._entity_piece_rows if cache else dict(self._entity_piece_rows)
         missing = sorted({i for i in rows if i not in known})
         if missing:
             texts = [entity_text(self.entity_names[i], self.entity_descriptions[i]) for i in missing]
             known.update(zip(missing, self._pieces(texts, max(self.max_entity_description_length, self.max_key_description_length))))
+        if not cache:
+            return known
         if len(known) == self.num_entities:
             self._entity_pieces = [known[i] for i in range(self.num_entities)]
             self._entity_piece_rows = {}
@@ -424,18 +609,197 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
                 ids.append([cls, mask, ro + b, *rel[b][:lr], eo + a, *ent[a][:le], sep])
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
 
-    def encode_keys(self, entities) -> dict[str, list[list[int]]]:
-        """`[CLS] E_e desc(e) [SEP]` for each entity."""
+    def encode_keys(self, entities, cache: bool = True) -> dict[str, list[list[int]]]:
+        """`[CLS] E_e desc(e) [SEP]` for each entity. `cache=False`: the word pieces of entities not tokenised
+        before are not kept (a streamed pass over a very large graph, e.g. `EntityIndex.build`)."""
         e = self.entity_to_index(entities)
         cls, sep, eo, lk = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.entity_token_offset, self.max_key_description_length
-        ent = self._entity_rows_pieces(e.tolist())
+        ent = self._entity_rows_pieces(e.tolist(), cache=cache)
         ids = [[cls, eo + a, *ent[a][:lk], sep] for a in e.tolist()]
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
 
-    def pad(self, encoded: dict[str, list[list[int]]], prefix: str = "", pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
-        """Right-pads lists of ids to the longest one; returns `{prefix}input_ids` and `{prefix}attention_mask` tensors."""
-        ids, mask = pad_sequences(encoded["input_ids"], self.pad_token_id, pad_to_multiple_of)
-        return {f"{prefix}input_ids": ids, f"{prefix}attention_mask": mask}
+    def __call__(
+        self,
+        text=None,
+        text_pair=None,
+        *,
+        heads=None,
+        relations=None,
+        tails=None,
+        given=None,
+        direction=None,
+        entities=None,
+        padding: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        prefix: str = "",
+        **kwargs,
+    ) -> BatchEncoding:
+        r"""A batch of model inputs: LMKE triples, C-LMKE queries or keys, or word pieces of text.
+
+        Pass one layout, by keyword (entities and relations as str ids or int row indices, one value or a sequence;
+        the result is always a batch):
+
+        * `heads`, `relations`, `tails`: triples `[CLS] E_h desc(h) R_r desc(r) E_t desc(t) [SEP]` (`encode_triples`),
+          for `LmkeForTripleClassification`;
+        * `given`, `relations` and `direction` (`"tail"`, the default: `(given, r, ?)`; `"head"`: `(?, r, given)`;
+          or one per query): queries with `[ENT_MASK]` in the missing slot (`encode_queries`), for C-LMKE;
+        * `entities`: keys `[CLS] E_e desc(e) [SEP]` (`encode_keys`), for C-LMKE;
+        * `text` (and `text_pair`): handed to the word-piece tokenizer with every other argument; its ids are ids
+          of this vocabulary too.
+
+        Args:
+            padding (`bool` or `str`, *optional*): for KG inputs, True / `"longest"` (the default), `"max_length"`
+                or False / `"do_not_pad"`, as in `pad`; text follows the word-piece tokenizer (default: no padding).
+            max_length (`int`, *optional*): the length of `padding="max_length"`. KG inputs are never truncated
+                (their descriptions are cut to the tokenizer's description lengths); a longer one raises.
+            pad_to_multiple_of (`int`, *optional*): round the padded length up to a multiple of this.
+            return_tensors (`str`, *optional*): `"pt"`, `"np"` or None (lists of ints, the default).
+            return_attention_mask (`bool`, *optional*): False leaves out the attention mask.
+            prefix (`str`, defaults to `""`): put before every key, e.g. `"query_"` / `"key_"` to feed
+                `ClmkeForLinkPrediction.forward`.
+
+        Returns:
+            `BatchEncoding` with `input_ids` and `attention_mask`, `(batch_size, length)`.
+
+        Example:
+        ```python
+        >>> batch = tok(heads=["Q1"], relations=["P0"], tails=["Q2"], return_tensors="pt")  # doctest: +SKIP
+        >>> queries = tok(given=["Q1", "Q2"], relations=["P0", "P1"], direction=["tail", "head"], prefix="query_")  # doctest: +SKIP
+        >>> keys = tok(entities=range(tok.num_entities), return_tensors="np")  # doctest: +SKIP
+        ```
+        """
+        kg = {"heads": heads, "relations": relations, "tails": tails, "given": given, "entities": entities}
+        passed = {name for name, value in kg.items() if value is not None}
+        if text is not None or text_pair is not None:
+            if passed or direction is not None:
+                raise ValueError(
+                    f"Pass either `text` (word pieces) or KG inputs, not both: got text and "
+                    f"{sorted(passed | ({'direction'} if direction is not None else set()))}."
+                )
+            out = self.tokenizer(
+                text, text_pair, padding=False if padding is None else padding, max_length=max_length,
+                pad_to_multiple_of=pad_to_multiple_of, return_tensors=return_tensors,
+                return_attention_mask=return_attention_mask, **kwargs,
+            )
+            return BatchEncoding({prefix + k: v for k, v in out.items()}) if prefix else out
+        kwargs.pop("verbose", None)
+        if kwargs:
+            raise TypeError(
+                f"Unexpected arguments {sorted(kwargs)} for KG inputs; they apply to text only. KG inputs take "
+                "padding, max_length, pad_to_multiple_of, return_tensors, return_attention_mask and prefix."
+            )
+        layouts = {"triples": {"heads", "relations", "tails"}, "queries": {"given", "relations"}, "keys": {"entities"}}
+        layout = next((name for name, names in layouts.items() if passed == names), None)
+        if layout is None:
+            raise ValueError(
+                f"Got {sorted(passed) or 'no inputs'}: pass one layout, heads + relations + tails (LMKE triples), "
+                "given + relations, with direction (C-LMKE queries), entities (C-LMKE keys), or text (word pieces)."
+            )
+        if direction is not None and layout != "queries":
+            raise ValueError(f"`direction` applies to queries (given=..., relations=...), not to {layout}.")
+        if layout == "triples":
+            encoded = self.encode_triples(heads, relations, tails)
+        elif layout == "queries":
+            encoded = self.encode_queries(given, relations, "tail" if direction is None else direction)
+        else:
+            encoded = self.encode_keys(entities)
+        return BatchEncoding(self.pad(
+            encoded, prefix, pad_to_multiple_of, padding=True if padding is None else padding, max_length=max_length,
+            return_attention_mask=return_attention_mask, return_tensors=return_tensors,
+        ))
+
+    def pad(
+        self,
+        encoded_inputs,
+        prefix: str = "",
+        pad_to_multiple_of: int | None = None,
+        *,
+        padding: bool | str = True,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | None = "pt",
+        verbose: bool = True,
+    ) -> dict:
+        """Right-pads a batch of token-id lists with `pad_token_id`, without a Python loop over the sequences.
+
+        Args:
+            encoded_inputs: a batch, `{"input_ids": [[...], ...], ...}` (what `encode_*` return), or a list of
+                `{"input_ids": [...], ...}` (as a `DataLoader` collates them). A given `attention_mask` is padded with
+                0s, a missing one made of 1s; `token_type_ids` and `special_tokens_mask` are padded too; other keys
+                are passed through.
+            prefix (`str`, defaults to `""`): put before every key of the output (`"query_"`, `"key_"`).
+            pad_to_multiple_of (`int`, *optional*): round the padded length up to a multiple of this.
+            padding (`bool` or `str`, defaults to True): True / `"longest"` (the longest sequence), `"max_length"`
+                (`max_length`, default `model_max_length`) or False / `"do_not_pad"`.
+            max_length (`int`, *optional*): the length of `padding="max_length"`; nothing is truncated, a longer
+                sequence raises.
+            padding_side (`str`, *optional*): only `"right"`: the models read a key's entity token at position 1.
+            return_attention_mask (`bool`, *optional*): False leaves out the mask.
+            return_tensors (`str`, defaults to `"pt"`): `"pt"`, `"np"` or None (lists of ints).
+            verbose (`bool`): accepted for `PreTrainedTokenizerBase.pad` callers; unused.
+
+        Returns:
+            a plain `dict` (not a `BatchEncoding`, so that `torch.load(weights_only=True)` reads a saved batch) with
+            `{prefix}input_ids` and `{prefix}attention_mask`, `(batch_size, length)`.
+        """
+        if isinstance(encoded_inputs, (list, tuple)) and not encoded_inputs:
+            raise ValueError("Cannot pad an empty batch: got no sequences.")
+        if isinstance(encoded_inputs, (list, tuple)) and isinstance(encoded_inputs[0], Mapping):
+            encoded_inputs = {key: [row[key] for row in encoded_inputs] for key in encoded_inputs[0].keys()}
+        if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
+            got = sorted(encoded_inputs.keys()) if isinstance(encoded_inputs, Mapping) else type(encoded_inputs).__name__
+            raise ValueError(
+                f"`pad` needs a batch holding 'input_ids' (what encode_triples / encode_queries / encode_keys return), got {got}."
+            )
+        columns = dict(encoded_inputs)
+        ids = _rows(columns.pop("input_ids"))
+        if ids and not isinstance(ids[0], (list, tuple, np.ndarray, torch.Tensor)):
+            raise ValueError(
+                f"`pad` takes a batch: 'input_ids' must hold one list of ids per sequence, got {type(ids[0]).__name__} "
+                f"{_excerpt(ids[0])} as its first row; wrap one sequence as [ids]."
+            )
+        side = padding_side or self.padding_side
+        if side != "right":
+            raise ValueError(
+                f"padding_side={side!r}: LMKE inputs are right-padded (the models read a key's entity token at position "
+                "1 and positions count from the start); use 'right'."
+            )
+        strategy, tensors = _padding_strategy(padding), _tensor_type(return_tensors)
+        lengths = [len(row) for row in ids]
+        fills = {"attention_mask": 0, "token_type_ids": self.pad_token_type_id, "special_tokens_mask": 1}
+        for key in fills.keys() & columns.keys():
+            columns[key] = _rows(columns[key])
+            if [len(row) for row in columns[key]] != lengths:
+                raise ValueError(f"The rows of '{key}' must be as long as those of 'input_ids' ({lengths[:5]}...).")
+        if strategy == "do_not_pad":
+            out = {"input_ids": ids, "attention_mask": columns.pop("attention_mask", None) or [[1] * n for n in lengths]}
+            if tensors is not None and len(set(lengths)) > 1:
+                raise ValueError(
+                    f"return_tensors={tensors!r} needs sequences of one length, got lengths {min(lengths)} to "
+                    f"{max(lengths)}; pass padding=True."
+                )
+            out = {key: torch.as_tensor(np.asarray(value, dtype=np.int64)) for key, value in out.items()} if tensors else out
+        else:
+            length = None
+            if strategy == "max_length":
+                length = self.model_max_length if max_length is None else max_length
+                if length is None or length > 100_000:  # transformers' "no limit" sentinel
+                    raise ValueError("padding='max_length' needs `max_length` (this tokenizer sets no model_max_length).")
+            out = dict(zip(("input_ids", "attention_mask"), pad_sequences(ids, self.pad_token_id, pad_to_multiple_of, length=length)))
+            for key in sorted(fills.keys() & columns.keys()):
+                out[key] = pad_sequences(columns.pop(key), fills[key], pad_to_multiple_of, length=length)[0]
+        if return_attention_mask is False:
+            out.pop("attention_mask")
+        if tensors is None:
+            out = {key: value.tolist() if isinstance(value, torch.Tensor) else value for key, value in out.items()}
+        elif tensors == "np":
+            out = {key: value.numpy() for key, value in out.items()}
+        out.update(columns)  # other keys (labels, ...) as given; BatchEncoding converts them to `tensors`
+        return BatchEncoding({prefix + key: value for key, value in out.items()}, tensor_type=tensors).data
 
     # ------------------------------------------------------------------ growing the KG
     def add_entities(
@@ -479,18 +843,39 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
         return np.arange(start, self.num_entities, dtype=np.int64)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> tuple[str, ...]:
-        """Saves the word-piece tokenizer files and `kg_vocab.json` (ids, names, descriptions, lengths)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> tuple[str, ...]:
+        """`PreTrainedTokenizerBase.save_pretrained` (and `push_to_hub=True`, `repo_id`, `token`, ...): the word-piece
+        tokenizer's files, `kg_vocab.json` (ids, names, descriptions, lengths), `tokenizer_config.json` naming
+        `LmkeTokenizer` (with `auto_map`) and its word-piece class (`base_tokenizer_class`), and this file with
+        `configuration_lmke.py` so that `AutoTokenizer.from_pretrained(folder, trust_remote_code=True)` loads it
+        where lmke_hf is not installed."""
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` ({save_directory}) is a file; give a directory.")
-        os.makedirs(save_directory, exist_ok=True)
-        if push_to_hub:
-            commit_message = kwargs.pop("commit_message", None)
-            repo_id = kwargs.pop("repo_id", str(save_directory).rstrip("/").split(os.path.sep)[-1])
-            repo_id = self._create_repo(repo_id, **kwargs)
-            files_timestamps = self._get_files_timestamps(save_directory)
-        files = list(self.tokenizer.save_pretrained(save_directory))
-        path = os.path.join(save_directory, KG_VOCAB_FILE)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None) -> tuple[str, ...]:
+        """Called by `save_pretrained` after it wrote `tokenizer_config.json` (`file_names[0]`): the word-piece
+        tokenizer saves its files, then its config (special tokens, lower casing, ...) becomes ours, with our
+        `tokenizer_class` and `auto_map` and its class as `base_tokenizer_class`."""
+        config_file = file_names[0]
+        with open(config_file, encoding="utf-8") as f:
+            ours = json.load(f)
+        words = self.tokenizer.save_pretrained(save_directory, legacy_format=legacy_format, filename_prefix=filename_prefix)
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+        config[BASE_TOKENIZER_CLASS] = config.get("tokenizer_class")
+        config["tokenizer_class"] = ours["tokenizer_class"]
+        config.pop("auto_map", None)
+        if "auto_map" in ours:
+            config["auto_map"] = ours["auto_map"]
+        with open(config_file, "w", encoding="utf-8") as f:
+            f.write(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        files = [*file_names, *words, *self.save_vocabulary(save_directory, filename_prefix)]
+        return tuple(dict.fromkeys(str(f) for f in files))
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Writes `kg_vocab.json`: entity and relation ids, names, descriptions and the description lengths."""
+        path = os.path.join(save_directory, (filename_prefix + "-" if filename_prefix else "") + KG_VOCAB_FILE)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(
                 {
@@ -507,29 +892,47 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
                 f,
                 ensure_ascii=False,
             )
-        files.append(path)
-        if push_to_hub:
-            self._upload_modified_files(
-                save_directory, repo_id, files_timestamps, commit_message=commit_message, token=kwargs.get("token")
-            )
-        return tuple(files)
+        return (path,)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> LmkeTokenizer:
-        """Loads a tokenizer saved by `save_pretrained` from a folder or a Hub repo id (`revision`, `token`...)."""
-        from huggingface_hub import hf_hub_download
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *init_inputs,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        **kwargs,
+    ) -> LmkeTokenizer:
+        """Loads a tokenizer saved by `save_pretrained` from a folder or a Hub repo id (`revision`, `token`,
+        `cache_dir`, `local_files_only`, `force_download`, `subfolder`); what `AutoTokenizer.from_pretrained` calls.
+        Other keyword arguments override `kg_vocab.json`'s lengths or the tokenizer settings.
 
-        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        Folders saved before the KG tokenizer was a transformers tokenizer (their `tokenizer_config.json` is the
+        word-piece tokenizer's, without `auto_map`) load too. `trust_remote_code` is accepted for `AutoTokenizer`;
+        the word-piece tokenizer never runs remote code.
+        """
+        if init_inputs:
+            raise TypeError(f"LmkeTokenizer.from_pretrained takes keyword arguments only, got {len(init_inputs)} positional ones.")
+        for internal in ("_from_auto", "_from_pipeline", "_commit_hash"):  # passed by AutoTokenizer / pipeline
+            kwargs.pop(internal, None)
+        hub = {"cache_dir": cache_dir, "token": token, "revision": revision, "subfolder": kwargs.pop("subfolder", None),
+               "proxies": kwargs.pop("proxies", None), "force_download": force_download or None,
+               "local_files_only": local_files_only or None}
+        hub = {k: v for k, v in hub.items() if v is not None}
         path = str(pretrained_model_name_or_path)
         if os.path.isdir(path):
-            vocab_path = os.path.join(path, KG_VOCAB_FILE)
+            vocab_path = os.path.join(path, hub.get("subfolder", ""), KG_VOCAB_FILE)
             if not os.path.isfile(vocab_path):
                 raise OSError(
                     f"{path} has no {KG_VOCAB_FILE}: it is not a saved LmkeTokenizer. Build one with "
                     "`LmkeTokenizer.from_kg(encoder_tokenizer, kg)` and `save_pretrained` it."
                 )
         else:
-            vocab_path = hf_hub_download(path, KG_VOCAB_FILE, **hub_kwargs)
+            vocab_path = cached_file(path, KG_VOCAB_FILE, **hub)
         try:
             with open(vocab_path, encoding="utf-8-sig") as f:
                 vocab = json.load(f)
@@ -537,10 +940,35 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
             raise ValueError(f"{vocab_path} is damaged (not valid JSON: {err}); save the tokenizer again.") from None
         if not isinstance(vocab, dict) or not {"entity_ids", "relation_ids"} <= set(vocab):
             raise ValueError(f"{vocab_path} is damaged: it lacks entity_ids / relation_ids; save the tokenizer again.")
-        # the folder's config.json is an LMKE model config; the word-piece tokenizer needs no remote code
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **hub_kwargs)
+        tokenizer = cls._load_word_pieces(path, hub)
         vocab.update(kwargs)
         return cls(tokenizer, **vocab)
+
+    @classmethod
+    def _load_word_pieces(cls, path: str, hub: dict) -> PreTrainedTokenizerBase:
+        """The wrapped word-piece tokenizer of a saved folder or Hub repo, by the class its `tokenizer_config.json`
+        names: `base_tokenizer_class`, or `tokenizer_class` in folders saved before (never through AutoTokenizer,
+        which would pick this class again)."""
+        config = get_tokenizer_config(path, **hub)
+        name = config.get(BASE_TOKENIZER_CLASS) or config.get("tokenizer_class")
+        if not name or name.removesuffix("Fast") == cls.__name__:
+            logger.warning(
+                f"{path}'s {TOKENIZER_CONFIG_FILE} names no word-piece tokenizer class ({BASE_TOKENIZER_CLASS}); "
+                "loading its tokenizer.json as a PreTrainedTokenizerFast. Save the LmkeTokenizer again to record it."
+            )
+            word_class = PreTrainedTokenizerFast
+        else:
+            word_class = tokenizer_class_from_name(name.removesuffix("Fast")) or tokenizer_class_from_name(name)
+            if word_class is None and not name.endswith("Fast"):
+                word_class = tokenizer_class_from_name(name + "Fast")
+        if word_class is None:
+            raise ValueError(
+                f"{path}'s word-piece tokenizer class {name!r} is unknown to this transformers version; upgrade transformers."
+            )
+        tokenizer = word_class.from_pretrained(path, **hub)
+        for key in (BASE_TOKENIZER_CLASS, "auto_map"):  # ours: saving the word-piece tokenizer alone must not write them
+            tokenizer.init_kwargs.pop(key, None)
+        return tokenizer
 
     @classmethod
     def from_kg(cls, tokenizer: PreTrainedTokenizerBase | str, kg, **kwargs) -> LmkeTokenizer:
@@ -565,6 +993,35 @@ class LmkeTokenizer(KgVocabLayout, PushToHubMixin):
             f"lengths=(entity {self.max_entity_description_length}, relation {self.max_relation_description_length}, "
             f"key {self.max_key_description_length}))"
         )
+
+
+def _rows(value) -> list:
+    """A batch column (list of rows, 2-D array or tensor) as a list of rows."""
+    return value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else list(value)
+
+
+def _padding_strategy(padding) -> str:
+    """`padding` (bool, str or transformers' `PaddingStrategy`) as "longest", "max_length" or "do_not_pad"."""
+    value = getattr(padding, "value", padding)
+    if value is True or value == "longest":
+        return "longest"
+    if value is False or value == "do_not_pad":
+        return "do_not_pad"
+    if value == "max_length":
+        return "max_length"
+    raise ValueError(f"`padding` must be True / 'longest', 'max_length' or False / 'do_not_pad', got {_excerpt(padding)}.")
+
+
+def _tensor_type(return_tensors) -> str | None:
+    """`return_tensors` (str or transformers' `TensorType`) as "pt", "np" or None."""
+    value = getattr(return_tensors, "value", return_tensors)
+    if value not in RETURN_TENSORS:
+        raise ValueError(f"`return_tensors` must be 'pt', 'np' or None (lists), got {_excerpt(return_tensors)}.")
+    return value
+
+
+def _is_kg_token(token: str) -> bool:
+    return token == ENTITY_MASK_TOKEN or (token.endswith("]") and token.startswith(("[E:", "[R:")))
 
 
 def _as_list(values) -> list:
