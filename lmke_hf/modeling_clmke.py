@@ -19,6 +19,7 @@ from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import ClmkeConfig
 from .entity_index import ENTITY_INDEX_FILE, EntityIndex, EntityIndexError
+from .modeling_losses import adversarial_bce_loss, infonce_loss
 from .tokenization_lmke import NAME_PIECES, entity_text
 from .modeling_base import (
     LmkePreTrainedModel,
@@ -37,11 +38,6 @@ logger = hf_logging.get_logger(__name__)
 
 
 
-def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` in fp32 when it is in a lower precision (bf16 / fp16 under autocast); fp32 and fp64 as they are."""
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
 @dataclass
 class LinkPredictionOutput(ModelOutput):
     """Output of [`ClmkeForLinkPrediction`].
@@ -57,6 +53,10 @@ class LinkPredictionOutput(ModelOutput):
         key_embeddings (`torch.FloatTensor` of shape `(num_keys, hidden_size)`): outputs at the keys' entity token.
         query_entity_ids (`torch.LongTensor` of shape `(batch_size,)`): the given entity of each query.
         key_entity_ids (`torch.LongTensor` of shape `(num_keys,)`): the entity of each key.
+        batch_key_embeddings (`torch.FloatTensor` of shape `(num_batch_keys, hidden_size)`), batch_key_entity_ids:
+            the in-batch keys alone (gathered from all processes with `gather_keys=True`), without the extra and
+            queued ones: what a training loop pushes into `model.key_queue` after the step (`forward` itself changes
+            nothing).
     """
 
     loss: torch.FloatTensor | None = None
@@ -66,6 +66,8 @@ class LinkPredictionOutput(ModelOutput):
     key_embeddings: torch.FloatTensor | None = None
     query_entity_ids: torch.LongTensor | None = None
     key_entity_ids: torch.LongTensor | None = None
+    batch_key_embeddings: torch.FloatTensor | None = None
+    batch_key_entity_ids: torch.LongTensor | None = None
 
 
 
@@ -349,47 +351,12 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         return self.log_inv_temperature.exp().clamp(max=100.0)  # t >= 0.01, as SimKGC
 
     def infonce_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        r"""InfoNCE with multiple positives, averaged over the queries that have a positive:
-        `L(q) = 1/|K+| sum_{k+} -log(e^{s(q,k+)} / (e^{s(q,k+)} + sum_{k-} e^{s(q,k-)}))`,
-        `s = (score - margin * [k positive]) / t` (SimKGC, van den Oord et al. 2018). Each positive competes with
-        the negatives only, not with the other positives (known answers are not pushed apart).
-
-        Args:
-            scores (`(Bq, Bk)`): cosines or matcher logits.
-            labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value ignored.
-        """
-        scores = _at_least_fp32(scores)  # under bf16 / fp16 autocast too: the loss is never computed in low precision
-        positive, negative = labels == 1, labels == 0
-        logits = (scores - self.config.infonce_margin * positive.to(scores.dtype)) * self._inverse_temperature()
-        floor = torch.finfo(logits.dtype).min  # no negatives: the positive's term is 0, with finite gradients
-        negatives = logits.masked_fill(~negative, floor).logsumexp(1, keepdim=True)
-        per_positive = (torch.logaddexp(logits, negatives) - logits).masked_fill(~positive, 0.0)
-        n_pos = positive.sum(1)
-        per_query = per_positive.sum(1) / n_pos.clamp(min=1)
-        has_positive = n_pos > 0
-        if not bool(has_positive.any()):
-            return logits.sum() * 0.0
-        return per_query[has_positive].mean()
+        """`modeling_losses.infonce_loss` with this model's (learned or fixed) temperature and `config.infonce_margin`."""
+        return infonce_loss(scores, labels, self._inverse_temperature(), self.config.infonce_margin)
 
     def adversarial_bce_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        r"""Paper's loss, averaged over queries:
-        `L(q, K) = -sum_{k+} 1/|K+| log p(q, k+) - sum_{k-} w_{q,k-} log(1 - p(q, k-))`,
-        `w_{q,k-} = softmax_{k-}(T * p(q, k-))` treated as constants (T = `adversarial_temperature`).
-
-        Args:
-            logits (`(Bq, Bk)`): matcher logits.
-            labels (`(Bq, Bk)`): 1 positive, 0 negative, any other value (e.g. -100) ignored.
-        """
-        logits = _at_least_fp32(logits)  # under bf16 / fp16 autocast too
-        positive = labels == 1
-        negative = labels == 0
-        n_pos = positive.sum(1).clamp(min=1)
-        pos_loss = (F.softplus(-logits) * positive).sum(1) / n_pos
-        with torch.no_grad():
-            weights = (self.config.adversarial_temperature * torch.sigmoid(logits)).masked_fill(~negative, float("-inf"))
-            weights = torch.softmax(weights, dim=1).nan_to_num(0.0)  # a query without negatives gets no negative loss
-        neg_loss = (F.softplus(logits) * weights).sum(1)
-        return (pos_loss + neg_loss).mean()
+        """`modeling_losses.adversarial_bce_loss` (the paper's) with `config.adversarial_temperature`."""
+        return adversarial_bce_loss(logits, labels, self.config.adversarial_temperature)
 
     def _labels(self, query_entity_ids, key_entity_ids, answer_ids, diagonal_offset: int, generator=None) -> torch.Tensor:
         """Multi-label targets: key j is positive for query i when its entity is a known answer of i."""
@@ -467,8 +434,6 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             labels = self._labels(q_ent, k_ent, answer_ids.to(k_ent.device), offset, generator)
             if queued:  # a queued key of a known answer is stale: ignored rather than pulled towards
                 labels[:, num_live:] = labels[:, num_live:].masked_fill(labels[:, num_live:] == 1, -100.0)
-            if self.training and self.config.key_queue_size:
-                self.key_queue.push(batch_keys.detach(), batch_entities)
         if labels is not None:
             if labels.shape != logits.shape:
                 raise ValueError(f"`labels` has shape {tuple(labels.shape)}, expected {tuple(logits.shape)}.")
@@ -476,7 +441,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             loss = self.contrastive_loss(logits, labels.to(logits.dtype))
         output = LinkPredictionOutput(
             loss=loss, logits=logits, labels=labels, query_embeddings=q, key_embeddings=k,
-            query_entity_ids=q_ent, key_entity_ids=k_ent,
+            query_entity_ids=q_ent, key_entity_ids=k_ent, batch_key_embeddings=batch_keys, batch_key_entity_ids=batch_entities,
         )
         return output if return_dict else output.to_tuple()
 

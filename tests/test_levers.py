@@ -138,8 +138,11 @@ def test_key_queue_adds_previous_keys_as_negatives_only(tiny_bert_dir, kg_tok):
     batch, answers = clmke_batch(kg_tok), gold_answer_ids()
     b = batch["query_input_ids"].shape[0]
     first = model(**batch, answer_ids=answers)
-    assert first.logits.shape == (b, b) and len(model.key_queue) == b
+    assert first.logits.shape == (b, b) and len(model.key_queue) == 0  # forward changes nothing: the loop pushes
+    model.key_queue.push(first.batch_key_embeddings, first.batch_key_entity_ids)
+    assert len(model.key_queue) == b
     second = model(**batch, answer_ids=answers)
+    model.key_queue.push(second.batch_key_embeddings, second.batch_key_entity_ids)
     assert second.logits.shape == (b, 2 * b)
     queued = second.labels[:, b:]
     # the queued copy of each query's own gold key would be a positive: it is ignored, not pulled towards

@@ -304,7 +304,10 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         total_loss, seen, pending_checkpoint = 0.0, 0, None
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(**batch, **forward_kwargs).loss
+                outputs = model(**batch, **forward_kwargs)
+                loss = outputs.loss
+                if queue is not None and queue.size:  # pre-batch negatives: this batch's keys for the next steps
+                    queue.push(outputs.batch_key_embeddings.detach(), outputs.batch_key_entity_ids)
                 accelerator.backward(loss)
                 if args.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
