@@ -95,7 +95,25 @@ class _KgConfigMixin(KgVocabLayout):
         encoder = output.get("encoder")
         if isinstance(encoder, dict) and "_name_or_path" in encoder:
             encoder["_name_or_path"] = _public_name_or_path(encoder["_name_or_path"])
+        saved_pipelines = output.pop("_saved_custom_pipelines", None)
+        if saved_pipelines:
+            output["custom_pipelines"] = saved_pipelines
         return output
+
+    @property
+    def custom_pipelines(self) -> dict:
+        """The pipeline task saved with the model (`pipeline(task, model=folder, trust_remote_code=True)` then runs
+        the folder's `pipeline_lmke.py`), less any task this process has registered itself (`import lmke_hf`):
+        `transformers.pipeline` takes a config's `custom_pipelines` before its registry, and would otherwise demand
+        `trust_remote_code=True` for code that is installed. config.json keeps the whole entry (`to_dict`)."""
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        saved = self.__dict__.get("_saved_custom_pipelines") or {}
+        return {task: info for task, info in saved.items() if task not in PIPELINE_REGISTRY.supported_tasks}
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict) -> None:
+        self.__dict__["_saved_custom_pipelines"] = dict(value or {})
 
     def _init_kg(self, encoder, num_entities, num_relations, base_vocab_size, initializer_range):
         self.encoder = _encoder_config(encoder)

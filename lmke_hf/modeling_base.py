@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import CITATION
@@ -278,6 +279,7 @@ class LmkePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     citation = _CITATION
+    _pipeline = None  # (task, Pipeline class) that saved folders carry; see `register_for_pipeline`
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -420,14 +422,30 @@ class LmkePreTrainedModel(PreTrainedModel):
         self.check_tokenizer(tokenizer)
         self._kg_tokenizer = tokenizer
 
+    @classmethod
+    def register_for_pipeline(cls, task: str, pipeline_class) -> None:
+        """Has saved models of this class carry `task` (as `register_for_auto_class` does for `AutoModel`): config.json
+        gets a `custom_pipelines` entry and the folder `pipeline_class`'s file, so that
+        `pipeline(task, model=folder, trust_remote_code=True)` works where lmke_hf is not installed. Done by
+        `lmke_hf.pipelines.register_pipelines`."""
+        cls._pipeline = (task, pipeline_class)
+
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the attached KG tokenizer (and, for C-LMKE, the entity index).
+        """`PreTrainedModel.save_pretrained`, plus the attached KG tokenizer (and, for C-LMKE, the entity index), and
+        the pipeline task registered with `register_for_pipeline`.
 
         With `push_to_hub=True` the folder is saved first and then uploaded by the mixin's `push_to_hub`, so the
         tokenizer and the index reach the Hub too (`repo_id`, `commit_message`, `private`, `create_pr`, `token`).
         """
         hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "commit_description", "private", "create_pr", "revision", "tags") if k in kwargs}
+        if self._pipeline is not None:
+            task, pipeline_class = self._pipeline
+            impl = f"{pipeline_class.__module__.rsplit('.', 1)[-1]}.{pipeline_class.__name__}"
+            # "pt" names classes of the transformers module itself: AutoModel, which follows this folder's auto_map
+            self.config.custom_pipelines = {task: {"impl": impl, "pt": ["AutoModel"], "tf": [], "type": "text"}}
         result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self._pipeline is not None and kwargs.get("is_main_process", True):
+            custom_object_save(self._pipeline[1], save_directory)
         self._save_extras(save_directory)
         if push_to_hub and kwargs.get("is_main_process", True):
             repo_id = hub.pop("repo_id", None) or os.path.basename(os.path.normpath(str(save_directory)))

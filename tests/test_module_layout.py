@@ -76,7 +76,7 @@ def test_metrics_import_without_the_data_code():
 
 
 # ---------------------------------------------------------------------------------------------------- remote code
-REMOTE_CODE_PREFIXES = ("configuration_", "modeling_", "tokenization_", "entity_index")  # entity_index.py: the C-LMKE index
+REMOTE_CODE_PREFIXES = ("configuration_", "modeling_", "tokenization_", "entity_index", "pipeline_")  # entity_index.py: the C-LMKE index; pipeline_lmke.py: the pipeline tasks
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in Path(lmke_hf.__file__).parent.glob("*.py") if p.name.startswith(REMOTE_CODE_PREFIXES)))
@@ -108,4 +108,4 @@ def test_saved_folder_carries_every_file_its_code_imports(model_class, tmp_path)
     needed = {Path(f).name for f in get_relative_import_files(str(tmp_path / f"{module}.py"))}
     assert {"configuration_lmke.py", "modeling_base.py", "tokenization_lmke.py"} <= needed
     saved = {p.name for p in tmp_path.glob("*.py")}
-    assert needed | {f"{module}.py"} <= saved
+    assert needed | {f"{module}.py", "pipeline_lmke.py"} <= saved

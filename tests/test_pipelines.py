@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from transformers import pipeline
 
 import lmke_hf  # noqa: F401  (registers the tasks)
+
+from _hide_package import HIDE_LMKE_HF
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +67,71 @@ def test_classification_pipeline_scores_a_triple(lmke_run):
     assert "pipeline_tag: triple-classification" in (lmke_run / "README.md").read_text()
     with pytest.raises(ValueError, match="missing \\['tail'\\]"):
         classify({"head": triple["head"], "relation": triple["relation"]})
+
+
+# ---------------------------------------------------------------------------------------------------- remote code
+REMOTE_PIPELINES = HIDE_LMKE_HF + """
+import json
+import sys
+
+sys.path = [p for p in sys.path if 'work/main' not in p and p not in ('', '.')]
+try:
+    import lmke_hf
+    raise SystemExit('lmke_hf importable')
+except ImportError:
+    pass
+from transformers import pipeline
+
+out = {}
+for task, folder, query, kwargs in json.loads(sys.argv[1]):
+    try:
+        pipeline(task, model=folder)
+        out[task + ' refused'] = None
+    except ValueError as err:
+        out[task + ' refused'] = str(err)
+    run = pipeline(task, model=folder, trust_remote_code=True)
+    out[task] = [type(run).__module__.split('.')[0], run(query, **kwargs)]
+print('\\nRESULT', json.dumps(out))  # after the [y/N] prompt that transformers prints without a newline
+"""
+
+
+def test_saved_runs_carry_their_task_only(clmke_run, lmke_run):
+    """C-LMKE runs carry knowledge-graph-completion, LMKE runs triple-classification: a custom_pipelines entry in
+    config.json and the pipeline file (which imports nothing of lmke_hf)."""
+    for run, task, impl in ((clmke_run[0], "knowledge-graph-completion", "KnowledgeGraphCompletionPipeline"),
+                            (lmke_run, "triple-classification", "TripleClassificationPipeline")):
+        config = json.loads((run / "config.json").read_text())
+        assert config["custom_pipelines"] == {task: {"impl": f"pipeline_lmke.{impl}", "pt": ["AutoModel"], "tf": [], "type": "text"}}
+        assert (run / "pipeline_lmke.py").is_file()
+
+
+def test_pipelines_load_with_trust_remote_code_without_lmke_hf(clmke_run, lmke_run, tmp_path):
+    """`pipeline(task, model=run, trust_remote_code=True)` where lmke_hf cannot be imported gives what lmke_hf's own
+    pipeline gives; without trust_remote_code transformers refuses with its own message."""
+    complete = pipeline("knowledge-graph-completion", model=str(clmke_run[0]))
+    kg = complete.model.kg_tokenizer
+    query = {"head": kg.entity_ids[0], "relation": kg.relation_ids[0]}
+    classify = pipeline("triple-classification", model=str(lmke_run))
+    lkg = classify.model.kg_tokenizer
+    triple = {"head": lkg.entity_ids[0], "relation": lkg.relation_ids[0], "tail": lkg.entity_ids[1]}
+    cases = [["knowledge-graph-completion", str(clmke_run[0]), query, {"top_k": 3}],
+             ["triple-classification", str(lmke_run), triple, {}]]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", REMOTE_PIPELINES, json.dumps(cases)], cwd=tmp_path, env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, (result.stdout[-2000:], result.stderr[-2000:])
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+
+    for task in ("knowledge-graph-completion", "triple-classification"):
+        assert "trust_remote_code=True" in out[task + " refused"], out[task + " refused"]
+        assert out[task][0] == "transformers_modules"  # the folder's copy of the code, not an installed lmke_hf
+    remote, ours = out["knowledge-graph-completion"][1], complete(query, top_k=3)
+    assert [a["entity"] for a in remote] == [a["entity"] for a in ours] and [a["name"] for a in remote] == [a["name"] for a in ours]
+    assert [a["score"] for a in remote] == pytest.approx([a["score"] for a in ours], abs=1e-5)
+    remote, ours = out["triple-classification"][1], classify(triple)
+    assert remote["label"] == ours["label"] and remote["score"] == pytest.approx(ours["score"], abs=1e-5)
+    # where lmke_hf is imported, its registered task is used, with or without trust_remote_code
+    trusted = pipeline("triple-classification", model=str(lmke_run), trust_remote_code=True)
+    assert type(trusted) is type(classify) and trusted(triple) == ours
