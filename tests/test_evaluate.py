@@ -457,6 +457,7 @@ BAD_NUMBERS = {
         ("--per_device_eval_batch_size", "0"), ("--per_device_eval_batch_size", "-4"), ("--per_device_eval_batch_size", "8.5"),
         ("--max_queries", "0"), ("--max_queries", "ten"), ("--negatives_seed", "-1"), ("--negatives_seed", "1e3"),
         ("--cpu_threads", "0"), ("--cpu_threads", "nan"),
+        ("--inductive_fraction", "0"), ("--inductive_fraction", "1.5"), ("--inductive_fraction", "nan"), ("--inductive_seed", "-1"),
     ],
     "own_entity_first": [
         ("--max_queries", "0"), ("--max_queries", "-3"), ("--max_queries", "2.5"),

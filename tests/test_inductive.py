@@ -93,5 +93,7 @@ def test_prepare_writes_the_inductive_split_that_load_kg_reads_back(kg_dir, tmp_
     expected = make_inductive_split(load_kg(str(kg_dir)), 0.4, 0)
     for name in ("train", "validation", "test"):
         assert _rows(written.triples(name)) == _rows(expected.triples(name))
-    with pytest.raises(SystemExit, match="--inductive_fraction: .*strictly between 0 and 1"):
-        prepare.main(prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "2"]))
+    with pytest.raises(SystemExit, match="--inductive_fraction: .*fraction.* holds out"):  # leaves too few entities
+        prepare.main(prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "0.999"]))
+    with pytest.raises(SystemExit):  # argparse: must be <= 1
+        prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "2"])

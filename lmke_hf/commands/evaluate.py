@@ -31,8 +31,8 @@ from lmke_hf.loading import checkpoint_source, exit_on_error, local_folder
 from filelock import FileLock, Timeout
 
 from lmke_hf.folders import LOCK_FILE, FinalSave, OutputDirError, check_output_dir, claim_folder, folder_kind
-from lmke_hf.modelcard import write_json
-from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, set_cpu_threads
+from lmke_hf.run_io import write_json
+from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, number, set_cpu_threads
 
 logger = logging.getLogger("evaluate")
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--per_device_eval_batch_size", type=POSITIVE_INT, default=256, help="Queries / triples / entity keys per forward pass.")
     a("--max_queries", type=POSITIVE_INT, default=None, help="Evaluate only the first N triples of the split (quick checks).")
     a("--filter_splits", nargs="+", default=["train", "validation", "test"], help="Known true triples removed from the ranking (link prediction).")
-    a("--inductive_fraction", type=float, default=None, help="Evaluate on the inductive split of --dataset (lmke_hf.kg.make_inductive_split): this share of its entities held out of training with all their triples. The model must have been trained on the same split (prepare --inductive_fraction); one that saw a held-out entity in training is refused.")
+    a("--inductive_fraction", type=number(float, 0, 1, strict=True), default=None, help="Evaluate on the inductive split of --dataset (lmke_hf.kg.make_inductive_split): this share of its entities held out of training with all their triples. The model must have been trained on the same split (prepare --inductive_fraction); one that saw a held-out entity in training is refused.")
     a("--inductive_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the inductive split (as given to prepare).")
     a("--directions", nargs="+", default=["tail", "head"], choices=["tail", "head"], help="Which entity to predict (link prediction).")
     a("--reencode_entities", action="store_true", help="Encode all entity keys instead of using the checkpoint's entity_index.safetensors.")

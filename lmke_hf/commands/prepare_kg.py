@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from lmke_hf.folders import OutputDirError, check_output_dir
+from lmke_hf.training import NON_NEGATIVE_INT, number
 from lmke_hf.kg import add_classification_negatives, load_kg, make_inductive_split, push_prepared_to_hub, save_prepared
 
 
@@ -55,11 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Do not generate validation/test negatives; unlabelled splits stay positives only.",
     )
     parser.add_argument(
-        "--inductive_fraction", type=float, default=None,
+        "--inductive_fraction", type=number(float, 0, 1, strict=True), default=None,
         help="Write the inductive split instead (lmke_hf.kg.make_inductive_split): this share of the entities held out "
         "of training with all their triples, half for validation, half for test.",
     )
-    parser.add_argument("--inductive_seed", type=int, default=0, help="Seed of the inductive split.")
+    parser.add_argument("--inductive_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the inductive split.")
     parser.add_argument("--no_card", "--no-card", action="store_true", help="Do not write the README.md dataset card.")
     parser.add_argument(
         "--overwrite_output_dir", action="store_true",
