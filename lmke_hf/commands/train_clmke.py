@@ -21,7 +21,8 @@ from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer
 from lmke_hf.configuration_lmke import LOSSES, POOLINGS, SCORERS
 from lmke_hf.evaluation import encode_entities, plot_degree_buckets, rank_link_prediction
 from lmke_hf.features import ClmkeCollator, LengthGroupedSampler, link_prediction_examples, tokenize_link_prediction
-from lmke_hf.modelcard import ModelCard, describe_hardware, write_json
+from lmke_hf.modelcard import ModelCard
+from lmke_hf.run_io import describe_hardware, write_json
 from lmke_hf.training import (
     NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_common_arguments, check_arguments, claim_output_dir,
     configure_process, finish_run, hub_dataset_id, prepare_run, run_command, run_results, seeded_generator, summary_text, train,

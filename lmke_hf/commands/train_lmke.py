@@ -22,7 +22,8 @@ from lmke_hf.kg import add_classification_negatives
 from lmke_hf.kg.negatives import CORRUPTIONS
 from lmke_hf.evaluation import classification_report, score_triples
 from lmke_hf.features import LengthGroupedSampler, LmkeCollator, TrainingTriples
-from lmke_hf.modelcard import ModelCard, describe_hardware, write_json
+from lmke_hf.modelcard import ModelCard
+from lmke_hf.run_io import describe_hardware, write_json
 from lmke_hf.training import (
     NON_NEGATIVE_INT, add_common_arguments, check_arguments, claim_output_dir, configure_process, finish_run, hub_dataset_id,
     prepare_run, run_command, run_results, summary_text, train,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import SchedulerType
 
-from ..modelcard import SECRET_ARGS, public_value
+from ..run_io import SECRET_ARGS, public_value
 
 SCHEDULERS = [s.value for s in SchedulerType]
 
@@ -161,7 +161,7 @@ _SECRET_FLAGS = tuple(f"--{name}" for name in SECRET_ARGS)
 
 def redact_argv(argv, shorten_paths: bool = True) -> list[str]:
     """`argv` with the values of token flags replaced by `***` and, with `shorten_paths`, absolute local paths
-    shortened (`modelcard.public_value`): commands are written into cards and uploaded. Without it the paths stay
+    shortened (`lmke_hf.run_io.public_value`): commands are written into cards and uploaded. Without it the paths stay
     as typed (a command this machine's user runs again, e.g. the resume command)."""
     shown = public_value if shorten_paths else (lambda value: value)
 

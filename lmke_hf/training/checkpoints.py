@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..modelcard import write_json
+from ..run_io import write_json
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from ..folders import FinalSave
-from ..modelcard import ModelCard, write_json
+from ..modelcard import ModelCard
+from ..run_io import write_json
 from .loop import format_metrics
 
 # what `--push_to_hub` leaves out of the output folder: resumable state, the second copy of the model, raw

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import get_scheduler
 
-from ..modelcard import public_args
+from ..run_io import public_args
 from .checkpoints import CheckpointManager, LoopState, run_settings
 
 def build_optimizer(model, args) -> torch.optim.Optimizer:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..folders import LOCK_FILE, OutputDirError, check_output_dir, claim_folder, recover_final_save
-from ..modelcard import public_args, write_json
+from ..run_io import public_args, write_json
 from .arguments import typed_command
 
 
@@ -245,7 +245,7 @@ def prepare_run(args, method: str):
     warn_if_slow_precision(accelerator)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:  # what produced this folder, for cards and for anyone reading it later
-        from ..modelcard import describe_hardware
+        from ..run_io import describe_hardware
 
         info = {
             "method": method, "command": typed_command(),

