@@ -30,19 +30,24 @@ def _graph_tokenizer(tiny_bert_dir, n: int = 41, seed: int = 0) -> LmkeTokenizer
     )
 
 
-@pytest.fixture(scope="module", params=["matcher", "cosine"])
-def graph_model(request, tiny_bert_dir):
-    """A C-LMKE model of 41 entities, with degrees, for each scorer (cosine with a non-zero own-entity offset)."""
+def _graph_model(tiny_bert_dir, scorer: str):
+    """A C-LMKE model of 41 entities, with degrees (cosine: with a non-zero own-entity offset)."""
     tokenizer = _graph_tokenizer(tiny_bert_dir)
-    kwargs = {"scorer": "cosine", "own_entity_bias": True} if request.param == "cosine" else {}
+    kwargs = {"scorer": "cosine", "own_entity_bias": True} if scorer == "cosine" else {}
     torch.manual_seed(0)
     model = ClmkeForLinkPrediction.from_encoder_pretrained(str(tiny_bert_dir), tokenizer, **kwargs).eval()
     model.set_entity_degrees(torch.arange(41) % 7)
-    if request.param == "cosine":
+    if scorer == "cosine":
         with torch.no_grad():
             model.own_entity_offset.fill_(-0.3)
     model.attach_tokenizer(tokenizer)
     return model
+
+
+@pytest.fixture(scope="module", params=["matcher", "cosine"])
+def graph_model(request, tiny_bert_dir):
+    """The 41-entity model for each scorer."""
+    return _graph_model(tiny_bert_dir, request.param)
 
 
 def _queries(model, n: int = 9, seed: int = 1):
@@ -266,9 +271,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_build_the_same_index_as_one(graph_model, tmp_path):
-    if graph_model.config.scorer != "matcher":
-        pytest.skip("one scorer is enough: the build does not depend on it (and two processes take a while to start)")
+def test_two_processes_build_the_same_index_as_one(tiny_bert_dir, tmp_path):
+    graph_model = _graph_model(tiny_bert_dir, "matcher")  # one scorer: the build does not depend on it
     graph_model.save_pretrained(tmp_path / "model")
     graph_model.kg_tokenizer.save_pretrained(tmp_path / "model")
     sys.path.insert(0, os.path.dirname(__file__))
