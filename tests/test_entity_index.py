@@ -82,6 +82,9 @@ def test_a_streamed_build_in_shards_equals_encoding_all_entities_at_once(graph_m
     assert index.weights_sha256 == graph_model.weights_fingerprint()
 
 
+_DTYPE_TOLERANCE = {"float32": {}, "float16": {"rtol": 2e-3, "atol": 2e-3}, "bfloat16": {"rtol": 1.6e-2, "atol": 1.6e-2}}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_a_saved_build_is_sharded_memory_mapped_and_reloads_in_its_dtype(graph_model, tmp_path, dtype):
     index = EntityIndex.build(graph_model, shard_size=10, dtype=dtype, save_directory=tmp_path)
@@ -90,8 +93,11 @@ def test_a_saved_build_is_sharded_memory_mapped_and_reloads_in_its_dtype(graph_m
     loaded = EntityIndex.load(tmp_path)
     assert loaded.dtype == getattr(torch, dtype) and loaded.num_entities == 41 and len(loaded._shards) == 5
     assert all(_mapped_from(shard, tmp_path) for shard in loaded._shards)  # the file's pages, not a copy
-    whole = graph_model.encode_entities().to(getattr(torch, dtype))
-    assert torch.equal(loaded.keys, whole) and torch.equal(index.keys, whole)
+    assert torch.equal(loaded.keys, index.keys)  # the files hold exactly what was built
+    # Encoding 10 entities at a time and 41 at once may round differently (the CPU's matmul kernels depend on the
+    # batch shape): equal up to float32 rounding, then cast to the index's dtype.
+    whole = graph_model.encode_entities()
+    torch.testing.assert_close(index.keys.float(), whole, **_DTYPE_TOLERANCE[dtype])
     assert torch.equal(loaded.degrees, graph_model.entity_degrees.float())
     assert loaded.weights_sha256 == graph_model.weights_fingerprint()
 
@@ -221,8 +227,9 @@ def test_ranking_from_a_sharded_memory_mapped_index_equals_ranking_from_one_tens
     torch.manual_seed(0)
     model = ClmkeForLinkPrediction.from_encoder_pretrained(graph_model.config.encoder._name_or_path, tokenizer, scorer=graph_model.config.scorer).eval()
     model.attach_tokenizer(tokenizer)
-    keys = model.encode_entities()
     sharded = EntityIndex.build(model, shard_size=3, save_directory=tmp_path / "index")
+    keys = sharded.keys.clone()  # the same numbers in one ordinary tensor: only the tiled, mapped path differs
+    torch.testing.assert_close(keys, model.encode_entities())
     one = rank_link_prediction(model, tokenizer, kg, "test", entity_embeddings=keys).ranks_table()
     tiled = rank_link_prediction(model, tokenizer, kg, "test", entity_embeddings=sharded, scores_memory_mb=1e-4).ranks_table()
     assert one.keys() == tiled.keys()
