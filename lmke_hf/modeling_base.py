@@ -18,8 +18,8 @@ import hashlib
 import importlib
 import inspect
 import os
+import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +28,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import CITATION
-from .tokenization_lmke import KG_VOCAB_FILE, NAME_PIECES, LmkeTokenizer
+from .tokenization_lmke import KG_VOCAB_FILE, LmkeTokenizer
 
 logger = hf_logging.get_logger(__name__)
 
@@ -403,19 +403,41 @@ class LmkePreTrainedModel(PreTrainedModel):
     # ------------------------------------------------------------ the KG tokenizer travels with the model
     @property
     def kg_tokenizer(self) -> LmkeTokenizer:
-        """The `LmkeTokenizer` saved with this checkpoint (loaded on first use), or the one attached."""
-        if getattr(self, "_kg_tokenizer", None) is None:
-            source = self.name_or_path
-            if not source:
-                raise ValueError("No tokenizer attached: call `model.attach_tokenizer(tokenizer)` first.")
-            try:
-                self._kg_tokenizer = LmkeTokenizer.from_pretrained(source, **getattr(self, "_hub_kwargs", {}))
-            except OSError as err:
-                raise ValueError(
-                    f"{source} carries no {KG_VOCAB_FILE}; attach the KG tokenizer with `model.attach_tokenizer`."
-                ) from err
-            self.check_tokenizer(self._kg_tokenizer)
-        return self._kg_tokenizer
+        """The attached `LmkeTokenizer` (`attach_tokenizer`, `load_kg_tokenizer`); reading it does no I/O.
+
+        Where none is attached it still reads the one saved with the checkpoint (a download for a Hub model), with a
+        FutureWarning: call `load_kg_tokenizer()` for that; a later version raises instead. `predict` and the
+        `encode_*` methods load it themselves."""
+        tokenizer = getattr(self, "_kg_tokenizer", None)
+        if tokenizer is None:
+            warnings.warn(
+                "`model.kg_tokenizer` read the KG tokenizer from the checkpoint because none was attached; call "
+                "`model.load_kg_tokenizer()` (or `model.attach_tokenizer(tokenizer)`) first: reading the attribute will "
+                "stop loading files.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            tokenizer = self.load_kg_tokenizer()
+        return tokenizer
+
+    def load_kg_tokenizer(self) -> LmkeTokenizer:
+        """Reads the `LmkeTokenizer` saved with this checkpoint (its folder, or its Hub repo at the revision the model
+        was loaded from: a download), checks it against the model, attaches it and returns it. Where one is attached
+        already, returns that one without reading anything."""
+        tokenizer = getattr(self, "_kg_tokenizer", None)
+        if tokenizer is not None:
+            return tokenizer
+        source = self.name_or_path
+        if not source:
+            raise ValueError("No KG tokenizer attached and no checkpoint to read one from: call `model.attach_tokenizer(tokenizer)` first.")
+        try:
+            tokenizer = LmkeTokenizer.from_pretrained(source, **getattr(self, "_hub_kwargs", {}))
+        except OSError as err:
+            raise ValueError(
+                f"{source} carries no {KG_VOCAB_FILE}; attach the KG tokenizer with `model.attach_tokenizer`."
+            ) from err
+        self.attach_tokenizer(tokenizer)
+        return tokenizer
 
     def attach_tokenizer(self, tokenizer: LmkeTokenizer) -> None:
         """Attaches the KG tokenizer; it is then saved (and pushed) with the model, where `AutoTokenizer` finds it."""
@@ -455,29 +477,6 @@ class LmkePreTrainedModel(PreTrainedModel):
     def _save_extras(self, save_directory) -> None:
         if getattr(self, "_kg_tokenizer", None) is not None:
             self._kg_tokenizer.save_pretrained(save_directory)
-
-    def _resolve(self, value, kind: str) -> int:
-        tokenizer = self.kg_tokenizer
-        ids, names = (tokenizer.entity_ids, tokenizer.entity_names) if kind == "entity" else (tokenizer.relation_ids, tokenizer.relation_names)
-        lookup = tokenizer._entity_index if kind == "entity" else tokenizer._relation_index
-        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-            return int(tokenizer.entity_to_index([value])[0] if kind == "entity" else tokenizer.relation_to_index([value])[0])
-        if not isinstance(value, str):
-            raise TypeError(f"An {kind} is given by its id or name (str) or its row index (int), got {value!r} ({type(value).__name__}).")
-        if value in lookup:
-            return lookup[value]
-        matches = [i for i, n in enumerate(names) if n == value] or [i for i, n in enumerate(names) if n.lower() == value.lower()]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            import difflib
-
-            close = difflib.get_close_matches(value, list(dict.fromkeys([*names, *ids])), n=3, cutoff=0.75)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            advice = " Add unseen entities with `add_entities`." if kind == "entity" else " Relations are fixed at training time."
-            raise KeyError(f"Unknown {kind} {value!r}: neither an id nor a name of this model's {len(ids)} {'entities' if kind == 'entity' else 'relations'}.{hint}{advice}")
-        shown = ", ".join(f"{ids[i]} ({names[i]})" for i in matches[:10])
-        raise KeyError(f"{kind} name {value!r} is ambiguous: {len(matches)} candidates: {shown}. Pass the id instead.")
 
     def resize_entity_embeddings(self, num_entities: int) -> nn.Embedding:
         """Grows (or shrinks) the entity part of the KG table; existing rows are kept, new rows are random (call
@@ -526,8 +525,9 @@ class LmkePreTrainedModel(PreTrainedModel):
             idx = torch.arange(self.config.num_entities) if entities is None else torch.as_tensor(entities)
             names = tokenizer.name_pieces("entity", rows=None if entities is None else idx.tolist())  # only the new ones when adding
             nameless = [i for n, i in zip(names, idx.tolist()) if not n]  # their text stands in for the name
-            desc = dict(zip(nameless, tokenizer.entity_pieces_of(nameless, cache=False)))
-            pieces = [n or desc[i][:NAME_PIECES] for n, i in zip(names, idx.tolist())]
+            # kept when adding entities: their keys are encoded next, from the same pieces
+            desc = dict(zip(nameless, tokenizer.entity_pieces_of(nameless, cache=entities is not None)))
+            pieces = [n or desc[i][: tokenizer.max_name_length] for n, i in zip(names, idx.tolist())]
             table[self.config.entity_token_offset - base + idx.to(table.device)] = mean_pieces(pieces)
 
     @classmethod

@@ -8,6 +8,7 @@ saved checkpoints load with `trust_remote_code=True` where `lmke_hf` is not inst
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from transformers.utils import logging as hf_logging
 from .configuration_lmke import ClmkeConfig
 from .entity_index import ENTITY_INDEX_FILE, EntityIndex, EntityIndexError
 from .modeling_losses import adversarial_bce_loss, infonce_loss
-from .tokenization_lmke import NAME_PIECES, entity_text
+from .tokenization_lmke import entity_text
 from .modeling_base import (
     LmkePreTrainedModel,
     check_fits_in_memory,
@@ -313,19 +314,21 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
-    def match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids) -> torch.Tensor:
+    def match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids, unit_keys: bool = False) -> torch.Tensor:
         """Scores of every query against every key, `(Bq, Bk)`: matcher logits (paper; degrees come from each
         side's OWN entity) or cosines (`config.scorer="cosine"`); with `config.own_entity_bias`, plus a learned
-        offset where the candidate is the query's own given entity."""
-        scores = self._raw_match(query_embeddings, query_entity_ids, key_embeddings, key_entity_ids)
+        offset where the candidate is the query's own given entity. `unit_keys`: the keys have unit length already
+        (an `EntityIndex`'s `unit_tiles`), so the cosine scorer does not normalise them again."""
+        scores = self._raw_match(query_embeddings, query_entity_ids, key_embeddings, key_entity_ids, unit_keys)
         if self.config.own_entity_bias:
             own = query_entity_ids.view(-1, 1) == key_entity_ids.view(1, -1)
             scores = scores + own.to(scores.dtype) * self.own_entity_offset
         return scores
 
-    def _raw_match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids) -> torch.Tensor:
+    def _raw_match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids, unit_keys: bool = False) -> torch.Tensor:
         if self.config.scorer == "cosine":
-            return F.normalize(query_embeddings, dim=-1) @ F.normalize(key_embeddings, dim=-1).T
+            keys = key_embeddings if unit_keys else F.normalize(key_embeddings, dim=-1)
+            return F.normalize(query_embeddings, dim=-1) @ keys.T
         q_deg = self.log_degrees(query_entity_ids) if self.config.use_degree_features else None
         k_deg = self.log_degrees(key_entity_ids) if self.config.use_degree_features else None
         return self.matcher.pairwise(
@@ -463,7 +466,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
         Args:
             batch_size (`int`): keys per forward pass.
-            tokenizer (`LmkeTokenizer`, *optional*): the KG tokenizer; default the attached one (`kg_tokenizer`).
+            tokenizer (`LmkeTokenizer`, *optional*): the KG tokenizer; default the model's (`load_kg_tokenizer`).
             progress / show_progress_bar (`bool`): show a progress bar.
             normalize_embeddings (`bool`): unit length (L2) rows.
             convert_to_numpy (`bool`): a float32 NumPy array instead of a tensor (wins over `convert_to_tensor`).
@@ -474,7 +477,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         """
         if device is not None:
             self.to(device)
-        tokenizer = self.kg_tokenizer if tokenizer is None else tokenizer
+        tokenizer = self.load_kg_tokenizer() if tokenizer is None else tokenizer
         index = torch.arange(tokenizer.num_entities) if entities is None else torch.as_tensor(tokenizer.entity_to_index(entities))
         encoded = tokenizer.encode_keys(index.numpy(), cache=keep_pieces)["input_ids"] if len(index) else []
         out = self._embed_in_batches(encoded, tokenizer, self.embed_keys, batch_size, progress or show_progress_bar, "Encoding entities")
@@ -491,9 +494,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         key (`encode_entities`, `encode_text`) is the model's score, less the own-entity offset."""
         if device is not None:
             self.to(device)
-        tokenizer = self.kg_tokenizer
-        given = [self._resolve(e, "entity") for e in _as_list(entities)]
-        rels = [self._resolve(r, "relation") for r in _as_list(relations)]
+        tokenizer = self.load_kg_tokenizer()
+        given = [tokenizer.entity_row(e) for e in _as_list(entities)]
+        rels = [tokenizer.relation_row(r) for r in _as_list(relations)]
         if len(rels) == 1 and len(given) > 1:
             rels = rels * len(given)
         if len(rels) != len(given):
@@ -512,7 +515,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         `add_entities([id], [n], [d])` would encode). Options as `encode_entities`."""
         if device is not None:
             self.to(device)
-        tokenizer = self.kg_tokenizer
+        tokenizer = self.load_kg_tokenizer()
         names = _as_list(names)
         descriptions = [""] * len(names) if descriptions is None else _as_list(descriptions)
         if len(descriptions) != len(names):
@@ -522,11 +525,12 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             value = (names + descriptions)[bad[0]]
             raise TypeError(f"encode_text takes str names and descriptions, got {type(value).__name__} {value!r}.")
         # the same pieces and cuts as `LmkeTokenizer.encode_keys` and `init_kg_embeddings` for a registered entity
-        texts = tokenizer._pieces(
+        texts = tokenizer.word_pieces(
             [entity_text(n, d) for n, d in zip(names, descriptions)],
             max(tokenizer.max_entity_description_length, tokenizer.max_key_description_length),
         )
-        slots = [n or t[:NAME_PIECES] for n, t in zip(tokenizer._pieces(names, NAME_PIECES), texts)]
+        cut = tokenizer.max_name_length
+        slots = [n or t[:cut] for n, t in zip(tokenizer.word_pieces(names, cut), texts)]
         cls, sep, placeholder = tokenizer.tokenizer.cls_token_id, tokenizer.tokenizer.sep_token_id, self.config.entity_token_offset
         encoded = [[cls, placeholder, *t[: tokenizer.max_key_description_length], sep] for t in texts]
         words = self.word_embeddings.words.weight
@@ -564,16 +568,23 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     @property
     def entity_index(self) -> EntityIndex:
-        """The `EntityIndex` of all entities (keys, training degrees, ids): loaded (memory-mapped) from the
-        checkpoint's `entity_index.safetensors` (or shards) when those were made by these weights, else encoded
-        (and kept) on first use."""
+        """The attached `EntityIndex` (made by `build_entity_index` or `load_or_build_entity_index`, or assigned);
+        reading it neither reads files nor encodes.
+
+        Where none is attached (or it holds another number of entities) it still loads or encodes one, with a
+        FutureWarning: call `load_or_build_entity_index()` for that; a later version raises instead. `predict` and
+        `add_entities` get the index themselves."""
         index = getattr(self, "_entity_index", None)
         if index is None or index.num_entities != self.config.num_entities:
-            index = self._load_entity_index()
-            if index is None:
-                index = EntityIndex.build(self)
-            self._entity_index = index
-        return self._entity_index
+            warnings.warn(
+                "`model.entity_index` loaded or encoded the entity keys because none were attached; call "
+                "`model.load_or_build_entity_index()` (or `model.build_entity_index()`) first: reading the attribute "
+                "will stop reading files and encoding.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            index = self.load_or_build_entity_index()
+        return index
 
     @entity_index.setter
     def entity_index(self, index) -> None:
@@ -594,8 +605,22 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
     def load_entity_index(self) -> EntityIndex | None:
         """The entity index saved with the checkpoint (in its folder, or its Hub repo at the revision it was loaded
         from), memory-mapped; None when it has none, it is for another number of entities, or it was encoded by
-        other weights than these (a warning says so). Never encodes (`entity_index` encodes when this is None)."""
+        other weights than these (a warning says so). Never encodes and attaches nothing
+        (`load_or_build_entity_index` does both)."""
         return self._load_entity_index()
+
+    def load_or_build_entity_index(self, **options) -> EntityIndex:
+        """The entity index of all entities, attached and returned: the attached one when it holds every entity,
+        else the one saved with the checkpoint (`load_entity_index`, memory-mapped), else every key encoded
+        (`build_entity_index(**options)`)."""
+        index = getattr(self, "_entity_index", None)
+        if index is not None and index.num_entities == self.config.num_entities:
+            return index
+        index = self._load_entity_index()
+        if index is None:
+            return self.build_entity_index(**options)
+        self._entity_index = index
+        return index
 
     def _load_entity_index(self) -> EntityIndex | None:
         source = self.name_or_path
@@ -623,7 +648,8 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 "model.safetensors come from different saves): ignoring it; the entity keys are encoded again."
             )
             return None
-        index.ids = list(self.kg_tokenizer.entity_ids) if getattr(self, "_kg_tokenizer", None) is not None else None
+        tokenizer = getattr(self, "_kg_tokenizer", None)
+        index.ids = list(tokenizer.entity_ids) if tokenizer is not None else None
         return index
 
     def build_entity_index(self, **options) -> EntityIndex:
@@ -652,7 +678,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             filter_known (`KnowledgeGraph`, *optional*): this model's KG (`lmke_hf.load_kg(...)`); the query's known
                 answers in its `filter_splits` are left out of the ranking (the filtered setting). The model stores
                 no triples, so filtering needs the graph.
-            searcher (`FaissSearcher`, *optional*): approximate search (`model.entity_index.build_faiss()`) instead
+            searcher (`FaissSearcher`, *optional*): approximate search (`model.load_or_build_entity_index().build_faiss()`) instead
                 of the exact, tiled one; its shortlist is re-scored exactly, so the scores are the model's own.
         """
         if isinstance(filter_known, (bool, np.bool_)):
@@ -671,12 +697,12 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         if top_k < 1:
             raise ValueError(f"`top_k` must be >= 1, got {top_k}.")
         top_k = int(top_k)
-        tokenizer = self.kg_tokenizer
-        given = self._resolve(head if head is not None else tail, "entity")
-        rel = self._resolve(relation, "relation")
+        tokenizer = self.load_kg_tokenizer()
+        given = tokenizer.entity_row(head if head is not None else tail)
+        rel = tokenizer.relation_row(relation)
         batch = tokenizer.pad(tokenizer.encode_queries([given], [rel], "tail" if head is not None else "head"))
         q, q_ent = self.embed_queries(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-        index = self.entity_index
+        index = self.load_or_build_entity_index()
         count, rows = index.nonfinite_rows()
         if count:
             shown = ", ".join(tokenizer.entity_ids[i] for i in rows)
@@ -714,9 +740,12 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
     @torch.no_grad()
     def add_entities(self, ids, names=None, descriptions=None) -> torch.Tensor:
         """Adds unseen entities without retraining (the inductive case): registers their tokens (initialised from
-        their names' word pieces), degree 0, and encodes their keys into the entity index. Returns their ids."""
-        tokenizer = self.kg_tokenizer
-        index = self.entity_index
+        their names' word pieces), degree 0, and encodes their keys into the entity index. Returns their ids.
+
+        Each new entity's name and text are word-pieced once per call (`init_kg_embeddings` keeps the pieces of the
+        texts it needs; the keys are encoded from them); the other entities' texts are not tokenised."""
+        tokenizer = self.load_kg_tokenizer()
+        index = self.load_or_build_entity_index()
         new = tokenizer.add_entities(ids, names, descriptions)
         self.resize_entity_embeddings(tokenizer.num_entities)
         self.init_kg_embeddings(tokenizer, entities=torch.as_tensor(new))
@@ -727,7 +756,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     # ------------------------------------------------------------ ranking against all entities
     @torch.no_grad()
-    def score_all(self, query_embeddings, query_entity_ids, entity_embeddings, entity_ids=None, dtype=None) -> torch.Tensor:
+    def score_all(self, query_embeddings, query_entity_ids, entity_embeddings, entity_ids=None, dtype=None, unit_keys: bool = False) -> torch.Tensor:
         """Logits `(Bq, N)` of every query against every entity key (encode the keys once: `encode_entities` or `entity_index`).
 
         Args:
@@ -736,13 +765,15 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             entity_ids `(N,)`, *optional*: their entity ids (default: 0..N-1). Each candidate's degree feature is
                 its own training degree.
             dtype (*optional*): compute dtype of the matcher (e.g. `torch.bfloat16` on CPUs with fast bf16).
+            unit_keys (`bool`): the keys have unit length already (`EntityIndex.unit_tiles`); only the cosine scorer
+                reads it (it then skips normalising them).
         """
         if entity_ids is None:
             entity_ids = torch.arange(entity_embeddings.shape[0], device=entity_embeddings.device)
         if dtype is None:
-            return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids)
+            return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids, unit_keys)
         with torch.autocast(device_type=entity_embeddings.device.type, dtype=dtype):
-            return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids).float()
+            return self.match(query_embeddings, query_entity_ids, entity_embeddings, entity_ids, unit_keys).float()
 
 
 def _as_list(values) -> list:

@@ -153,10 +153,10 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
         heads, relations, tails = ([v] if single(v) else list(v) for v in (head, relation, tail))
         if not (len(heads) == len(relations) == len(tails)) or not heads:
             raise ValueError(f"Give as many heads, relations and tails (got {len(heads)}, {len(relations)}, {len(tails)}), at least one.")
-        tokenizer = self.kg_tokenizer
-        h = [self._resolve(v, "entity") for v in heads]
-        r = [self._resolve(v, "relation") for v in relations]
-        t = [self._resolve(v, "entity") for v in tails]
+        tokenizer = self.load_kg_tokenizer()
+        h = [tokenizer.entity_row(v) for v in heads]
+        r = [tokenizer.relation_row(v) for v in relations]
+        t = [tokenizer.entity_row(v) for v in tails]
         scores = []
         for start in range(0, len(h), batch_size):
             sl = slice(start, start + batch_size)

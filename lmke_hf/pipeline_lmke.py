@@ -25,14 +25,18 @@ def _check_query(query, allowed: tuple[str, ...], required: tuple[str, ...], exa
 
 
 class _KgPipeline(Pipeline):
-    """What both tasks share: no word-piece tokenizer or processor to load, one query per forward, a dict in gives a
-    result out and a list gives a list."""
+    """What both tasks share: no word-piece tokenizer or processor to load (the model's KG tokenizer is attached on
+    construction), one query per forward, a dict in gives a result out and a list gives a list."""
 
     _load_tokenizer = False
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = False
     _load_video_processor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model.load_kg_tokenizer()  # the model's KG tokenizer, read now (a missing one fails here, not on a query)
 
     def __call__(self, inputs, **kwargs):
         if isinstance(inputs, dict):

@@ -138,6 +138,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
     # Set on the class, not only by `register_for_auto_class()` in lmke_hf/__init__.py: a tokenizer whose class came
     # from a checkpoint's remote code (a model loaded with trust_remote_code=True) must save its auto_map too.
     _auto_class = "AutoTokenizer"
+    max_name_length = NAME_PIECES  # word pieces of a name that initialise its KG token (`name_pieces`)
 
     def __init__(
         self,
@@ -383,6 +384,44 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
             + (", or add new entities with `add_entities`." if kind == "entity" else ".")
         )
 
+    def entity_row(self, value) -> int:
+        """The row index (integer entity id) of one entity given by its id (``str``), its name (``str``: exact, else
+        ignoring case; it must name one entity) or its row index (``int``), as `ClmkeForLinkPrediction.predict` takes
+        it. Ids win over names.
+
+        Raises:
+            KeyError: an unknown id or name (with close matches: did you mean ...?), or a name of several entities
+                (the candidates are listed).
+            TypeError: a value that is neither ``str`` nor ``int``. IndexError: a row index out of range.
+        """
+        return self._row(value, "entity")
+
+    def relation_row(self, value) -> int:
+        """The row index of one relation given by id, name or row index; see `entity_row`."""
+        return self._row(value, "relation")
+
+    def _row(self, value, kind: str) -> int:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            return int(self._to_index([value], kind)[0])
+        if not isinstance(value, str):
+            raise TypeError(f"An {kind} is given by its id or name (str) or its row index (int), got {value!r} ({type(value).__name__}).")
+        ids, names, lookup = (
+            (self.entity_ids, self.entity_names, self._entity_index) if kind == "entity"
+            else (self.relation_ids, self.relation_names, self._relation_index)
+        )
+        if value in lookup:
+            return lookup[value]
+        matches = [i for i, n in enumerate(names) if n == value] or [i for i, n in enumerate(names) if n.lower() == value.lower()]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            close = difflib.get_close_matches(value, list(dict.fromkeys([*names, *ids])), n=3, cutoff=0.75)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            advice = " Add unseen entities with `add_entities`." if kind == "entity" else " Relations are fixed at training time."
+            raise KeyError(f"Unknown {kind} {value!r}: neither an id nor a name of this model's {len(ids)} {_PLURAL[kind]}.{hint}{advice}")
+        shown = ", ".join(f"{ids[i]} ({names[i]})" for i in matches[:10])
+        raise KeyError(f"{kind} name {value!r} is ambiguous: {len(matches)} candidates: {shown}. Pass the id instead.")
+
     # ------------------------------------------------------------------ tokens <-> ids
     def _kg_token(self, i: int) -> str:
         """The name of KG token id `i` (`base_vocab_size <= i < total_vocab_size`)."""
@@ -500,7 +539,11 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
                 "max_relation_description_length or max_key_description_length."
             )
 
-    def _pieces(self, texts: list[str], max_length: int) -> list[list[int]]:
+    def word_pieces(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        """The word-piece ids of each text (no special tokens), at most `max_length` each: how every entity and relation
+        text is cut (`entity_pieces`, `name_pieces`), and what builds the key of a text that is not in the KG
+        (`ClmkeForLinkPrediction.encode_text`). Texts are tokenised `PIECES_CHUNK` at a time."""
+        texts = list(texts)
         if not texts:
             return []
         pieces = []
@@ -517,7 +560,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         """Word pieces of each entity's text (name + description), cut to the longest length any layout uses."""
         if self._entity_pieces is None:
             texts = [entity_text(n, d) for n, d in zip(self.entity_names, self.entity_descriptions)]
-            self._entity_pieces = self._pieces(
+            self._entity_pieces = self.word_pieces(
                 texts, max(self.max_entity_description_length, self.max_key_description_length)
             )
             self._entity_piece_rows = {}
@@ -540,7 +583,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         missing = sorted({i for i in rows if i not in known})
         if missing:
             texts = [entity_text(self.entity_names[i], self.entity_descriptions[i]) for i in missing]
-            known.update(zip(missing, self._pieces(texts, max(self.max_entity_description_length, self.max_key_description_length))))
+            known.update(zip(missing, self.word_pieces(texts, max(self.max_entity_description_length, self.max_key_description_length))))
         if not cache:
             return known
         if len(known) == self.num_entities:
@@ -553,14 +596,14 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
     def relation_pieces(self) -> list[list[int]]:
         if self._relation_pieces is None:
             texts = [entity_text(n, d) for n, d in zip(self.relation_names, self.relation_descriptions)]
-            self._relation_pieces = self._pieces(texts, self.max_relation_description_length)
+            self._relation_pieces = self.word_pieces(texts, self.max_relation_description_length)
         return self._relation_pieces
 
     def name_pieces(self, kind: str = "entity", rows: Sequence[int] | None = None) -> list[list[int]]:
-        """Word pieces of the names alone, at most `NAME_PIECES` each (used to initialise the KG token embeddings):
+        """Word pieces of the names alone, at most `max_name_length` each (used to initialise the KG token embeddings):
         of every entity / relation, or only of the row indices `rows` (e.g. entities just added)."""
         names = self.entity_names if kind == "entity" else self.relation_names
-        return self._pieces([names[i] for i in rows] if rows is not None else list(names), NAME_PIECES)
+        return self.word_pieces([names[i] for i in rows] if rows is not None else list(names), self.max_name_length)
 
     # ------------------------------------------------------------------ building inputs
     def encode_triples(self, heads, relations, tails) -> dict[str, list[list[int]]]:
@@ -838,7 +881,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         if self._entity_pieces is not None:
             texts = [entity_text(n, d) for n, d in zip(names, descriptions)]
             self._entity_pieces.extend(
-                self._pieces(texts, max(self.max_entity_description_length, self.max_key_description_length))
+                self.word_pieces(texts, max(self.max_entity_description_length, self.max_key_description_length))
             )
         return np.arange(start, self.num_entities, dtype=np.int64)
 

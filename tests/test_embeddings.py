@@ -59,23 +59,26 @@ def test_predict_and_the_loops_give_the_model_back_in_its_mode_even_when_they_ra
 def test_add_entities_tokenises_only_the_new_names_and_initialises_them_as_before(make_model, tok, monkeypatch):
     model = make_model("clmke")
     model.attach_tokenizer(tok)
-    model.entity_index  # noqa: B018  (the existing keys, encoded once)
+    model.build_entity_index()  # the existing keys, encoded once
     before = tok.num_entities
     seen = []
-    real = type(tok)._pieces
+    real = type(tok).word_pieces
 
     def counting(self, texts, max_length):
-        seen.append(len(texts))
+        seen.append(list(texts))
         return real(self, texts, max_length)
 
-    monkeypatch.setattr(type(tok), "_pieces", counting)
+    monkeypatch.setattr(type(tok), "word_pieces", counting)
     new = model.add_entities(["n1", "n2"], ["red apple", ""], ["a fruit", "an unnamed thing described here"])
     assert new.tolist() == [before, before + 1]
-    assert max(seen) == 2  # never the whole vocabulary of names, once per new entity (was: every name, per entity)
-    monkeypatch.setattr(type(tok), "_pieces", real)
+    assert max(map(len, seen)) == 2  # never the whole vocabulary of names, once per new entity (was: every name, per entity)
+    texts = [text for call in seen for text in call]
+    # each new name and each new text once per call (was: a nameless entity's text twice, for its token and its key)
+    assert sorted(texts) == sorted(["red apple", "", "red apple, a fruit", "an unnamed thing described here"])
+    monkeypatch.setattr(type(tok), "word_pieces", real)
     words = model.word_embeddings.words.weight
     row = model.word_embeddings.kg.weight[model.config.entity_token_offset - model.config.base_vocab_size + before]
-    expected = words[torch.tensor(tok._pieces(["red apple"], 32)[0])].mean(0)
+    expected = words[torch.tensor(tok.word_pieces(["red apple"], tok.max_name_length)[0])].mean(0)
     torch.testing.assert_close(row, expected)
 
 

@@ -237,6 +237,31 @@ def test_ranking_from_a_sharded_memory_mapped_index_equals_ranking_from_one_tens
         np.testing.assert_array_equal(one[column], tiled[column])
 
 
+def test_a_cosine_index_normalises_its_keys_once_and_ranks_as_before(tiny_bert_dir, monkeypatch):
+    model = _graph_model(tiny_bert_dir, "cosine")
+    q, q_ent = _queries(model, n=5)
+    index = EntityIndex.build(model, shard_size=16)  # 3 shards
+    full = model.score_all(q, q_ent, torch.cat([tile for _, tile in index.tiles()]))  # the stored keys, normalised by the model
+    expected_values, expected_rows = full.topk(6, dim=1)
+    normalised, key_rows = [], []
+    real_unit, real_normalize = entity_index_module._unit_keys, torch.nn.functional.normalize
+    monkeypatch.setattr(entity_index_module, "_unit_keys", lambda shard: normalised.append(shard.shape[0]) or real_unit(shard))
+    monkeypatch.setattr(torch.nn.functional, "normalize", lambda x, *a, **k: key_rows.append(x.shape[0]) or real_normalize(x, *a, **k))
+    for _ in range(2):
+        values, rows = index.search(model, q, q_ent, top_k=6, memory_mb=0.002)
+        torch.testing.assert_close(values, expected_values)
+        assert torch.equal(rows, expected_rows)
+    torch.testing.assert_close(index.scores(model, q, q_ent), full)
+    assert normalised == [16, 16, 9]  # each shard once, for two searches and the scores
+    assert [n for n in key_rows if n != q.shape[0]] == [16, 16, 9]  # and nothing normalises a tile of keys again
+    grown = index.append(model.encode_entities([0, 1]))
+    grown.search(model, q, q_ent, top_k=3)
+    assert normalised == [16, 16, 9, 2]  # the grown index normalises its new rows only
+    matcher = _graph_model(tiny_bert_dir, "matcher")
+    EntityIndex.build(matcher, shard_size=16).search(matcher, *_queries(matcher), top_k=3)
+    assert normalised == [16, 16, 9, 2]  # the matcher reads the stored keys
+
+
 # ------------------------------------------------------------------------------------------------ FAISS
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_faiss_search_re_scores_exactly_and_agrees_with_exact_search(graph_model, kind, tmp_path):
@@ -263,6 +288,27 @@ def test_predict_with_a_faiss_searcher_returns_the_exact_answers_when_its_shortl
     assert graph_model.predict(head="E5", relation="R0", top_k=4, searcher=searcher) == exact or graph_model.config.scorer == "matcher"
     wide = searcher.search(graph_model, graph_model.entity_index, *_queries(graph_model, 1), top_k=4, shortlist=41)
     assert wide[1].shape == (1, 4)
+
+
+def test_a_faiss_index_of_other_weights_is_refused_naming_both_fingerprints_and_the_fix(graph_model, tmp_path):
+    pytest.importorskip("faiss", reason='FAISS is an optional extra: pip install "lmke_hf[faiss]"')
+    import json
+
+    index = EntityIndex.build(graph_model, shard_size=16)
+    index.build_faiss("flat").save(tmp_path / "keys.faiss")
+    assert json.loads((tmp_path / "keys.faiss.json").read_text())["weights_sha256"] == graph_model.weights_fingerprint()
+    assert FaissSearcher.load(tmp_path / "keys.faiss", index).weights_sha256 == index.weights_sha256
+    changed = _copy_with_offset(graph_model, 0.01)
+    other = EntityIndex.build(changed, shard_size=16)
+    stale = f"weights_sha256 {index.weights_sha256}\\).*weights_sha256 {other.weights_sha256}\\).*lmke-hf index --model <model> --faiss flat"
+    with pytest.raises(ValueError, match=stale):
+        FaissSearcher.load(tmp_path / "keys.faiss", other)
+    searcher = FaissSearcher.load(tmp_path / "keys.faiss")
+    with pytest.raises(ValueError, match=stale):
+        searcher.search(changed, other, *_queries(changed, 2), top_k=3)
+    changed.entity_index = other
+    with pytest.raises(ValueError, match=stale):
+        changed.predict(head="E1", relation="R0", top_k=3, searcher=searcher)
 
 
 def test_an_unknown_faiss_kind_is_named(graph_model):

@@ -128,6 +128,21 @@ def test_degree_bucket(degree, bucket):
     assert degree_bucket(torch.tensor([degree])).tolist() == [bucket]
 
 
+def test_degree_bucket_takes_whole_floats_and_the_graph_name_is_the_same_function():
+    from lmke_hf.kg import KnowledgeGraph
+
+    degrees = np.array([[0.0, 1.0, 3.0], [4.0, 8.0, 2.0**40]])  # a model's float entity_degrees, any shape
+    expected = degree_bucket(degrees.astype(np.int64))
+    np.testing.assert_array_equal(degree_bucket(degrees), expected)
+    np.testing.assert_array_equal(degree_bucket(torch.tensor(degrees, dtype=torch.float32)), expected)
+    np.testing.assert_array_equal(KnowledgeGraph.degree_buckets(degrees), expected)
+    for bad, match in (([1.5], "must be integers"), ([float("nan")], "must be integers"), ([-1.0], "non-negative")):
+        with pytest.raises(ValueError, match=match):
+            degree_bucket(bad)
+        with pytest.raises(ValueError, match=match):
+            KnowledgeGraph.degree_buckets(np.array(bad))
+
+
 def test_degree_bucket_labels_and_errors():
     assert [degree_bucket_label(b) for b in range(5)] == ["0", "1", "2-3", "4-7", "8-15"]
     with pytest.raises(ValueError, match="degrees"):

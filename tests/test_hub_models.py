@@ -67,7 +67,7 @@ def test_push_then_from_pretrained_round_trip(trained, local_hub, hub_repo_id, t
     loaded = AutoModel.from_pretrained(hub_repo_id)
     assert isinstance(loaded, ClmkeForLinkPrediction)
     assert torch.equal(loaded.entity_degrees, model.entity_degrees)
-    assert torch.allclose(loaded.entity_index.keys, model.entity_index.keys, atol=1e-6)
+    assert torch.allclose(loaded.load_entity_index().keys, model.entity_index.keys, atol=1e-6)
     ours = model.predict(head="cat", relation="is_a", top_k=5)
     theirs = loaded.predict(head="cat", relation="is_a", top_k=5)
     assert [r["entity_id"] for r in ours] == [r["entity_id"] for r in theirs]
@@ -182,10 +182,10 @@ def test_revision_pins_tokenizer_and_entity_index_too(trained, local_hub, hub_re
     newer.push_to_hub(hub_repo_id, token="test")
     assert HfApi().model_info(hub_repo_id).sha != first
     old = AutoModel.from_pretrained(hub_repo_id, revision=first)
-    assert old.kg_tokenizer.num_entities == 5
-    assert torch.allclose(old.entity_index.keys, model.entity_index.keys, atol=1e-6)
+    assert old.load_kg_tokenizer().num_entities == 5
+    assert torch.allclose(old.load_entity_index().keys, model.entity_index.keys, atol=1e-6)
     latest = AutoModel.from_pretrained(hub_repo_id)
-    assert latest.kg_tokenizer.num_entities == 6 and latest.entity_index.num_entities == 6
+    assert latest.load_kg_tokenizer().num_entities == 6 and latest.load_entity_index().num_entities == 6
 
 
 def test_save_pretrained_with_push_to_hub_uploads_tokenizer_and_index(trained, local_hub, hub_repo_id, tmp_path):

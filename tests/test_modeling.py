@@ -570,3 +570,71 @@ def test_forward_refuses_unknown_keyword_arguments(case, tok, make_model):
         model(**batch, num_items_in_batch=4)
         with pytest.raises(TypeError, match=r"unexpected arguments \['atention_mask'\]"):
             model(**batch, atention_mask=torch.ones(1))
+
+
+# ------------------------------------------------------------------------------------ issue 21: attributes do no I/O, methods load
+def test_kg_tokenizer_is_read_by_load_kg_tokenizer_and_the_attribute_then_reads_nothing(tok, make_model, tmp_path, monkeypatch):
+    import warnings
+
+    model = make_model("clmke")
+    model.attach_tokenizer(tok)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = ClmkeForLinkPrediction.from_pretrained(tmp_path / "saved")
+    with pytest.warns(FutureWarning, match=r"call `model.load_kg_tokenizer\(\)`"):
+        assert loaded.kg_tokenizer.entity_ids == tok.entity_ids  # the old way still works, and says what to call
+    fresh = ClmkeForLinkPrediction.from_pretrained(tmp_path / "saved")
+    attached = fresh.load_kg_tokenizer()
+    assert attached.entity_ids == tok.entity_ids and fresh.load_kg_tokenizer() is attached
+    monkeypatch.setattr(LmkeTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("read the tokenizer again"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert fresh.kg_tokenizer is attached
+    bare = make_model("clmke")  # built in code: no checkpoint to read one from
+    with pytest.raises(ValueError, match=r"No KG tokenizer attached .*attach_tokenizer"):
+        bare.load_kg_tokenizer()
+
+
+def test_entity_index_is_loaded_or_built_by_a_method_and_the_attribute_then_encodes_nothing(tok, make_model, monkeypatch):
+    import warnings
+
+    model = make_model("clmke")
+    model.attach_tokenizer(tok)
+    with pytest.warns(FutureWarning, match=r"call `model.load_or_build_entity_index\(\)`"):
+        keys = model.entity_index.keys  # the old way still encodes, and says what to call
+    torch.testing.assert_close(keys, model.encode_entities())
+    other = make_model("clmke")
+    other.attach_tokenizer(tok)
+    index = other.load_or_build_entity_index()
+    assert other.load_or_build_entity_index() is index
+    monkeypatch.setattr(type(other), "encode_entities", lambda *a, **k: pytest.fail("encoded again"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert other.entity_index is index
+        assert len(other.predict(head=0, relation=0, top_k=2)) == 2
+
+
+def test_predict_loads_the_tokenizer_and_the_saved_index_itself(tok, make_model, tmp_path):
+    import warnings
+
+    model = make_model("clmke")
+    model.attach_tokenizer(tok)
+    model.build_entity_index()
+    model.save_pretrained(tmp_path / "saved")
+    loaded = ClmkeForLinkPrediction.from_pretrained(tmp_path / "saved").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated attribute on the way
+        assert loaded.predict(head="paris", relation="P0", top_k=3) == model.predict(head="paris", relation="P0", top_k=3)
+    torch.testing.assert_close(loaded.entity_index.keys, model.entity_index.keys)  # the saved keys, attached
+
+
+@pytest.mark.parametrize("call", ["encode_queries", "encode_text", "encode_entities"])
+def test_the_encode_methods_give_the_model_back_in_its_mode_when_they_raise(call, tok, make_model):
+    model = make_model("clmke")
+    model.attach_tokenizer(tok)
+    model.train()
+    bad = {"encode_queries": lambda: model.encode_queries(["no such entity"], "P0"),
+           "encode_text": lambda: model.encode_text([3]),
+           "encode_entities": lambda: model.encode_entities(["no such entity"])}[call]
+    with pytest.raises((KeyError, TypeError)):
+        bad()
+    assert model.training

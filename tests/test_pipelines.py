@@ -28,7 +28,7 @@ def test_completion_pipeline_ranks_tails_and_heads_like_predict(clmke_run, no_ne
     run, _ = clmke_run
     complete = pipeline("knowledge-graph-completion", model=str(run))
     model = complete.model
-    head, relation = model.kg_tokenizer.entity_ids[0], model.kg_tokenizer.relation_ids[0]
+    head, relation = model.load_kg_tokenizer().entity_ids[0], model.load_kg_tokenizer().relation_ids[0]
     answers = complete({"head": head, "relation": relation}, top_k=3)
     expected = model.predict(head=head, relation=relation, top_k=3)
     assert [a["entity"] for a in answers] == [e["entity_id"] for e in expected]
@@ -46,7 +46,7 @@ def test_completion_pipeline_ranks_tails_and_heads_like_predict(clmke_run, no_ne
 def test_completion_pipeline_refuses_bad_queries_in_one_line(clmke_run):
     run, _ = clmke_run
     complete = pipeline("knowledge-graph-completion", model=str(run))
-    relation = complete.model.kg_tokenizer.relation_ids[0]
+    relation = complete.model.load_kg_tokenizer().relation_ids[0]
     with pytest.raises(ValueError, match="exactly one of 'head'"):
         complete({"relation": relation})
     with pytest.raises(ValueError, match="unknown keys \\['heed'\\]"):
@@ -57,7 +57,7 @@ def test_completion_pipeline_refuses_bad_queries_in_one_line(clmke_run):
 
 def test_classification_pipeline_scores_a_triple(lmke_run):
     classify = pipeline("triple-classification", model=str(lmke_run))
-    kg = classify.model.kg_tokenizer
+    kg = classify.model.load_kg_tokenizer()
     triple = {"head": kg.entity_ids[0], "relation": kg.relation_ids[0], "tail": kg.entity_ids[1]}
     out = classify(triple)
     (expected,) = classify.model.predict(triple["head"], triple["relation"], triple["tail"])
@@ -109,10 +109,10 @@ def test_pipelines_load_with_trust_remote_code_without_lmke_hf(clmke_run, lmke_r
     """`pipeline(task, model=run, trust_remote_code=True)` where lmke_hf cannot be imported gives what lmke_hf's own
     pipeline gives; without trust_remote_code transformers refuses with its own message."""
     complete = pipeline("knowledge-graph-completion", model=str(clmke_run[0]))
-    kg = complete.model.kg_tokenizer
+    kg = complete.model.load_kg_tokenizer()
     query = {"head": kg.entity_ids[0], "relation": kg.relation_ids[0]}
     classify = pipeline("triple-classification", model=str(lmke_run))
-    lkg = classify.model.kg_tokenizer
+    lkg = classify.model.load_kg_tokenizer()
     triple = {"head": lkg.entity_ids[0], "relation": lkg.relation_ids[0], "tail": lkg.entity_ids[1]}
     cases = [["knowledge-graph-completion", str(clmke_run[0]), query, {"top_k": 3}],
              ["triple-classification", str(lmke_run), triple, {}]]

@@ -121,3 +121,27 @@ def test_tokenizer_builds_many_triples_for_a_large_kg(tok):
     assert (ids[:, 1] - big.entity_token_offset).tolist() == h.tolist()
     queries = big.encode_queries([f"E{i}" for i in h[:2000]], r[:2000], "head")
     assert len(queries["input_ids"]) == 2000
+
+
+# ---------------------------------------------------------------------------------------------------- one entity by id or name (issue 21)
+def test_entity_row_and_relation_row_take_ids_names_and_rows(tok):
+    assert [tok.entity_row(v) for v in ("Q3", "germany", "GERMANY", 3, np.int64(3))] == [3, 3, 3, 3, 3]
+    assert tok.entity_row("new paris") == 6 and tok.relation_row("located in") == 1 == tok.relation_row("P1")
+    with pytest.raises(KeyError, match=r"Unknown entity 'pariss': .*7 entities\. Did you mean 'paris'.*add_entities"):
+        tok.entity_row("pariss")
+    with pytest.raises(KeyError, match=r"Unknown relation 'capital off'.*Did you mean 'capital of'.*fixed at training time"):
+        tok.relation_row("capital off")
+    with pytest.raises(TypeError, match="by its id or name .* got 1.5"):
+        tok.entity_row(1.5)
+    with pytest.raises(IndexError, match="out of range"):
+        tok.relation_row(3)
+    twins = LmkeTokenizer(tok.tokenizer, ["a1", "a2"], ["r"], ["bank", "Bank"], **LENGTHS)
+    with pytest.raises(KeyError, match=r"ambiguous: 2 candidates: a1 \(bank\), a2 \(Bank\)\. Pass the id"):
+        twins.entity_row("BANK")
+    assert twins.entity_row("Bank") == 1  # an exact name wins over names equal up to case
+
+
+def test_word_pieces_is_how_texts_are_cut(tok):
+    pieces = tok.word_pieces(["paris is the capital of france", ""], 3)
+    assert pieces == [tok.tokenizer.encode("paris is the", add_special_tokens=False), []]
+    assert tok.name_pieces("entity", rows=[6]) == tok.word_pieces(["new paris"], tok.max_name_length)

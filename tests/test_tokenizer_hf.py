@@ -269,7 +269,7 @@ def test_old_saved_runs_still_load(tok, run_folder, old, caplog):
     assert ("names no word-piece tokenizer class" in caplog.text) == (old == "no-class-at-all")
     model, tokenizer = lmke_hf.load_model(run_folder)
     _assert_same_kg(tok, tokenizer)
-    assert model.kg_tokenizer.entity_ids == tok.entity_ids
+    assert model.load_kg_tokenizer().entity_ids == tok.entity_ids
     if old == "word-piece-config":  # AutoTokenizer reads the class the folder names: the word pieces, until saved again
         assert not isinstance(AutoTokenizer.from_pretrained(run_folder), LmkeTokenizer)
         loaded.save_pretrained(run_folder)

@@ -36,17 +36,19 @@ def degree_bucket(degrees: ArrayLike) -> np.ndarray:
     for any integer degree (no floating-point ``log2``).
 
     Args:
-        degrees: ``(Q,)`` non-negative integers (training degrees of entities).
+        degrees: non-negative integers (training degrees of entities), of any shape; floats holding whole numbers
+            (e.g. a model's `entity_degrees`) count as integers.
 
     Returns:
-        ``(Q,)`` int64 numpy array of bucket ids.
+        int64 numpy array of bucket ids, the shape of ``degrees``.
 
     Example:
         >>> degree_bucket([0, 1, 2, 3, 4, 7, 8]).tolist()
         [0, 1, 2, 2, 3, 3, 4]
     """
     arr = _as_numpy(degrees, "degrees")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+    whole = np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.isfinite(arr) & (arr == np.round(arr))))
+    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or whole):
         raise ValueError(f"`degrees` must be integers, got dtype {arr.dtype}.")
     arr = arr.astype(np.int64)
     if arr.size and arr.min() < 0:

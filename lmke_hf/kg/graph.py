@@ -333,15 +333,10 @@ class KnowledgeGraph:
 
     @staticmethod
     def degree_buckets(degrees: np.ndarray) -> np.ndarray:
-        """LMKE's long-tail groups: ``floor(log2(degree)) + 1`` for degree >= 1, 0 for degree 0.
-
-        Computed exactly with ``np.frexp`` (the original ``log(v) / log(2)`` can round across a power of two).
-        Same shape as ``degrees``, int64.
-        """
+        """LMKE's long-tail group of each degree: `lmke_hf.evaluation.degree_bucket`, reached from the graph."""
         from ..evaluation import degree_bucket
 
-        degrees = np.asarray(degrees)
-        return degree_bucket(degrees.astype(np.int64) if degrees.size and np.all(degrees == np.round(degrees)) else degrees)
+        return degree_bucket(degrees)
 
     def statistics(self) -> dict:
         """Sizes and text statistics, comparable with LMKE Table 3 and the data README.
