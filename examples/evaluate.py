@@ -4,7 +4,10 @@
 The program lives in the package (`lmke_hf.commands.evaluate`, also `lmke-hf evaluate`); this file runs it as a
 script."""
 
-from lmke_hf.commands.evaluate import main, parse_args
+import sys
+
+from lmke_hf.cli import run_program
+from lmke_hf.commands import evaluate
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_program(evaluate))

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
 
 from lmke_hf import check_same_kg, load_model
 from lmke_hf.kg import load_kg
-from lmke_hf.loading import exit_on_error, local_folder
+from lmke_hf.loading import flag_errors, local_folder
 from lmke_hf.training import POSITIVE_INT
 
 
@@ -51,7 +52,7 @@ def own_entity_first(model, tokenizer, kg, split="test", direction="tail", max_q
     triples = kg.triples(split)[:max_queries]
     given_col, target_col = (0, 2) if direction == "tail" else (2, 0)
     index = kg.answer_index(["train", "validation", "test"], direction)
-    keys = model.entity_index.keys
+    keys = model.load_or_build_entity_index().keys
     first = 0
     for start in range(0, len(triples), batch_size):
         part = triples[start : start + batch_size]
@@ -67,16 +68,16 @@ def own_entity_first(model, tokenizer, kg, split="test", direction="tail", max_q
 
 def main(args) -> dict:
     # user mistakes end with one line naming the flag, the cheap checks first
-    with exit_on_error("--data_dir"):
+    with flag_errors("--data_dir"):
         if args.data_dir is not None:
             local_folder(args.data_dir, required=True)
-    with exit_on_error("--dataset"):
+    with flag_errors("--dataset"):
         local_folder(args.dataset)
-    with exit_on_error("--model"):
+    with flag_errors("--model"):
         model, tokenizer = load_model(args.model, args.revision, args.token, task="link-prediction")
-    with exit_on_error("--dataset"):
+    with flag_errors("--dataset"):
         kg = load_kg(args.dataset, data_dir=args.data_dir)
-    with exit_on_error("--model"):
+    with flag_errors("--model"):
         check_same_kg(tokenizer, kg, args.model)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     result = own_entity_first(model, tokenizer, kg, args.split, args.direction, args.max_queries, args.batch_size)
@@ -85,4 +86,6 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    from lmke_hf.cli import run_program
+
+    sys.exit(run_program(sys.modules[__name__]))

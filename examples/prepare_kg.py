@@ -4,7 +4,10 @@
 The program lives in the package (`lmke_hf.commands.prepare_kg`, also `lmke-hf prepare`); this file runs it as a
 script."""
 
-from lmke_hf.commands.prepare_kg import main, parse_args
+import sys
+
+from lmke_hf.cli import run_program
+from lmke_hf.commands import prepare_kg
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_program(prepare_kg))

@@ -4,7 +4,10 @@
 The program lives in the package (`lmke_hf.commands.train_clmke`, also `lmke-hf train-clmke`); this file runs it as a
 script."""
 
-from lmke_hf.commands.train_clmke import main, parse_args
+import sys
+
+from lmke_hf.cli import run_program
+from lmke_hf.commands import train_clmke
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_program(train_clmke))

@@ -4,7 +4,10 @@
 The program lives in the package (`lmke_hf.commands.train_lmke`, also `lmke-hf train-lmke`); this file runs it as a
 script."""
 
-from lmke_hf.commands.train_lmke import main, parse_args
+import sys
+
+from lmke_hf.cli import run_program
+from lmke_hf.commands import train_lmke
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_program(train_lmke))

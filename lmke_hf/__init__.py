@@ -17,6 +17,20 @@ from .tokenization_lmke import LmkeTokenizer
 
 __version__ = "0.1.0"
 
+# Training pulls in accelerate and datasets' writers: imported when first asked for, not with the models.
+_TRAINING = {
+    "ClmkeTrainingArguments": "lmke_hf.training.arguments", "LmkeTrainingArguments": "lmke_hf.training.arguments",
+    "train_clmke": "lmke_hf.commands.train_clmke", "train_lmke": "lmke_hf.commands.train_lmke",
+}
+
+
+def __getattr__(name: str):
+    if name in _TRAINING:
+        import importlib
+
+        return getattr(importlib.import_module(_TRAINING[name]), name)
+    raise AttributeError(f"module 'lmke_hf' has no attribute {name!r}")
+
 AutoConfig.register(LmkeConfig.model_type, LmkeConfig, exist_ok=True)
 AutoConfig.register(ClmkeConfig.model_type, ClmkeConfig, exist_ok=True)
 AutoModel.register(LmkeConfig, LmkeForTripleClassification, exist_ok=True)
@@ -32,6 +46,10 @@ LmkeTokenizer.register_for_auto_class("AutoTokenizer")  # also set on the class,
 register_pipelines()  # pipeline("knowledge-graph-completion" | "triple-classification", model=...)
 
 __all__ = [
+    "ClmkeTrainingArguments",
+    "LmkeTrainingArguments",
+    "train_clmke",
+    "train_lmke",
     "LmkeConfig",
     "ClmkeConfig",
     "LmkePreTrainedModel",

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 
 import lmke_hf
+from lmke_hf.errors import LmkeError, TrainingStopped
 
 @dataclass(frozen=True)
 class Command:
@@ -66,10 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    """Runs `lmke-hf` with `argv` (default: this process's arguments); returns the exit status (0).
+def run_program(module, argv=None, prog: str | None = None) -> int:
+    """Runs a program of `lmke_hf.commands` (a module with `parse_args(argv)` and `main(args)`) as a command: returns
+    the exit status, 0 when it finished. lmke_hf's own errors (`lmke_hf.errors.LmkeError`: a flag, file or folder
+    that cannot work, a diverged run) are printed as their one-line message on stderr, without a traceback (status 1);
+    a run stopped by a signal has logged how to resume and exits with 128 + the signal's number. Bad flags exit
+    through argparse (status 2); any other exception is a bug and keeps its traceback.
 
-    Errors exit through `SystemExit(2)` as argparse's do: an unknown command (the choices are named)."""
+    `prog` (e.g. "lmke-hf train-clmke") is what the program's help and its recorded command line call it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    saved = sys.argv
+    if prog is not None:  # the run records its command line from sys.argv
+        sys.argv = [prog, *argv]
+    try:
+        module.main(module.parse_args(argv))
+    except TrainingStopped as err:
+        return err.exit_code  # its message and resume command are in the log already
+    except LmkeError as err:
+        print(err, file=sys.stderr)
+        return err.exit_code
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def main(argv=None) -> int:
+    """Runs `lmke-hf` with `argv` (default: this process's arguments); returns the exit status (`run_program`).
+
+    An unknown command exits through `SystemExit(2)` as argparse's errors do (the choices are named)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     # Everything after the command is the script's to parse, so only the options before it and the command itself
@@ -77,17 +102,10 @@ def main(argv=None) -> int:
     at = next((i for i, token in enumerate(argv) if not token.startswith("-")), len(argv))
     name = parser.parse_args(argv[: at + 1]).command
     rest = argv[at + 1 :]
-    command = COMMANDS[name]
-    module = importlib.import_module(command.module)
-    # The script's parser takes its prog from sys.argv[0] and the run records its command line from sys.argv, so
+    module = importlib.import_module(COMMANDS[name].module)
+    # The program's parser takes its prog from sys.argv[0] and the run records its command line from sys.argv, so
     # both see the subcommand as if it had been run directly.
-    saved = sys.argv
-    sys.argv = [f"lmke-hf {name}", *rest]
-    try:
-        module.main(module.parse_args(rest))
-    finally:
-        sys.argv = saved
-    return 0
+    return run_program(module, rest, prog=f"lmke-hf {name}")
 
 
 if __name__ == "__main__":

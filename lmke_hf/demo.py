@@ -37,7 +37,8 @@ import threading
 
 import numpy as np
 
-from .loading import check_same_kg, checkpoint_source, exit_on_error, load_model, local_folder
+from .errors import UsageError
+from .loading import check_same_kg, checkpoint_source, flag_errors, load_model, local_folder
 
 logger = logging.getLogger("lmke_hf.demo")
 
@@ -93,7 +94,7 @@ class _Demo:
     def __init__(self, model, kg=None):
         self.model = model
         self.kg = kg
-        self.tokenizer = model.kg_tokenizer
+        self.tokenizer = model.load_kg_tokenizer()
         if kg is not None:
             check_same_kg(self.tokenizer, kg, getattr(model, "name_or_path", None) or None)
         self._search = (np.array([], dtype=str), np.array([], dtype=str))  # ids and names lowercased, for `suggest`
@@ -136,9 +137,9 @@ class _Demo:
         return [(self._show(k, "entity"), tok.entity_ids[k]) for k in found[:limit]]
 
     def _resolve(self, value, kind: str) -> int:
-        """Row index of an entity or relation given by id, name or row index: the model's own lookup, so an unknown
-        one raises its did-you-mean KeyError."""
-        return self.model._resolve(value, kind)
+        """Row index of an entity or relation given by id, name or row index: the lookup `predict` uses
+        (`LmkeTokenizer.entity_row` / `relation_row`), so an unknown one raises its did-you-mean KeyError."""
+        return self.tokenizer.entity_row(value) if kind == "entity" else self.tokenizer.relation_row(value)
 
     def _show(self, index: int, kind: str) -> str:
         tok = self.tokenizer
@@ -177,7 +178,7 @@ class LinkPredictionDemo(_Demo):
     def __init__(self, model, kg=None):
         super().__init__(model, kg)
         self._new = {}  # (name, description) -> id of an entity this page added
-        model.entity_index  # noqa: B018 - load (or encode) the keys now, not on the first click
+        model.load_or_build_entity_index()  # the keys now, not on the first click
 
     def add_entity(self, name: str, description: str = "") -> str:
         """The id of a new entity with this name and description, added to the model (`add_entities`) on first use;
@@ -435,19 +436,19 @@ def main(args):
     try:
         _import_gradio()
     except ImportError as err:
-        raise SystemExit(f"lmke-hf demo: {err}") from None
-    with exit_on_error("--model"):
+        raise UsageError(f"lmke-hf demo: {err}") from None
+    with flag_errors("--model"):
         checkpoint_source(args.model)  # a mistyped folder stops here, before the KG is read
     kg = None
     if args.kg is not None:
-        with exit_on_error("--kg"):
+        with flag_errors("--kg"):
             kg = _load_kg(args.kg, args.data_dir)
     else:
         logger.info("no --kg: answers already true in the model's knowledge graph are not marked%s", _trained_on(args.model))
-    with exit_on_error("--model"):
+    with flag_errors("--model"):
         model, tokenizer = load_model(args.model, args.revision, args.token)
     if kg is not None:
-        with exit_on_error("--kg"):
+        with flag_errors("--kg"):
             check_same_kg(tokenizer, kg, args.model)
     model.attach_tokenizer(tokenizer)
     _place(model)
@@ -458,4 +459,8 @@ __all__ = ["LinkPredictionDemo", "TripleClassificationDemo", "build_demo", "laun
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    import sys
+
+    from .cli import run_program
+
+    sys.exit(run_program(sys.modules[__name__]))

@@ -22,6 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .errors import UsageError
+
 MARKER_FILE = ".lmke_hf_folder.json"
 KINDS = {
     "training-run": "a training run",
@@ -42,7 +44,7 @@ _BOOKKEEPING = {MARKER_FILE, LOCK_FILE, LOCK_FILE + ".owner", STAGING_DIR, READY
 _ABORTED_START = {"training_args.json"}
 
 
-class OutputDirError(ValueError):
+class OutputDirError(UsageError):
     """An output folder a tool may not write into (not ours, or a protected place), with the reason and advice."""
 
 

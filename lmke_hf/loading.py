@@ -13,8 +13,8 @@ retries for half a minute before failing with a message about the network). Only
 `org/name` or a bare `name` that is not on disk goes to the Hub.
 
 The errors are `OSError`s (`FileNotFoundError` for a missing folder) and `ValueError`s on one line, starting with
-the name as given (its `repr`), so that a command-line script can put the flag in front: `exit_on_error("--model")`
-turns them into that one line and a non-zero exit, without a traceback.
+the name as given (its `repr`), so that a command can put the flag in front: `flag_errors("--model")` turns them into a `UsageError` on that one
+line, which the command line prints without a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import difflib
 import os
 from pathlib import Path
 
+from .errors import UsageError
 from .tokenization_lmke import LmkeTokenizer
 
 CONFIG_FILE = "config.json"
@@ -39,18 +40,20 @@ def one_line(error: BaseException | str) -> str:
 
 
 @contextlib.contextmanager
-def exit_on_error(flag: str, errors: tuple[type[BaseException], ...] = (OSError, ValueError)):
-    """For command-line scripts: one of `errors` raised inside (a mistake in the value of `flag`) ends the program
-    with `SystemExit("<flag> <message>")` on one line (exit status 1) instead of a traceback.
+def flag_errors(flag: str, errors: tuple[type[BaseException], ...] = (OSError, ValueError)):
+    """One of `errors` raised inside (a mistake in the value of `flag`) becomes a `UsageError("<flag>: <message>")` on
+    one line, which the command line prints without a traceback (exit status 1). Other errors (bugs) pass unchanged.
 
-        with exit_on_error("--model"):
+        with flag_errors("--model"):
             model, tokenizer = load_model(args.model)
     """
     try:
         yield
+    except UsageError:  # already says which flag and what to do
+        raise
     except errors as err:
         message = one_line(err)
-        raise SystemExit(f"{flag} {message}" if message[:1] in "'\"" else f"{flag}: {message}") from err
+        raise UsageError(f"{flag} {message}" if message[:1] in "'\"" else f"{flag}: {message}") from err
 
 
 def looks_like_local_path(name_or_path: str | os.PathLike) -> bool:

@@ -17,6 +17,7 @@ from string import Template
 
 import yaml
 
+from .errors import UsageError
 from .configuration_lmke import CITATION as _CITATION
 from .run_io import MINILM_HUB_ID, MINILM_PACKAGE_DIR, describe_hardware, public_args, public_value, write_json
 
@@ -57,8 +58,8 @@ CARD_TASKS = {
             "its own degree (no gold-answer leak)."
         ),
         usage=(
-            "entity = model.kg_tokenizer.entity_names[0]\n"
-            "relation = model.kg_tokenizer.relation_ids[0]\n"
+            "entity = model.load_kg_tokenizer().entity_names[0]\n"
+            "relation = model.load_kg_tokenizer().relation_ids[0]\n"
             "print(model.predict(head=entity, relation=relation, top_k=5))"
         ),
         pipeline_usage=(
@@ -80,7 +81,7 @@ CARD_TASKS = {
             "${negatives_drawn}, ${negatives_entity}."
         ),
         usage=(
-            "kg = model.kg_tokenizer  # entity / relation ids, names and descriptions\n"
+            "kg = model.load_kg_tokenizer()  # entity / relation ids, names and descriptions\n"
             "print(model.predict(kg.entity_ids[0], kg.relation_ids[0], kg.entity_ids[1]))  # ids or names"
         ),
         pipeline_usage=(
@@ -391,11 +392,15 @@ def main(args) -> list[Path]:
     try:
         paths = export_card(args.run_dir, args.destination, rerender=args.rerender)
     except (FileNotFoundError, ValueError) as err:  # a user's mistake (OutputDirError is a ValueError): one clear line
-        raise SystemExit(f"export-card: {err}") from err
+        raise UsageError(f"export-card: {err}") from err
     for path in paths:
         print(path)
     return paths
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    import sys
+
+    from lmke_hf.cli import run_program
+
+    sys.exit(run_program(sys.modules[__name__]))

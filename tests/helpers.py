@@ -362,3 +362,15 @@ MAIN_CASES = [CASES["lmke"], CASES["clmke"]]
 
 
 _ids = lambda case: case.name  # noqa: E731
+
+
+def cli_refusal(capsys, argv) -> str:
+    """Runs `lmke-hf argv`, checks that it refused (exit status 1, a message on stderr and nothing on stdout, no
+    traceback) and returns the message."""
+    from lmke_hf import cli
+
+    capsys.readouterr()
+    assert cli.main([str(a) for a in argv]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "" and "Traceback" not in printed.err and printed.err.strip(), printed
+    return printed.err.strip()

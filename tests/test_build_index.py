@@ -9,6 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+from lmke_hf.errors import UsageError
 import torch
 
 from lmke_hf import ClmkeForLinkPrediction
@@ -51,10 +53,10 @@ def test_the_index_is_built_into_the_model_folder_in_shards_and_loaded_from_ther
 def test_a_folder_of_other_files_and_a_hub_model_without_output_dir_are_refused(run, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="--output_dir .*busy holds other files \\(notes.txt\\)"):
+    with pytest.raises(UsageError, match="--output_dir .*busy holds other files \\(notes.txt\\)"):
         _run("--model", run, "--output_dir", tmp_path / "busy")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
-    with pytest.raises(SystemExit, match="--model org/some-model is a Hub model: give --output_dir"):
+    with pytest.raises(UsageError, match="--model org/some-model is a Hub model: give --output_dir"):
         _run("--model", "org/some-model")
     summary = _run("--model", run, "--output_dir", tmp_path / "elsewhere")
     assert summary["built"] and EntityIndex.load(tmp_path / "elsewhere").num_entities == summary["num_entities"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pytest
 
 import lmke_hf
 from lmke_hf import cli
+
+from helpers import cli_refusal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,25 +116,26 @@ def test_every_command_works_from_the_package_alone(tmp_path):
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
-def _prepare_example():
-    spec = importlib.util.spec_from_file_location("prepare_kg_for_cli_test", REPO_ROOT / "examples" / "prepare_kg.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _run_example(name: str, argv, monkeypatch) -> int:
+    """Runs `python examples/<name>.py argv` in this process (as `__main__`); returns its exit status."""
+    script = REPO_ROOT / "examples" / f"{name}.py"
+    monkeypatch.setattr(sys, "argv", [str(script), *map(str, argv)])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(script), run_name="__main__")
+    return done.value.code
 
 
 def _folder_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_prepare_writes_what_the_example_writes(toy_kg_dir, tmp_path, capsys):  # noqa: F811
+def test_prepare_writes_what_the_example_writes(toy_kg_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
     flags = ["--negatives_seed", "3"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(tmp_path / "cli"), *flags]) == 0
         by_cli = capsys.readouterr().out
-        example = _prepare_example()
-        example.main(example.parse_args([str(toy_kg_dir), "--output_dir", str(tmp_path / "example"), *flags]))
+        assert _run_example("prepare_kg", [toy_kg_dir, "--output_dir", tmp_path / "example", *flags], monkeypatch) == 0
         by_example = capsys.readouterr().out
     assert by_cli.replace(str(tmp_path / "cli"), "OUT") == by_example.replace(str(tmp_path / "example"), "OUT")
     written = _folder_bytes(tmp_path / "cli")
@@ -149,6 +153,26 @@ def test_export_card_copies_a_finished_run(tmp_path, capsys):
     assert (tmp_path / "card" / "README.md").read_text() == (run / "README.md").read_text()
 
 
-def test_export_card_of_a_folder_that_is_no_run_is_one_line(tmp_path):
-    with pytest.raises(SystemExit, match="export-card: .* not a finished training run"):
-        cli.main(["export-card", str(tmp_path), str(tmp_path / "card")])
+def test_export_card_of_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
+    assert re.search("export-card: .* not a finished training run", cli_refusal(capsys, ["export-card", str(tmp_path), str(tmp_path / "card")]))
+
+
+def test_a_refusal_is_one_line_and_status_1_from_every_entry_point(toy_kg_dir, tmp_path, capsys, monkeypatch):
+    """Library code raises `UsageError`; `lmke-hf`, the examples and `python -m lmke_hf.commands.<name>` print its
+    message alone on stderr and exit with status 1."""
+    from lmke_hf.commands import prepare_kg
+    from lmke_hf.errors import UsageError
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("the user's own file")
+    argv = [str(toy_kg_dir), "--output_dir", str(user), "--overwrite_output_dir"]
+    with pytest.raises(UsageError, match="did not write") as raised:  # the library's own error, for Python callers
+        prepare_kg.main(prepare_kg.parse_args(argv))
+    message = str(raised.value)
+    assert cli_refusal(capsys, ["prepare", *argv]) == message
+    assert _run_example("prepare_kg", argv, monkeypatch) == 1
+    assert capsys.readouterr().err.strip() == message
+    done = subprocess.run([sys.executable, "-m", "lmke_hf.commands.prepare_kg", *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.strip() == message and "Traceback" not in done.stderr
+    assert (user / "notes.txt").read_text() == "the user's own file" and sorted(os.listdir(user)) == ["notes.txt"]

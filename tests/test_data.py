@@ -557,10 +557,11 @@ def test_hub_round_trip(local_hub, hub_repo_id, toy_kg_dir, tmp_path):
 
 
 def _example_module():
-    spec = importlib.util.spec_from_file_location("prepare_kg", REPO_ROOT / "examples" / "prepare_kg.py")
+    """The program examples/prepare_kg.py runs (`lmke_hf.commands.prepare_kg`), found through the example itself."""
+    spec = importlib.util.spec_from_file_location("prepare_kg_example", REPO_ROOT / "examples" / "prepare_kg.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    return module.prepare_kg
 
 
 def test_prepare_kg_example(toy_kg_dir, tmp_path, capsys):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli_refusal
 
 from lmke_hf import cli, load_model
 from lmke_hf.demo import LinkPredictionDemo, TripleClassificationDemo, build_demo, make_demo
@@ -74,7 +75,7 @@ def _true_split(kg, h: int, r: int, t: int) -> str:
 def test_ranked_rows_are_what_predict_ranks_with_known_triples_marked(clmke, kg, direction):
     _, model = clmke
     demo = LinkPredictionDemo(model, kg)
-    tok = model.kg_tokenizer
+    tok = model.load_kg_tokenizer()
     h, r, t = kg.triples("train")[0].tolist()  # every entity is ranked (top_k 12), so the known answers show
     given = h if direction == "tail" else t
     rows, message = demo.answer(tok.entity_names[given], tok.relation_ids[r], direction, 12)  # by name, by id
@@ -91,7 +92,7 @@ def test_ranked_rows_are_what_predict_ranks_with_known_triples_marked(clmke, kg,
 
 def test_without_a_kg_nothing_is_marked(clmke):
     _, model = clmke
-    tok = model.kg_tokenizer
+    tok = model.load_kg_tokenizer()
     rows, message = LinkPredictionDemo(model).answer(tok.entity_ids[0], tok.relation_ids[0], "tail", 3)
     assert [row[1] for row in rows] == [e["entity_id"] for e in model.predict(head=0, relation=0, top_k=3)]
     assert [row[4] for row in rows] == ["", "", ""] and "already true" not in message
@@ -99,7 +100,7 @@ def test_without_a_kg_nothing_is_marked(clmke):
 
 def test_unknown_names_show_the_models_did_you_mean_message(clmke, kg):
     _, model = clmke
-    tok = model.kg_tokenizer
+    tok = model.load_kg_tokenizer()
     demo = LinkPredictionDemo(model, kg)
     typo = tok.entity_names[0][:-1] + "x"  # one letter off a name
     with pytest.raises(KeyError) as raised:
@@ -131,7 +132,7 @@ def test_bad_input_is_a_message_not_a_crash(clmke, arguments, says):
 def test_a_new_entity_is_added_once_and_ranked_like_predict(clmke, kg):
     run, _ = clmke
     model = _load(run)  # add_entities changes the model
-    tok = model.kg_tokenizer
+    tok = model.load_kg_tokenizer()
     before = tok.num_entities
     demo = LinkPredictionDemo(model, kg)
     name, description = "rome", "rome is an old city in italy"
@@ -151,7 +152,7 @@ def test_a_new_entity_is_added_once_and_ranked_like_predict(clmke, kg):
 def test_suggestions_match_prefixes_then_substrings_then_near_names(clmke):
     _, model = clmke
     demo = LinkPredictionDemo(model)
-    tok = model.kg_tokenizer
+    tok = model.load_kg_tokenizer()
     assert demo.suggest("PARIS")[0] == (f"{tok.entity_names[0]} ({tok.entity_ids[0]})", tok.entity_ids[0])
     assert [i for _, i in demo.suggest("/m/e0")] == tok.entity_ids[:10]
     assert {i for _, i in demo.suggest("city")} == {i for i, n in zip(tok.entity_ids, tok.entity_names) if "city" in n}
@@ -161,7 +162,7 @@ def test_suggestions_match_prefixes_then_substrings_then_near_names(clmke):
 
 def test_triple_classification_scores_like_predict(lmke_run, kg):
     model = _load(lmke_run)
-    tok = model.kg_tokenizer
+    tok = model.load_kg_tokenizer()
     demo = make_demo(model, kg)
     assert isinstance(demo, TripleClassificationDemo)
     h, r, t = kg.triples("train")[0].tolist()
@@ -201,20 +202,19 @@ def test_the_demo_module_imports_without_gradio(monkeypatch):
     assert not [n for n in ast.walk(package) if isinstance(n, ast.ImportFrom) and (n.module or "").endswith("demo")]
 
 
-def test_demo_command_without_gradio_says_how_to_install_it(clmke, monkeypatch):
+def test_demo_command_without_gradio_says_how_to_install_it(clmke, monkeypatch, capsys):
     run, _ = clmke
     monkeypatch.setitem(sys.modules, "gradio", None)  # what `import gradio` meets where it is not installed
-    with pytest.raises(SystemExit, match=re.escape('lmke-hf demo: The demo page needs gradio, which is not installed: pip install "lmke_hf[demo]"')):
-        cli.main(["demo", "--model", str(run)])
+    message = cli_refusal(capsys, ["demo", "--model", run])
+    assert message == 'lmke-hf demo: The demo page needs gradio, which is not installed: pip install "lmke_hf[demo]"'
 
 
-def test_demo_command_names_a_missing_model_folder_and_kg(clmke, tmp_path):
+
+def test_demo_command_names_a_missing_model_folder_and_kg(clmke, tmp_path, capsys):
     _require("gradio", INSTALL_DEMO, "the demo command")
     run, _ = clmke
-    with pytest.raises(SystemExit, match=re.escape(f"--model '{tmp_path / 'no_run'}': no such folder")):
-        cli.main(["demo", "--model", str(tmp_path / "no_run")])
-    with pytest.raises(SystemExit, match=re.escape(f"--kg '{tmp_path / 'no_kg'}': no such folder")):
-        cli.main(["demo", "--model", str(run), "--kg", str(tmp_path / "no_kg")])
+    assert cli_refusal(capsys, ["demo", "--model", tmp_path / "no_run"]).startswith(f"--model '{tmp_path / 'no_run'}': no such folder")
+    assert cli_refusal(capsys, ["demo", "--model", run, "--kg", tmp_path / "no_kg"]).startswith(f"--kg '{tmp_path / 'no_kg'}': no such folder")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["demo", "--model", str(run), "--port", "70000"])
     assert exit_info.value.code == 2
@@ -318,7 +318,7 @@ def test_a_browser_ranks_what_predict_ranks(clmke_run, kg, tmp_path, monkeypatch
     outside = _loopback_only(monkeypatch)
     run, _ = clmke_run
     model = _load(run)
-    tok = model.kg_tokenizer
+    tok = model.load_kg_tokenizer()
     h, r, _ = kg.triples("train")[0].tolist()
     expected = model.predict(head=h, relation=r, top_k=5)
     marks = [_true_split(kg, h, r, int(a)) for a in tok.entity_to_index([e["entity_id"] for e in expected])]

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from lmke_hf.errors import UsageError
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -112,22 +114,22 @@ def test_other_kg_stops_before_evaluating(evaluate_script, clmke_out, tmp_path):
     out, _ = clmke_out
     other = write_tiny_kg(tmp_path / "other", name="other")
     (other / "entities.txt").write_text("\n".join(reversed(ENTITIES)) + "\n")  # same ids, other order
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _run(evaluate_script, "--model", out, "--dataset", other, "--output_dir", tmp_path / "o")
-    message = str(info.value.code)
+    message = str(info.value)
     assert "other entities" in message and "another order" in message
 
 
 def test_non_lmke_checkpoint_stops(evaluate_script, tiny_bert_dir, kg_dir, tmp_path):
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _run(evaluate_script, "--model", tiny_bert_dir, "--dataset", kg_dir, "--output_dir", tmp_path)
-    assert "'bert'" in str(info.value.code) and "not an LMKE" in str(info.value.code)
+    assert "'bert'" in str(info.value) and "not an LMKE" in str(info.value)
 
 
 def test_missing_model_stops_with_its_name(evaluate_script, kg_dir, tmp_path, local_hub):
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _run(evaluate_script, "--model", "test-org/does-not-exist", "--dataset", kg_dir, "--output_dir", tmp_path)
-    assert "test-org/does-not-exist" in str(info.value.code)
+    assert "test-org/does-not-exist" in str(info.value)
 
 
 @pytest.mark.parametrize("flag, value", [("--per_device_eval_batch_size", "0"), ("--max_queries", "0"), ("--split", "dev")])
@@ -252,7 +254,7 @@ def test_lmke_predict_by_id_and_name_matches_batch_scoring(lmke_out):
 
 def test_thresholds_tuned_on_the_evaluated_split_are_refused(evaluate_script, lmke_out, kg_dir, tmp_path):
     out, _ = lmke_out
-    with pytest.raises(SystemExit, match="--threshold_split validation is the split being evaluated"):
+    with pytest.raises(UsageError, match="--threshold_split validation is the split being evaluated"):
         _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--split", "validation", "--output_dir", tmp_path)
 
 
@@ -341,7 +343,7 @@ def test_own_entity_first_cli(own_first_script, clmke_out, kg_dir, capsys):
 
 def test_own_entity_first_refuses_an_lmke_model(own_first_script, lmke_out, kg_dir):
     out, _ = lmke_out
-    with pytest.raises(SystemExit, match="triple classifier"):
+    with pytest.raises(UsageError, match="triple classifier"):
         own_first_script.main(own_first_script.parse_args(["--model", str(out), "--dataset", str(kg_dir)]))
 
 
@@ -353,9 +355,9 @@ SCRIPTS = ["evaluate", "own_entity_first"]
 def _stops(name, *argv) -> str:
     """The one line a script ends with (SystemExit with a message: exit status 1, no traceback)."""
     script = _load_script(name)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         script.main(script.parse_args([*map(str, argv)]))
-    message = info.value.code
+    message = str(info.value)
     assert isinstance(message, str) and "\n" not in message, message
     return message
 

@@ -5,13 +5,16 @@ working directory and the home folder are moved there with monkeypatch, so nothi
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from lmke_hf.errors import UsageError
 import torch
-from helpers import RESUME_FLAGS, _clmke_argv, _load_script
+from helpers import RESUME_FLAGS, _clmke_argv, _load_script, cli_refusal
 
 from lmke_hf import cli
 from lmke_hf.folders import (
@@ -48,9 +51,9 @@ def _user_folder(folder: Path) -> Path:
 def test_a_folder_lmke_hf_did_not_make_is_refused_even_with_overwrite_and_the_advice_names_a_fresh_folder(script, kg_dir, tiny_bert_dir, tmp_path):
     mine = _user_folder(tmp_path / "mine")
     before = _snapshot(mine)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _train(script, kg_dir, tiny_bert_dir, mine, "--max_train_steps", 1, "--overwrite_output_dir")
-    message = str(info.value.code)
+    message = str(info.value)
     assert str(mine) in message and "did not write" in message and "photo.jpg" in message
     assert "--overwrite_output_dir" not in message and str(tmp_path / "mine-2") in message
     assert _snapshot(mine) == before and not list(mine.glob(".lmke_hf*"))
@@ -65,9 +68,9 @@ def test_the_working_directory_its_parents_home_and_links_to_them_are_refused(sc
     (tmp_path / "link").symlink_to(cwd)
     target = {"cwd": ".", "parent": "..", "home": str(home), "link_to_cwd": str(tmp_path / "link")}[where]
     before = _snapshot(home)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _train(script, kg_dir, tiny_bert_dir, target, "--max_train_steps", 1, "--overwrite_output_dir")
-    message = str(info.value.code)
+    message = str(info.value)
     assert {"cwd": "is the working directory", "parent": "holds the working directory", "home": "home folder",
             "link_to_cwd": "a link to"}[where] in message
     assert _snapshot(home) == before and cwd.is_dir()
@@ -78,7 +81,7 @@ def test_the_data_folder_the_dataset_folder_and_the_encoder_are_refused(script, 
     data_dir = kg_dir.parent
     for target in (kg_dir, data_dir, tiny_bert_dir):
         before = _snapshot(target)
-        with pytest.raises(SystemExit, match="not a place to write a training run into"):
+        with pytest.raises(UsageError, match="not a place to write a training run into"):
             _train(script, kg_dir, tiny_bert_dir, target, "--max_train_steps", 1, "--overwrite_output_dir")
         assert _snapshot(target) == before
 
@@ -88,7 +91,7 @@ def test_a_git_repository_is_refused(script, kg_dir, tiny_bert_dir, tmp_path):
     clone.mkdir()
     subprocess.run(["git", "init", "-q", str(clone)], check=True)
     (clone / "lmke_hf.py").write_text("# sources")
-    with pytest.raises(SystemExit, match="is a git repository"):
+    with pytest.raises(UsageError, match="is a git repository"):
         _train(script, kg_dir, tiny_bert_dir, clone, "--max_train_steps", 1, "--overwrite_output_dir")
     assert (clone / ".git").is_dir() and (clone / "lmke_hf.py").is_file()
 
@@ -117,25 +120,21 @@ def test_a_run_written_before_markers_is_recognised_by_its_training_args(tmp_pat
     assert folder_kind(user) is None
 
 
-def test_prepare_refuses_the_working_directory_and_other_files_and_replaces_its_own_only_with_the_flag(toy_kg_dir, tmp_path, monkeypatch):
+def test_prepare_refuses_the_working_directory_and_other_files_and_replaces_its_own_only_with_the_flag(toy_kg_dir, tmp_path, monkeypatch, capsys):
     cwd = _user_folder(tmp_path / "cwd")
     (cwd / "data").mkdir()
     (cwd / "data" / "train.parquet").write_bytes(b"the user's own table")
     monkeypatch.chdir(cwd)
     before = _snapshot(cwd)
     for target in (".", str(cwd)):
-        with pytest.raises(SystemExit, match="working directory"):
-            cli.main(["prepare", str(toy_kg_dir), "--output_dir", target])
+        assert re.search("working directory", cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", target]))
     mine = _user_folder(tmp_path / "mine")
-    with pytest.raises(SystemExit, match="did not write"):
-        cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(mine), "--overwrite_output_dir"])
-    with pytest.raises(SystemExit, match="the folder of name_or_path"):
-        cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(toy_kg_dir), "--overwrite_output_dir"])
+    assert re.search("did not write", cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", str(mine), "--overwrite_output_dir"]))
+    assert re.search("the folder of name_or_path", cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", str(toy_kg_dir), "--overwrite_output_dir"]))
     assert _snapshot(cwd) == before
     ours = tmp_path / "prepared"
     assert cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(ours)]) == 0
-    with pytest.raises(SystemExit, match="--overwrite_output_dir"):
-        cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(ours)])
+    assert re.search("--overwrite_output_dir", cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", str(ours)]))
     assert cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(ours), "--overwrite_output_dir"]) == 0
     assert folder_kind(ours) == "prepared-dataset"
 
@@ -152,10 +151,8 @@ def _finished_run(folder: Path, mrr: float) -> Path:
 def test_export_card_never_writes_into_another_run_or_its_own_run(tmp_path, capsys):
     run_a, run_b = _finished_run(tmp_path / "a", 0.5), _finished_run(tmp_path / "b", 0.7)
     before = _snapshot(run_b)
-    with pytest.raises(SystemExit, match="export-card: destination .* holds a training run"):
-        cli.main(["export-card", str(run_a), str(run_b)])
-    with pytest.raises(SystemExit, match="export-card: destination .* is the folder of run_dir"):
-        cli.main(["export-card", str(run_a), str(run_a)])  # was a raw SameFileError
+    assert re.search("export-card: destination .* holds a training run", cli_refusal(capsys, ["export-card", str(run_a), str(run_b)]))
+    assert re.search("export-card: destination .* is the folder of run_dir", cli_refusal(capsys, ["export-card", str(run_a), str(run_a)]))  # was a raw SameFileError
     assert _snapshot(run_b) == before
     card = tmp_path / "cards" / "a"
     assert cli.main(["export-card", str(run_a), str(card)]) == 0
@@ -163,7 +160,7 @@ def test_export_card_never_writes_into_another_run_or_its_own_run(tmp_path, caps
     assert json.loads((card / "all_results.json").read_text())["test_mrr"] == 0.7
 
 
-def test_a_card_exported_before_markers_is_updated_and_a_folder_with_only_a_readme_is_not(tmp_path):
+def test_a_card_exported_before_markers_is_updated_and_a_folder_with_only_a_readme_is_not(tmp_path, capsys):
     run = _finished_run(tmp_path / "run", 0.5)
     legacy = tmp_path / "model_cards" / "old"
     legacy.mkdir(parents=True)
@@ -173,8 +170,7 @@ def test_a_card_exported_before_markers_is_updated_and_a_folder_with_only_a_read
     readme_only = tmp_path / "docs"
     readme_only.mkdir()
     (readme_only / "README.md").write_text("my docs")
-    with pytest.raises(SystemExit, match="did not write"):
-        cli.main(["export-card", str(run), str(readme_only)])
+    assert re.search("did not write", cli_refusal(capsys, ["export-card", str(run), str(readme_only)]))
     assert (readme_only / "README.md").read_text() == "my docs"
 
 
@@ -196,11 +192,11 @@ def test_protected_reason_names_each_place(tmp_path, monkeypatch):
 def test_resume_latest_refuses_a_folder_with_no_run_in_it_and_leaves_it_untouched(script, kg_dir, tiny_bert_dir, tmp_path):
     mine = _user_folder(tmp_path / "mine")
     before = _snapshot(mine)
-    with pytest.raises(SystemExit, match="did not write"):
+    with pytest.raises(UsageError, match="did not write"):
         _train(script, kg_dir, tiny_bert_dir, mine, "--max_train_steps", 1, "--resume_from_checkpoint", "latest")
     assert _snapshot(mine) == before
     missing = tmp_path / "nothing"
-    with pytest.raises(SystemExit, match="holds no run to resume"):
+    with pytest.raises(UsageError, match="holds no run to resume"):
         _train(script, kg_dir, tiny_bert_dir, missing, "--max_train_steps", 1, "--resume_from_checkpoint", "latest")
     assert not missing.exists()
 
@@ -209,9 +205,9 @@ def test_resume_latest_of_a_finished_run_without_checkpoints_says_it_is_finished
     out = tmp_path / "run"
     _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2)
     before = _snapshot(out)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", "--learning_rate", "0.5")
-    message = str(info.value.code)
+    message = str(info.value)
     assert "is finished (2 steps)" in message and "kept no checkpoints" in message and "--checkpointing_steps" in message
     assert _snapshot(out) == before
 
@@ -318,7 +314,7 @@ def test_an_entity_index_made_by_other_weights_is_detected_and_encoded_again(mak
         assert stale.load_entity_index() is None
     assert "encoded by other weights" in caplog.text
     fresh = stale.encode_entities()
-    assert torch.allclose(stale.entity_index.keys, fresh)
+    assert torch.allclose(stale.load_or_build_entity_index().keys, fresh)
 
 
 # ------------------------------------------------------------------------------------ issue 22: stopped by a signal
@@ -374,9 +370,9 @@ def _evaluate(*argv):
 def test_evaluate_never_writes_into_a_run_and_two_evaluations_never_mix(clmke_run, kg_dir, tmp_path, monkeypatch):
     run, _ = clmke_run
     before = _snapshot(run / "test_metrics")
-    with pytest.raises(SystemExit, match="^--output_dir .* is the folder of --model"):
+    with pytest.raises(UsageError, match="^--output_dir .* is the folder of --model"):
         _evaluate("--model", run, "--dataset", kg_dir, "--output_dir", run)
-    with pytest.raises(SystemExit, match="did not write"):
+    with pytest.raises(UsageError, match="did not write"):
         _evaluate("--model", run, "--dataset", kg_dir, "--output_dir", _user_folder(tmp_path / "mine"))
     assert _snapshot(run / "test_metrics") == before
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from lmke_hf.errors import UsageError
 from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _common, _load_script
 
 from lmke_hf.features import LengthGroupedSampler
@@ -72,7 +74,7 @@ def test_a_length_grouped_run_resumes_exactly(script_name, kg_dir, no_dropout_en
 
     train(tmp_path / "whole", "--max_train_steps", 6)
     train(tmp_path / "resumed", "--max_train_steps", 4)
-    with pytest.raises(SystemExit, match="--group_by_length: checkpoint True, now False"):
+    with pytest.raises(UsageError, match="--group_by_length: checkpoint True, now False"):
         script.main(script.parse_args(argv(kg_dir, no_dropout_encoder, tmp_path / "resumed", *RESUME_FLAGS, "--max_train_steps", 6, "--resume_from_checkpoint", "latest")))
     train(tmp_path / "resumed", "--max_train_steps", 6, "--resume_from_checkpoint", "latest")
     _assert_same_weights(tmp_path / "whole" / "checkpoints" / "step_6" / "model.safetensors", tmp_path / "resumed" / "checkpoints" / "step_6" / "model.safetensors")

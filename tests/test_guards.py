@@ -7,6 +7,8 @@ import math
 from types import SimpleNamespace
 
 import pytest
+
+from lmke_hf.errors import TrainingDiverged
 import torch
 
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction
@@ -27,7 +29,7 @@ def test_predict_refuses_a_top_k_that_is_not_a_whole_number(clmke, top_k):
 
 
 def test_predict_refuses_nan_keys_instead_of_ranking_them_first(clmke, tok):
-    keys = clmke.entity_index.keys.clone()
+    keys = clmke.load_or_build_entity_index().keys.clone()
     keys[2] = float("nan")
     clmke.entity_index = keys
     with pytest.raises(ValueError, match=f"1 keys with NaN or inf values \\(entities {tok.entity_ids[2]}\\)"):
@@ -42,11 +44,11 @@ def test_a_diverging_loss_stops_the_run_with_a_message():
     for step in range(1, 11):
         guard.check(2.0 + 0.1 * step, step)
     guard.check(50.0, 11)  # a spike, not a divergence
-    with pytest.raises(SystemExit, match="diverged at step 12: the loss is 3e\\+15 \\(it started at 2.55\\).*--learning_rate \\(now 1000\\)"):
+    with pytest.raises(TrainingDiverged, match="diverged at step 12: the loss is 3e\\+15 \\(it started at 2.55\\).*--learning_rate \\(now 1000\\)"):
         guard.check(3e15, 12)
-    with pytest.raises(SystemExit, match="diverged at step 13: the loss is nan"):
+    with pytest.raises(TrainingDiverged, match="diverged at step 13: the loss is nan"):
         guard.check(math.nan, 13)
-    with pytest.raises(SystemExit, match="diverged at step 1: the loss is inf"):
+    with pytest.raises(TrainingDiverged, match="diverged at step 1: the loss is inf"):
         DivergenceGuard(args).check(math.inf, 1)
 
 
@@ -67,7 +69,7 @@ def test_a_saved_config_names_no_local_folder(clmke, tiny_bert_dir, tmp_path):
     assert str(tiny_bert_dir) not in text and str(tmp_path) not in text
     assert f'"_name_or_path": "{tiny_bert_dir.name}"' in text
     reloaded = ClmkeForLinkPrediction.from_pretrained(tmp_path / "saved")
-    torch.testing.assert_close(reloaded.entity_index.keys, clmke.entity_index.keys)
+    torch.testing.assert_close(reloaded.load_or_build_entity_index().keys, clmke.load_or_build_entity_index().keys)
 
 
 # ------------------------------------------------------------------------------------ damaged files: one line each
@@ -109,7 +111,7 @@ def test_a_malformed_entity_index_is_ignored_with_a_warning_and_encoded_again(sa
     with caplog.at_level("WARNING"):
         assert model.load_entity_index() is None
     assert "ignoring it; the entity keys are encoded again" in caplog.text
-    assert model.entity_index.keys.shape == (n, width) and len(model.predict(head=0, relation=0, top_k=2)) == 2
+    assert model.load_or_build_entity_index().keys.shape == (n, width) and len(model.predict(head=0, relation=0, top_k=2)) == 2
 
 
 def test_torn_weights_and_a_config_of_another_shape_are_one_line_errors(saved_clmke):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from lmke_hf.errors import UsageError
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,7 +70,7 @@ def test_evaluate_refuses_a_model_trained_on_held_out_entities_and_ranks_an_indu
     out = tmp_path / "transductive"
     train.main(train.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 1)))
     argv = ["--model", str(out), "--dataset", str(kg_dir), "--inductive_fraction", "0.4", "--no_progress"]
-    with pytest.raises(SystemExit, match="trained on triples of .* entities this split holds out .* lmke-hf prepare tinykg --inductive_fraction"):
+    with pytest.raises(UsageError, match="trained on triples of .* entities this split holds out .* lmke-hf prepare tinykg --inductive_fraction"):
         evaluate.main(evaluate.parse_args([*argv, "--output_dir", str(tmp_path / "eval-refused")]))
 
     # the same weights with the training degrees of the inductive split: accepted, and only inductive triples ranked
@@ -93,7 +95,7 @@ def test_prepare_writes_the_inductive_split_that_load_kg_reads_back(kg_dir, tmp_
     expected = make_inductive_split(load_kg(str(kg_dir)), 0.4, 0)
     for name in ("train", "validation", "test"):
         assert _rows(written.triples(name)) == _rows(expected.triples(name))
-    with pytest.raises(SystemExit, match="--inductive_fraction: .*fraction.* holds out"):  # leaves too few entities
+    with pytest.raises(UsageError, match="--inductive_fraction: .*fraction.* holds out"):  # leaves too few entities
         prepare.main(prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "0.999"]))
     with pytest.raises(SystemExit):  # argparse: must be <= 1
         prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "2"])

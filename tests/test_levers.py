@@ -212,11 +212,16 @@ def test_training_script_with_levers_trains_saves_and_resumes_exactly(kg_dir, no
     _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_b / "checkpoints/step_6/model.safetensors")
 
 
-def test_warmup_ratio_sets_warmup_steps(kg_dir, tiny_bert_dir, tmp_path):
+def test_warmup_ratio_sets_warmup_steps_and_the_arguments_stay_as_given(kg_dir, tiny_bert_dir, tmp_path):
     script = _load_script("train_clmke")
-    args = script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "w", "--max_train_steps", 10, "--warmup_ratio", "0.25", "--lr_scheduler_type", "linear"))
+    out = tmp_path / "w"
+    args = script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 10, "--warmup_ratio", "0.25",
+                                         "--lr_scheduler_type", "linear", "--checkpointing_steps", 10))
+    given = dict(vars(args))
     script.main(args)
-    assert args.num_warmup_steps == 3
+    assert vars(args) == given  # the run derives its schedule; it never rewrites its arguments
+    assert json.loads((out / "checkpoints" / "step_10" / "trainer_state.json").read_text())["settings"]["num_warmup_steps"] == 3
+    assert json.loads((out / "card.json").read_text())["args"]["num_warmup_steps"] == 3  # as the run ran
 
 
 @pytest.mark.parametrize("flag, value", [("--infonce_temperature", "0"), ("--infonce_margin", "-1"), ("--key_queue_size", "-2"), ("--warmup_ratio", "1.5"), ("--loss", "hinge")])

@@ -13,10 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from lmke_hf.errors import UsageError
 from lmke_hf.loading import (
     check_same_kg,
     checkpoint_source,
-    exit_on_error,
+    flag_errors,
     load_model,
     local_folder,
     looks_like_local_path,
@@ -131,14 +132,17 @@ def test_unknown_task_is_refused_before_anything_is_read(no_network):
     assert no_network == []
 
 
-def test_exit_on_error_is_one_line_with_the_flag():
-    with pytest.raises(SystemExit) as info, exit_on_error("--model"):
+def test_flag_errors_is_one_line_with_the_flag():
+    with pytest.raises(UsageError) as info, flag_errors("--model"):
         raise FileNotFoundError("'./x': no such folder\n  (more)")
-    assert info.value.code == "--model './x': no such folder (more)"
-    with pytest.raises(SystemExit) as info, exit_on_error("--dataset"):
+    assert str(info.value) == "--model './x': no such folder (more)"
+    with pytest.raises(UsageError) as info, flag_errors("--dataset"):
         raise ValueError("Could not load 'umsl'.")
-    assert info.value.code == "--dataset: Could not load 'umsl'."
-    with pytest.raises(KeyError), exit_on_error("--model"):  # a bug is no user mistake: its traceback stays
+    assert str(info.value) == "--dataset: Could not load 'umsl'."
+    with pytest.raises(UsageError) as info, flag_errors("--dataset"):  # names its flag already: unchanged
+        raise UsageError("--inductive_fraction: too large")
+    assert str(info.value) == "--inductive_fraction: too large"
+    with pytest.raises(KeyError), flag_errors("--model"):  # a bug is no user mistake: its traceback stays
         raise KeyError("x")
     assert one_line(OSError("a\n\tb  c")) == "a b c"
 

@@ -8,6 +8,8 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+
+from lmke_hf.errors import UsageError
 import torch
 from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script
 
@@ -32,9 +34,9 @@ def test_a_bf16_run_records_its_precision_and_resumes_exactly_but_not_in_fp32(sc
     assert json.loads((whole / "checkpoints" / "step_4" / "trainer_state.json").read_text())["settings"]["mixed_precision"] == "bf16"
 
     _train(script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 2, "--mixed_precision", "bf16", *RESUME_FLAGS)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _train(script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
-    assert "--mixed_precision: checkpoint 'bf16', now 'no'" in str(info.value.code)
+    assert "--mixed_precision: checkpoint 'bf16', now 'no'" in str(info.value)
     _train(script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", "--mixed_precision", "bf16", *RESUME_FLAGS)
     _assert_same_weights(whole / "checkpoints" / "step_4" / "model.safetensors", resumed / "checkpoints" / "step_4" / "model.safetensors", atol=0)
 

@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from lmke_hf.errors import UsageError
 from helpers import RESUME_FLAGS, _clmke_argv, _load_script  # noqa: E402
 
 from lmke_hf.run_io import write_json
@@ -48,18 +50,18 @@ def test_a_second_run_into_a_locked_folder_stops_naming_the_first(script, kg_dir
     out.mkdir()
     (out / (LOCK_FILE + ".owner")).write_text("pid 4242 on host, started today")
     with FileLock(str(out / LOCK_FILE)):
-        with pytest.raises(SystemExit) as info:
+        with pytest.raises(UsageError) as info:
             _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 1)
-    assert "in use by another run" in str(info.value.code) and "pid 4242" in str(info.value.code)
+    assert "in use by another run" in str(info.value) and "pid 4242" in str(info.value)
 
 
 def test_a_fresh_run_refuses_a_folder_holding_a_run_unless_overwrite(script, kg_dir, tiny_bert_dir, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--checkpointing_steps", 1)
     before = (out / "model.safetensors").read_bytes()
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--seed", 3)
-    assert "--overwrite_output_dir" in str(info.value.code) and "checkpoints" in str(info.value.code)
+    assert "--overwrite_output_dir" in str(info.value) and "checkpoints" in str(info.value)
     assert (out / "model.safetensors").read_bytes() == before  # nothing was touched
     _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 1, "--seed", 3, "--overwrite_output_dir")
     assert not (out / "checkpoints" / "step_2").exists()  # the old run's checkpoints are gone, `latest` cannot find them
@@ -69,10 +71,10 @@ def test_a_fresh_run_refuses_a_folder_holding_a_run_unless_overwrite(script, kg_
 def test_a_resume_with_other_settings_stops_naming_each_flag(script, kg_dir, tiny_bert_dir, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, *RESUME_FLAGS)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest",
                "--learning_rate", "3e-5", "--per_device_train_batch_size", 2, *RESUME_FLAGS)
-    message = str(info.value.code)
+    message = str(info.value)
     assert "--learning_rate" in message and "--per_device_train_batch_size" in message and "--seed" not in message
     # what may change (the length of the run) may change
     results = _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
@@ -84,7 +86,7 @@ def test_a_run_that_fails_before_training_leaves_no_folder(script, kg_dir, tiny_
     shutil.copytree(kg_dir, broken)
     (broken / "test.tsv").unlink()
     out = tmp_path / "never"
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError):
         _train(script, broken, tiny_bert_dir, out, "--max_train_steps", 1)
     assert not out.exists()
 
@@ -100,9 +102,9 @@ def test_latest_skips_a_damaged_checkpoint_with_a_warning_and_names_a_damaged_ex
     assert not (out / "checkpoints" / "step_6.partial").exists()
     assert json.loads((out / "checkpoints" / "step_6" / "trainer_state.json").read_text())["completed_steps"] == 6
     (out / "checkpoints" / "step_6" / "optimizer.bin").unlink()
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 8, "--resume_from_checkpoint", out / "checkpoints" / "step_6", *RESUME_FLAGS)
-    assert "step_6" in str(info.value.code) and "optimizer.bin" in str(info.value.code)
+    assert "step_6" in str(info.value) and "optimizer.bin" in str(info.value)
 
 
 def test_a_resume_without_random_states_warns_that_it_is_not_exact(script, kg_dir, no_dropout_encoder, tmp_path):  # noqa: F811

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from lmke_hf.errors import UsageError
 import torch
 from safetensors.torch import load_file
 
@@ -352,34 +354,34 @@ def test_non_bert_encoder_folder_stops(script, kg_dir, tmp_path):
     gpt2 = tmp_path / "gpt2_tiny"
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 50}))
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         script.parse_args(_argv(script, kg_dir, gpt2, tmp_path / "out"))
-    message = str(info.value.code)
+    message = str(info.value)
     assert "gpt2" in message and str(gpt2) in message and "BERT" in message
 
 
 def test_encoder_folder_without_config_stops(script, kg_dir, tmp_path):
     empty = tmp_path / "not_a_model"
     empty.mkdir()
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         script.parse_args(_argv(script, kg_dir, empty, tmp_path / "out"))
-    assert str(empty) in str(info.value.code) and "config.json" in str(info.value.code)
+    assert str(empty) in str(info.value) and "config.json" in str(info.value)
 
 
 def test_missing_resume_folder_stops(script, kg_dir, tiny_bert_dir, tmp_path):
     missing = tmp_path / "checkpoints" / "step_99"
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         script.parse_args(_argv(script, kg_dir, tiny_bert_dir, tmp_path / "out", "--resume_from_checkpoint", missing))
-    assert str(missing) in str(info.value.code) and "does not exist" in str(info.value.code)
+    assert str(missing) in str(info.value) and "does not exist" in str(info.value)
 
 
 def test_resume_folder_without_model_state_stops(script, kg_dir, tiny_bert_dir, tmp_path):
     broken = tmp_path / "step_2"
     broken.mkdir()
     (broken / "trainer_state.json").write_text('{"completed_steps": 2}')
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         script.parse_args(_argv(script, kg_dir, tiny_bert_dir, tmp_path / "out", "--resume_from_checkpoint", broken))
-    assert str(broken) in str(info.value.code) and "no model state" in str(info.value.code)
+    assert str(broken) in str(info.value) and "no model state" in str(info.value)
 
 
 def _forbid_training(monkeypatch, script):
@@ -404,9 +406,9 @@ def test_dataset_without_dev_split_stops_before_training(script, tiny_bert_dir, 
 def test_clmke_batch_larger_than_training_set_stops(clmke_script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch):
     _forbid_training(monkeypatch, clmke_script)
     args = clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "out", "--per_device_train_batch_size", 1000))
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UsageError) as info:
         clmke_script.main(args)
-    assert "1000" in str(info.value.code) and str(2 * len(TRAIN)) in str(info.value.code)
+    assert "1000" in str(info.value) and str(2 * len(TRAIN)) in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------ 5. stored degrees (the leak guard itself: tests/test_evaluation_loops.py)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lmke_hf.errors import UsageError
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import write_tiny_kg, _clmke_argv, _load_script  # noqa: E402
 
@@ -249,5 +251,5 @@ def test_a_checkpoint_from_before_negative_sampling_resumes_with_the_default():
     from lmke_hf.training import check_resume_settings
 
     check_resume_settings({"seed": 1}, {"seed": 1, "negative_sampling": "uniform"}, "ckpt")
-    with pytest.raises(SystemExit, match="negative_sampling"):
+    with pytest.raises(UsageError, match="negative_sampling"):
         check_resume_settings({"seed": 1}, {"seed": 1, "negative_sampling": "relation"}, "ckpt")

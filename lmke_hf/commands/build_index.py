@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from lmke_hf import ClmkeForLinkPrediction, load_model
+from lmke_hf.errors import UsageError
 from lmke_hf.entity_index import DEFAULT_SHARD_SIZE, FAISS_FILE, MANIFEST_FILE, STORAGE_DTYPES, EntityIndex
-from lmke_hf.loading import checkpoint_source, exit_on_error
+from lmke_hf.loading import checkpoint_source, flag_errors
 from lmke_hf.training import POSITIVE_INT, set_cpu_threads
 
 logger = logging.getLogger("build_index")
@@ -53,10 +54,10 @@ def _check_folder(out: Path, model_folder: Path | None) -> None:
     if model_folder is not None and out.resolve() == model_folder.resolve():
         return
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"--output_dir {out} is a file; give a folder.")
+        raise UsageError(f"--output_dir {out} is a file; give a folder.")
     others = [p.name for p in out.iterdir() if not p.name.startswith(INDEX_FILES)] if out.is_dir() else []
     if others:
-        raise SystemExit(
+        raise UsageError(
             f"--output_dir {out} holds other files ({', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''}): "
             "give a new or empty folder, one holding only an entity index, or leave it out to write into the model's folder."
         )
@@ -68,14 +69,14 @@ def main(args: argparse.Namespace) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     accelerator = Accelerator()
     set_cpu_threads(accelerator, args.cpu_threads)
-    with exit_on_error("--model"):
+    with flag_errors("--model"):
         source = checkpoint_source(args.model)
     model_folder = Path(source) if Path(source).is_dir() else None
     if args.output_dir is None and model_folder is None:
-        raise SystemExit(f"--model {args.model} is a Hub model: give --output_dir for its index.")
+        raise UsageError(f"--model {args.model} is a Hub model: give --output_dir for its index.")
     out = Path(args.output_dir) if args.output_dir is not None else model_folder
     _check_folder(out, model_folder)
-    with exit_on_error("--model"):
+    with flag_errors("--model"):
         model, tokenizer = load_model(args.model, args.revision, args.token, task="link-prediction")
     assert isinstance(model, ClmkeForLinkPrediction)
     model.to(accelerator.device).eval()
@@ -123,4 +124,8 @@ def _index_by_these_weights(folder: Path, model) -> EntityIndex | None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    import sys
+
+    from lmke_hf.cli import run_program
+
+    sys.exit(run_program(sys.modules[__name__]))

@@ -25,12 +25,13 @@ import torch
 
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, check_same_kg, load_model
+from lmke_hf.errors import UsageError
 from lmke_hf.kg import add_classification_negatives, held_out_entities, load_kg, make_inductive_split
 from lmke_hf.evaluation import classification_report, plot_degree_buckets, rank_link_prediction, score_triples
-from lmke_hf.loading import checkpoint_source, exit_on_error, local_folder
+from lmke_hf.loading import checkpoint_source, flag_errors, local_folder
 from filelock import FileLock, Timeout
 
-from lmke_hf.folders import LOCK_FILE, FinalSave, OutputDirError, check_output_dir, claim_folder, folder_kind
+from lmke_hf.folders import LOCK_FILE, FinalSave, check_output_dir, claim_folder, folder_kind
 from lmke_hf.run_io import write_json
 from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, number, set_cpu_threads
 
@@ -101,7 +102,7 @@ def check_never_trained_on(model, entities, kg) -> None:
     seen = entities[degrees[entities] > 0]
     if len(seen):
         names = ", ".join(str(kg.entities["id"][int(i)]) for i in seen[:3])
-        raise SystemExit(
+        raise UsageError(
             f"--inductive_fraction: the model was trained on triples of {len(seen)} of the {len(entities)} entities this split "
             f"holds out (e.g. {names}): its results would not be inductive. Train it on the inductive split: "
             f"lmke-hf prepare {kg.name.removesuffix('-inductive')} --inductive_fraction F --inductive_seed S --output_dir DIR, "
@@ -111,13 +112,13 @@ def check_never_trained_on(model, entities, kg) -> None:
 
 def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
     if args.threshold_split == args.split:
-        raise SystemExit(f"--threshold_split {args.threshold_split} is the split being evaluated: the tuned accuracies would be tuned on the labels they are measured on; pick another split.")
+        raise UsageError(f"--threshold_split {args.threshold_split} is the split being evaluated: the tuned accuracies would be tuned on the labels they are measured on; pick another split.")
     kg = add_classification_negatives(kg, seed=args.negatives_seed)  # the same negatives train_lmke.py scored
 
     def labelled(split):
         triples, labels = kg.triples(split, positives_only=False), kg.labels(split)
         if (labels == 0).sum() == 0:
-            raise SystemExit(f"Split {split!r} of {kg.name} has no negative triples, so accuracy is undefined; use validation or test.")
+            raise UsageError(f"Split {split!r} of {kg.name} has no negative triples, so accuracy is undefined; use validation or test.")
         return triples, labels
 
     triples, labels = labelled(args.split)
@@ -151,42 +152,36 @@ def main(args) -> dict:
     accelerator = Accelerator()
     set_cpu_threads(accelerator, args.cpu_threads)
     # user mistakes end with one line naming the flag; a mistyped folder stops before the KG is read
-    with exit_on_error("--data_dir"):
+    with flag_errors("--data_dir"):
         if args.data_dir is not None:
             local_folder(args.data_dir, required=True)
-    with exit_on_error("--model"):
+    with flag_errors("--model"):
         source = checkpoint_source(args.model)
     out_dir = default_output_dir(args.model, source) if args.output_dir is None else Path(args.output_dir)
     inputs = {"--model": source if Path(source).is_dir() else None, "--data_dir": args.data_dir,
               "--dataset": args.dataset if Path(args.dataset).exists() else None}
-    try:  # a new folder or one of earlier evaluations; never a run, data or other files
-        check_output_dir(out_dir, "evaluation", inputs=inputs, reuse=True)
-    except OutputDirError as err:
-        raise SystemExit(str(err)) from None
-    with exit_on_error("--dataset"):
+    check_output_dir(out_dir, "evaluation", inputs=inputs, reuse=True)  # a new folder or one of earlier evaluations; never a run, data or other files
+    with flag_errors("--dataset"):
         local_folder(args.dataset)
         kg = load_kg(args.dataset, data_dir=args.data_dir)
     if args.inductive_fraction is not None:
-        with exit_on_error("--inductive_fraction"):
+        with flag_errors("--inductive_fraction"):
             kg = make_inductive_split(kg, args.inductive_fraction, args.inductive_seed)
     if args.split not in kg.splits:
-        raise SystemExit(f"--split {args.split!r}: {kg.name} has splits {sorted(kg.splits)}.")
-    with exit_on_error("--model"):
+        raise UsageError(f"--split {args.split!r}: {kg.name} has splits {sorted(kg.splits)}.")
+    with flag_errors("--model"):
         model, tokenizer = load_model(args.model, args.revision, args.token)
         check_same_kg(tokenizer, kg, args.model)
     model.to(accelerator.device)
     if accelerator.is_main_process:
-        try:
-            claim_folder(out_dir, "evaluation", inputs=inputs, reuse=True)
-        except OutputDirError as err:
-            raise SystemExit(str(err)) from None
+        claim_folder(out_dir, "evaluation", inputs=inputs, reuse=True)
     start = time.perf_counter()
     lock = FileLock(str(out_dir / LOCK_FILE))
     if accelerator.is_main_process:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise SystemExit(f"--output_dir {out_dir} is in use by another evaluation; wait for it or choose another folder.") from None
+            raise UsageError(f"--output_dir {out_dir} is in use by another evaluation; wait for it or choose another folder.") from None
     try:
         # a split's files (results, tables, ranks, thresholds) are staged and swapped in together: two evaluations
         # never mix their files, and a crash leaves the previous complete set
@@ -196,7 +191,7 @@ def main(args) -> dict:
             elif isinstance(model, LmkeForTripleClassification):
                 task, results = "triple-classification", evaluate_triple_classification(args, accelerator, model, tokenizer, kg, staging)
             else:  # load_model only returns the two
-                raise SystemExit(f"--model {args.model!r}: unsupported model class {type(model).__name__}.")
+                raise UsageError(f"--model {args.model!r}: unsupported model class {type(model).__name__}.")
             if accelerator.is_main_process:
                 results.update(
                     model=args.model, revision=args.revision, dataset=kg.name, split=args.split, task=task,
@@ -214,4 +209,8 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    import sys
+
+    from lmke_hf.cli import run_program
+
+    sys.exit(run_program(sys.modules[__name__]))

@@ -17,7 +17,8 @@ import json
 import os
 from pathlib import Path
 
-from lmke_hf.folders import OutputDirError, check_output_dir
+from lmke_hf.errors import UsageError
+from lmke_hf.folders import check_output_dir
 from lmke_hf.training import NON_NEGATIVE_INT, number
 from lmke_hf.kg import add_classification_negatives, load_kg, make_inductive_split, push_prepared_to_hub, save_prepared
 
@@ -80,22 +81,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> Path:
     source = Path(args.name_or_path) if Path(args.name_or_path).exists() else None
     inputs = {"--data_dir": args.data_dir or os.environ.get("LMKE_HF_DATA_DIR"), "name_or_path": source}
-    try:  # refused before the KG is read; save_prepared checks again before it writes
-        check_output_dir(args.output_dir, "prepared-dataset", inputs=inputs, replace_flag="--overwrite_output_dir", replace=args.overwrite_output_dir)
-    except OutputDirError as err:
-        raise SystemExit(str(err)) from None
+    # refused before the KG is read; save_prepared checks again before it writes
+    check_output_dir(args.output_dir, "prepared-dataset", inputs=inputs, replace_flag="--overwrite_output_dir", replace=args.overwrite_output_dir)
     kg = load_kg(args.name_or_path, data_dir=args.data_dir, description=args.description, revision=args.revision)
     if args.inductive_fraction is not None:
         try:
             kg = make_inductive_split(kg, args.inductive_fraction, args.inductive_seed)
         except ValueError as err:
-            raise SystemExit(f"--inductive_fraction: {err}") from None
+            raise UsageError(f"--inductive_fraction: {err}") from None
     if not args.no_negatives:
         kg = add_classification_negatives(kg, seed=args.negatives_seed)
-    try:
-        out = save_prepared(kg, args.output_dir, card=not args.no_card, overwrite=args.overwrite_output_dir, inputs=inputs)
-    except OutputDirError as err:
-        raise SystemExit(str(err)) from None
+    out = save_prepared(kg, args.output_dir, card=not args.no_card, overwrite=args.overwrite_output_dir, inputs=inputs)
     statistics = kg.statistics()
     print(json.dumps({k: v for k, v in statistics.items() if k != "report"}, indent=2))
     print(f"wrote {out}")
@@ -106,4 +102,8 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    import sys
+
+    from lmke_hf.cli import run_program
+
+    sys.exit(run_program(sys.modules[__name__]))

@@ -18,46 +18,27 @@ from torch.utils.data import DataLoader
 
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer
-from lmke_hf.configuration_lmke import LOSSES, POOLINGS, SCORERS
+from lmke_hf.errors import UsageError
 from lmke_hf.evaluation import encode_entities, plot_degree_buckets, rank_link_prediction
 from lmke_hf.features import ClmkeCollator, LengthGroupedSampler, link_prediction_examples, tokenize_link_prediction
 from lmke_hf.modelcard import ModelCard
 from lmke_hf.run_io import describe_hardware, write_json
 from lmke_hf.training import (
-    NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_common_arguments, check_arguments, claim_output_dir,
+    arguments_parser, parse_training_args,
+    ClmkeTrainingArguments, claim_output_dir,
     configure_process, finish_run, hub_dataset_id, prepare_run, run_command, run_results, seeded_generator, summary_text, train,
 )
 
 logger = logging.getLogger("train_clmke")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    a = parser.add_argument
-    a("--max_key_description_length", type=NON_NEGATIVE_INT, default=64, help="Word pieces of the entity description in a key (original 508).")
-    a("--max_negatives_per_query", type=POSITIVE_INT, default=None, help="Keep at most N in-batch negatives per query (paper Fig. 5); all by default.")
-    a("--no_degree_features", action="store_true", help="Drop the log-degree features from the matcher.")
-    a("--self_negatives", action="store_true", help="Also match each query against its own given entity's key (a negative unless a known answer; SimKGC's self-negatives). Not in the paper.")
-    a("--adversarial_temperature", type=NON_NEGATIVE_FLOAT, default=1.0, help="Self-adversarial temperature T: negatives weighted by softmax(T * p) (paper: 1, near-uniform over many negatives; higher T focuses on hard ones, self-negatives included).")
-    a("--matcher_hidden_size", type=POSITIVE_INT, default=None, help="Hidden width of the matcher MLP (default: encoder hidden size).")
-    a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (faster on CPUs with bf16 units).")
-    a("--no_test_eval", action="store_true", help="Stop after training: write train_history.json (validation at each --eval_steps) and skip the test ranking and the final model folder (for benchmarks).")
-    # levers beyond the paper (defaults: the paper's model); see ClmkeConfig
-    a("--pooling", choices=POOLINGS, default="entity", help="Query/key representation: 'entity' (paper: mask slot / entity token), 'mean' (mean of all outputs, as sentence encoders), 'cls'.")
-    a("--scorer", choices=SCORERS, default="matcher", help="'matcher' (paper: MLP over [q; k; q-k; q*k; degrees]) or 'cosine' (SimKGC).")
-    a("--loss", choices=LOSSES, default="adversarial_bce", help="'adversarial_bce' (paper) or 'infonce' (softmax cross-entropy of each positive against the query's negatives).")
-    a("--infonce_temperature", type=POSITIVE_FLOAT, default=0.05, help="InfoNCE temperature (start value when learned; SimKGC 0.05).")
-    a("--fixed_temperature", action="store_true", help="Keep the InfoNCE temperature fixed instead of learning it.")
-    a("--infonce_margin", type=NON_NEGATIVE_FLOAT, default=0.0, help="InfoNCE additive margin subtracted from positive scores (SimKGC 0.02).")
-    a("--key_queue_size", type=NON_NEGATIVE_INT, default=0, help="Detached keys of previous batches kept as extra negatives (SimKGC pre-batch / MoCo-style queue); 0: none.")
-    a("--own_entity_bias", action="store_true", help="Learn a score offset for the query's own given entity as a candidate (it reads the query and the candidate only, never the gold); pair with --self_negatives.")
-    a("--freeze_layers", type=NON_NEGATIVE_INT, default=0, help="Freeze the embeddings and the first N encoder layers (forward only, no backward); KG tokens then keep their text initialisation.")
-    args = parser.parse_args(argv)
-    check_arguments(args)
-    if args.freeze_layers and args.encoder_layers and args.freeze_layers > args.encoder_layers:
-        parser.error(f"--freeze_layers {args.freeze_layers} exceeds --encoder_layers {args.encoder_layers}.")
-    return args
+def build_parser() -> argparse.ArgumentParser:
+    return arguments_parser(ClmkeTrainingArguments, description=__doc__)
+
+
+def parse_args(argv=None) -> ClmkeTrainingArguments:
+    """The command line's arguments (default: this process's), parsed and checked (`parse_training_args`)."""
+    return parse_training_args(ClmkeTrainingArguments, argv, description=__doc__)
 
 
 def _run(args) -> dict:
@@ -92,7 +73,7 @@ def _run(args) -> dict:
         train_set, batch_size=args.per_device_train_batch_size, shuffle=sampler is None, sampler=sampler, collate_fn=collator, drop_last=True,
     )
     if len(train_dataloader) == 0:
-        raise SystemExit(f"--per_device_train_batch_size {args.per_device_train_batch_size} exceeds the {len(train_set)} training queries.")
+        raise UsageError(f"--per_device_train_batch_size {args.per_device_train_batch_size} exceeds the {len(train_set)} training queries.")
     score_dtype = torch.bfloat16 if args.score_bf16 else None
 
     def evaluate(model):
@@ -140,7 +121,7 @@ def _run(args) -> dict:
         shutil.copy(folder / "test_metrics" / "degree_buckets.png", folder / "degree_buckets.png")
 
     card = ModelCard(
-        task="link-prediction", dataset=kg.name, results=results, args=vars(args),
+        task="link-prediction", dataset=kg.name, results=results, args={**vars(args), **summary["schedule"]},
         command=run_command("examples/train_clmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
         model_id=args.hub_model_id or f"your-org/{out.name}",
         description_source=kg.description_source, degree_features=not args.no_degree_features,
@@ -153,13 +134,28 @@ def _run(args) -> dict:
     return finish_run(args, accelerator, best, results, summary, card, text, save_fn=lambda model, folder: model.save_pretrained(folder), write_extras=write_test_tables)
 
 
-def main(args) -> dict:
-    """Trains, tests and saves; the output folder is locked for the run and removed if it fails before
-    anything worth keeping was written (`lmke_hf.training.claim_output_dir`)."""
+def train_clmke(args: ClmkeTrainingArguments) -> dict:
+    """Trains C-LMKE as `args` say, tests the best model and saves it with its card in `args.output_dir`; returns
+    the results (test_mrr, test_hits@10, ..., as in `all_results.json`). The output folder is locked for the run and removed if it
+    fails before anything worth keeping was written (`lmke_hf.training.claim_output_dir`). Mistakes in the
+    arguments raise `lmke_hf.errors.UsageError`; a run stopped by SIGTERM / SIGINT raises `TrainingStopped` after
+    saving a checkpoint.
+
+        from lmke_hf import ClmkeTrainingArguments, train_clmke
+
+        results = train_clmke(ClmkeTrainingArguments(dataset="umls", output_dir="outputs/clmke-umls", mixed_precision="bf16"))
+    """
+    args.check_inputs()
     configure_process(args)
     with claim_output_dir(args):
         return _run(args)
 
 
+main = train_clmke  # the command line's entry (`lmke_hf.cli.run_program`)
+
 if __name__ == "__main__":
-    main(parse_args())
+    import sys
+
+    from lmke_hf.cli import run_program
+
+    sys.exit(run_program(sys.modules[__name__]))

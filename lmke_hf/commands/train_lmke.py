@@ -19,28 +19,26 @@ from torch.utils.data import DataLoader
 
 from lmke_hf import LmkeForTripleClassification, LmkeTokenizer
 from lmke_hf.kg import add_classification_negatives
-from lmke_hf.kg.negatives import CORRUPTIONS
 from lmke_hf.evaluation import classification_report, score_triples
 from lmke_hf.features import LengthGroupedSampler, LmkeCollator, TrainingTriples
 from lmke_hf.modelcard import ModelCard
 from lmke_hf.run_io import describe_hardware, write_json
 from lmke_hf.training import (
-    NON_NEGATIVE_INT, add_common_arguments, check_arguments, claim_output_dir, configure_process, finish_run, hub_dataset_id,
+    arguments_parser, parse_training_args,
+    LmkeTrainingArguments, claim_output_dir, configure_process, finish_run, hub_dataset_id,
     prepare_run, run_command, run_results, summary_text, train,
 )
 
 logger = logging.getLogger("train_lmke")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--negatives_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the evaluation negatives generated for datasets that ship none.")
-    parser.add_argument("--resample_negatives", action="store_true", help="Draw new training negatives each epoch (default: once per run, as the original code).")
-    parser.add_argument("--negative_sampling", choices=CORRUPTIONS, default="uniform", help="Replacing entity of a training negative: 'uniform' over all entities (the paper), or 'relation': one seen in that position of that relation in training (PyKEEN's pseudo-typed sampling; FB13 and WN11 build their evaluation negatives this way).")
-    args = parser.parse_args(argv)
-    check_arguments(args)
-    return args
+def build_parser() -> argparse.ArgumentParser:
+    return arguments_parser(LmkeTrainingArguments, description=__doc__)
+
+
+def parse_args(argv=None) -> LmkeTrainingArguments:
+    """The command line's arguments (default: this process's), parsed and checked (`parse_training_args`)."""
+    return parse_training_args(LmkeTrainingArguments, argv, description=__doc__)
 
 
 def _labelled(kg, split):
@@ -93,7 +91,7 @@ def _run(args) -> dict:
     results.update(run_results(summary, "accuracy", accelerator))
     out = Path(args.output_dir)
     card = ModelCard(
-        task="triple-classification", dataset=kg.name, results=results, args=vars(args),
+        task="triple-classification", dataset=kg.name, results=results, args={**vars(args), **summary["schedule"]},
         command=run_command("examples/train_lmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
         model_id=args.hub_model_id or f"your-org/{out.name}",
         description_source=kg.description_source, train_runtime_s=summary["train_runtime_s"],
@@ -106,13 +104,28 @@ def _run(args) -> dict:
     return finish_run(args, accelerator, best, results, summary, card, text, save_fn=save, write_extras=write_thresholds)
 
 
-def main(args) -> dict:
-    """Trains, tests and saves; the output folder is locked for the run and removed if it fails before
-    anything worth keeping was written (`lmke_hf.training.claim_output_dir`)."""
+def train_lmke(args: LmkeTrainingArguments) -> dict:
+    """Trains LMKE as `args` say, tests the best model and saves it with its card in `args.output_dir`; returns
+    the results (test_accuracy, ..., as in `all_results.json`). The output folder is locked for the run and removed if it
+    fails before anything worth keeping was written (`lmke_hf.training.claim_output_dir`). Mistakes in the
+    arguments raise `lmke_hf.errors.UsageError`; a run stopped by SIGTERM / SIGINT raises `TrainingStopped` after
+    saving a checkpoint.
+
+        from lmke_hf import LmkeTrainingArguments, train_lmke
+
+        results = train_lmke(LmkeTrainingArguments(dataset="umls", output_dir="outputs/lmke-umls", mixed_precision="bf16"))
+    """
+    args.check_inputs()
     configure_process(args)
     with claim_output_dir(args):
         return _run(args)
 
 
+main = train_lmke  # the command line's entry (`lmke_hf.cli.run_program`)
+
 if __name__ == "__main__":
-    main(parse_args())
+    import sys
+
+    from lmke_hf.cli import run_program
+
+    sys.exit(run_program(sys.modules[__name__]))

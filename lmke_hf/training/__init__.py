@@ -3,7 +3,8 @@
 Conventions follow transformers' `run_*_no_trainer.py`: flags, `accelerator.accumulate`, `save_state` /
 `load_state` + `skip_first_batches` for exact resume, trackers, `save_pretrained` of model and tokenizer.
 
-- `arguments`: the shared flags, range-checked argparse types, `check_arguments`, the command as recorded.
+- `arguments`: the training arguments (`KgTrainingArguments`, one dataclass field per flag), range-checked argparse
+  types, `parse_training_args`, the command as recorded.
 - `run`: the output folder's lock (`claim_output_dir`), process-wide settings (`configure_process`) and
   `prepare_run` (Accelerator, seeds, KG).
 - `checkpoints`: finding, checking, saving, rotating and restoring checkpoints (`CheckpointManager`).
@@ -18,8 +19,11 @@ from .arguments import (
     POSITIVE_FLOAT,
     POSITIVE_INT,
     SCHEDULERS,
-    add_common_arguments,
-    check_arguments,
+    ClmkeTrainingArguments,
+    KgTrainingArguments,
+    LmkeTrainingArguments,
+    arguments_parser,
+    parse_training_args,
     default_encoder,
     number,
     redact_argv,
@@ -37,19 +41,24 @@ from .checkpoints import (
     run_settings,
 )
 from .finish import PUSH_IGNORE, finish_run, hub_dataset_id, run_results, summary_text
-from .loop import GeneratorState, StopRequest, TrainingStopped, build_optimizer, format_metrics, resume_command, seeded_generator, train
+from ..errors import TrainingDiverged, TrainingStopped
+from .loop import GeneratorState, StopRequest, build_optimizer, format_metrics, resume_command, seeded_generator, train
 from .run import LOCK_FILE, claim_output_dir, configure_process, keep_freed_memory, prepare_run, set_cpu_threads, silence_progress_bars
 
 __all__ = [
-    "add_common_arguments",
+    "arguments_parser",
+    "ClmkeTrainingArguments",
+    "KgTrainingArguments",
+    "LmkeTrainingArguments",
+    "parse_training_args",
     "build_optimizer",
-    "check_arguments",
     "check_resume_settings",
     "CHECKPOINT_FILES",
     "checkpoint_problem",
     "CheckpointManager",
     "claim_output_dir",
     "StopRequest",
+    "TrainingDiverged",
     "TrainingStopped",
     "resume_command",
     "configure_process",

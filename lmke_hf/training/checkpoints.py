@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UsageError
 from ..run_io import write_json
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def find_checkpoint(args) -> Path | None:
         path = Path(args.resume_from_checkpoint)
         problem = checkpoint_problem(path)
         if problem:
-            raise SystemExit(f"Cannot resume from {path}: {problem}. Delete it or point --resume_from_checkpoint elsewhere.")
+            raise UsageError(f"Cannot resume from {path}: {problem}. Delete it or point --resume_from_checkpoint elsewhere.")
         return path
     folders = [p for p in Path(args.output_dir).glob("checkpoints/*") if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)]
     folders.sort(key=lambda p: _step_of(p), reverse=True)
@@ -34,7 +35,7 @@ def find_checkpoint(args) -> Path | None:
             return path
         warnings.warn(f"Skipping damaged checkpoint {path} ({problem}); trying an older one.", stacklevel=2)
     if folders:
-        raise SystemExit(f"No complete checkpoint in {Path(args.output_dir) / 'checkpoints'}: all {len(folders)} are damaged (see the warnings).")
+        raise UsageError(f"No complete checkpoint in {Path(args.output_dir) / 'checkpoints'}: all {len(folders)} are damaged (see the warnings).")
     return None
 
 
@@ -99,7 +100,7 @@ def check_resume_settings(saved: dict | None, current: dict, checkpoint) -> None
     differ = {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
     if differ:
         shown = "; ".join(f"--{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
-        raise SystemExit(
+        raise UsageError(
             f"Cannot resume from {checkpoint} with different settings ({shown}). Resume with the run's own flags "
             f"(only {', '.join(sorted(RESUMABLE_FLAGS - {'hub_token'}))} may change), or start a new run in another --output_dir."
         )
@@ -155,7 +156,7 @@ class CheckpointManager:
         try:
             self.accelerator.load_state(str(checkpoint))
         except Exception as err:  # noqa: BLE001 - any failure here means an unusable checkpoint
-            raise SystemExit(f"Could not resume from {checkpoint}: {err}. Delete it or point --resume_from_checkpoint elsewhere.") from err
+            raise UsageError(f"Could not resume from {checkpoint}: {err}. Delete it or point --resume_from_checkpoint elsewhere.") from err
         exact = bool(stored.get("exact_resume", True))
         if not (checkpoint / f"random_states_{self.accelerator.process_index}.pkl").is_file():
             warnings.warn(

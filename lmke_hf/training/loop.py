@@ -10,11 +10,13 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import get_scheduler
 
+from ..errors import TrainingDiverged, TrainingStopped
 from ..run_io import public_args
 from .checkpoints import CheckpointManager, LoopState, run_settings
 
@@ -78,14 +80,27 @@ def seeded_generator(seed: int, accelerator) -> torch.Generator:
     return torch.Generator(device=accelerator.device).manual_seed(seed + accelerator.process_index)
 
 
-def _schedule(args, steps_per_epoch: int) -> None:
-    """Fills in the step budget from the epochs (or the epochs from `--max_train_steps`) and the warmup steps
-    from `--warmup_ratio`, as transformers' no_trainer scripts do."""
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * steps_per_epoch
-    args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
-    if getattr(args, "warmup_ratio", None) is not None:
-        args.num_warmup_steps = math.ceil(args.warmup_ratio * args.max_train_steps)
+@dataclass(frozen=True)
+class Schedule:
+    """The step budget of a run, derived from its arguments and its batches per epoch as transformers' no_trainer
+    scripts do: `--max_train_steps` (else `--num_train_epochs` whole epochs), the epochs that takes, and the warmup
+    steps (`--warmup_ratio` of all steps, else `--num_warmup_steps`). The arguments themselves stay as given."""
+
+    steps_per_epoch: int
+    max_train_steps: int
+    num_train_epochs: int
+    num_warmup_steps: int
+
+    @classmethod
+    def of(cls, args, steps_per_epoch: int) -> Schedule:
+        steps = args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs * steps_per_epoch
+        ratio = getattr(args, "warmup_ratio", None)
+        warmup = math.ceil(ratio * steps) if ratio is not None else args.num_warmup_steps
+        return cls(steps_per_epoch, steps, math.ceil(steps / steps_per_epoch), warmup)
+
+    def as_args(self) -> dict:
+        """The run's arguments as it ran them: what cards and trackers record."""
+        return {"max_train_steps": self.max_train_steps, "num_train_epochs": self.num_train_epochs, "num_warmup_steps": self.num_warmup_steps}
 
 
 class _Clock:
@@ -176,23 +191,11 @@ class DivergenceGuard:
         if math.isfinite(loss) and (reference is None or loss <= self.factor * max(abs(reference), 1e-2)):
             return
         began = f" (it started at {reference:.3g})" if reference is not None else ""
-        raise SystemExit(
+        raise TrainingDiverged(
             f"Training diverged at step {step}: the loss is {loss:.3g}{began}. Nothing of this step was saved; the best "
             f"model so far and the checkpoints stay. Lower --learning_rate (now {self.args.learning_rate:g}) and "
             f"--head_learning_rate (now {getattr(self.args, 'head_learning_rate', float('nan')):g}), or clip with --max_grad_norm, and start again."
         )
-
-
-class TrainingStopped(SystemExit):
-    """Training stopped on a signal after saving a checkpoint; exits with status 128 + the signal's number."""
-
-    def __init__(self, signum: int, checkpoint: Path | None, step: int, command: str):
-        self.signum, self.checkpoint, self.step = signum, checkpoint, step
-        self.message = (
-            f"Stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}. Resume with:\n  {command}"
-            if checkpoint is not None else f"Stopped by {signal.Signals(signum).name} after step {step}."
-        )
-        super().__init__(128 + signum)
 
 
 def resume_command(output_dir) -> str:
@@ -225,14 +228,15 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
             `generator` for its negative subsampling: any `torch.Generator` among them is checkpointed).
     """
     optimizer = build_optimizer(model, args)
-    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    _schedule(args, steps_per_epoch)
-    settings = run_settings(args)  # with the warmup steps as filled in (max_train_steps / epochs may change at resume)
+    schedule = Schedule.of(args, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
+    steps_per_epoch = schedule.steps_per_epoch
+    # with the warmup steps as derived (max_train_steps / epochs may change at resume)
+    settings = {**run_settings(args), "num_warmup_steps": schedule.num_warmup_steps}
     settings["mixed_precision"] = accelerator.mixed_precision  # from the flag, accelerate launch or accelerate config
     scheduler = get_scheduler(
         args.lr_scheduler_type, optimizer=optimizer,
-        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
+        num_warmup_steps=schedule.num_warmup_steps * accelerator.num_processes,
+        num_training_steps=schedule.max_train_steps * accelerator.num_processes,
     )
     queue = getattr(model, "key_queue", None)
     model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
@@ -242,7 +246,7 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         if isinstance(value, torch.Generator):
             accelerator.register_for_checkpointing(GeneratorState(value))
     if args.with_tracking:
-        config = {k: v for k, v in public_args(vars(args)).items() if v is not None}  # no token, no local paths
+        config = {k: v for k, v in public_args({**vars(args), **schedule.as_args()}).items() if v is not None}  # no token, no local paths
         accelerator.init_trackers(Path(args.output_dir).name or "lmke", config)
 
     checkpoints = CheckpointManager(accelerator, args.output_dir, settings, args.checkpoints_total_limit)
@@ -264,7 +268,7 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process or args.no_progress, initial=state.completed_steps)
+    progress = tqdm(range(schedule.max_train_steps), disable=not accelerator.is_local_main_process or args.no_progress, initial=state.completed_steps)
 
     def save(tag: str) -> None:
         checkpoints.save(tag, state, clock.runtime(), clock.eval_runtime())
@@ -325,14 +329,14 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
                 progress.set_postfix(loss=f"{total_loss / seen:.4f}")
                 if args.with_tracking:
                     accelerator.log({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=step)
-                if eval_steps and step % eval_steps == 0 and step % steps_per_epoch and step < args.max_train_steps:
+                if eval_steps and step % eval_steps == 0 and step % steps_per_epoch and step < schedule.max_train_steps:
                     validate(epoch, total_loss / max(seen, 1), end_of_epoch=False)
                 if every and step % every == 0:
                     if step % steps_per_epoch:
                         save(f"step_{step}")
                     else:  # an epoch's last step: save after its validation, which a resume would not redo
                         pending_checkpoint = f"step_{step}"
-            if state.completed_steps >= args.max_train_steps:
+            if state.completed_steps >= schedule.max_train_steps:
                 break
             if accelerator.sync_gradients and stop.requested(accelerator):
                 if state.completed_steps % steps_per_epoch == 0:  # validate the finished epoch first, as a resume would not
@@ -360,16 +364,16 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
     stop = StopRequest()
     divergence = DivergenceGuard(args)
     with logging_redirect_tqdm(), stop:  # validation lines go above the bar, not onto it; signals stop cleanly
-        if state.completed_steps >= args.max_train_steps:  # a resume of a run that already trained its last step
+        if state.completed_steps >= schedule.max_train_steps:  # a resume of a run that already trained its last step
             logger.info(
-                f"The checkpoint is at step {state.completed_steps}, --max_train_steps {args.max_train_steps}: nothing more to train "
+                f"The checkpoint is at step {state.completed_steps}, --max_train_steps {schedule.max_train_steps}: nothing more to train "
                 "(pass a larger --max_train_steps to train longer)."
             )
             last = state.history[-1]["step"] if state.history else None
             if last != state.completed_steps:  # the run stopped between its last step and its last validation
                 validate(max(starting_epoch - (state.completed_steps % steps_per_epoch == 0), 0), float("nan"), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
-        for epoch in range(starting_epoch, args.num_train_epochs):
-            if state.completed_steps >= args.max_train_steps:
+        for epoch in range(starting_epoch, schedule.num_train_epochs):
+            if state.completed_steps >= schedule.max_train_steps:
                 break
             run_epoch(epoch)
         if every and not (checkpoints.folder / f"step_{state.completed_steps}").exists() and state.resumed_from != checkpoints.folder / f"step_{state.completed_steps}":
@@ -387,5 +391,6 @@ def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: 
         "history": state.history,
         "exact_resume": state.exact_resume,
         "mixed_precision": accelerator.mixed_precision,
+        "schedule": schedule.as_args(),
         "model": model,
     }

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..folders import LOCK_FILE, OutputDirError, check_output_dir, claim_folder, recover_final_save
+from ..errors import UsageError
+from ..folders import LOCK_FILE, check_output_dir, claim_folder, recover_final_save
 from ..run_io import public_args, write_json
 from .arguments import typed_command
 
@@ -40,12 +41,12 @@ def _refuse_resume_without_checkpoint(args, out: Path) -> None:
         except ValueError:
             done = {}
         steps = done.get("completed_steps")
-        raise SystemExit(
+        raise UsageError(
             f"--resume_from_checkpoint latest: the run in {out} is finished ({steps if steps is not None else 'all'} steps) and kept no "
             "checkpoints, so it cannot train longer. Train a new run into a new --output_dir, with --checkpointing_steps N "
             "--checkpoints_total_limit 2 so that it can be resumed and extended later."
         )
-    raise SystemExit(
+    raise UsageError(
         f"--resume_from_checkpoint latest: {out} holds no checkpoint to resume from (no {out / 'checkpoints'}/step_N). "
         "Start a new run without --resume_from_checkpoint (into a new folder, or this one with --overwrite_output_dir "
         "if it is a run of yours to discard)."
@@ -70,12 +71,9 @@ def claim_output_dir(args):
         return
     resume = bool(args.resume_from_checkpoint)
     check = dict(inputs=run_inputs(args), replace_flag="--overwrite_output_dir", replace=getattr(args, "overwrite_output_dir", False), reuse=resume)
-    try:  # refuse before creating anything (the lock file included)
-        decision = check_output_dir(out, "training-run", **check)
-    except OutputDirError as err:
-        raise SystemExit(str(err)) from None
+    decision = check_output_dir(out, "training-run", **check)  # refuse before creating anything (the lock file included)
     if resume and decision == "new" and args.resume_from_checkpoint == "latest":
-        raise SystemExit(f"--resume_from_checkpoint latest: {out} holds no run to resume. Start a new run without --resume_from_checkpoint.")
+        raise UsageError(f"--resume_from_checkpoint latest: {out} holds no run to resume. Start a new run without --resume_from_checkpoint.")
     existed = out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / LOCK_FILE))
@@ -83,14 +81,11 @@ def claim_output_dir(args):
         lock.acquire(timeout=0)
     except Timeout:
         owner = (out / (LOCK_FILE + ".owner")).read_text().strip() if (out / (LOCK_FILE + ".owner")).is_file() else "another process"
-        raise SystemExit(f"--output_dir {out} is in use by another run ({owner}); wait for it or choose another folder.") from None
+        raise UsageError(f"--output_dir {out} is in use by another run ({owner}); wait for it or choose another folder.") from None
     try:
         (out / (LOCK_FILE + ".owner")).write_text(f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
-        try:
-            recover_final_save(out, locked=True)
-            claim_folder(out, "training-run", **check)  # under the lock: the decision again, then clear / mark
-        except OutputDirError as err:
-            raise SystemExit(str(err)) from None
+        recover_final_save(out, locked=True)
+        claim_folder(out, "training-run", **check)  # under the lock: the decision again, then clear / mark
         if resume:
             _refuse_resume_without_checkpoint(args, out)
         try:
@@ -256,7 +251,7 @@ def prepare_run(args, method: str):
     try:
         kg = load_kg(args.dataset, data_dir=args.data_dir, description=args.description)
     except (FileNotFoundError, ValueError, KeyError) as err:  # a user's mistake: one clear line, no traceback
-        raise SystemExit(f"--dataset {args.dataset}: {err.args[0] if err.args else err}") from err
+        raise UsageError(f"--dataset {args.dataset}: {err.args[0] if err.args else err}") from err
     if accelerator.is_main_process:
         info["kg"] = {"name": kg.name, "description_source": kg.description_source}
         path = Path(args.output_dir) / "training_args.json"
@@ -267,5 +262,5 @@ def prepare_run(args, method: str):
         write_json(path, info, indent=2, default=str)
     for split in ("train", "validation", "test"):
         if split not in kg.splits:
-            raise SystemExit(f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test.")
+            raise UsageError(f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test.")
     return accelerator, kg

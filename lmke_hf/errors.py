@@ -1,0 +1,51 @@
+"""The errors lmke_hf raises for things a user can fix, each with a message that names the value and the fix.
+
+Library code (models, tokenizer, training, evaluation, the commands' `main(args)`) raises these like any Python
+library; only the command line (`lmke-hf ...`, `examples/*.py`, `python -m lmke_hf.commands.<name>`) turns them into a
+one-line message on stderr and an exit status (`lmke_hf.cli.run_program`).
+
+    from lmke_hf import ClmkeTrainingArguments, train_clmke
+    from lmke_hf.errors import UsageError
+
+    try:
+        train_clmke(ClmkeTrainingArguments(dataset="umls", output_dir="/home/me"))
+    except UsageError as err:  # e.g. the output folder holds files no run of ours wrote
+        print(err)
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+
+class LmkeError(Exception):
+    """Base of lmke_hf's own errors. `exit_code` is the status the command line exits with."""
+
+    exit_code = 1
+
+
+class UsageError(LmkeError, ValueError):
+    """A flag, argument, file or folder that cannot work as given (a `ValueError`): the message names the value
+    and what to give instead."""
+
+
+class TrainingDiverged(LmkeError, RuntimeError):
+    """The training loss stopped being finite or grew far above its start; nothing of the step was saved."""
+
+
+class TrainingStopped(LmkeError):
+    """Training stopped on a signal (SIGTERM / SIGINT) after saving a checkpoint; `command` resumes it. The command
+    line exits with status 128 + the signal's number, as a process killed by it would."""
+
+    def __init__(self, signum: int, checkpoint: Path | None, step: int, command: str):
+        self.signum, self.checkpoint, self.step, self.command = signum, checkpoint, step, command
+        self.exit_code = 128 + signum
+        self.message = (
+            f"Stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}. Resume with:\n  {command}"
+            if checkpoint is not None else f"Stopped by {signal.Signals(signum).name} after step {step}."
+        )
+        super().__init__(self.message)
+
+
+__all__ = ["LmkeError", "TrainingDiverged", "TrainingStopped", "UsageError"]
