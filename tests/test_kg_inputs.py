@@ -1,4 +1,4 @@
-"""Inputs that cannot fool the package (issue 14): byte-order marks, CR-only line endings, long lines, Unicode
+"""Inputs that cannot fool `lmke_hf.kg`: byte-order marks, CR-only line endings, long lines, Unicode
 normalisation, header lines, typos in evaluation files and misspelt names.
 
 Data files (``lmke_hf.kg``); the tokenizer's share is in ``test_tokenizer_inputs.py``. Each test that is not

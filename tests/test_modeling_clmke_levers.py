@@ -1,4 +1,4 @@
-"""Tests of C-LMKE's levers beyond the paper (issue 12): InfoNCE with a (learned) temperature and a margin, mean /
+"""C-LMKE's levers beyond the paper (`modeling_clmke.py`, `modeling_losses.py`): InfoNCE with a (learned) temperature and a margin, mean /
 [CLS] pooling, the cosine scorer, the key queue (pre-batch negatives) and frozen lower layers; and that the
 training script trains and resumes exactly with them. Tiny and offline: conftest's random BERT, the tiny
 KG of `helpers.write_tiny_kg` and the tiny model KG of `helpers.KG` (conftest's `kg_tok`)."""

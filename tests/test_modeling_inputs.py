@@ -1,4 +1,4 @@
-"""The Python API refuses what it cannot use (issue 14): each case used to be accepted and ignored or misread.
+"""The models' Python API refuses what it cannot use: each case used to be accepted and ignored or misread.
 Tiny and offline (the tiny model KG of `helpers.KG`, conftest's `kg_tok`, and conftest's random BERT)."""
 
 from __future__ import annotations

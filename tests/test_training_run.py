@@ -1,4 +1,4 @@
-"""Runs that cannot lose work, mix runs or leak secrets (issue 14): the output folder's lock and emptiness rule,
+"""`lmke_hf.training.run` and `checkpoints`: runs that cannot lose work, mix runs or leak secrets: the output folder's lock and emptiness rule,
 resume settings, damaged and partial checkpoints, atomic JSON files, no token or local path in what a run
 writes. Tiny and offline (conftest's random BERT, the tiny KG of `helpers.write_tiny_kg`)."""
 
