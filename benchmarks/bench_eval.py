@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a clone without installing
 
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction, LmkeTokenizer  # noqa: E402
-from lmke_hf.kg import load_kg  # noqa: E402
 from lmke_hf.evaluation import encode_entities, filtered_ranks, rank_link_prediction  # noqa: E402
+from lmke_hf.kg import load_kg  # noqa: E402
 from lmke_hf.tokenization_lmke import pad_sequences  # noqa: E402
 from lmke_hf.training import default_encoder  # noqa: E402
 

@@ -18,7 +18,6 @@ import sys
 
 import torch
 
-
 from lmke_hf import check_same_kg, load_model
 from lmke_hf.kg import load_kg
 from lmke_hf.loading import flag_errors, local_folder

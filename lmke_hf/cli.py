@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import lmke_hf
 from lmke_hf.errors import LmkeError, TrainingStopped
 
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: `module` defines `parse_args(argv)` and `main(args)`."""

@@ -17,8 +17,8 @@ from string import Template
 
 import yaml
 
-from .errors import UsageError
 from .configuration_lmke import CITATION as _CITATION
+from .errors import UsageError
 from .run_io import MINILM_HUB_ID, MINILM_PACKAGE_DIR, describe_hardware, public_args, public_value, write_json
 
 CARD_DATA_FILE = "card.json"

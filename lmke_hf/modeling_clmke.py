@@ -20,12 +20,8 @@ from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import ClmkeConfig
 from .entity_index import ENTITY_INDEX_FILE, EntityIndex, EntityIndexError
-from .modeling_losses import adversarial_bce_loss, infonce_loss
-from .tokenization_lmke import entity_text
 from .modeling_base import (
     LmkePreTrainedModel,
-    check_fits_in_memory,
-    in_eval_mode,
     _build_encoder,
     _check_input_ids,
     _check_label_values,
@@ -33,7 +29,11 @@ from .modeling_base import (
     _encoder_layers,
     _first_position,
     _gather,
+    check_fits_in_memory,
+    in_eval_mode,
 )
+from .modeling_losses import adversarial_bce_loss, infonce_loss
+from .tokenization_lmke import entity_text
 
 logger = hf_logging.get_logger(__name__)
 

@@ -19,13 +19,13 @@ from .configuration_lmke import LmkeConfig
 from .modeling_base import (
     LmkePreTrainedModel,
     _build_encoder,
-    check_fits_in_memory,
-    in_eval_mode,
     _check_input_ids,
     _check_label_values,
     _check_no_unknown_kwargs,
     _first_position,
     _gather,
+    check_fits_in_memory,
+    in_eval_mode,
 )
 
 

@@ -121,12 +121,21 @@ import socket  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
-from helpers import (  # noqa: E402  (after the HF environment is set)
-    KG, LENGTHS, MODEL_CASES, RESUME_FLAGS, _clmke_argv, _load_script, write_tiny_kg, write_toy_kg,
-)
 from transformers import AutoTokenizer, BertModel, PreTrainedModel  # noqa: E402
 
 from lmke_hf import LmkeTokenizer  # noqa: E402
+
+from helpers import (  # noqa: E402  (after the HF environment is set)
+    KG,
+    LENGTHS,
+    MODEL_CASES,
+    RESUME_FLAGS,
+    _clmke_argv,
+    _load_script,
+    write_tiny_kg,
+    write_toy_kg,
+)
+
 
 @pytest.fixture
 def toy_kg_dir(tmp_path) -> Path:

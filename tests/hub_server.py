@@ -72,8 +72,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from urllib.parse import unquote
 
 REPO_TYPES = {"model": "models", "dataset": "datasets", "space": "spaces"}
@@ -358,10 +358,10 @@ def _hub_error(status: int, code: str | None, message: str):
 
 def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "auto") -> None:
     """Prepend the write routes and the error-fidelity middleware to olah's ``app``."""
+    import yaml
     from fastapi import APIRouter, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, Response
-    import yaml
 
     router = APIRouter()
     settings = {"lfs": lfs_mode}

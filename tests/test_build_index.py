@@ -9,13 +9,12 @@ import shutil
 
 import numpy as np
 import pytest
-
-from lmke_hf.errors import UsageError
 import torch
 
 from lmke_hf import ClmkeForLinkPrediction
 from lmke_hf.commands import build_index
 from lmke_hf.entity_index import MANIFEST_FILE, EntityIndex
+from lmke_hf.errors import UsageError
 
 
 def _run(*argv):

@@ -10,7 +10,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from helpers import TOY, write_toy_kg  # noqa: E402
 
 from lmke_hf.kg import (
     DATA_DIR_ENV,
@@ -25,6 +24,8 @@ from lmke_hf.kg import (
     save_prepared,
 )
 from lmke_hf.kg.prepared import _load_hub
+
+from helpers import TOY, write_toy_kg  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import cli_refusal
 
 from lmke_hf import cli, load_model
 from lmke_hf.demo import LinkPredictionDemo, TripleClassificationDemo, build_demo, make_demo
 from lmke_hf.kg import load_kg
+
+from helpers import cli_refusal
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 INSTALL_DEMO = 'pip install "lmke_hf[demo]" (or pip install gradio)'

@@ -219,6 +219,7 @@ def test_search_leaves_out_excluded_rows_and_pads_past_the_candidates(graph_mode
 def test_ranking_from_a_sharded_memory_mapped_index_equals_ranking_from_one_tensor(graph_model, tmp_path):
     from lmke_hf.evaluation import rank_link_prediction
     from lmke_hf.kg import load_kg
+
     from helpers import write_tiny_kg
 
     kg = load_kg(str(write_tiny_kg(tmp_path / "kg")))

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from lmke_hf.errors import UsageError
 import torch
 
+from lmke_hf.errors import UsageError
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import DEV, ENTITIES, TEST, write_tiny_kg, _clmke_argv, _common, _load_script  # noqa: E402
+from helpers import DEV, ENTITIES, TEST, _clmke_argv, _common, _load_script, write_tiny_kg  # noqa: E402
 
 LINK_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
 

@@ -13,10 +13,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import DEV, ENTITIES, TEST, TRAIN, train_degrees, write_tiny_kg
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer
 from lmke_hf.kg import load_kg
+
+from helpers import DEV, ENTITIES, TEST, TRAIN, train_degrees, write_tiny_kg
 
 
 # ---------------------------------------------------------------------------------------------------- encode_entities

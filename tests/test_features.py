@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import QUERIES, TRAIN
 
 from lmke_hf import LmkeTokenizer
 from lmke_hf.kg import generate_negatives, load_kg
+
+from helpers import QUERIES, TRAIN
 
 
 # ---------------------------------------------------------------------------------------------------- ClmkeCollator

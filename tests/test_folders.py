@@ -5,22 +5,30 @@ working directory and the home folder are moved there with monkeypatch, so nothi
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
-
-from lmke_hf.errors import UsageError
 import torch
-from helpers import RESUME_FLAGS, _clmke_argv, _load_script, cli_refusal
 
 from lmke_hf import cli
+from lmke_hf.errors import UsageError
 from lmke_hf.folders import (
-    MARKER_FILE, READY_DIR, STAGING_DIR, FinalSave, OutputDirError, check_output_dir, claim_folder, folder_kind,
-    protected_reason, recover_final_save,
+    MARKER_FILE,
+    READY_DIR,
+    STAGING_DIR,
+    FinalSave,
+    OutputDirError,
+    check_output_dir,
+    claim_folder,
+    folder_kind,
+    protected_reason,
+    recover_final_save,
 )
+
+from helpers import RESUME_FLAGS, _clmke_argv, _load_script, cli_refusal
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lmke_hf.errors import UsageError
-from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _common, _load_script
-
 from lmke_hf.features import LengthGroupedSampler
+
+from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _common, _load_script
 
 
 class _Lengths:

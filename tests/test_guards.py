@@ -7,11 +7,10 @@ import math
 from types import SimpleNamespace
 
 import pytest
-
-from lmke_hf.errors import TrainingDiverged
 import torch
 
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction
+from lmke_hf.errors import TrainingDiverged
 from lmke_hf.training.loop import DivergenceGuard
 
 
@@ -132,9 +131,9 @@ def test_torn_weights_and_a_config_of_another_shape_are_one_line_errors(saved_cl
 
 
 def test_a_run_stopped_before_it_wrote_anything_is_started_again_without_a_flag(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
-    from helpers import _clmke_argv
-
     from lmke_hf.folders import claim_folder
+
+    from helpers import _clmke_argv
 
     out = claim_folder(tmp_path / "run", "training-run")
     (out / "training_args.json").write_text('{"method": "C-LMKE", "args": {}}')  # what a run killed while tokenising leaves
@@ -147,6 +146,7 @@ def test_a_full_disk_at_a_checkpoint_says_so_and_removes_the_partial_save(clmke_
     from collections import namedtuple
 
     from accelerate import Accelerator
+
     from helpers import RESUME_FLAGS, _clmke_argv
 
     out = tmp_path / "run"

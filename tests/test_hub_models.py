@@ -8,13 +8,12 @@ import sys
 import pytest
 import torch
 import yaml
+from _hide_package import HIDE_LMKE_HF
 from transformers import AutoModel
 
 import lmke_hf
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer
 from lmke_hf.modelcard import ModelCard
-
-from _hide_package import HIDE_LMKE_HF
 
 ENTITIES = ["cat", "dog", "wolf", "animal", "pet"]
 DESCRIPTIONS = ["cat, a small feline pet", "dog, a domestic animal", "wolf, a wild dog", "animal, a living thing", ""]

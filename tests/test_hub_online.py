@@ -70,9 +70,9 @@ def test_model_push_and_load_from_the_real_hub(trained, real_repo):
 
 
 def test_prepared_dataset_push_and_load_from_the_real_hub(real_repo, tmp_path):
-    from helpers import write_tiny_kg
-
     from lmke_hf.kg import load_kg, push_prepared_to_hub, save_prepared
+
+    from helpers import write_tiny_kg
 
     api, make = real_repo
     kg = load_kg(str(write_tiny_kg(tmp_path)))

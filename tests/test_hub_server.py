@@ -27,8 +27,8 @@ def _folder_files(folder):
 
 
 def test_environment_points_at_local_hub(local_hub):
-    import huggingface_hub.constants as hf_constants
     import datasets.config
+    import huggingface_hub.constants as hf_constants
 
     assert os.environ["HF_ENDPOINT"] == local_hub.url
     assert hf_constants.ENDPOINT == local_hub.url
@@ -248,8 +248,7 @@ def test_trust_remote_code(local_hub, hub_repo_id):
 
 def test_errors(local_hub, hub_repo_id, tiny_bert_dir):
     from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
     from transformers import AutoConfig, AutoModel
 
     local_hub.create_model_repo(hub_repo_id, {"config.json": (tiny_bert_dir / "config.json").read_bytes()})

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from lmke_hf.errors import UsageError
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import _clmke_argv, _load_script  # noqa: E402
+from lmke_hf.errors import UsageError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lmke_hf.kg import held_out_entities, load_kg, make_inductive_split  # noqa: E402
+
+from helpers import _clmke_argv, _load_script  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -13,10 +13,11 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import TOY, write_toy_kg  # noqa: E402
 
 from lmke_hf.kg import PREPARED_METADATA, SHORT_NAMES, load_kg, save_prepared
 from lmke_hf.kg import load as load_module
+
+from helpers import TOY, write_toy_kg  # noqa: E402
 
 BOM = "\ufeff"
 NO_LISTS = {"entities.txt": None, "relations.txt": None}  # nations / kinship layout: ids come from the triples

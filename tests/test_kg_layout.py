@@ -7,10 +7,10 @@ import json
 import warnings
 from pathlib import Path
 
-from helpers import write_toy_kg  # noqa: E402
-
 import lmke_hf.kg
 from lmke_hf.kg import PREPARED_METADATA, load_kg, save_prepared
+
+from helpers import write_toy_kg  # noqa: E402
 
 KG_DIR = Path(lmke_hf.kg.__file__).parent
 

@@ -25,10 +25,6 @@ from pathlib import Path
 import pytest
 import torch
 from _hide_package import HIDE_LMKE_HF
-from helpers import (
-    DEGREES, KG, LENGTHS, MAIN_CASES, MODEL_CASES, NUM_ENTITIES, NUM_RELATIONS, QUERIES, TINY_ENCODER, TRIPLES,
-    _ids, clmke_batch, lmke_batch,
-)
 from torch import nn
 from transformers import AutoModel, BertConfig, PreTrainedModel
 
@@ -41,6 +37,22 @@ from lmke_hf import (
     LmkeForTripleClassification,
     LmkeTokenizer,
     TripleClassificationOutput,
+)
+
+from helpers import (
+    DEGREES,
+    KG,
+    LENGTHS,
+    MAIN_CASES,
+    MODEL_CASES,
+    NUM_ENTITIES,
+    NUM_RELATIONS,
+    QUERIES,
+    TINY_ENCODER,
+    TRIPLES,
+    _ids,
+    clmke_batch,
+    lmke_batch,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

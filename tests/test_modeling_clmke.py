@@ -12,11 +12,14 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from helpers import DEGREES, LENGTHS, NUM_ENTITIES, QUERIES, TINY_ENCODER, clmke_batch, gold_answer_ids
 from torch import nn
 from transformers import BertConfig
 
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction, ClmkeMatcher
+
+from helpers import DEGREES, LENGTHS, NUM_ENTITIES, QUERIES, TINY_ENCODER, clmke_batch, gold_answer_ids
+
+
 def tiny_clmke(**config_kwargs) -> ClmkeForLinkPrediction:
     """A C-LMKE on a random tiny encoder built from a config in code (no tokenizer needed)."""
     # pad_token_id is passed explicitly: see test_models_build_from_a_config_without_pad_token_id (xfail)

@@ -11,12 +11,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import QUERIES, RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script, clmke_batch, gold_answer_ids
 from transformers import AutoModel
 
 import lmke_hf  # noqa: F401
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction
 from lmke_hf.modeling_clmke import KeyQueue
+
+from helpers import QUERIES, RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script, clmke_batch, gold_answer_ids
 
 
 def build(tiny_bert_dir, kg_tok, **config) -> ClmkeForLinkPrediction:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import KG, clmke_batch, gold_answer_ids, lmke_batch
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification
+
+from helpers import KG, clmke_batch, gold_answer_ids, lmke_batch
 
 
 @pytest.fixture(scope="module")

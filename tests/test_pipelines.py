@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from _hide_package import HIDE_LMKE_HF
 from transformers import pipeline
 
 import lmke_hf  # noqa: F401  (registers the tasks)
-
-from _hide_package import HIDE_LMKE_HF
 
 
 @pytest.fixture(scope="module")

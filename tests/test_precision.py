@@ -8,12 +8,12 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from lmke_hf.errors import UsageError
-import torch
-from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script
-
 from lmke_hf.training import run as run_module
+
+from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _load_script
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +56,9 @@ def test_an_fp32_run_says_fp32_and_a_checkpoint_without_a_stored_precision_resum
 
 @pytest.mark.parametrize("loss", ["adversarial_bce", "infonce", "lmke"])
 def test_the_loss_is_fp32_under_bf16_autocast(tiny_bert_dir, tok, loss):
-    from helpers import clmke_batch, gold_answer_ids, lmke_batch
-
     from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification
+
+    from helpers import clmke_batch, gold_answer_ids, lmke_batch
 
     if loss == "lmke":
         model = LmkeForTripleClassification.from_encoder_pretrained(str(tiny_bert_dir), tok)

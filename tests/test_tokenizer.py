@@ -13,9 +13,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import LENGTHS, clmke_batch, lmke_batch
 
 from lmke_hf import LmkeTokenizer
+
+from helpers import LENGTHS, clmke_batch, lmke_batch
 
 
 # ---------------------------------------------------------------------------------------------------- head / tail queries, keys and triples

@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 import torch
 from _hide_package import HIDE_LMKE_HF
-from helpers import QUERIES, TRIPLES, clmke_batch, lmke_batch
 from transformers import AutoTokenizer, BatchEncoding, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 import lmke_hf
 from lmke_hf import LmkeTokenizer
+
+from helpers import QUERIES, TRIPLES, clmke_batch, lmke_batch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KG_ATTRIBUTES = (

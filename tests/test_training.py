@@ -18,20 +18,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from lmke_hf.errors import UsageError
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import (  # noqa: E402
-    DEV, ENTITIES, LINK_PREDICTION_KEYS, RELATIONS, RESUME_FLAGS, TEST, TRAIN, _assert_same_weights, _clmke_argv, _common,
-    _load_script, _steps_differ, train_degrees, write_tiny_kg,
-)
+from lmke_hf.errors import UsageError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lmke_hf  # noqa: E402,F401  (registers the Auto classes)
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.kg import load_kg  # noqa: E402
+
+from helpers import (  # noqa: E402
+    DEV,
+    ENTITIES,
+    LINK_PREDICTION_KEYS,
+    RELATIONS,
+    RESUME_FLAGS,
+    TEST,
+    TRAIN,
+    _assert_same_weights,
+    _clmke_argv,
+    _common,
+    _load_script,
+    _steps_differ,
+    train_degrees,
+    write_tiny_kg,
+)
 
 # `clmke_run` (C-LMKE trained 6 steps, also run A of the resume tests) is a fixture of conftest.py.
 

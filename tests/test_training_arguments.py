@@ -7,12 +7,13 @@ import dataclasses
 import json
 
 import pytest
-from helpers import _assert_same_weights, _clmke_argv, _common, _load_script
 
 import lmke_hf
 from lmke_hf import ClmkeTrainingArguments, LmkeTrainingArguments
 from lmke_hf.errors import UsageError
 from lmke_hf.training import KgTrainingArguments, arguments_parser
+
+from helpers import _assert_same_weights, _clmke_argv, _common, _load_script
 
 
 def _keywords(argv: list[str]) -> dict:

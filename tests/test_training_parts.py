@@ -13,14 +13,13 @@ import pytest
 from lmke_hf.errors import UsageError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import write_tiny_kg, _clmke_argv, _load_script  # noqa: E402
-
 import lmke_hf.training.arguments as arguments  # noqa: E402
 import lmke_hf.training.run as run  # noqa: E402
 from lmke_hf.modelcard import ModelCard  # noqa: E402
 from lmke_hf.run_io import MINILM_HUB_ID  # noqa: E402
 from lmke_hf.training import configure_process, summary_text, typed_command  # noqa: E402
 
+from helpers import _clmke_argv, _load_script, write_tiny_kg  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ typed_command
 

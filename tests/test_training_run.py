@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from lmke_hf.errors import UsageError
-from helpers import RESUME_FLAGS, _clmke_argv, _load_script  # noqa: E402
-
 from lmke_hf.run_io import write_json
 from lmke_hf.training import LOCK_FILE
+
+from helpers import RESUME_FLAGS, _clmke_argv, _load_script  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from lmke_hf import ClmkeForLinkPrediction, load_model
-from lmke_hf.errors import UsageError
 from lmke_hf.entity_index import DEFAULT_SHARD_SIZE, FAISS_FILE, MANIFEST_FILE, STORAGE_DTYPES, EntityIndex
+from lmke_hf.errors import UsageError
 from lmke_hf.loading import checkpoint_source, flag_errors
 from lmke_hf.training import POSITIVE_INT, set_cpu_threads
 

@@ -22,16 +22,14 @@ import time
 from pathlib import Path
 
 import torch
-
+from filelock import FileLock, Timeout
 
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, check_same_kg, load_model
 from lmke_hf.errors import UsageError
-from lmke_hf.kg import add_classification_negatives, held_out_entities, load_kg, make_inductive_split
 from lmke_hf.evaluation import classification_report, plot_degree_buckets, rank_link_prediction, score_triples
-from lmke_hf.loading import checkpoint_source, flag_errors, local_folder
-from filelock import FileLock, Timeout
-
 from lmke_hf.folders import LOCK_FILE, FinalSave, check_output_dir, claim_folder, folder_kind
+from lmke_hf.kg import add_classification_negatives, held_out_entities, load_kg, make_inductive_split
+from lmke_hf.loading import checkpoint_source, flag_errors, local_folder
 from lmke_hf.run_io import write_json
 from lmke_hf.training import NON_NEGATIVE_INT, POSITIVE_INT, number, set_cpu_threads
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from lmke_hf.errors import UsageError
 from lmke_hf.folders import check_output_dir
-from lmke_hf.training import NON_NEGATIVE_INT, number
 from lmke_hf.kg import add_classification_negatives, load_kg, make_inductive_split, push_prepared_to_hub, save_prepared
+from lmke_hf.training import NON_NEGATIVE_INT, number
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-
 from lmke_hf import ClmkeForLinkPrediction, LmkeTokenizer
 from lmke_hf.errors import UsageError
 from lmke_hf.evaluation import encode_entities, plot_degree_buckets, rank_link_prediction
@@ -24,9 +23,19 @@ from lmke_hf.features import ClmkeCollator, LengthGroupedSampler, link_predictio
 from lmke_hf.modelcard import ModelCard
 from lmke_hf.run_io import describe_hardware, write_json
 from lmke_hf.training import (
-    arguments_parser, parse_training_args,
-    ClmkeTrainingArguments, claim_output_dir,
-    configure_process, finish_run, hub_dataset_id, prepare_run, run_command, run_results, seeded_generator, summary_text, train,
+    ClmkeTrainingArguments,
+    arguments_parser,
+    claim_output_dir,
+    configure_process,
+    finish_run,
+    hub_dataset_id,
+    parse_training_args,
+    prepare_run,
+    run_command,
+    run_results,
+    seeded_generator,
+    summary_text,
+    train,
 )
 
 logger = logging.getLogger("train_clmke")

@@ -16,17 +16,25 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-
 from lmke_hf import LmkeForTripleClassification, LmkeTokenizer
-from lmke_hf.kg import add_classification_negatives
 from lmke_hf.evaluation import classification_report, score_triples
 from lmke_hf.features import LengthGroupedSampler, LmkeCollator, TrainingTriples
+from lmke_hf.kg import add_classification_negatives
 from lmke_hf.modelcard import ModelCard
 from lmke_hf.run_io import describe_hardware, write_json
 from lmke_hf.training import (
-    arguments_parser, parse_training_args,
-    LmkeTrainingArguments, claim_output_dir, configure_process, finish_run, hub_dataset_id,
-    prepare_run, run_command, run_results, summary_text, train,
+    LmkeTrainingArguments,
+    arguments_parser,
+    claim_output_dir,
+    configure_process,
+    finish_run,
+    hub_dataset_id,
+    parse_training_args,
+    prepare_run,
+    run_command,
+    run_results,
+    summary_text,
+    train,
 )
 
 logger = logging.getLogger("train_lmke")

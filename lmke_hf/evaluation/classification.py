@@ -9,7 +9,6 @@ import numpy as np
 from .ranks import ArrayLike, _as_numpy
 
 
-
 def _check_probabilities(name: str, scores: ArrayLike) -> np.ndarray:
     arr = _as_numpy(scores, name).astype(np.float64)
     if arr.ndim != 1:

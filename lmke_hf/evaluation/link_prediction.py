@@ -6,8 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

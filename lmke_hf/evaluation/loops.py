@@ -14,8 +14,7 @@ import torch
 
 from ..entity_index import EntityIndex
 from ..modeling_base import in_eval_mode
-from ..tokenization_lmke import pad_sequences
-from ..tokenization_lmke import LmkeTokenizer
+from ..tokenization_lmke import LmkeTokenizer, pad_sequences
 from .link_prediction import LinkPredictionEvaluator
 
 

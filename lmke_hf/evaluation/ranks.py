@@ -5,8 +5,8 @@ Rank conventions follow pykeen (Ali et al., "Bringing Light Into the Dark", TPAM
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
 from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from ._common import _excerpt, _normalisation_advice, _normalisation_clash, _warn
 from .graph import _triple_keys
 
+
 def _encode(values: pa.Array, vocabulary: pa.Array, where: str, rows: np.ndarray, kind: str, vocabulary_source: str):
     """(n,) int64 positions of ``values`` in ``vocabulary``; error naming the first unknown value."""
     index = pc.index_in(values, value_set=vocabulary)

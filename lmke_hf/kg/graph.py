@@ -9,13 +9,14 @@ the readers and the negative sampler.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 
 def _as_int64(values, argument: str) -> np.ndarray:
     array = np.asarray(values)

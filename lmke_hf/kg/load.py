@@ -15,6 +15,7 @@ from .graph import KnowledgeGraph
 from .kgbert import _load_kgbert_folder
 from .prepared import _load_hub, _load_prepared_folder
 
+
 def _subfolders(folder: Path) -> list[str] | None:
     """Sorted names of the sub-folders of ``folder`` (``None`` if it is not a readable folder)."""
     try:

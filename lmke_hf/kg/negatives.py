@@ -17,6 +17,7 @@ from ._common import SPLITS
 from ._tables import _split_dataset
 from .graph import KnowledgeGraph, _as_int64, _check_range, _sorted_member, _triple_keys
 
+
 def _rng(seed) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed

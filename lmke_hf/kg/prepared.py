@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import shutil
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 
 import datasets
 import numpy as np

@@ -12,8 +12,8 @@ Conventions follow transformers' `run_*_no_trainer.py`: flags, `accelerator.accu
 - `finish`: the final folder, card, results, summary and push (`finish_run`).
 """
 
+from ..errors import TrainingDiverged, TrainingStopped
 from .arguments import (
-    typed_command,
     NON_NEGATIVE_FLOAT,
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
@@ -23,11 +23,12 @@ from .arguments import (
     KgTrainingArguments,
     LmkeTrainingArguments,
     arguments_parser,
-    parse_training_args,
     default_encoder,
     number,
+    parse_training_args,
     redact_argv,
     run_command,
+    typed_command,
 )
 from .checkpoints import (
     CHECKPOINT_FILES,
@@ -41,7 +42,6 @@ from .checkpoints import (
     run_settings,
 )
 from .finish import PUSH_IGNORE, finish_run, hub_dataset_id, run_results, summary_text
-from ..errors import TrainingDiverged, TrainingStopped
 from .loop import GeneratorState, StopRequest, build_optimizer, format_metrics, resume_command, seeded_generator, train
 from .run import LOCK_FILE, claim_output_dir, configure_process, keep_freed_memory, prepare_run, set_cpu_threads, silence_progress_bars
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from transformers import SchedulerType
 
-from ..errors import UsageError
 from ..configuration_lmke import LOSSES, POOLINGS, SCORERS
+from ..errors import UsageError
 from ..kg.negatives import CORRUPTIONS
 from ..run_io import SECRET_ARGS, public_value
 

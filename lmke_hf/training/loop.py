@@ -20,6 +20,7 @@ from ..errors import TrainingDiverged, TrainingStopped
 from ..run_io import public_args
 from .checkpoints import CheckpointManager, LoopState, run_settings
 
+
 def build_optimizer(model, args) -> torch.optim.Optimizer:
     """AdamW with two groups: encoders + word pieces at `learning_rate`, KG embeddings + task layers at
     `head_learning_rate`; no weight decay on biases and LayerNorm weights."""
