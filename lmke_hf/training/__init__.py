@@ -8,7 +8,7 @@ Conventions follow transformers' `run_*_no_trainer.py`: flags, `accelerator.accu
 - `run`: the output folder's lock (`claim_output_dir`), process-wide settings (`configure_process`) and
   `prepare_run` (Accelerator, seeds, KG).
 - `checkpoints`: finding, checking, saving, rotating and restoring checkpoints (`CheckpointManager`).
-- `loop`: the optimizer and the epoch loop (`train`).
+- `loop`: the optimizer, the run's `Schedule` and the epoch loop (`TrainingLoop`, run by `train`).
 - `finish`: the final folder, card, results, summary and push (`finish_run`).
 """
 
@@ -42,7 +42,7 @@ from .checkpoints import (
     run_settings,
 )
 from .finish import PUSH_IGNORE, finish_run, hub_dataset_id, run_results, summary_text
-from .loop import GeneratorState, StopRequest, build_optimizer, format_metrics, resume_command, seeded_generator, train
+from .loop import GeneratorState, Schedule, StopRequest, TrainingLoop, build_optimizer, format_metrics, resume_command, seeded_generator, train
 from .run import LOCK_FILE, claim_output_dir, configure_process, keep_freed_memory, prepare_run, set_cpu_threads, silence_progress_bars
 
 __all__ = [
@@ -90,5 +90,7 @@ __all__ = [
     "silence_progress_bars",
     "summary_text",
     "train",
+    "TrainingLoop",
+    "Schedule",
     "typed_command",
 ]

@@ -218,180 +218,238 @@ def format_metrics(metrics: dict, digits: int = 4) -> str:
     return " | ".join(f"{k} {v:.{digits}f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
-def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: str, save_fn, logger, forward_kwargs: dict | None = None) -> dict:
-    """Runs the loop and returns the training summary.
+class TrainingLoop:
+    """The epoch loop of both training commands, as named steps (as PyKEEN's `TrainingLoop`): `run()` prepares the
+    optimizer, schedule and checkpoints (`_prepare`, resuming where a checkpoint says), then trains epoch by epoch
+    (`train_epoch`, one `train_step` per batch), validates (`validate`, keeping the best model in
+    `output_dir/best`), saves checkpoints (`save_checkpoint`) and stops cleanly on SIGTERM / SIGINT (`stop`); it
+    returns the run's summary (`summary`).
 
     Args:
+        args: the run's arguments (`ClmkeTrainingArguments` / `LmkeTrainingArguments`); never changed.
+        accelerator: the run's `accelerate.Accelerator`.
+        model: the model to train (prepared by the loop).
+        train_dataloader: batches of training examples.
         evaluate_fn: `evaluate_fn(model) -> dict` of validation metrics, called at each epoch end and every
             `--eval_steps`; the model with the highest `metric_name` is kept in `output_dir/best`.
         save_fn: `save_fn(model, folder)` saves a model (and its tokenizer) there.
         forward_kwargs: extra keyword arguments of every training forward (e.g. C-LMKE's `gather_keys`, or a
             `generator` for its negative subsampling: any `torch.Generator` among them is checkpointed).
     """
-    optimizer = build_optimizer(model, args)
-    schedule = Schedule.of(args, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
-    steps_per_epoch = schedule.steps_per_epoch
-    # with the warmup steps as derived (max_train_steps / epochs may change at resume)
-    settings = {**run_settings(args), "num_warmup_steps": schedule.num_warmup_steps}
-    settings["mixed_precision"] = accelerator.mixed_precision  # from the flag, accelerate launch or accelerate config
-    scheduler = get_scheduler(
-        args.lr_scheduler_type, optimizer=optimizer,
-        num_warmup_steps=schedule.num_warmup_steps * accelerator.num_processes,
-        num_training_steps=schedule.max_train_steps * accelerator.num_processes,
-    )
-    queue = getattr(model, "key_queue", None)
-    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
-    if queue is not None and queue.size:  # pre-batch negatives: a resume continues with the same queue
-        accelerator.register_for_checkpointing(queue)
-    for value in (forward_kwargs or {}).values():  # e.g. the negative subsampling's generator: restored at resume
-        if isinstance(value, torch.Generator):
-            accelerator.register_for_checkpointing(GeneratorState(value))
-    if args.with_tracking:
-        config = {k: v for k, v in public_args({**vars(args), **schedule.as_args()}).items() if v is not None}  # no token, no local paths
-        accelerator.init_trackers(Path(args.output_dir).name or "lmke", config)
 
-    checkpoints = CheckpointManager(accelerator, args.output_dir, settings, args.checkpoints_total_limit)
-    checkpoints.clear_partial()
-    state = checkpoints.resume(args)
-    starting_epoch = state.completed_steps // steps_per_epoch
-    resume_batches = (state.completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
-    if state.resumed_from is not None:
-        logger.info(f"Resumed from {state.resumed_from} at step {state.completed_steps} (epoch {starting_epoch}, batch {resume_batches}).")
-    if state.resumed_from is not None and accelerator.is_main_process:
-        _restore_best(Path(args.output_dir), state, metric_name)
-    accelerator.wait_for_everyone()
-    clock = _Clock(state)
-    examples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    every = int(args.checkpointing_steps) if isinstance(args.checkpointing_steps, str) and args.checkpointing_steps.isdigit() else None
-    eval_steps = getattr(args, "eval_steps", None)
-    forward_kwargs = forward_kwargs or {}
+    def __init__(self, args, accelerator, model, train_dataloader, evaluate_fn, metric_name: str, save_fn, logger, forward_kwargs: dict | None = None):
+        self.args, self.accelerator, self.model, self.train_dataloader = args, accelerator, model, train_dataloader
+        self.evaluate_fn, self.metric_name, self.save_fn, self.logger = evaluate_fn, metric_name, save_fn, logger
+        self.forward_kwargs = forward_kwargs or {}
+        self.schedule = Schedule.of(args, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
+        self.every = int(args.checkpointing_steps) if isinstance(args.checkpointing_steps, str) and args.checkpointing_steps.isdigit() else None
+        self.eval_steps = getattr(args, "eval_steps", None)
+        self.examples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        self.stop_request = StopRequest()
+        self.divergence = DivergenceGuard(args)
+        self.queue = getattr(model, "key_queue", None)
+        if self.queue is not None and not self.queue.size:
+            self.queue = None
 
-    from tqdm.auto import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    progress = tqdm(range(schedule.max_train_steps), disable=not accelerator.is_local_main_process or args.no_progress, initial=state.completed_steps)
-
-    def save(tag: str) -> None:
-        checkpoints.save(tag, state, clock.runtime(), clock.eval_runtime())
-
-    def validate(epoch: int, train_loss: float, end_of_epoch: bool) -> None:
-        began, trained_minutes = time.time(), clock.minutes_excluding_eval()  # before this validation's own time
-        metrics = {f"eval_{k}": v for k, v in evaluate_fn(accelerator.unwrap_model(model)).items()}
-        metrics.update(
-            epoch=epoch, train_loss=train_loss, step=state.completed_steps, examples_seen=state.completed_steps * examples_per_step,
-            end_of_epoch=end_of_epoch, train_minutes_excluding_eval=trained_minutes,
+    # ------------------------------------------------------------------ setup
+    def _prepare(self) -> None:
+        """Optimizer, LR scheduler and Accelerate's preparation; what a checkpoint must restore registered with it;
+        trackers; then the state of a checkpoint to resume from (or a fresh one)."""
+        args, accelerator, schedule = self.args, self.accelerator, self.schedule
+        optimizer = build_optimizer(self.model, args)
+        scheduler = get_scheduler(
+            args.lr_scheduler_type, optimizer=optimizer,
+            num_warmup_steps=schedule.num_warmup_steps * accelerator.num_processes,
+            num_training_steps=schedule.max_train_steps * accelerator.num_processes,
         )
-        state.history.append(metrics)
-        shown = {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_") and not isinstance(v, dict)}
-        logger.info(f"validation at step {state.completed_steps} (epoch {epoch}, train loss {train_loss:.4f}): {format_metrics(shown)}")
+        self.model, self.optimizer, self.train_dataloader, self.scheduler = accelerator.prepare(self.model, optimizer, self.train_dataloader, scheduler)
+        if self.queue is not None:  # pre-batch negatives: a resume continues with the same queue
+            accelerator.register_for_checkpointing(self.queue)
+        for value in self.forward_kwargs.values():  # e.g. the negative subsampling's generator: restored at resume
+            if isinstance(value, torch.Generator):
+                accelerator.register_for_checkpointing(GeneratorState(value))
         if args.with_tracking:
-            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.completed_steps)
-        if metrics[f"eval_{metric_name}"] > state.best["metric"]:
-            state.best = {"metric": metrics[f"eval_{metric_name}"], "epoch": epoch, "step": state.completed_steps}
-            accelerator.wait_for_everyone()
+            config = {k: v for k, v in public_args({**vars(args), **schedule.as_args()}).items() if v is not None}  # no token, no local paths
+            accelerator.init_trackers(Path(args.output_dir).name or "lmke", config)
+        # the flags that define the run, with the warmup steps as derived (max_train_steps / epochs may change at resume)
+        settings = {**run_settings(args), "num_warmup_steps": schedule.num_warmup_steps}
+        settings["mixed_precision"] = accelerator.mixed_precision  # from the flag, accelerate launch or accelerate config
+        self.checkpoints = CheckpointManager(accelerator, args.output_dir, settings, args.checkpoints_total_limit)
+        self.checkpoints.clear_partial()
+        self.state = self.checkpoints.resume(args)
+        self.starting_epoch = self.state.completed_steps // schedule.steps_per_epoch
+        self.resume_batches = (self.state.completed_steps % schedule.steps_per_epoch) * args.gradient_accumulation_steps
+        if self.state.resumed_from is not None:
+            self.logger.info(f"Resumed from {self.state.resumed_from} at step {self.state.completed_steps} (epoch {self.starting_epoch}, batch {self.resume_batches}).")
             if accelerator.is_main_process:
-                save_fn(accelerator.unwrap_model(model), Path(args.output_dir) / "best")
-        model.train()
-        clock.eval_seconds += time.time() - began
+                _restore_best(Path(args.output_dir), self.state, self.metric_name)
+        accelerator.wait_for_everyone()
+        self.clock = _Clock(self.state)
 
-    def run_epoch(epoch: int) -> None:
-        model.train()
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        """Trains until `--max_train_steps` (or the epochs) and returns the summary (`summary`)."""
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._prepare()
+        state, schedule = self.state, self.schedule
+        self.progress = tqdm(range(schedule.max_train_steps), disable=not self.accelerator.is_local_main_process or self.args.no_progress, initial=state.completed_steps)
+        with logging_redirect_tqdm(), self.stop_request:  # validation lines go above the bar, not onto it; signals stop cleanly
+            if state.completed_steps >= schedule.max_train_steps:
+                self._finish_trained_run()
+            for epoch in range(self.starting_epoch, schedule.num_train_epochs):
+                if state.completed_steps >= schedule.max_train_steps:
+                    break
+                self.train_epoch(epoch)
+            last = self.checkpoints.folder / f"step_{state.completed_steps}"
+            if self.every and not last.exists() and state.resumed_from != last:
+                self.save_checkpoint(last.name)  # the last step: a run stopped during its test evaluation resumes here
+        self.progress.close()
+        if self.args.with_tracking:
+            self.accelerator.end_training()
+        return self.summary()
+
+    def _finish_trained_run(self) -> None:
+        """A resume of a run that already trained its last step: nothing to train; the validation of that step
+        if the run stopped between its last step and its last validation."""
+        state, steps_per_epoch = self.state, self.schedule.steps_per_epoch
+        self.logger.info(
+            f"The checkpoint is at step {state.completed_steps}, --max_train_steps {self.schedule.max_train_steps}: nothing more to train "
+            "(pass a larger --max_train_steps to train longer)."
+        )
+        last = state.history[-1]["step"] if state.history else None
+        if last != state.completed_steps:
+            end_of_epoch = state.completed_steps % steps_per_epoch == 0
+            self.validate(max(self.starting_epoch - end_of_epoch, 0), float("nan"), end_of_epoch=end_of_epoch)
+
+    def train_epoch(self, epoch: int) -> None:
+        """One epoch (the rest of it after a mid-epoch resume): its batches, the validations and checkpoints due,
+        and a clean stop when a signal asked for one."""
+        args, accelerator, state, schedule = self.args, self.accelerator, self.state, self.schedule
+        steps_per_epoch = schedule.steps_per_epoch
+        self.model.train()
         # The epoch seeds the shuffle order (seedable sampler) and any per-epoch data (a dataset's `set_epoch`,
         # e.g. resampled negatives). A fresh process starts its loader at iteration 0, so set it explicitly:
         # otherwise a run resumed in epoch k would replay epoch 0's order.
-        train_dataloader.set_epoch(epoch)
-        dataset = getattr(train_dataloader, "dataset", None)
+        self.train_dataloader.set_epoch(epoch)
+        dataset = getattr(self.train_dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        loader = train_dataloader
-        if epoch == starting_epoch and resume_batches:
-            loader = _keep_rng(accelerator.skip_first_batches(train_dataloader, resume_batches))
+        loader = self.train_dataloader
+        if epoch == self.starting_epoch and self.resume_batches:
+            loader = _keep_rng(accelerator.skip_first_batches(self.train_dataloader, self.resume_batches))
         total_loss, seen, pending_checkpoint = 0.0, 0, None
         for batch in loader:
-            with accelerator.accumulate(model):
-                outputs = model(**batch, **forward_kwargs)
-                loss = outputs.loss
-                if queue is not None and queue.size:  # pre-batch negatives: this batch's keys for the next steps
-                    queue.push(outputs.batch_key_embeddings.detach(), outputs.batch_key_entity_ids)
-                accelerator.backward(loss)
-                if args.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            value = loss.detach().float().item()
-            divergence.check(value, state.completed_steps + 1)
+            value = self.train_step(batch)
             total_loss += value
             seen += 1
             if accelerator.sync_gradients:
                 state.completed_steps += 1
                 step = state.completed_steps
-                progress.update(1)
-                progress.set_postfix(loss=f"{total_loss / seen:.4f}")
+                self.progress.update(1)
+                self.progress.set_postfix(loss=f"{total_loss / seen:.4f}")
                 if args.with_tracking:
-                    accelerator.log({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=step)
-                if eval_steps and step % eval_steps == 0 and step % steps_per_epoch and step < schedule.max_train_steps:
-                    validate(epoch, total_loss / max(seen, 1), end_of_epoch=False)
-                if every and step % every == 0:
+                    accelerator.log({"train_loss": value, "lr": self.scheduler.get_last_lr()[0]}, step=step)
+                if self.eval_steps and step % self.eval_steps == 0 and step % steps_per_epoch and step < schedule.max_train_steps:
+                    self.validate(epoch, total_loss / max(seen, 1), end_of_epoch=False)
+                if self.every and step % self.every == 0:
                     if step % steps_per_epoch:
-                        save(f"step_{step}")
+                        self.save_checkpoint(f"step_{step}")
                     else:  # an epoch's last step: save after its validation, which a resume would not redo
                         pending_checkpoint = f"step_{step}"
             if state.completed_steps >= schedule.max_train_steps:
                 break
-            if accelerator.sync_gradients and stop.requested(accelerator):
+            if accelerator.sync_gradients and self.stop_request.requested(accelerator):
                 if state.completed_steps % steps_per_epoch == 0:  # validate the finished epoch first, as a resume would not
                     pending_checkpoint = pending_checkpoint or f"step_{state.completed_steps}"
                     break
-                stop_now(saved=f"step_{state.completed_steps}" if every and state.completed_steps % every == 0 else None)
-        validate(epoch, total_loss / max(seen, 1), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
+                self.stop(saved=f"step_{state.completed_steps}" if self.every and state.completed_steps % self.every == 0 else None)
+        self.validate(epoch, total_loss / max(seen, 1), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
         if pending_checkpoint:
-            save(pending_checkpoint)
+            self.save_checkpoint(pending_checkpoint)
         if args.checkpointing_steps == "epoch":
-            save(f"epoch_{epoch}")
-        if stop.requested(accelerator):
-            stop_now(saved=pending_checkpoint or (f"epoch_{epoch}" if args.checkpointing_steps == "epoch" else None))
+            self.save_checkpoint(f"epoch_{epoch}")
+        if self.stop_request.requested(accelerator):
+            self.stop(saved=pending_checkpoint or (f"epoch_{epoch}" if args.checkpointing_steps == "epoch" else None))
 
-    def stop_now(saved: str | None) -> None:
-        tag = saved or f"step_{state.completed_steps}"
+    def train_step(self, batch) -> float:
+        """Forward, backward and (at the end of an accumulation) the optimizer step on one batch; returns its loss.
+        A loss that is no longer finite or has grown far above its start stops the run (`TrainingDiverged`)."""
+        accelerator = self.accelerator
+        with accelerator.accumulate(self.model):
+            outputs = self.model(**batch, **self.forward_kwargs)
+            loss = outputs.loss
+            if self.queue is not None:  # pre-batch negatives: this batch's keys for the next steps
+                self.queue.push(outputs.batch_key_embeddings.detach(), outputs.batch_key_entity_ids)
+            accelerator.backward(loss)
+            if self.args.max_grad_norm and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        value = loss.detach().float().item()
+        self.divergence.check(value, self.state.completed_steps + 1)
+        return value
+
+    def validate(self, epoch: int, train_loss: float, end_of_epoch: bool) -> None:
+        """Validation metrics at this step, recorded in the history (with examples seen and training minutes) and
+        the log; a new best model is saved to `output_dir/best`."""
+        accelerator, state, clock = self.accelerator, self.state, self.clock
+        began, trained_minutes = time.time(), clock.minutes_excluding_eval()  # before this validation's own time
+        metrics = {f"eval_{k}": v for k, v in self.evaluate_fn(accelerator.unwrap_model(self.model)).items()}
+        metrics.update(
+            epoch=epoch, train_loss=train_loss, step=state.completed_steps, examples_seen=state.completed_steps * self.examples_per_step,
+            end_of_epoch=end_of_epoch, train_minutes_excluding_eval=trained_minutes,
+        )
+        state.history.append(metrics)
+        shown = {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_") and not isinstance(v, dict)}
+        self.logger.info(f"validation at step {state.completed_steps} (epoch {epoch}, train loss {train_loss:.4f}): {format_metrics(shown)}")
+        if self.args.with_tracking:
+            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.completed_steps)
+        if metrics[f"eval_{self.metric_name}"] > state.best["metric"]:
+            state.best = {"metric": metrics[f"eval_{self.metric_name}"], "epoch": epoch, "step": state.completed_steps}
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                self.save_fn(accelerator.unwrap_model(self.model), Path(self.args.output_dir) / "best")
+        self.model.train()
+        clock.eval_seconds += time.time() - began
+
+    def save_checkpoint(self, tag: str) -> None:
+        """Saves the resumable state as `output_dir/checkpoints/<tag>` (`CheckpointManager`)."""
+        self.checkpoints.save(tag, self.state, self.clock.runtime(), self.clock.eval_runtime())
+
+    def stop(self, saved: str | None) -> None:
+        """Ends a run a signal asked to stop: saves a checkpoint unless `saved` names the one just written, logs the
+        resume command and raises `TrainingStopped`."""
+        tag = saved or f"step_{self.state.completed_steps}"
         if saved is None:
-            save(tag)
-        progress.close()
-        error = TrainingStopped(stop.signum, checkpoints.folder / tag, state.completed_steps, resume_command(args.output_dir))
-        if accelerator.is_main_process:
-            logger.warning(error.message)
+            self.save_checkpoint(tag)
+        self.progress.close()
+        error = TrainingStopped(self.stop_request.signum, self.checkpoints.folder / tag, self.state.completed_steps, resume_command(self.args.output_dir))
+        if self.accelerator.is_main_process:
+            self.logger.warning(error.message)
         raise error
 
-    stop = StopRequest()
-    divergence = DivergenceGuard(args)
-    with logging_redirect_tqdm(), stop:  # validation lines go above the bar, not onto it; signals stop cleanly
-        if state.completed_steps >= schedule.max_train_steps:  # a resume of a run that already trained its last step
-            logger.info(
-                f"The checkpoint is at step {state.completed_steps}, --max_train_steps {schedule.max_train_steps}: nothing more to train "
-                "(pass a larger --max_train_steps to train longer)."
-            )
-            last = state.history[-1]["step"] if state.history else None
-            if last != state.completed_steps:  # the run stopped between its last step and its last validation
-                validate(max(starting_epoch - (state.completed_steps % steps_per_epoch == 0), 0), float("nan"), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
-        for epoch in range(starting_epoch, schedule.num_train_epochs):
-            if state.completed_steps >= schedule.max_train_steps:
-                break
-            run_epoch(epoch)
-        if every and not (checkpoints.folder / f"step_{state.completed_steps}").exists() and state.resumed_from != checkpoints.folder / f"step_{state.completed_steps}":
-            save(f"step_{state.completed_steps}")  # the last step: a run stopped during its test evaluation resumes here
-    progress.close()
-    if args.with_tracking:
-        accelerator.end_training()
-    return {
-        "train_runtime_s": clock.runtime(),
-        "resumed_from": str(state.resumed_from) if state.resumed_from is not None else None,
-        "completed_steps": state.completed_steps,
-        "best_epoch": state.best["epoch"],
-        "best_step": state.best.get("step"),
-        f"best_eval_{metric_name}": state.best["metric"],
-        "history": state.history,
-        "exact_resume": state.exact_resume,
-        "mixed_precision": accelerator.mixed_precision,
-        "schedule": schedule.as_args(),
-        "model": model,
-    }
+    def summary(self) -> dict:
+        """What the run reports: training time over all its segments, steps, the best validation, the history, whether
+        every resume was exact, the precision, the schedule, and the trained (prepared) model."""
+        state = self.state
+        return {
+            "train_runtime_s": self.clock.runtime(),
+            "resumed_from": str(state.resumed_from) if state.resumed_from is not None else None,
+            "completed_steps": state.completed_steps,
+            "best_epoch": state.best["epoch"],
+            "best_step": state.best.get("step"),
+            f"best_eval_{self.metric_name}": state.best["metric"],
+            "history": state.history,
+            "exact_resume": state.exact_resume,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "schedule": self.schedule.as_args(),
+            "model": self.model,
+        }
+
+
+def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: str, save_fn, logger, forward_kwargs: dict | None = None) -> dict:
+    """Runs `TrainingLoop(...)` and returns its summary (the arguments are `TrainingLoop`'s)."""
+    return TrainingLoop(args, accelerator, model, train_dataloader, evaluate_fn, metric_name, save_fn, logger, forward_kwargs).run()
