@@ -103,7 +103,8 @@ def test_every_command_works_from_the_package_alone(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONNOUSERSITE": "1"}
     code = ("import sys, lmke_hf, lmke_hf.cli as cli; assert lmke_hf.__file__.startswith(sys.argv[1]), lmke_hf.__file__; "
             "import contextlib, io\n"
-            "for name in ('train-clmke', 'train-lmke', 'evaluate', 'prepare', 'export-card'):\n"
+            "assert len(cli.COMMANDS) == 7, sorted(cli.COMMANDS)\n"
+            "for name in cli.COMMANDS:\n"
             "    out = io.StringIO()\n"
             "    with contextlib.redirect_stdout(out):\n"
             "        try:\n"
