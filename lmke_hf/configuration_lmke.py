@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 from transformers import AutoConfig, BertConfig, PretrainedConfig
 
@@ -88,7 +89,7 @@ def _public_name_or_path(value):
 class _KgConfigMixin(KgVocabLayout):
     """What both configurations set up: the encoder sub-config, the KG sizes and the initialiser range."""
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """`PretrainedConfig.to_dict`, without this machine's folders: `config.json` names the encoder it was built
         from by its Hub id or folder name, never by an absolute local path."""
         output = super().to_dict()
@@ -165,7 +166,7 @@ class LmkeConfig(_KgConfigMixin, PretrainedConfig):
 
     def __init__(
         self,
-        encoder=None,
+        encoder: PretrainedConfig | dict[str, Any] | None = None,
         num_entities: int = 0,
         num_relations: int = 0,
         base_vocab_size: int | None = None,
@@ -173,8 +174,8 @@ class LmkeConfig(_KgConfigMixin, PretrainedConfig):
         max_relation_description_length: int = 16,
         classifier_dropout: float = 0.1,
         initializer_range: float | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         self._init_kg(encoder, num_entities, num_relations, base_vocab_size, initializer_range)
         self.max_entity_description_length = max_entity_description_length
         self.max_relation_description_length = max_relation_description_length
@@ -236,7 +237,7 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
 
     def __init__(
         self,
-        encoder=None,
+        encoder: PretrainedConfig | dict[str, Any] | None = None,
         num_entities: int = 0,
         num_relations: int = 0,
         base_vocab_size: int | None = None,
@@ -258,8 +259,8 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
         key_queue_size: int = 0,
         freeze_layers: int = 0,
         own_entity_bias: bool = False,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         self._init_kg(encoder, num_entities, num_relations, base_vocab_size, initializer_range)
         choices = {"pooling": (pooling, POOLINGS), "scorer": (scorer, SCORERS), "loss": (loss, LOSSES)}
         for name, (value, allowed) in choices.items():

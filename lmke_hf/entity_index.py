@@ -26,10 +26,15 @@ import logging
 import os
 import struct
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +121,13 @@ class EntityIndex:
         weights_sha256: fingerprint of the weights that encoded the keys (`model.weights_fingerprint()`).
     """
 
-    def __init__(self, keys, degrees=None, ids: Sequence[str] | None = None, weights_sha256: str | None = None):
+    def __init__(
+        self,
+        keys: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...],
+        degrees: torch.Tensor | np.ndarray | Sequence[float] | None = None,
+        ids: Sequence[str] | None = None,
+        weights_sha256: str | None = None,
+    ) -> None:
         shards = list(keys) if isinstance(keys, (list, tuple)) else [keys]
         if not shards or not all(isinstance(s, torch.Tensor) and s.dim() == 2 and s.is_floating_point() for s in shards):
             got = [tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__ for s in shards]
@@ -169,7 +180,7 @@ class EntityIndex:
             self._unit = [torch.cat(self._unit, 0) if all(u is not None for u in self._unit) else None]
         return self._joined
 
-    def rows(self, index) -> torch.Tensor:
+    def rows(self, index: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
         """Keys of the row indices `index` `(len(index), hidden)`."""
         index = torch.as_tensor(index, dtype=torch.long).view(-1)
         if len(self._shards) == 1:
@@ -201,13 +212,15 @@ class EntityIndex:
             return self.unit_tiles(max_rows), True
         return self.tiles(max_rows), False
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> EntityIndex:
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> EntityIndex:
         """A copy with the keys on `device` and/or stored as `dtype` (e.g. `torch.float16` halves the memory)."""
         moved = EntityIndex([s.to(device=device, dtype=dtype) for s in self._shards], self.degrees, self.ids, self.weights_sha256)
         moved._finite = self._finite
         return moved
 
-    def append(self, keys: torch.Tensor, degrees=None, ids: Sequence[str] | None = None) -> EntityIndex:
+    def append(
+        self, keys: torch.Tensor, degrees: torch.Tensor | np.ndarray | Sequence[float] | None = None, ids: Sequence[str] | None = None
+    ) -> EntityIndex:
         """A new index with `keys` `(n, hidden)` as its last rows (entities added after training: degree 0)."""
         keys = keys.to(device=self.device, dtype=self.dtype)
         degrees = torch.zeros(keys.shape[0]) if degrees is None else torch.as_tensor(degrees, dtype=torch.float32)
@@ -231,10 +244,14 @@ class EntityIndex:
     # ------------------------------------------------------------------ building
     @classmethod
     @torch.no_grad()
-    def build(cls, model, tokenizer=None, *, batch_size: int = 256, shard_size: int | None = None,
-              dtype: torch.dtype | str = torch.float32, save_directory: str | os.PathLike | None = None,
-              accelerator=None, progress: bool = False) -> EntityIndex:
+    def build(cls, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None = None, *, batch_size: int = 256,
+              shard_size: int | None = None, dtype: torch.dtype | str = torch.float32,
+              save_directory: str | os.PathLike | None = None, accelerator: Accelerator | None = None,
+              progress: bool = False) -> EntityIndex:
         """Encodes every entity's key with `model` (a `ClmkeForLinkPrediction`), `shard_size` entities at a time.
+
+        (`model` and `tokenizer` are typed by their transformers / torch base classes: this file travels with saved
+        models and imports nothing of the rest of the package.)
 
         Args:
             tokenizer (`LmkeTokenizer`, *optional*): default the model's (`model.load_kg_tokenizer()`).
@@ -382,7 +399,7 @@ class EntityIndex:
         return cls(keys, torch.cat(degrees), manifest.get("ids"), manifest.get("weights_sha256"))
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, mmap: bool = True, **hub_kwargs) -> EntityIndex | None:
+    def from_pretrained(cls, source: str | os.PathLike, mmap: bool = True, **hub_kwargs: Any) -> EntityIndex | None:
         """The index saved with a model: in its local folder, or downloaded from its Hub repo (`hub_kwargs`:
         `revision`, `token`, ...). None where it has none; `EntityIndexError` where it is damaged; a failed
         download raises (a process that silently encodes while the others load would hang a multi-process run)."""
@@ -416,7 +433,7 @@ class EntityIndex:
         return max(1, int(memory_mb * 2**20 / 4 / (max(query_rows, 1) + self.hidden_size)))
 
     @torch.no_grad()
-    def scores(self, model, query_embeddings: torch.Tensor, query_entity_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def scores(self, model: torch.nn.Module, query_embeddings: torch.Tensor, query_entity_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Scores `(B, N)` of every query against every entity, tile by tile through `model.score_all`, in fp32 unless
         `dtype` asks for an autocast dtype. The caller bounds B (`rank_link_prediction` does, by memory)."""
         device = query_embeddings.device
@@ -427,8 +444,8 @@ class EntityIndex:
         return out
 
     @torch.no_grad()
-    def search(self, model, query_embeddings: torch.Tensor, query_entity_ids: torch.Tensor, top_k: int = 10,
-               exclude: Sequence | None = None, memory_mb: float = 256, query_batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, model: torch.nn.Module, query_embeddings: torch.Tensor, query_entity_ids: torch.Tensor, top_k: int = 10,
+               exclude: Sequence[Sequence[int] | np.ndarray] | None = None, memory_mb: float = 256, query_batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k: `(scores, rows)`, each `(B, top_k)`, best first, over all entities, in tiles of queries x keys
         with a running top-k per query, so peak memory is about `memory_mb` whatever B and N. Rows past the number
         of candidates are -1 with score -inf.
@@ -464,7 +481,7 @@ class EntityIndex:
             best_scores[q0 : q0 + query_batch_size], best_rows[q0 : q0 + query_batch_size] = values, rows
         return best_scores, best_rows
 
-    def build_faiss(self, kind: str = "hnsw", **options) -> FaissSearcher:
+    def build_faiss(self, kind: str = "hnsw", **options: Any) -> FaissSearcher:
         """An approximate searcher over these keys (see `FaissSearcher.build`)."""
         return FaissSearcher.build(self, kind, **options)
 
@@ -592,7 +609,7 @@ class FaissSearcher:
     searching with an index of other weights raises, since its shortlists would come from stale keys.
     """
 
-    def __init__(self, index, kind: str, params: dict, weights_sha256: str | None = None):
+    def __init__(self, index: Any, kind: str, params: dict[str, Any], weights_sha256: str | None = None) -> None:
         self.index, self.kind, self.params = index, kind, dict(params)
         self.weights_sha256 = weights_sha256
 
@@ -669,8 +686,8 @@ class FaissSearcher:
             )
 
     @torch.no_grad()
-    def search(self, model, entity_index: EntityIndex, query_embeddings: torch.Tensor, query_entity_ids: torch.Tensor,
-               top_k: int = 10, exclude: Sequence | None = None, shortlist: int | None = None,
+    def search(self, model: torch.nn.Module, entity_index: EntityIndex, query_embeddings: torch.Tensor,
+               query_entity_ids: torch.Tensor, top_k: int = 10, exclude: Sequence[Sequence[int] | np.ndarray] | None = None, shortlist: int | None = None,
                query_batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """Approximate top-k `(scores, rows)` like `EntityIndex.search`: a shortlist of `shortlist` (default
         `max(4 * top_k, 50)`, plus the number excluded) by FAISS, re-scored exactly by the model, `query_batch_size`

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -17,6 +18,19 @@ import torch
 
 from .kg.negatives import _rng, generate_negatives
 from .tokenization_lmke import DIRECTIONS, LmkeTokenizer, pad_sequences
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import Protocol
+
+    from .kg import KnowledgeGraph
+
+    class _HasLengths(Protocol):
+        """A dataset that counts its own examples' word pieces (`TrainingTriples`)."""
+
+        def __len__(self) -> int: ...
+
+        def lengths(self) -> np.ndarray: ...
 
 DIRECTION_NAMES = DIRECTIONS  # values of the `direction` column: indices into it
 TAIL, HEAD = DIRECTIONS.index("tail"), DIRECTIONS.index("head")
@@ -42,7 +56,7 @@ def _tokenizer_fingerprint(tokenizer: LmkeTokenizer) -> str:
     )
 
 
-def link_prediction_examples(triples: np.ndarray, directions=("tail", "head")) -> datasets.Dataset:
+def link_prediction_examples(triples: np.ndarray, directions: Sequence[str] = ("tail", "head")) -> datasets.Dataset:
     """One example per (triple, direction): columns `given`, `relation`, `target`, `direction` (0 tail, 1 head).
 
     Args:
@@ -161,7 +175,7 @@ class TrainingTriples(torch.utils.data.Dataset):
             in that position of that relation in training (see `generate_negatives`).
     """
 
-    def __init__(self, kg, tokenizer: LmkeTokenizer, seed: int = 0, split: str = "train", known_splits=("train",), resample: bool = False, corruption: str = "uniform"):
+    def __init__(self, kg: KnowledgeGraph, tokenizer: LmkeTokenizer, seed: int = 0, split: str = "train", known_splits: Sequence[str] = ("train",), resample: bool = False, corruption: str = "uniform") -> None:
         _rng(seed)  # the same checks as generate_negatives: a non-negative int (`corruption` is checked there)
         self.kg, self.tokenizer, self.seed, self.split = kg, tokenizer, int(seed), split
         self.known_splits, self.resample, self.corruption = list(known_splits), bool(resample), corruption
@@ -194,7 +208,7 @@ class TrainingTriples(torch.utils.data.Dataset):
         self._lengths = (self.epoch, out)
         return out
 
-    def __getitems__(self, indices) -> list[dict]:  # batched fetch (torch DataLoader): one tokeniser call per batch
+    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> list[dict]:  # batched fetch (torch DataLoader): one tokeniser call per batch
         indices = np.asarray(indices, dtype=np.int64)
         triples = self.triples[indices]
         ids = self.tokenizer.encode_triples(triples[:, 0], triples[:, 1], triples[:, 2])["input_ids"]
@@ -204,7 +218,7 @@ class TrainingTriples(torch.utils.data.Dataset):
         return self.__getitems__([index])[0]
 
 
-def example_lengths(dataset) -> np.ndarray:
+def example_lengths(dataset: _HasLengths | datasets.Dataset) -> np.ndarray:
     """Word pieces per training example, what a batch is padded by: `dataset.lengths()` when it has one (e.g.
     `TrainingTriples`, whose negatives change per epoch), else the lengths of the id columns of a tokenised
     `datasets.Dataset`: `(N,)` for `input_ids`, `(N, 2)` for C-LMKE's `query_input_ids` and `key_input_ids` (padded
@@ -238,7 +252,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
     batches. Deterministic per epoch (`set_epoch`), so a resumed run sees the same batches; the one incomplete batch
     comes last (where `drop_last` drops it)."""
 
-    def __init__(self, dataset, batch_size: int, seed: int = 0, mega_batch_mult: int = 50):
+    def __init__(self, dataset: _HasLengths | datasets.Dataset, batch_size: int, seed: int = 0, mega_batch_mult: int = 50) -> None:
         if batch_size < 1 or mega_batch_mult < 1:
             raise ValueError(f"batch_size and mega_batch_mult must be >= 1, got {batch_size} and {mega_batch_mult}.")
         self.dataset, self.batch_size, self.seed, self.mega_batch_mult = dataset, int(batch_size), int(seed), int(mega_batch_mult)
@@ -264,7 +278,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
                 (full if len(chunk[b : b + self.batch_size]) == self.batch_size else rest).append(chunk[b : b + self.batch_size])
         return [full[i] for i in rng.permutation(len(full))] + rest
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         for batch in self.batches():
             yield from batch.tolist()
 

@@ -21,8 +21,12 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 MARKER_FILE = ".lmke_hf_folder.json"
 KINDS = {
@@ -67,7 +71,7 @@ def _repository_roots() -> list[Path]:
     return roots
 
 
-def protected_reason(path, inputs: dict[str, str | os.PathLike | None] | None = None) -> str | None:
+def protected_reason(path: str | os.PathLike, inputs: dict[str, str | os.PathLike | None] | None = None) -> str | None:
     """Why `path` must never be written into as an output folder (None when it may be).
 
     Args:
@@ -120,7 +124,7 @@ def _legacy_kind(folder: Path) -> str | None:
     return None
 
 
-def folder_kind(path) -> str | None:
+def folder_kind(path: str | os.PathLike) -> str | None:
     """What lmke_hf wrote `path` as (`KINDS` key), or None when no tool of ours made it."""
     folder = Path(path)
     with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -130,14 +134,14 @@ def folder_kind(path) -> str | None:
     return _legacy_kind(folder) if folder.is_dir() else None
 
 
-def mark_folder(path, kind: str) -> None:
+def mark_folder(path: str | os.PathLike, kind: str) -> None:
     """Writes the marker that makes `path` a folder of ours holding `kind`."""
     from .run_io import write_json
 
     write_json(Path(path) / MARKER_FILE, {"kind": kind, "written_by": "lmke_hf"})  # no time: a folder's bytes stay reproducible
 
 
-def fresh_sibling(path) -> Path:
+def fresh_sibling(path: str | os.PathLike) -> Path:
     """`path` if it does not exist, else the first of `path-2`, `path-3`, ... that does not: for advice."""
     folder = Path(path)
     if folder.name in ("", ".", ".."):
@@ -155,7 +159,7 @@ def _shown(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
 
 
-def clear_folder(path) -> None:
+def clear_folder(path: str | os.PathLike) -> None:
     """Removes everything in `path` but the marker and the lock; symlinks inside are unlinked, never followed."""
     folder = Path(path)
     for entry in folder.iterdir():
@@ -167,7 +171,8 @@ def clear_folder(path) -> None:
             entry.unlink()
 
 
-def check_output_dir(path, kind: str, *, flag: str = "--output_dir", inputs: dict | None = None,
+def check_output_dir(path: str | os.PathLike, kind: str, *, flag: str = "--output_dir",
+                     inputs: dict[str, str | os.PathLike | None] | None = None,
                      replace_flag: str | None = None, replace: bool = False, reuse: bool = False) -> str:
     """Decides what a tool may do with output folder `path` before it writes anything there.
 
@@ -209,7 +214,7 @@ def check_output_dir(path, kind: str, *, flag: str = "--output_dir", inputs: dic
     raise OutputDirError(f"{where} already holds {KINDS[kind]} ({_shown(contents)}): {advice}choose a new folder, e.g. {fresh_sibling(folder)}.")
 
 
-def claim_folder(path, kind: str, **check) -> Path:
+def claim_folder(path: str | os.PathLike, kind: str, **check: Any) -> Path:
     """`check_output_dir`, then makes the folder ready: created and marked ("new"), cleared ("replace") or left
     as it is ("reuse"; marked if it predates markers). Returns the folder."""
     decision = check_output_dir(path, kind, **check)
@@ -249,7 +254,7 @@ def _apply_ready(folder: Path) -> None:
     shutil.rmtree(ready)
 
 
-def recover_final_save(path, locked: bool = False) -> bool:
+def recover_final_save(path: str | os.PathLike, locked: bool = False) -> bool:
     """Completes a final save of `path` that was committed but not fully moved into place, and discards one
     that was never committed. Returns True when a committed save was completed. Unless the caller holds the
     folder's lock (`locked`), it waits for a tool writing there to finish first. A folder whose save cannot be
@@ -293,7 +298,7 @@ class FinalSave:
     without an exception; an exception (or a crash) leaves the folder's old entries as they were.
     """
 
-    def __init__(self, folder, locked: bool = True):
+    def __init__(self, folder: str | os.PathLike, locked: bool = True) -> None:
         self.folder = Path(folder)
         self.staging = self.folder / STAGING_DIR
         self.locked = locked
@@ -303,7 +308,7 @@ class FinalSave:
         self.staging.mkdir(parents=True)
         return self.staging
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             return False

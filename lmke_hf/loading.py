@@ -23,9 +23,17 @@ import contextlib
 import difflib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .tokenization_lmke import LmkeTokenizer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .kg import KnowledgeGraph
+    from .modeling_clmke import ClmkeForLinkPrediction
+    from .modeling_lmke import LmkeForTripleClassification
 
 CONFIG_FILE = "config.json"
 # model_type -> the task `load_model(task=...)` checks for, and what a checkpoint of that type is
@@ -40,7 +48,7 @@ def one_line(error: BaseException | str) -> str:
 
 
 @contextlib.contextmanager
-def flag_errors(flag: str, errors: tuple[type[BaseException], ...] = (OSError, ValueError)):
+def flag_errors(flag: str, errors: tuple[type[BaseException], ...] = (OSError, ValueError)) -> Iterator[None]:
     """One of `errors` raised inside (a mistake in the value of `flag`) becomes a `UsageError("<flag>: <message>")` on
     one line, which the command line prints without a traceback (exit status 1). Other errors (bugs) pass unchanged.
 
@@ -150,7 +158,9 @@ def checkpoint_source(name_or_path: str | os.PathLike) -> str:
     return str(path)
 
 
-def load_model(name_or_path: str | os.PathLike, revision: str | None = None, token: str | bool | None = None, task: str | None = None):
+def load_model(
+    name_or_path: str | os.PathLike, revision: str | None = None, token: str | bool | None = None, task: str | None = None
+) -> tuple[ClmkeForLinkPrediction | LmkeForTripleClassification, LmkeTokenizer]:
     """A trained checkpoint as `ClmkeForLinkPrediction` or `LmkeForTripleClassification` (picked by its
     `model_type`) and its `LmkeTokenizer`, checked to agree.
 
@@ -207,7 +217,7 @@ def load_model(name_or_path: str | os.PathLike, revision: str | None = None, tok
     return model, tokenizer
 
 
-def check_same_kg(tokenizer: LmkeTokenizer, kg, model_name: str | None = None) -> None:
+def check_same_kg(tokenizer: LmkeTokenizer, kg: KnowledgeGraph, model_name: str | None = None) -> None:
     """Raises ValueError unless the model's entity / relation k is the KG's entity / relation k for every k (same
     ids, same order): KG triples are integer ids, so another KG (or the same one reordered) would score nonsense.
 

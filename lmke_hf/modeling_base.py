@@ -19,6 +19,7 @@ import importlib
 import inspect
 import os
 import warnings
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,18 @@ from transformers.utils import logging as hf_logging
 
 from .configuration_lmke import CITATION
 from .tokenization_lmke import KG_VOCAB_FILE, LmkeTokenizer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import ParamSpec, TypeVar
+
+    from transformers import Pipeline, PreTrainedTokenizerBase
+
+    from .configuration_lmke import ClmkeConfig, LmkeConfig
+
+    _P = ParamSpec("_P")
+    _R = TypeVar("_R")
+    _Model = TypeVar("_Model", bound="LmkePreTrainedModel")
 
 logger = hf_logging.get_logger(__name__)
 
@@ -99,7 +112,7 @@ def _available_memory_bytes() -> int | None:
     return None
 
 
-def estimated_parameters(config, num_encoders: int) -> int:
+def estimated_parameters(config: LmkeConfig | ClmkeConfig, num_encoders: int) -> int:
     """About how many parameters a model of `config` holds: the KG embedding table plus `num_encoders` BERT-shaped
     encoders (attention, feed-forward, layer norms), counted from the config before anything is allocated."""
     enc = config.encoder
@@ -111,7 +124,7 @@ def estimated_parameters(config, num_encoders: int) -> int:
     return config.total_vocab_size * hidden + num_encoders * (layers * per_layer + positions)
 
 
-def check_fits_in_memory(config, num_encoders: int) -> None:
+def check_fits_in_memory(config: LmkeConfig | ClmkeConfig, num_encoders: int) -> None:
     """Refuses, before allocating anything, a configuration whose fp32 weights alone exceed this machine's available
     memory (a mistyped `num_hidden_layers` or `hidden_size` would otherwise grow the process until it is killed)."""
     available = _available_memory_bytes()
@@ -126,7 +139,7 @@ def check_fits_in_memory(config, num_encoders: int) -> None:
         )
 
 
-def check_bert_family(encoder, source) -> None:
+def check_bert_family(encoder: nn.Module, source: str | os.PathLike) -> None:
     """The one test of "is this a BERT-family encoder": LMKE feeds `inputs_embeds` built from its own table, so the
     encoder needs `embeddings.word_embeddings` (bert, roberta, deberta-v2, electra, ...). Raises ValueError
     naming `source` (a path or Hub id) and the class otherwise."""
@@ -216,7 +229,7 @@ class KgEmbeddings(nn.Module):
         embedding_dim (`int`), padding_idx (`int`, *optional*): as in `nn.Embedding` (padding is a word piece).
     """
 
-    def __init__(self, base_vocab_size: int, num_kg_tokens: int, embedding_dim: int, padding_idx: int | None = None):
+    def __init__(self, base_vocab_size: int, num_kg_tokens: int, embedding_dim: int, padding_idx: int | None = None) -> None:
         super().__init__()
         self.base_vocab_size = base_vocab_size
         self.words = nn.Embedding(base_vocab_size, embedding_dim, padding_idx=padding_idx)
@@ -243,7 +256,7 @@ class KgEmbeddings(nn.Module):
         return out
 
 
-def in_eval_mode(function):
+def in_eval_mode(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """Runs `function(module, ...)` with the module in eval mode (no dropout) and gives it back in the mode it was in,
     also when `function` raises."""
 
@@ -323,9 +336,12 @@ class LmkePreTrainedModel(PreTrainedModel):
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(
+        cls: type[_Model], pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any
+    ) -> _Model | tuple[_Model, dict[str, Any]]:
         """`PreTrainedModel.from_pretrained`, refusing checkpoints of another model type or with missing /
-        unexpected weights (no silent partial loads)."""
+        unexpected weights (no silent partial loads). Returns the model, or `(model, loading_info)` with
+        `output_loading_info=True`."""
         want_info = kwargs.pop("output_loading_info", False)
         _complete_interrupted_save(pretrained_model_name_or_path)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k) is not None}
@@ -384,7 +400,7 @@ class LmkePreTrainedModel(PreTrainedModel):
             **kwargs,
         )
 
-    def check_tokenizer(self, tokenizer) -> None:
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Raises if `tokenizer` (an `LmkeTokenizer`) does not lay out the same vocabulary as this model."""
         if not all(hasattr(tokenizer, name) for name in ("base_vocab_size", "num_relations", "num_entities")):
             raise TypeError(
@@ -445,14 +461,14 @@ class LmkePreTrainedModel(PreTrainedModel):
         self._kg_tokenizer = tokenizer
 
     @classmethod
-    def register_for_pipeline(cls, task: str, pipeline_class) -> None:
+    def register_for_pipeline(cls, task: str, pipeline_class: type[Pipeline]) -> None:
         """Has saved models of this class carry `task` (as `register_for_auto_class` does for `AutoModel`): config.json
         gets a `custom_pipelines` entry and the folder `pipeline_class`'s file, so that
         `pipeline(task, model=folder, trust_remote_code=True)` works where lmke_hf is not installed. Done by
         `lmke_hf.pipelines.register_pipelines`."""
         cls._pipeline = (task, pipeline_class)
 
-    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
         """`PreTrainedModel.save_pretrained`, plus the attached KG tokenizer (and, for C-LMKE, the entity index), and
         the pipeline task registered with `register_for_pipeline`.
 
@@ -495,7 +511,7 @@ class LmkePreTrainedModel(PreTrainedModel):
         return new
 
     @torch.no_grad()
-    def init_kg_embeddings(self, tokenizer, entities: torch.Tensor | None = None) -> None:
+    def init_kg_embeddings(self, tokenizer: LmkeTokenizer, entities: torch.Tensor | None = None) -> None:
         """Initialises KG token rows from word pieces: each entity/relation token gets the mean word embedding
         of its name (or description when the name is empty); the entity mask gets `[MASK]`'s embedding (mean of
         all word embeddings where the tokenizer has no mask). `entities` restricts the entities initialised."""
@@ -531,7 +547,14 @@ class LmkePreTrainedModel(PreTrainedModel):
             table[self.config.entity_token_offset - base + idx.to(table.device)] = mean_pieces(pieces)
 
     @classmethod
-    def from_encoder_pretrained(cls, encoder_name_or_path, tokenizer, init_from_text: bool = True, encoder_kwargs=None, **config_kwargs):
+    def from_encoder_pretrained(
+        cls: type[_Model],
+        encoder_name_or_path: str | os.PathLike,
+        tokenizer: LmkeTokenizer,
+        init_from_text: bool = True,
+        encoder_kwargs: dict[str, Any] | None = None,
+        **config_kwargs: Any,
+    ) -> _Model:
         """Builds the model on a pretrained BERT-family encoder (local folder or Hub id) for `tokenizer`'s KG.
 
         Args:

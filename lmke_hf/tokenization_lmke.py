@@ -24,6 +24,7 @@ import operator
 import os
 import unicodedata
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +33,17 @@ from transformers.models.auto.tokenization_auto import get_tokenizer_config, tok
 from transformers.utils import cached_file, logging
 
 from .configuration_lmke import KgVocabLayout
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from transformers import AddedToken
+
+    # One entity or relation: a str is its original id (or, where a method says so, its name), an int its row index.
+    KgElement = str | int | np.integer
+    # One or several of them: a lone value, any iterable of values, an integer array / tensor of row indices or a str
+    # array of ids (see `LmkeTokenizer.entity_to_index`).
+    KgElements = KgElement | Iterable[KgElement] | np.ndarray | torch.Tensor
 
 KG_VOCAB_FILE = "kg_vocab.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -71,7 +83,7 @@ def entity_text(name: str, description: str) -> str:
 
 
 def pad_sequences(
-    sequences, pad_id: int, pad_to_multiple_of: int | None = None, *, length: int | None = None
+    sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor], pad_id: int, pad_to_multiple_of: int | None = None, *, length: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pads lists of token ids to the longest one (or to `length`, at least as long), rounded up to a multiple of
     `pad_to_multiple_of`, without a Python loop over the sequences: `(input_ids, attention_mask)`, both
@@ -152,8 +164,8 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         max_entity_description_length: int = 241,
         max_relation_description_length: int = 16,
         max_key_description_length: int = 508,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         if type(tokenizer).__name__ == "LmkeTokenizer":
             raise TypeError(
                 "`tokenizer` is an LmkeTokenizer already; pass the encoder's word-piece tokenizer (its `.tokenizer`, "
@@ -236,7 +248,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         return vocab
 
     @property
-    def added_tokens_decoder(self):
+    def added_tokens_decoder(self) -> dict[int, AddedToken]:
         """The word-piece tokenizer's added tokens (KG tokens are not added tokens: see `get_vocab`)."""
         return self.tokenizer.added_tokens_decoder
 
@@ -246,7 +258,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
             "word pieces to the encoder's tokenizer before building the LmkeTokenizer on it."
         )
 
-    def entity_to_index(self, entities) -> np.ndarray:
+    def entity_to_index(self, entities: KgElements) -> np.ndarray:
         """(n,) int64 row indices (integer entity ids) of entities given as row indices or original ids.
 
         The type of each value decides what it is, never its spelling, so numeric-string ids (WN18RR's
@@ -274,7 +286,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         """
         return self._to_index(entities, "entity")
 
-    def relation_to_index(self, relations) -> np.ndarray:
+    def relation_to_index(self, relations: KgElements) -> np.ndarray:
         """(n,) int64 row indices of relations; ints are indices and str are ids, as in `entity_to_index`."""
         return self._to_index(relations, "relation")
 
@@ -384,7 +396,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
             + (", or add new entities with `add_entities`." if kind == "entity" else ".")
         )
 
-    def entity_row(self, value) -> int:
+    def entity_row(self, value: KgElement) -> int:
         """The row index (integer entity id) of one entity given by its id (``str``), its name (``str``: exact, else
         ignoring case; it must name one entity) or its row index (``int``), as `ClmkeForLinkPrediction.predict` takes
         it. Ids win over names.
@@ -396,7 +408,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         """
         return self._row(value, "entity")
 
-    def relation_row(self, value) -> int:
+    def relation_row(self, value: KgElement) -> int:
         """The row index of one relation given by id, name or row index; see `entity_row`."""
         return self._row(value, "relation")
 
@@ -452,7 +464,9 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
             out.append(i)
         return out
 
-    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False) -> str | list[str]:
+    def convert_ids_to_tokens(
+        self, ids: int | np.integer | Sequence[int] | np.ndarray | torch.Tensor, skip_special_tokens: bool = False
+    ) -> str | list[str]:
         """Word pieces for ordinary ids, `[E:<id>]`, `[R:<id>]` and `[ENT_MASK]` for the KG tokens: one token for one
         id, a list for a sequence. `skip_special_tokens` leaves out the word-piece specials (`[CLS]`, `[SEP]`,
         `[PAD]`, ...), never the KG tokens."""
@@ -515,11 +529,17 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
             parts.append(join_words(run))
         return " ".join(p for p in parts if p)
 
-    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False, **kwargs) -> list[str]:
+    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False, **kwargs: Any) -> list[str]:
         """The word pieces of `text` (the word-piece tokenizer's `tokenize`)."""
         return self.tokenizer.tokenize(text, pair=pair, add_special_tokens=add_special_tokens, **kwargs)
 
-    def encode(self, text, text_pair=None, add_special_tokens: bool = True, **kwargs) -> list[int]:
+    def encode(
+        self,
+        text: str | list[str] | list[int],
+        text_pair: str | list[str] | list[int] | None = None,
+        add_special_tokens: bool = True,
+        **kwargs: Any,
+    ) -> list[int]:
         """The word-piece ids of `text` (the word-piece tokenizer's `encode`); KG inputs are built by `__call__`."""
         return self.tokenizer.encode(text, text_pair, add_special_tokens=add_special_tokens, **kwargs)
 
@@ -606,7 +626,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         return self.word_pieces([names[i] for i in rows] if rows is not None else list(names), self.max_name_length)
 
     # ------------------------------------------------------------------ building inputs
-    def encode_triples(self, heads, relations, tails) -> dict[str, list[list[int]]]:
+    def encode_triples(self, heads: KgElements, relations: KgElements, tails: KgElements) -> dict[str, list[list[int]]]:
         """`[CLS] E_h desc(h) R_r desc(r) E_t desc(t) [SEP]` for each triple (lists of token ids, unpadded)."""
         h = self.entity_to_index(heads)
         r = self.relation_to_index(relations)
@@ -622,7 +642,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         ]
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
 
-    def encode_queries(self, given, relations, direction) -> dict[str, list[list[int]]]:
+    def encode_queries(self, given: KgElements, relations: KgElements, direction: str | Sequence[str]) -> dict[str, list[list[int]]]:
         """Queries with the missing entity masked.
 
         Args:
@@ -652,7 +672,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
                 ids.append([cls, mask, ro + b, *rel[b][:lr], eo + a, *ent[a][:le], sep])
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
 
-    def encode_keys(self, entities, cache: bool = True) -> dict[str, list[list[int]]]:
+    def encode_keys(self, entities: KgElements, cache: bool = True) -> dict[str, list[list[int]]]:
         """`[CLS] E_e desc(e) [SEP]` for each entity. `cache=False`: the word pieces of entities not tokenised
         before are not kept (a streamed pass over a very large graph, e.g. `EntityIndex.build`)."""
         e = self.entity_to_index(entities)
@@ -663,22 +683,22 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
 
     def __call__(
         self,
-        text=None,
-        text_pair=None,
+        text: str | list[str] | list[list[str]] | None = None,
+        text_pair: str | list[str] | list[list[str]] | None = None,
         *,
-        heads=None,
-        relations=None,
-        tails=None,
-        given=None,
-        direction=None,
-        entities=None,
+        heads: KgElements | None = None,
+        relations: KgElements | None = None,
+        tails: KgElements | None = None,
+        given: KgElements | None = None,
+        direction: str | Sequence[str] | None = None,
+        entities: KgElements | None = None,
         padding: bool | str | None = None,
         max_length: int | None = None,
         pad_to_multiple_of: int | None = None,
         return_tensors: str | None = None,
         return_attention_mask: bool | None = None,
         prefix: str = "",
-        **kwargs,
+        **kwargs: Any,
     ) -> BatchEncoding:
         r"""A batch of model inputs: LMKE triples, C-LMKE queries or keys, or word pieces of text.
 
@@ -756,7 +776,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
 
     def pad(
         self,
-        encoded_inputs,
+        encoded_inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         prefix: str = "",
         pad_to_multiple_of: int | None = None,
         *,
@@ -886,7 +906,7 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         return np.arange(start, self.num_entities, dtype=np.int64)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> tuple[str, ...]:
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> tuple[str, ...]:
         """`PreTrainedTokenizerBase.save_pretrained` (and `push_to_hub=True`, `repo_id`, `token`, ...): the word-piece
         tokenizer's files, `kg_vocab.json` (ids, names, descriptions, lengths), `tokenizer_config.json` naming
         `LmkeTokenizer` (with `auto_map`) and its word-piece class (`base_tokenizer_class`), and this file with
@@ -941,14 +961,14 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike,
-        *init_inputs,
+        *init_inputs: Any,
         cache_dir: str | os.PathLike | None = None,
         force_download: bool = False,
         local_files_only: bool = False,
         token: str | bool | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
-        **kwargs,
+        **kwargs: Any,
     ) -> LmkeTokenizer:
         """Loads a tokenizer saved by `save_pretrained` from a folder or a Hub repo id (`revision`, `token`,
         `cache_dir`, `local_files_only`, `force_download`, `subfolder`); what `AutoTokenizer.from_pretrained` calls.
@@ -1014,8 +1034,11 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         return tokenizer
 
     @classmethod
-    def from_kg(cls, tokenizer: PreTrainedTokenizerBase | str, kg, **kwargs) -> LmkeTokenizer:
-        """Builds the tokenizer of a `KnowledgeGraph` (see `lmke_hf.kg.load_kg`) on an encoder's tokenizer."""
+    def from_kg(cls, tokenizer: PreTrainedTokenizerBase | str, kg: Any, **kwargs: Any) -> LmkeTokenizer:
+        """Builds the tokenizer of a `KnowledgeGraph` (see `lmke_hf.kg.load_kg`) on an encoder's tokenizer.
+
+        `kg` is typed `Any`: this file travels with saved models and cannot import `lmke_hf.kg`; any object with
+        `entities` and `relations` tables (columns `id`, `name`, `description`) will do."""
         if not isinstance(tokenizer, PreTrainedTokenizerBase):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         return cls(

@@ -35,6 +35,10 @@ Example:
     3.0
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from .classification import classification_report, tune_thresholds
 from .link_prediction import LinkPredictionEvaluator, degree_bucket, degree_bucket_label, plot_degree_buckets
 from .ranks import DIRECTIONS, RankTriple, filtered_ranks, ranking_metrics_from_ranks
@@ -42,7 +46,7 @@ from .ranks import DIRECTIONS, RankTriple, filtered_ranks, ranking_metrics_from_
 _LOOPS = ("encode_entities", "rank_link_prediction", "score_triples")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LOOPS:
         from . import loops
 
@@ -50,7 +54,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted({*globals(), *_LOOPS})
 
 

@@ -9,6 +9,8 @@ A block holds as many queries as `scores_memory_mb` allows, so memory does not g
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -16,6 +18,16 @@ from ..entity_index import EntityIndex
 from ..modeling_base import in_eval_mode
 from ..tokenization_lmke import LmkeTokenizer, pad_sequences
 from .link_prediction import LinkPredictionEvaluator
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from accelerate import Accelerator
+
+    from ..kg import KnowledgeGraph
+    from ..modeling_clmke import ClmkeForLinkPrediction
+    from ..modeling_lmke import LmkeForTripleClassification
+    from ..tokenization_lmke import KgElements
 
 
 def _length_sorted_batches(lengths: np.ndarray, batch_size: int):
@@ -45,7 +57,8 @@ def _gather_rows(local: torch.Tensor, accelerator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_entities(model, tokenizer: LmkeTokenizer, entities=None, batch_size: int = 256, accelerator=None, progress: bool = False) -> torch.Tensor:
+def encode_entities(model: ClmkeForLinkPrediction, tokenizer: LmkeTokenizer, entities: KgElements | None = None, batch_size: int = 256,
+                    accelerator: Accelerator | None = None, progress: bool = False) -> torch.Tensor:
     """Key embeddings `(N, hidden)` of `entities` (default: all), encoded once, batched by length
     (`ClmkeForLinkPrediction.encode_entities` with an explicit tokenizer).
 
@@ -60,17 +73,17 @@ def encode_entities(model, tokenizer: LmkeTokenizer, entities=None, batch_size: 
 @torch.no_grad()
 @in_eval_mode
 def rank_link_prediction(
-    model,
+    model: ClmkeForLinkPrediction,
     tokenizer: LmkeTokenizer,
-    kg,
+    kg: KnowledgeGraph,
     split: str,
-    filter_splits=("train", "validation", "test"),
-    degree_splits=("train",),
+    filter_splits: Sequence[str] = ("train", "validation", "test"),
+    degree_splits: Sequence[str] = ("train",),
     batch_size: int = 256,
     max_queries: int | None = None,
-    directions=("tail", "head"),
+    directions: Sequence[str] = ("tail", "head"),
     entity_embeddings: EntityIndex | torch.Tensor | None = None,
-    accelerator=None,
+    accelerator: Accelerator | None = None,
     score_dtype: torch.dtype | None = None,
     progress: bool = False,
     scores_memory_mb: float = 1024,
@@ -136,7 +149,8 @@ def rank_link_prediction(
 
 @torch.no_grad()
 @in_eval_mode
-def score_triples(model, tokenizer: LmkeTokenizer, triples: np.ndarray, batch_size: int = 256, accelerator=None) -> np.ndarray:
+def score_triples(model: LmkeForTripleClassification, tokenizer: LmkeTokenizer, triples: np.ndarray, batch_size: int = 256,
+                  accelerator: Accelerator | None = None) -> np.ndarray:
     """p(u) = sigmoid(logit) of each `(h, r, t)` row, `(n,)` float, batched by length."""
     triples = np.asarray(triples, dtype=np.int64).reshape(-1, 3)
     rows = _shard(len(triples), accelerator)

@@ -38,6 +38,8 @@ References: Wang et al., "Language Models as Knowledge Embeddings", IJCAI 2022 (
 negative sampling protocol of triple classification).
 """
 
+from __future__ import annotations
+
 from ._common import (
     DATA_DIR_ENV,
     PREPARED_FORMAT_VERSION,

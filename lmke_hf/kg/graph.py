@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 def _as_int64(values, argument: str) -> np.ndarray:
@@ -82,7 +86,7 @@ class AnswerIndex:
                [-1, -1]])
     """
 
-    def __init__(self, given, relation, answer, num_entities: int, num_relations: int):
+    def __init__(self, given: ArrayLike, relation: ArrayLike, answer: ArrayLike, num_entities: int, num_relations: int) -> None:
         given = _as_int64(given, "given")
         relation = _as_int64(relation, "relation")
         answer = _as_int64(answer, "answer")
@@ -152,7 +156,7 @@ class AnswerIndex:
         counts = np.where(found, self.indptr[clipped + 1] - self.indptr[clipped], 0)
         return starts, counts
 
-    def counts(self, given, relation) -> np.ndarray:
+    def counts(self, given: ArrayLike, relation: ArrayLike) -> np.ndarray:
         """(B,) int64 number of known answers of each query."""
         return self._locate(given, relation)[1]
 
@@ -161,7 +165,7 @@ class AnswerIndex:
         starts, counts = self._locate(np.array([given]), np.array([relation]))
         return self.indices[starts[0] : starts[0] + counts[0]].copy()
 
-    def pairs(self, given, relation) -> tuple[np.ndarray, np.ndarray]:
+    def pairs(self, given: ArrayLike, relation: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Every known answer of every query of a batch, flattened.
 
         Args:
@@ -177,7 +181,7 @@ class AnswerIndex:
         offsets = np.arange(rows.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         return rows, self.indices[np.repeat(starts, counts) + offsets]
 
-    def padded(self, given, relation, pad_value: int = -1) -> np.ndarray:
+    def padded(self, given: ArrayLike, relation: ArrayLike, pad_value: int = -1) -> np.ndarray:
         """(B, max_answers_in_batch) int64 answers of each query, right-padded with ``pad_value``."""
         starts, counts = self._locate(given, relation)
         width = int(counts.max()) if counts.size else 0
@@ -187,7 +191,7 @@ class AnswerIndex:
         out[rows, columns] = self.indices[np.repeat(starts, counts) + columns]
         return out
 
-    def contains(self, given, relation, answer) -> np.ndarray:
+    def contains(self, given: ArrayLike, relation: ArrayLike, answer: ArrayLike) -> np.ndarray:
         """Boolean array (broadcast shape of the inputs): is ``answer`` a known answer of the query?"""
         given, relation, answer = np.broadcast_arrays(
             _as_int64(given, "given"), _as_int64(relation, "relation"), _as_int64(answer, "answer")

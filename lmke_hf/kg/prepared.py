@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -26,6 +27,9 @@ from ._common import _PREPARED_FILES, PREPARED_FORMAT_VERSION, PREPARED_METADATA
 from ._tables import _clean_split, _encode, _split_dataset, _text_dataset
 from .card import _dataset_card, _public_source
 from .graph import KnowledgeGraph, _arrow, _check_key_capacity
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +296,7 @@ def save_prepared(kg: KnowledgeGraph, out_dir: str | os.PathLike, card: bool = T
     return out
 
 
-def push_prepared_to_hub(out_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None):
+def push_prepared_to_hub(out_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> CommitInfo:
     """Upload a folder written by :func:`save_prepared` to a Hub dataset repository.
 
     Creates the repository if needed (``repo_type="dataset"``, ``exist_ok=True``) and uploads the whole folder
