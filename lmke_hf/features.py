@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from typing import Protocol
 
-    from .kg import KnowledgeGraph
+    from .kg import AnswerIndex, KnowledgeGraph
 
     class _HasLengths(Protocol):
         """A dataset that counts its own examples' word pieces (`TrainingTriples`)."""
@@ -116,15 +116,22 @@ class ClmkeCollator:
         tail_answers, head_answers (`AnswerIndex`, *optional*): `kg.answer_index(["train"], "tail")` and
             `(["train"], "head")`; without them only the diagonal (each query's own key) is positive.
         pad_to_multiple_of (`int`, *optional*): round padded lengths up (helps fused kernels on GPUs).
-        self_negatives (`LmkeTokenizer`, *optional*): also give the keys of the queries' own given entities as
-            `extra_key_input_ids` (self-negatives, as in SimKGC), encoded with this tokenizer.
+        self_negatives (`bool`): also give the keys of the queries' own given entities as `extra_key_input_ids`
+            (self-negatives, as in SimKGC), encoded with `tokenizer`.
+        tokenizer (`LmkeTokenizer`, *optional*): the KG tokenizer that encodes those keys; needed with
+            `self_negatives`.
     """
 
     pad_token_id: int
-    tail_answers: object | None = None
-    head_answers: object | None = None
+    tail_answers: AnswerIndex | None = None
+    head_answers: AnswerIndex | None = None
     pad_to_multiple_of: int | None = None
-    self_negatives: object | None = None
+    self_negatives: bool = False
+    tokenizer: LmkeTokenizer | None = None
+
+    def __post_init__(self) -> None:
+        if self.self_negatives and self.tokenizer is None:
+            raise ValueError("ClmkeCollator(self_negatives=True) encodes the given entities' keys: pass tokenizer=<the LmkeTokenizer>.")
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         q_ids, q_mask = pad_sequences([f["query_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
@@ -148,8 +155,8 @@ class ClmkeCollator:
                 padded[rows] = sub
                 columns.append(padded)
         batch["answer_ids"] = torch.from_numpy(np.concatenate(columns, axis=1))
-        if self.self_negatives is not None:
-            own = self.self_negatives.encode_keys(given)["input_ids"]
+        if self.self_negatives:
+            own = self.tokenizer.encode_keys(given)["input_ids"]
             batch["extra_key_input_ids"], batch["extra_key_attention_mask"] = pad_sequences(own, self.pad_token_id, self.pad_to_multiple_of)
         return batch
 

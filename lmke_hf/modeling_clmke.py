@@ -343,22 +343,21 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         """Scores of every query against every key, `(Bq, Bk)`: matcher logits (paper; degrees come from each
         side's OWN entity) or cosines (`config.scorer="cosine"`); with `config.own_entity_bias`, plus a learned
         offset where the candidate is the query's own given entity. `unit_keys`: the keys have unit length already
-        (an `EntityIndex`'s `unit_tiles`), so the cosine scorer does not normalise them again."""
-        scores = self._raw_match(query_embeddings, query_entity_ids, key_embeddings, key_entity_ids, unit_keys)
+        (an `EntityIndex`'s `unit_tiles`), so the cosine scorer does not normalise them again.
+
+        The model's one scoring function: training calls it on in-batch keys (with gradients), ranking through
+        `score_all` (no gradients, default entity ids, optional compute dtype)."""
+        if self.config.scorer == "cosine":
+            keys = key_embeddings if unit_keys else F.normalize(key_embeddings, dim=-1)
+            scores = F.normalize(query_embeddings, dim=-1) @ keys.T
+        else:
+            q_deg = self.log_degrees(query_entity_ids) if self.config.use_degree_features else None
+            k_deg = self.log_degrees(key_entity_ids) if self.config.use_degree_features else None
+            scores = self.matcher.pairwise(query_embeddings, key_embeddings, q_deg, k_deg, memory_mb=self.config.scoring_memory_mb)
         if self.config.own_entity_bias:
             own = query_entity_ids.view(-1, 1) == key_entity_ids.view(1, -1)
             scores = scores + own.to(scores.dtype) * self.own_entity_offset
         return scores
-
-    def _raw_match(self, query_embeddings, query_entity_ids, key_embeddings, key_entity_ids, unit_keys: bool = False) -> torch.Tensor:
-        if self.config.scorer == "cosine":
-            keys = key_embeddings if unit_keys else F.normalize(key_embeddings, dim=-1)
-            return F.normalize(query_embeddings, dim=-1) @ keys.T
-        q_deg = self.log_degrees(query_entity_ids) if self.config.use_degree_features else None
-        k_deg = self.log_degrees(key_entity_ids) if self.config.use_degree_features else None
-        return self.matcher.pairwise(
-            query_embeddings, key_embeddings, q_deg, k_deg, memory_mb=self.config.scoring_memory_mb
-        )
 
     # ------------------------------------------------------------ loss
     def contrastive_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -429,7 +428,7 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 all processes (cross-device negatives; gradients flow through the local keys).
             extra_key_input_ids (`torch.LongTensor` of shape `(num_extra, key_length)`, *optional*): more keys
                 every query is matched against (after the in-batch keys), e.g. the keys of the queries' own given
-                entities (`ClmkeCollator(..., self_negatives=tokenizer)`): without them a bi-encoder learns to rank the
+                entities (`ClmkeCollator(..., self_negatives=True, tokenizer=tokenizer)`): without them a bi-encoder learns to rank the
                 query's own entity first, since its text is in the query. Labelled like the others (positive
                 only when the entity is a known answer).
         """

@@ -29,7 +29,7 @@ def test_collator_self_negatives_are_the_given_entities_keys(tok):
             tok.encode_keys(QUERIES["gold"])["input_ids"], QUERIES["given"], QUERIES["relations"], QUERIES["gold"],
         )
     ]
-    batch = ClmkeCollator(tok.pad_token_id, self_negatives=tok)(features)
+    batch = ClmkeCollator(tok.pad_token_id, self_negatives=True, tokenizer=tok)(features)
     expected = tok.pad(tok.encode_keys(QUERIES["given"]))
     torch.testing.assert_close(batch["extra_key_input_ids"], expected["input_ids"])
     torch.testing.assert_close(batch["extra_key_attention_mask"], expected["attention_mask"])
@@ -94,3 +94,10 @@ def test_tokenizer_fingerprint_is_stable_across_processes_and_sees_every_descrip
     changed = copy.deepcopy(kg_tok)
     changed.entity_descriptions[-1] = changed.entity_descriptions[-1] + " changed"
     assert _tokenizer_fingerprint(changed) != here
+
+
+def test_self_negatives_need_the_tokenizer_that_encodes_them():
+    from lmke_hf.features import ClmkeCollator
+
+    with pytest.raises(ValueError, match="pass tokenizer="):
+        ClmkeCollator(0, self_negatives=True)

@@ -107,3 +107,22 @@ def test_transformers_hf_argument_parser_reads_the_dataclass(tmp_path):
     path.write_text(json.dumps({"dataset": "wn18rr", "output_dir": "o", "max_train_steps": 0}))
     with pytest.raises(UsageError, match="--max_train_steps: must be >= 1, got 0"):
         parser.parse_json_file(str(path))
+
+
+def test_description_lengths_the_paper_s_in_config_and_tokenizer_shorter_in_training_flags():
+    """One set of defaults for what a model is (the paper's lengths: config and tokenizer agree), another for
+    what training on a CPU affords (the flags), each flag naming the paper's value it departs from."""
+    import inspect
+
+    from lmke_hf import ClmkeConfig, LmkeConfig, LmkeTokenizer
+
+    names = ("max_entity_description_length", "max_relation_description_length", "max_key_description_length")
+    tokenizer = inspect.signature(LmkeTokenizer.__init__).parameters
+    clmke = inspect.signature(ClmkeConfig.__init__).parameters
+    lmke = inspect.signature(LmkeConfig.__init__).parameters
+    paper = {"max_entity_description_length": 241, "max_relation_description_length": 16, "max_key_description_length": 508}
+    assert {n: tokenizer[n].default for n in names} == {n: clmke[n].default for n in names} == paper
+    assert {n: lmke[n].default for n in names[:2]} == {n: paper[n] for n in names[:2]}
+    flags = {f.name: f for f in dataclasses.fields(ClmkeTrainingArguments)}
+    for name in names:
+        assert f"original {paper[name]}" in flags[name].metadata["help"], name

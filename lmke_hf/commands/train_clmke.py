@@ -75,7 +75,7 @@ def _run(args) -> dict:
         train_set = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer, args.num_proc)
     collator = ClmkeCollator(
         tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head"),
-        self_negatives=tokenizer if args.self_negatives else None,
+        self_negatives=args.self_negatives, tokenizer=tokenizer,
     )
     sampler = LengthGroupedSampler(train_set, args.per_device_train_batch_size, seed=args.seed) if args.group_by_length else None
     train_dataloader = DataLoader(
