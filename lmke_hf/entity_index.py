@@ -640,6 +640,24 @@ class FaissSearcher:
             index.add(_unit_rows(tile))
         return cls(index, kind, params, entity_index.weights_sha256)
 
+    def configure(self, *, ef_search: int | None = None, nprobe: int | None = None) -> FaissSearcher:
+        """Sets the search breadth without rebuilding: `ef_search` for HNSW, `nprobe` for IVF (the speed / recall
+        trade-off; `benchmarks/bench_scale.py` sweeps both). Returns the searcher; raises ValueError for a setting
+        this kind of index does not have."""
+        for name, value, kind in (("ef_search", ef_search, "hnsw"), ("nprobe", nprobe, "ivf")):
+            if value is None:
+                continue
+            if self.kind != kind:
+                raise ValueError(f"`{name}` tunes {kind} indexes; this FAISS index is {self.kind!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            if kind == "hnsw":
+                self.index.hnsw.efSearch = int(value)
+            else:
+                self.index.nprobe = int(value)
+            self.params[name] = int(value)
+        return self
+
     def save(self, path: str | os.PathLike) -> None:
         """Writes the FAISS index to `path` and its sidecar `path.json` (kind, parameters, number of keys and the
         `weights_sha256` of the entity index it was built from)."""

@@ -312,6 +312,23 @@ def test_a_faiss_index_of_other_weights_is_refused_naming_both_fingerprints_and_
         changed.predict(head="E1", relation="R0", top_k=3, searcher=searcher)
 
 
+def test_configure_changes_the_search_breadth_in_place_and_refuses_settings_of_another_kind(graph_model, tmp_path):
+    faiss = pytest.importorskip("faiss", reason='FAISS is an optional extra: pip install "lmke_hf[faiss]"')
+    index = EntityIndex.build(graph_model, shard_size=16)
+    hnsw = index.build_faiss("hnsw", ef_search=8)
+    assert hnsw.configure(ef_search=40) is hnsw
+    assert hnsw.index.hnsw.efSearch == 40 and hnsw.params["ef_search"] == 40
+    hnsw.save(tmp_path / "keys.faiss")
+    assert FaissSearcher.load(tmp_path / "keys.faiss").index.hnsw.efSearch == 40  # saved as configured
+    ivf = index.build_faiss("ivf", nlist=4, nprobe=1)
+    ivf.configure(nprobe=4)
+    assert faiss.extract_index_ivf(ivf.index).nprobe == 4 and ivf.params["nprobe"] == 4
+    with pytest.raises(ValueError, match="`nprobe` tunes ivf indexes; this FAISS index is 'hnsw'"):
+        hnsw.configure(nprobe=4)
+    with pytest.raises(ValueError, match="`ef_search` must be a positive integer, got 0"):
+        hnsw.configure(ef_search=0)
+
+
 def test_an_unknown_faiss_kind_is_named(graph_model):
     pytest.importorskip("faiss")
     with pytest.raises(ValueError, match="'lsh' is not one of 'flat', 'ivf', 'hnsw'"):
