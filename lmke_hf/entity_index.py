@@ -45,8 +45,12 @@ DEFAULT_SHARD_SIZE = 262_144  # rows per file: 384 MiB of fp32 keys at MiniLM's 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # safetensors dtype names -> (numpy dtype to map the bytes as, torch dtype to view them as)
 _SAFETENSORS_DTYPES = {
-    "F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16), "BF16": (np.int16, torch.bfloat16),
-    "F64": (np.float64, torch.float64), "I64": (np.int64, torch.int64), "I32": (np.int32, torch.int32),
+    "F32": (np.float32, torch.float32),
+    "F16": (np.float16, torch.float16),
+    "BF16": (np.int16, torch.bfloat16),
+    "F64": (np.float64, torch.float64),
+    "I64": (np.int64, torch.int64),
+    "I32": (np.int32, torch.int32),
 }
 
 
@@ -82,10 +86,14 @@ def read_safetensors(path: str | os.PathLike, mmap: bool = True) -> tuple[dict[s
             shape = tuple(int(n) for n in info["shape"])
             start, stop = (int(n) for n in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as err:
-            raise EntityIndexError(f"{path}: tensor {name!r} has an unreadable or unsupported header entry {info!r}") from err
+            raise EntityIndexError(
+                f"{path}: tensor {name!r} has an unreadable or unsupported header entry {info!r}"
+            ) from err
         count = int(np.prod(shape, dtype=np.int64))
         if stop - start != count * np.dtype(np_dtype).itemsize or base + stop > size:
-            raise EntityIndexError(f"{path}: tensor {name!r} ({info['dtype']} {list(shape)}) does not fit its bytes: the file is truncated or damaged")
+            raise EntityIndexError(
+                f"{path}: tensor {name!r} ({info['dtype']} {list(shape)}) does not fit its bytes: the file is truncated or damaged"
+            )
         if count == 0:
             array = np.zeros(shape, dtype=np_dtype)
         elif mmap:
@@ -129,7 +137,9 @@ class EntityIndex:
         weights_sha256: str | None = None,
     ) -> None:
         shards = list(keys) if isinstance(keys, (list, tuple)) else [keys]
-        if not shards or not all(isinstance(s, torch.Tensor) and s.dim() == 2 and s.is_floating_point() for s in shards):
+        if not shards or not all(
+            isinstance(s, torch.Tensor) and s.dim() == 2 and s.is_floating_point() for s in shards
+        ):
             got = [tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__ for s in shards]
             raise ValueError(f"EntityIndex keys must be (num_entities, hidden) floating-point tensors, got {got}.")
         widths = {s.shape[1] for s in shards}
@@ -148,7 +158,9 @@ class EntityIndex:
         self.weights_sha256 = weights_sha256
         self._joined: torch.Tensor | None = shards[0] if len(shards) == 1 else None
         self._finite: bool | None = None
-        self._unit: list[torch.Tensor | None] = [None] * len(shards)  # per shard: its unit-length keys, made on first use
+        self._unit: list[torch.Tensor | None] = [None] * len(
+            shards
+        )  # per shard: its unit-length keys, made on first use
 
     # ------------------------------------------------------------------ shape and rows
     @property
@@ -214,18 +226,25 @@ class EntityIndex:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> EntityIndex:
         """A copy with the keys on `device` and/or stored as `dtype` (e.g. `torch.float16` halves the memory)."""
-        moved = EntityIndex([s.to(device=device, dtype=dtype) for s in self._shards], self.degrees, self.ids, self.weights_sha256)
+        moved = EntityIndex(
+            [s.to(device=device, dtype=dtype) for s in self._shards], self.degrees, self.ids, self.weights_sha256
+        )
         moved._finite = self._finite
         return moved
 
     def append(
-        self, keys: torch.Tensor, degrees: torch.Tensor | np.ndarray | Sequence[float] | None = None, ids: Sequence[str] | None = None
+        self,
+        keys: torch.Tensor,
+        degrees: torch.Tensor | np.ndarray | Sequence[float] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> EntityIndex:
         """A new index with `keys` `(n, hidden)` as its last rows (entities added after training: degree 0)."""
         keys = keys.to(device=self.device, dtype=self.dtype)
         degrees = torch.zeros(keys.shape[0]) if degrees is None else torch.as_tensor(degrees, dtype=torch.float32)
         new_ids = None if self.ids is None or ids is None else self.ids + list(ids)
-        grown = EntityIndex(self._shards + [keys], torch.cat([self.degrees, degrees.view(-1)]), new_ids, self.weights_sha256)
+        grown = EntityIndex(
+            self._shards + [keys], torch.cat([self.degrees, degrees.view(-1)]), new_ids, self.weights_sha256
+        )
         grown._unit = self._unit + [None]  # the old rows' unit keys hold; the new rows are normalised on first use
         return grown
 
@@ -244,10 +263,18 @@ class EntityIndex:
     # ------------------------------------------------------------------ building
     @classmethod
     @torch.no_grad()
-    def build(cls, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None = None, *, batch_size: int = 256,
-              shard_size: int | None = None, dtype: torch.dtype | str = torch.float32,
-              save_directory: str | os.PathLike | None = None, accelerator: Accelerator | None = None,
-              progress: bool = False) -> EntityIndex:
+    def build(
+        cls,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        batch_size: int = 256,
+        shard_size: int | None = None,
+        dtype: torch.dtype | str = torch.float32,
+        save_directory: str | os.PathLike | None = None,
+        accelerator: Accelerator | None = None,
+        progress: bool = False,
+    ) -> EntityIndex:
         """Encodes every entity's key with `model` (a `ClmkeForLinkPrediction`), `shard_size` entities at a time.
 
         (`model` and `tokenizer` are typed by their transformers / torch base classes: this file travels with saved
@@ -292,7 +319,11 @@ class EntityIndex:
                     bar.update(stop - start)
                 continue
             # a shard's word pieces are not kept: a million-entity graph's would cost gigabytes
-            keys = model.encode_entities(np.arange(start, stop), batch_size, tokenizer=tokenizer, keep_pieces=False).to(dtype).cpu()
+            keys = (
+                model.encode_entities(np.arange(start, stop), batch_size, tokenizer=tokenizer, keep_pieces=False)
+                .to(dtype)
+                .cpu()
+            )
             if path is not None:
                 meta = {"start": str(start), "stop": str(stop), "num_entities": str(n), "weights_sha256": fingerprint}
                 _save_file({"keys": keys, "degrees": degrees[start:stop]}, path, meta)
@@ -338,7 +369,9 @@ class EntityIndex:
         if self.num_entities <= int(shard_size):
             _save_file({"keys": self.keys, "degrees": self.degrees}, os.path.join(folder, ENTITY_INDEX_FILE), meta)
             return [ENTITY_INDEX_FILE]
-        bounds = [(s, min(s + int(shard_size), self.num_entities)) for s in range(0, self.num_entities, int(shard_size))]
+        bounds = [
+            (s, min(s + int(shard_size), self.num_entities)) for s in range(0, self.num_entities, int(shard_size))
+        ]
         files = [shard_file_name(i + 1, len(bounds)) for i in range(len(bounds))]
         for name, (start, stop) in zip(files, bounds):
             keys = self._slice(start, stop)
@@ -381,16 +414,22 @@ class EntityIndex:
             shards = manifest["shards"]
             n = int(manifest["num_entities"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise EntityIndexError(f"{manifest_path} is not an entity-index manifest ({type(err).__name__}: {err})") from err
+            raise EntityIndexError(
+                f"{manifest_path} is not an entity-index manifest ({type(err).__name__}: {err})"
+            ) from err
         keys, degrees, expected = [], [], 0
         for shard in shards:
             path = os.path.join(folder, os.path.basename(str(shard.get("file", ""))))
             if not os.path.isfile(path):
-                raise EntityIndexError(f"{manifest_path} lists {shard.get('file')!r}, which is missing: the index is incomplete; build it again.")
+                raise EntityIndexError(
+                    f"{manifest_path} lists {shard.get('file')!r}, which is missing: the index is incomplete; build it again."
+                )
             tensors, _ = read_safetensors(path, mmap=mmap)
             part = _checked_keys(tensors, path)
             if int(shard.get("start", -1)) != expected or int(shard.get("stop", -1)) != expected + part.shape[0]:
-                raise EntityIndexError(f"{path} holds {part.shape[0]} rows, not rows {shard.get('start')}:{shard.get('stop')} as {manifest_path} says.")
+                raise EntityIndexError(
+                    f"{path} holds {part.shape[0]} rows, not rows {shard.get('start')}:{shard.get('stop')} as {manifest_path} says."
+                )
             expected += part.shape[0]
             keys.append(part)
             degrees.append(_checked_degrees(tensors, part.shape[0], path))
@@ -405,12 +444,21 @@ class EntityIndex:
         download raises (a process that silently encodes while the others load would hang a multi-process run)."""
         source = os.fspath(source)
         if os.path.isdir(source):
-            has_index = os.path.isfile(os.path.join(source, MANIFEST_FILE)) or os.path.isfile(os.path.join(source, ENTITY_INDEX_FILE))
+            has_index = os.path.isfile(os.path.join(source, MANIFEST_FILE)) or os.path.isfile(
+                os.path.join(source, ENTITY_INDEX_FILE)
+            )
             return cls.load(source, mmap=mmap) if has_index else None
         from huggingface_hub import constants, hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
 
-        absent = (EntryNotFoundError, RepositoryNotFoundError, HFValidationError) + ((LocalEntryNotFoundError,) if constants.HF_HUB_OFFLINE else ())
+        absent = (EntryNotFoundError, RepositoryNotFoundError, HFValidationError) + (
+            (LocalEntryNotFoundError,) if constants.HF_HUB_OFFLINE else ()
+        )
         try:
             manifest = hf_hub_download(source, MANIFEST_FILE, **hub_kwargs)
         except absent:
@@ -433,19 +481,35 @@ class EntityIndex:
         return max(1, int(memory_mb * 2**20 / 4 / (max(query_rows, 1) + self.hidden_size)))
 
     @torch.no_grad()
-    def scores(self, model: torch.nn.Module, query_embeddings: torch.Tensor, query_entity_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def scores(
+        self,
+        model: torch.nn.Module,
+        query_embeddings: torch.Tensor,
+        query_entity_ids: torch.Tensor,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """Scores `(B, N)` of every query against every entity, tile by tile through `model.score_all`, in fp32 unless
         `dtype` asks for an autocast dtype. The caller bounds B (`rank_link_prediction` does, by memory)."""
         device = query_embeddings.device
         out = torch.empty(query_embeddings.shape[0], self.num_entities, device=device)
         tiles, unit = self._scoring_tiles(model, self._key_tile_rows(query_embeddings.shape[0], 256))
         for start, tile in tiles:
-            out[:, start : start + tile.shape[0]] = _match(model, query_embeddings, query_entity_ids, tile, start, dtype, unit)
+            out[:, start : start + tile.shape[0]] = _match(
+                model, query_embeddings, query_entity_ids, tile, start, dtype, unit
+            )
         return out
 
     @torch.no_grad()
-    def search(self, model: torch.nn.Module, query_embeddings: torch.Tensor, query_entity_ids: torch.Tensor, top_k: int = 10,
-               exclude: Sequence[Sequence[int] | np.ndarray] | None = None, memory_mb: float = 256, query_batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self,
+        model: torch.nn.Module,
+        query_embeddings: torch.Tensor,
+        query_entity_ids: torch.Tensor,
+        top_k: int = 10,
+        exclude: Sequence[Sequence[int] | np.ndarray] | None = None,
+        memory_mb: float = 256,
+        query_batch_size: int = 256,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k: `(scores, rows)`, each `(B, top_k)`, best first, over all entities, in tiles of queries x keys
         with a running top-k per query, so peak memory is about `memory_mb` whatever B and N. Rows past the number
         of candidates are -1 with score -inf.
@@ -465,7 +529,9 @@ class EntityIndex:
         for q0 in range(0, b, query_batch_size):
             q = query_embeddings[q0 : q0 + query_batch_size]
             q_ent = query_entity_ids[q0 : q0 + query_batch_size]
-            ex_rows, ex_cols = _exclusion_pairs(exclude[q0 : q0 + query_batch_size] if exclude is not None else None, device)
+            ex_rows, ex_cols = _exclusion_pairs(
+                exclude[q0 : q0 + query_batch_size] if exclude is not None else None, device
+            )
             values = best_scores[q0 : q0 + query_batch_size]
             rows = best_rows[q0 : q0 + query_batch_size]
             tiles, unit = self._scoring_tiles(model, self._key_tile_rows(q.shape[0], memory_mb))
@@ -486,8 +552,10 @@ class EntityIndex:
         return FaissSearcher.build(self, kind, **options)
 
     def __repr__(self) -> str:
-        return (f"EntityIndex(num_entities={self.num_entities}, hidden_size={self.hidden_size}, dtype={self.dtype}, "
-                f"shards={len(self._shards)}, weights_sha256={(self.weights_sha256 or 'unknown')[:12]})")
+        return (
+            f"EntityIndex(num_entities={self.num_entities}, hidden_size={self.hidden_size}, dtype={self.dtype}, "
+            f"shards={len(self._shards)}, weights_sha256={(self.weights_sha256 or 'unknown')[:12]})"
+        )
 
 
 def _match(model, q, q_ent, tile, start, dtype, unit_keys: bool = False):
@@ -556,14 +624,24 @@ def _finished_shard(path: str, start: int, stop: int, fingerprint: str, dtype: t
     except (EntityIndexError, OSError):
         return False
     keys = tensors.get("keys")
-    return (meta.get("weights_sha256") == fingerprint and meta.get("start") == str(start) and meta.get("stop") == str(stop)
-            and keys is not None and keys.dtype == dtype and keys.shape[0] == stop - start)
+    return (
+        meta.get("weights_sha256") == fingerprint
+        and meta.get("start") == str(start)
+        and meta.get("stop") == str(stop)
+        and keys is not None
+        and keys.dtype == dtype
+        and keys.shape[0] == stop - start
+    )
 
 
 def _write_manifest(folder, n, hidden, dtype, fingerprint, files, bounds) -> None:
     manifest = {
-        "format": "lmke_hf.entity_index/1", "num_entities": n, "hidden_size": hidden, "dtype": str(dtype).replace("torch.", ""),
-        "weights_sha256": fingerprint, "shards": [{"file": f, "start": a, "stop": b} for f, (a, b) in zip(files, bounds)],
+        "format": "lmke_hf.entity_index/1",
+        "num_entities": n,
+        "hidden_size": hidden,
+        "dtype": str(dtype).replace("torch.", ""),
+        "weights_sha256": fingerprint,
+        "shards": [{"file": f, "start": a, "stop": b} for f, (a, b) in zip(files, bounds)],
     }
     partial = os.path.join(folder, MANIFEST_FILE + ".partial")
     with open(partial, "w", encoding="utf-8") as handle:
@@ -576,7 +654,9 @@ def _remove_index_files(folder: str, keep: Sequence[str]) -> None:
     for name in os.listdir(folder):
         if name in keep:
             continue
-        if name in (ENTITY_INDEX_FILE, MANIFEST_FILE) or (name.startswith("entity_index-") and name.endswith(".safetensors")):
+        if name in (ENTITY_INDEX_FILE, MANIFEST_FILE) or (
+            name.startswith("entity_index-") and name.endswith(".safetensors")
+        ):
             os.remove(os.path.join(folder, name))
 
 
@@ -614,9 +694,20 @@ class FaissSearcher:
         self.weights_sha256 = weights_sha256
 
     @classmethod
-    def build(cls, entity_index: EntityIndex, kind: str = "hnsw", *, nlist: int | None = None, nprobe: int = 32,
-              hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128, train_size: int = 100_000,
-              seed: int = 0, batch_rows: int = 65_536) -> FaissSearcher:
+    def build(
+        cls,
+        entity_index: EntityIndex,
+        kind: str = "hnsw",
+        *,
+        nlist: int | None = None,
+        nprobe: int = 32,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 128,
+        train_size: int = 100_000,
+        seed: int = 0,
+        batch_rows: int = 65_536,
+    ) -> FaissSearcher:
         faiss = _import_faiss()
         d, n = entity_index.hidden_size, entity_index.num_entities
         if kind == "flat":
@@ -665,7 +756,12 @@ class FaissSearcher:
         path = os.fspath(path)
         faiss.write_index(self.index, path + ".partial")
         os.replace(path + ".partial", path)
-        info = {"kind": self.kind, "params": self.params, "ntotal": int(self.index.ntotal), "weights_sha256": self.weights_sha256}
+        info = {
+            "kind": self.kind,
+            "params": self.params,
+            "ntotal": int(self.index.ntotal),
+            "weights_sha256": self.weights_sha256,
+        }
         with open(path + ".json", "w", encoding="utf-8") as handle:
             json.dump(info, handle)
 
@@ -683,9 +779,11 @@ class FaissSearcher:
             index.nprobe = int(info["params"]["nprobe"])
         searcher = cls(index, info["kind"], info["params"], info.get("weights_sha256"))
         if searcher.weights_sha256 is None:
-            logger.warning(f"{path}.json records no weights_sha256 (saved by an older lmke_hf): the FAISS index cannot be "
-                           "checked against the entity index; rebuild it with `lmke-hf index --model <model> --faiss "
-                           f"{searcher.kind}`.")
+            logger.warning(
+                f"{path}.json records no weights_sha256 (saved by an older lmke_hf): the FAISS index cannot be "
+                "checked against the entity index; rebuild it with `lmke-hf index --model <model> --faiss "
+                f"{searcher.kind}`."
+            )
         if entity_index is not None:
             searcher.check(entity_index)
         return searcher
@@ -694,7 +792,9 @@ class FaissSearcher:
         """Raises ValueError unless this FAISS index was built from `entity_index`'s keys: as many keys, and the same
         `weights_sha256` wherever both record one."""
         if self.index.ntotal != entity_index.num_entities:
-            raise ValueError(f"This FAISS index holds {self.index.ntotal} keys, the entity index {entity_index.num_entities}: build it again.")
+            raise ValueError(
+                f"This FAISS index holds {self.index.ntotal} keys, the entity index {entity_index.num_entities}: build it again."
+            )
         ours, theirs = self.weights_sha256, entity_index.weights_sha256
         if ours is not None and theirs is not None and ours != theirs:
             raise ValueError(
@@ -704,9 +804,17 @@ class FaissSearcher:
             )
 
     @torch.no_grad()
-    def search(self, model: torch.nn.Module, entity_index: EntityIndex, query_embeddings: torch.Tensor,
-               query_entity_ids: torch.Tensor, top_k: int = 10, exclude: Sequence[Sequence[int] | np.ndarray] | None = None, shortlist: int | None = None,
-               query_batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self,
+        model: torch.nn.Module,
+        entity_index: EntityIndex,
+        query_embeddings: torch.Tensor,
+        query_entity_ids: torch.Tensor,
+        top_k: int = 10,
+        exclude: Sequence[Sequence[int] | np.ndarray] | None = None,
+        shortlist: int | None = None,
+        query_batch_size: int = 64,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Approximate top-k `(scores, rows)` like `EntityIndex.search`: a shortlist of `shortlist` (default
         `max(4 * top_k, 50)`, plus the number excluded) by FAISS, re-scored exactly by the model, `query_batch_size`
         queries at a time against the union of their shortlists. Raises ValueError where this FAISS index was not
@@ -723,15 +831,23 @@ class FaissSearcher:
         if exclude is not None:
             for i, rows in enumerate(exclude):
                 candidates[i, np.isin(candidates[i], np.asarray(rows, dtype=np.int64))] = -1
+        cosine = getattr(model.config, "scorer", None) == "cosine"
         values, rows = [], []
         for q0 in range(0, b, query_batch_size):  # all queries of a block against the union of their shortlists
             part = candidates[q0 : q0 + query_batch_size]
             union, where = np.unique(np.where(part >= 0, part, np.iinfo(np.int64).max), return_inverse=True)
             where = where.reshape(part.shape)
             valid = union < entity_index.num_entities
-            keys = entity_index.rows(union[valid]).to(device=query_embeddings.device, dtype=query_embeddings.dtype)
-            scores = model.score_all(query_embeddings[q0 : q0 + query_batch_size], query_entity_ids[q0 : q0 + query_batch_size],
-                                     keys, torch.as_tensor(union[valid], device=query_embeddings.device)).float()
+            keys = entity_index.rows(union[valid])
+            if cosine:  # the very unit keys exact search ranks (normalised in fp32, stored in the index's dtype)
+                keys = _unit_keys(keys)
+            scores = model.score_all(
+                query_embeddings[q0 : q0 + query_batch_size],
+                query_entity_ids[q0 : q0 + query_batch_size],
+                keys.to(device=query_embeddings.device, dtype=query_embeddings.dtype),
+                torch.as_tensor(union[valid], device=query_embeddings.device),
+                unit_keys=cosine,
+            ).float()
             scores = torch.cat([scores, scores.new_full((scores.shape[0], 1), float("-inf"))], 1)  # the column of -1s
             mine = torch.as_tensor(np.where(part >= 0, where, int(valid.sum())), device=scores.device)
             mine_scores = scores.gather(1, mine)

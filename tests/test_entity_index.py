@@ -24,8 +24,14 @@ def _graph_tokenizer(tiny_bert_dir, n: int = 41, seed: int = 0) -> LmkeTokenizer
     names = [" ".join(rng.choice(WORDS, 2)) for _ in range(n)]
     descriptions = [" ".join(rng.choice(WORDS, int(rng.integers(0, 9)))) for _ in range(n)]
     return LmkeTokenizer(
-        AutoTokenizer.from_pretrained(tiny_bert_dir), [f"E{i}" for i in range(n)], ["R0", "R1"], names, descriptions,
-        relation_names=["r zero", "r one"], max_entity_description_length=8, max_relation_description_length=4,
+        AutoTokenizer.from_pretrained(tiny_bert_dir),
+        [f"E{i}" for i in range(n)],
+        ["R0", "R1"],
+        names,
+        descriptions,
+        relation_names=["r zero", "r one"],
+        max_entity_description_length=8,
+        max_relation_description_length=4,
         max_key_description_length=10,
     )
 
@@ -82,7 +88,11 @@ def test_a_streamed_build_in_shards_equals_encoding_all_entities_at_once(graph_m
     assert index.weights_sha256 == graph_model.weights_fingerprint()
 
 
-_DTYPE_TOLERANCE = {"float32": {}, "float16": {"rtol": 2e-3, "atol": 2e-3}, "bfloat16": {"rtol": 1.6e-2, "atol": 1.6e-2}}
+_DTYPE_TOLERANCE = {
+    "float32": {},
+    "float16": {"rtol": 2e-3, "atol": 2e-3},
+    "bfloat16": {"rtol": 1.6e-2, "atol": 1.6e-2},
+}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -149,7 +159,9 @@ def test_bad_build_options_name_the_value(graph_model, bad):
 def test_a_damaged_manifest_or_a_missing_shard_is_a_named_error(graph_model, tmp_path):
     EntityIndex.build(graph_model, shard_size=10, save_directory=tmp_path)
     (tmp_path / shard_file_name(3, 5)).unlink()
-    with pytest.raises(EntityIndexError, match="entity_index-00003-of-00005.safetensors.*missing: the index is incomplete"):
+    with pytest.raises(
+        EntityIndexError, match="entity_index-00003-of-00005.safetensors.*missing: the index is incomplete"
+    ):
         EntityIndex.load(tmp_path)
     (tmp_path / MANIFEST_FILE).write_text("{not json")
     with pytest.raises(EntityIndexError, match="is not an entity-index manifest"):
@@ -171,7 +183,10 @@ def test_a_model_saves_and_loads_a_sharded_index_and_predicts_the_same(graph_mod
     assert loaded.predict(head="E3", relation="R1", top_k=5) == graph_model.predict(head="E3", relation="R1", top_k=5)
     monkeypatch.setattr(entity_index_module, "DEFAULT_SHARD_SIZE", 1000)
     loaded.save_pretrained(tmp_path / "run")  # over its own memory-mapped shards: back to one file, the shards removed
-    assert sorted(p.name for p in (tmp_path / "run").glob("entity_index*")) == ["entity_index.py", "entity_index.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "run").glob("entity_index*")) == [
+        "entity_index.py",
+        "entity_index.safetensors",
+    ]
     again = ClmkeForLinkPrediction.from_pretrained(tmp_path / "run").load_entity_index()
     torch.testing.assert_close(again.keys, graph_model.entity_index.keys)
 
@@ -223,16 +238,25 @@ def test_ranking_from_a_sharded_memory_mapped_index_equals_ranking_from_one_tens
     from helpers import write_tiny_kg
 
     kg = load_kg(str(write_tiny_kg(tmp_path / "kg")))
-    tokenizer = LmkeTokenizer.from_kg(graph_model.kg_tokenizer.tokenizer, kg, max_entity_description_length=8,
-                                      max_relation_description_length=4, max_key_description_length=10)
+    tokenizer = LmkeTokenizer.from_kg(
+        graph_model.kg_tokenizer.tokenizer,
+        kg,
+        max_entity_description_length=8,
+        max_relation_description_length=4,
+        max_key_description_length=10,
+    )
     torch.manual_seed(0)
-    model = ClmkeForLinkPrediction.from_encoder_pretrained(graph_model.config.encoder._name_or_path, tokenizer, scorer=graph_model.config.scorer).eval()
+    model = ClmkeForLinkPrediction.from_encoder_pretrained(
+        graph_model.config.encoder._name_or_path, tokenizer, scorer=graph_model.config.scorer
+    ).eval()
     model.attach_tokenizer(tokenizer)
     sharded = EntityIndex.build(model, shard_size=3, save_directory=tmp_path / "index")
     keys = sharded.keys.clone()  # the same numbers in one ordinary tensor: only the tiled, mapped path differs
     torch.testing.assert_close(keys, model.encode_entities())
     one = rank_link_prediction(model, tokenizer, kg, "test", entity_embeddings=keys).ranks_table()
-    tiled = rank_link_prediction(model, tokenizer, kg, "test", entity_embeddings=sharded, scores_memory_mb=1e-4).ranks_table()
+    tiled = rank_link_prediction(
+        model, tokenizer, kg, "test", entity_embeddings=sharded, scores_memory_mb=1e-4
+    ).ranks_table()
     assert one.keys() == tiled.keys()
     for column in one:
         np.testing.assert_array_equal(one[column], tiled[column])
@@ -242,12 +266,18 @@ def test_a_cosine_index_normalises_its_keys_once_and_ranks_as_before(tiny_bert_d
     model = _graph_model(tiny_bert_dir, "cosine")
     q, q_ent = _queries(model, n=5)
     index = EntityIndex.build(model, shard_size=16)  # 3 shards
-    full = model.score_all(q, q_ent, torch.cat([tile for _, tile in index.tiles()]))  # the stored keys, normalised by the model
+    full = model.score_all(
+        q, q_ent, torch.cat([tile for _, tile in index.tiles()])
+    )  # the stored keys, normalised by the model
     expected_values, expected_rows = full.topk(6, dim=1)
     normalised, key_rows = [], []
     real_unit, real_normalize = entity_index_module._unit_keys, torch.nn.functional.normalize
-    monkeypatch.setattr(entity_index_module, "_unit_keys", lambda shard: normalised.append(shard.shape[0]) or real_unit(shard))
-    monkeypatch.setattr(torch.nn.functional, "normalize", lambda x, *a, **k: key_rows.append(x.shape[0]) or real_normalize(x, *a, **k))
+    monkeypatch.setattr(
+        entity_index_module, "_unit_keys", lambda shard: normalised.append(shard.shape[0]) or real_unit(shard)
+    )
+    monkeypatch.setattr(
+        torch.nn.functional, "normalize", lambda x, *a, **k: key_rows.append(x.shape[0]) or real_normalize(x, *a, **k)
+    )
     for _ in range(2):
         values, rows = index.search(model, q, q_ent, top_k=6, memory_mb=0.002)
         torch.testing.assert_close(values, expected_values)
@@ -281,12 +311,28 @@ def test_faiss_search_re_scores_exactly_and_agrees_with_exact_search(graph_model
     assert torch.equal(rows, exact_rows[:, 2:5])
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_faiss_re_scoring_of_a_half_precision_index_gives_exact_search_s_own_scores(graph_model, dtype):
+    """Exact search ranks an fp16 / bf16 index's stored unit keys; the FAISS re-score must score those same keys
+    (not the raw keys normalised again), or its scores differ by the storage rounding and near-ties swap."""
+    pytest.importorskip("faiss", reason='FAISS is an optional extra: pip install "lmke_hf[faiss]"')
+    q, q_ent = _queries(graph_model)
+    index = EntityIndex.build(graph_model, shard_size=16, dtype=dtype)
+    exact_values, exact_rows = index.search(graph_model, q, q_ent, top_k=5)
+    values, rows = index.build_faiss("flat").search(graph_model, index, q, q_ent, top_k=5, shortlist=41)
+    assert torch.equal(rows, exact_rows)
+    torch.testing.assert_close(values, exact_values, rtol=1e-6, atol=1e-6)  # storage rounding is ~1e-3 (fp16)
+
+
 def test_predict_with_a_faiss_searcher_returns_the_exact_answers_when_its_shortlist_holds_them(graph_model):
     pytest.importorskip("faiss", reason='FAISS is an optional extra: pip install "lmke_hf[faiss]"')
     graph_model.build_entity_index()
     searcher = graph_model.entity_index.build_faiss("flat")
     exact = graph_model.predict(head="E5", relation="R0", top_k=4)
-    assert graph_model.predict(head="E5", relation="R0", top_k=4, searcher=searcher) == exact or graph_model.config.scorer == "matcher"
+    assert (
+        graph_model.predict(head="E5", relation="R0", top_k=4, searcher=searcher) == exact
+        or graph_model.config.scorer == "matcher"
+    )
     wide = searcher.search(graph_model, graph_model.entity_index, *_queries(graph_model, 1), top_k=4, shortlist=41)
     assert wide[1].shape == (1, 4)
 
@@ -349,7 +395,9 @@ def test_two_processes_build_the_same_index_as_one(tiny_bert_dir, tmp_path):
     sys.path.insert(0, os.path.dirname(__file__))
     from _entity_index_dist import run_worker
 
-    torch.multiprocessing.spawn(run_worker, args=(2, _free_port(), str(tmp_path / "model"), str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(
+        run_worker, args=(2, _free_port(), str(tmp_path / "model"), str(tmp_path)), nprocs=2, join=True
+    )
     single = EntityIndex.build(graph_model, shard_size=5)
     for rank in range(2):
         gathered = torch.load(tmp_path / f"rank{rank}.pt")
