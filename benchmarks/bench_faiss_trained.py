@@ -2,9 +2,9 @@
 """FAISS against exact top-10 search on the entity keys of a trained C-LMKE model (bench_scale measures untrained keys).
 
 Encodes the model's entity index (bf16 autocast, fp16 storage) unless `--index` already holds it, then searches
-`--queries` random tail queries exactly and through FAISS (HNSW and IVF at two settings each), all in one process:
-ms per query, recall@10 against exact, speed-up, build time; and the spread of the keys (mean and std of the pairwise
-cosine of 2,000 of them).
+`--queries` random tail queries exactly and through FAISS (one HNSW graph searched at each `--ef_search`, one IVF
+index at each `--nprobe`), all in one process: ms per query, recall@10 against exact, speed-up, build time; and the
+spread of the keys (mean and std of the pairwise cosine of 2,000 of them).
 
 Example::
 
@@ -23,8 +23,6 @@ import torch
 from lmke_hf import load_model
 from lmke_hf.entity_index import EntityIndex
 
-SETTINGS = (("hnsw", {}), ("hnsw", {"ef_search": 32}), ("ivf", {}), ("ivf", {"nprobe": 8}))
-
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,6 +30,8 @@ def main(argv=None) -> dict:
     p.add_argument("--index", required=True, help="Folder of its entity index (built there when missing).")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ef_search", type=int, nargs="+", default=[128, 64, 32, 16], help="HNSW search breadths.")
+    p.add_argument("--nprobe", type=int, nargs="+", default=[32, 16, 8], help="IVF clusters searched.")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     import faiss
@@ -48,7 +48,11 @@ def main(argv=None) -> dict:
     cos = keys @ keys.T
     out.update(mean_cosine=float(cos.mean()), std_cosine=float(cos.std()))
     rng = np.random.default_rng(1)
-    batch = tok.pad(tok.encode_queries(rng.integers(0, index.num_entities, args.queries), rng.integers(0, tok.num_relations, args.queries), "tail"))
+    batch = tok.pad(
+        tok.encode_queries(
+            rng.integers(0, index.num_entities, args.queries), rng.integers(0, tok.num_relations, args.queries), "tail"
+        )
+    )
     with torch.no_grad():
         q, q_ent = model.embed_queries(batch["input_ids"], batch["attention_mask"])
     index.search(model, q[:2], q_ent[:2], 10)  # warm-up
@@ -56,17 +60,24 @@ def main(argv=None) -> dict:
     _, exact = index.search(model, q, q_ent, 10)
     out["exact_ms"] = (time.perf_counter() - t0) * 1000 / args.queries
     truth = [set(r) for r in exact.tolist()]
-    for kind, options in SETTINGS:
+    for kind, name, values in (("hnsw", "ef_search", args.ef_search), ("ivf", "nprobe", args.nprobe)):
         t0 = time.perf_counter()
-        searcher = index.build_faiss(kind, **options)
+        searcher = index.build_faiss(kind)
         build_s = time.perf_counter() - t0
-        searcher.search(model, index, q[:2], q_ent[:2], 10)
-        t0 = time.perf_counter()
-        _, found = searcher.search(model, index, q, q_ent, 10)
-        ms = (time.perf_counter() - t0) * 1000 / args.queries
-        recall = float(np.mean([len(truth[i] & set(r)) / 10 for i, r in enumerate(found.tolist())]))
-        out[f"{kind} {searcher.params}"] = {"ms": ms, "recall_at_10": recall, "speedup": out["exact_ms"] / ms, "build_s": build_s}
-        print(kind, searcher.params, out[f"{kind} {searcher.params}"], flush=True)
+        for value in values:  # one build, searched at each breadth
+            searcher.configure(**{name: value})
+            searcher.search(model, index, q[:2], q_ent[:2], 10)
+            t0 = time.perf_counter()
+            _, found = searcher.search(model, index, q, q_ent, 10)
+            ms = (time.perf_counter() - t0) * 1000 / args.queries
+            recall = float(np.mean([len(truth[i] & set(r)) / 10 for i, r in enumerate(found.tolist())]))
+            out[f"{kind} {searcher.params}"] = {
+                "ms": ms,
+                "recall_at_10": recall,
+                "speedup": out["exact_ms"] / ms,
+                "build_s": build_s,
+            }
+            print(kind, searcher.params, out[f"{kind} {searcher.params}"], flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(out, handle, indent=1)

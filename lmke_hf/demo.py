@@ -70,7 +70,12 @@ def _error(error: BaseException) -> str:
 
 def _whole_number(value, name: str) -> int:
     """A count typed into the page (a float from a slider or number box) as an int."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise ValueError(f"`{name}` must be a whole number, got {value!r}.")
     return int(value)
 
@@ -103,13 +108,20 @@ class _Demo:
 
     @property
     def title(self) -> str:
-        return os.path.basename(os.path.normpath(self.model.name_or_path)) if self.model.name_or_path else type(self.model).__name__
+        return (
+            os.path.basename(os.path.normpath(self.model.name_or_path))
+            if self.model.name_or_path
+            else type(self.model).__name__
+        )
 
     def describe(self) -> str:
         """The line under the page's title: the model, its size, the KG."""
         tok = self.tokenizer
-        graph = (f"Answers already true in the knowledge graph **{_escape(self.kg.name)}** are marked with their split."
-                 if self.kg is not None else "No knowledge graph given (`kg` / `--kg`): known answers are not marked.")
+        graph = (
+            f"Answers already true in the knowledge graph **{_escape(self.kg.name)}** are marked with their split."
+            if self.kg is not None
+            else "No knowledge graph given (`kg` / `--kg`): known answers are not marked."
+        )
         return f"`{self.title}`: {tok.num_entities} entities, {tok.num_relations} relations. {graph}"
 
     def choices(self, kind: str) -> list[tuple[str, str]]:
@@ -126,7 +138,9 @@ class _Demo:
             return []
         tok = self.tokenizer
         if len(self._search[0]) != tok.num_entities:  # built once; add_entities appends
-            self._search = tuple(np.char.lower(np.array(texts, dtype=str)) for texts in (tok.entity_ids, tok.entity_names))
+            self._search = tuple(
+                np.char.lower(np.array(texts, dtype=str)) for texts in (tok.entity_ids, tok.entity_names)
+            )
         ids, names = self._search
         starts = np.char.startswith(ids, text) | np.char.startswith(names, text)
         contains = (np.char.find(ids, text) >= 0) | (np.char.find(names, text) >= 0)
@@ -206,8 +220,12 @@ class LinkPredictionDemo(_Demo):
             raise ValueError(f"`direction` must be one of {sorted(DIRECTIONS)}, got {direction!r}.")
         given, rel = self._resolve(entity, "entity"), self._resolve(relation, "relation")
         with self._lock:
-            answers = self.model.predict(relation=rel, top_k=top_k, **({"head": given} if direction == "tail" else {"tail": given}))
-        marks = self._known_split(given, rel, self.tokenizer.entity_to_index([a["entity_id"] for a in answers]), direction)
+            answers = self.model.predict(
+                relation=rel, top_k=top_k, **({"head": given} if direction == "tail" else {"tail": given})
+            )
+        marks = self._known_split(
+            given, rel, self.tokenizer.entity_to_index([a["entity_id"] for a in answers]), direction
+        )
         return [{**a, "known": mark} for a, mark in zip(answers, marks)]
 
     def answer(self, entity, relation, direction="tail", top_k=10, source="known", new_name="", new_description=""):
@@ -259,12 +277,18 @@ class TripleClassificationDemo(_Demo):
             row = self.classify(*((v or "").strip() for v in (head, relation, tail)), threshold=float(threshold))
         except _INPUT_ERRORS as err:
             return _error(err)
-        triple = ", ".join(self._show(self._resolve(row[k], kind), kind)
-                           for k, kind in (("head", "entity"), ("relation", "relation"), ("tail", "entity")))
-        verdict = (f"**{'true' if row['is_true'] else 'false'}**: p(true) = {row['score']:.4f} at threshold "
-                   f"{float(threshold):g} for {_escape(f'({triple})')}.")
+        triple = ", ".join(
+            self._show(self._resolve(row[k], kind), kind)
+            for k, kind in (("head", "entity"), ("relation", "relation"), ("tail", "entity"))
+        )
+        verdict = (
+            f"**{'true' if row['is_true'] else 'false'}**: p(true) = {row['score']:.4f} at threshold "
+            f"{float(threshold):g} for {_escape(f'({triple})')}."
+        )
         if self.kg is not None:
-            verdict += f" In {_escape(self.kg.name)}: " + (f"a true triple of its {row['known']} split." if row["known"] else "not a known true triple.")
+            verdict += f" In {_escape(self.kg.name)}: " + (
+                f"a true triple of its {row['known']} split." if row["known"] else "not a known true triple."
+            )
         return verdict
 
 
@@ -277,7 +301,9 @@ def make_demo(model, kg=None) -> LinkPredictionDemo | TripleClassificationDemo:
         return LinkPredictionDemo(model, kg)
     if isinstance(model, LmkeForTripleClassification):
         return TripleClassificationDemo(model, kg)
-    raise TypeError(f"The demo shows a ClmkeForLinkPrediction or LmkeForTripleClassification model, got {type(model).__name__}.")
+    raise TypeError(
+        f"The demo shows a ClmkeForLinkPrediction or LmkeForTripleClassification model, got {type(model).__name__}."
+    )
 
 
 def _trained_on(model: str) -> str:
@@ -310,10 +336,17 @@ def _entity_box(gr, demo: _Demo, label: str, elem_id: str, max_choices: int):
     """A dropdown that accepts typed ids and names: every choice shipped with the page when the graph is small,
     suggestions from the server as the user types when it is large."""
     large = demo.tokenizer.num_entities > max_choices
-    box = gr.Dropdown(choices=[] if large else demo.choices("entity"), value=None, label=label, allow_custom_value=True,
-                      filterable=True, elem_id=elem_id,
-                      info="an id or a name" + (" (type to see matches)" if large else ""))
+    box = gr.Dropdown(
+        choices=[] if large else demo.choices("entity"),
+        value=None,
+        label=label,
+        allow_custom_value=True,
+        filterable=True,
+        elem_id=elem_id,
+        info="an id or a name" + (" (type to see matches)" if large else ""),
+    )
     if large:
+
         def suggest(data):
             return gr.update(choices=demo.suggest(data.input_value))
 
@@ -325,22 +358,48 @@ def _entity_box(gr, demo: _Demo, label: str, elem_id: str, max_choices: int):
 def _link_prediction_page(gr, demo: LinkPredictionDemo, max_choices: int) -> None:
     with gr.Row():
         with gr.Column(scale=2):
-            source = gr.Radio([(v, k) for k, v in ENTITY_SOURCES.items()], value="known", label="The given entity is", elem_id="source")
+            source = gr.Radio(
+                [(v, k) for k, v in ENTITY_SOURCES.items()],
+                value="known",
+                label="The given entity is",
+                elem_id="source",
+            )
             entity = _entity_box(gr, demo, "Entity", "entity", max_choices)
             with gr.Group(visible=False) as new_group:
                 new_name = gr.Textbox(label="New entity: name", elem_id="new-name")
                 new_description = gr.Textbox(label="New entity: description", lines=3, elem_id="new-description")
-            relation = gr.Dropdown(choices=demo.choices("relation"), value=None, label="Relation", allow_custom_value=True,
-                                   filterable=True, elem_id="relation")
-            direction = gr.Radio([(v, k) for k, v in DIRECTIONS.items()], value="tail", label="Direction", elem_id="direction")
-            top_k = gr.Slider(1, min(100, demo.tokenizer.num_entities), value=min(10, demo.tokenizer.num_entities), step=1,
-                              label="top_k", elem_id="top-k")
+            relation = gr.Dropdown(
+                choices=demo.choices("relation"),
+                value=None,
+                label="Relation",
+                allow_custom_value=True,
+                filterable=True,
+                elem_id="relation",
+            )
+            direction = gr.Radio(
+                [(v, k) for k, v in DIRECTIONS.items()], value="tail", label="Direction", elem_id="direction"
+            )
+            top_k = gr.Slider(
+                1,
+                min(100, demo.tokenizer.num_entities),
+                value=min(10, demo.tokenizer.num_entities),
+                step=1,
+                label="top_k",
+                elem_id="top-k",
+            )
             button = gr.Button("Rank", variant="primary", elem_id="run")
         with gr.Column(scale=3):
             message = gr.Markdown(elem_id="message")
-            table = gr.Dataframe(headers=ANSWER_HEADERS, datatype=["number", "str", "str", "number", "str"], interactive=False,
-                                 label="Answers, best first", elem_id="answers")
-    source.change(lambda s: (gr.update(visible=s == "known"), gr.update(visible=s == "new")), source, [entity, new_group])
+            table = gr.Dataframe(
+                headers=ANSWER_HEADERS,
+                datatype=["number", "str", "str", "number", "str"],
+                interactive=False,
+                label="Answers, best first",
+                elem_id="answers",
+            )
+    source.change(
+        lambda s: (gr.update(visible=s == "known"), gr.update(visible=s == "new")), source, [entity, new_group]
+    )
 
     def run(*values):
         rows, text = demo.answer(*values)
@@ -352,17 +411,31 @@ def _link_prediction_page(gr, demo: LinkPredictionDemo, max_choices: int) -> Non
 def _triple_classification_page(gr, demo: TripleClassificationDemo, max_choices: int) -> None:
     with gr.Row():
         head = _entity_box(gr, demo, "Head", "head", max_choices)
-        relation = gr.Dropdown(choices=demo.choices("relation"), value=None, label="Relation", allow_custom_value=True,
-                               filterable=True, elem_id="relation")
+        relation = gr.Dropdown(
+            choices=demo.choices("relation"),
+            value=None,
+            label="Relation",
+            allow_custom_value=True,
+            filterable=True,
+            elem_id="relation",
+        )
         tail = _entity_box(gr, demo, "Tail", "tail", max_choices)
-    threshold = gr.Number(0.5, minimum=0, maximum=1, step=0.05, label="Threshold (the paper's 0.5; a run's tuned ones are in its thresholds.json)",
-                          elem_id="threshold")
+    threshold = gr.Number(
+        0.5,
+        minimum=0,
+        maximum=1,
+        step=0.05,
+        label="Threshold (the paper's 0.5; a run's tuned ones are in its thresholds.json)",
+        elem_id="threshold",
+    )
     button = gr.Button("Score", variant="primary", elem_id="run")
     verdict = gr.Markdown(elem_id="message")
     button.click(demo.score, [head, relation, tail, threshold], verdict)
 
 
-def build_demo(model_or_path, kg=None, *, data_dir=None, revision=None, token=None, device=None, max_choices: int = MAX_CHOICES):
+def build_demo(
+    model_or_path, kg=None, *, data_dir=None, revision=None, token=None, device=None, max_choices: int = MAX_CHOICES
+):
     """The Gradio page (`gradio.Blocks`, not launched) of a trained model.
 
     Args:
@@ -397,8 +470,17 @@ def build_demo(model_or_path, kg=None, *, data_dir=None, revision=None, token=No
     return page
 
 
-def launch(model_or_path, kg=None, *, data_dir=None, host: str = "127.0.0.1", port: int | None = None, revision=None,
-           token=None, **launch_kwargs):
+def launch(
+    model_or_path,
+    kg=None,
+    *,
+    data_dir=None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    revision=None,
+    token=None,
+    **launch_kwargs,
+):
     """Builds the page (`build_demo`) and serves it at `http://host:port` (default port: gradio's 7860 or the next
     free one) without a share link; blocks until stopped unless `prevent_thread_lock=True`. Returns the page."""
     page = build_demo(model_or_path, kg, data_dir=data_dir, revision=revision, token=token)
@@ -408,12 +490,18 @@ def launch(model_or_path, kg=None, *, data_dir=None, host: str = "127.0.0.1", po
 
 # ---------------------------------------------------------------------------------------------------- lmke-hf demo
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Serve a demo page (Gradio) of a trained LMKE / C-LMKE model: rank the "
-                                     "answers of a query, or score a triple.")
+    parser = argparse.ArgumentParser(
+        description="Serve a demo page (Gradio) of a trained LMKE / C-LMKE model: rank the "
+        "answers of a query, or score a triple."
+    )
     a = parser.add_argument
     a("--model", required=True, help="Saved output folder or Hub repo id of a trained LMKE / C-LMKE model.")
-    a("--kg", default=None, help="The KG the model was trained on (short name, folder or Hub dataset id): answers already "
-      "true in it are marked. Default: none marked.")
+    a(
+        "--kg",
+        default=None,
+        help="The KG the model was trained on (short name, folder or Hub dataset id): answers already "
+        "true in it are marked. Default: none marked.",
+    )
     a("--data_dir", default=None, help="Where short --kg names are looked up (default: $LMKE_HF_DATA_DIR).")
     a("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0: every interface of this machine).")
     a("--port", type=int, default=None, help="Port to serve on (default: 7860, or the next free one).")
@@ -444,7 +532,9 @@ def main(args):
         with flag_errors("--kg"):
             kg = _load_kg(args.kg, args.data_dir)
     else:
-        logger.info("no --kg: answers already true in the model's knowledge graph are not marked%s", _trained_on(args.model))
+        logger.info(
+            "no --kg: answers already true in the model's knowledge graph are not marked%s", _trained_on(args.model)
+        )
     with flag_errors("--model"):
         model, tokenizer = load_model(args.model, args.revision, args.token)
     if kg is not None:

@@ -43,7 +43,8 @@ class TrainingStopped(LmkeError):
         self.exit_code = 128 + signum
         self.message = (
             f"Stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}. Resume with:\n  {command}"
-            if checkpoint is not None else f"Stopped by {signal.Signals(signum).name} after step {step}."
+            if checkpoint is not None
+            else f"Stopped by {signal.Signals(signum).name} after step {step}."
         )
         super().__init__(self.message)
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
         def lengths(self) -> np.ndarray: ...
 
+
 DIRECTION_NAMES = DIRECTIONS  # values of the `direction` column: indices into it
 TAIL, HEAD = DIRECTIONS.index("tail"), DIRECTIONS.index("head")
 
@@ -45,14 +46,26 @@ def _tokenizer_fingerprint(tokenizer: LmkeTokenizer) -> str:
     with sha256, not Python's `hash()`, which is salted per process (the `datasets` cache never matched across
     runs) and covered only the first 50 descriptions (a changed later description reused stale tokens)."""
     texts = hashlib.sha256()
-    for part in (tokenizer.entity_ids, tokenizer.entity_names, tokenizer.entity_descriptions, tokenizer.relation_ids,
-                 getattr(tokenizer, "relation_names", []), getattr(tokenizer, "relation_descriptions", [])):
+    for part in (
+        tokenizer.entity_ids,
+        tokenizer.entity_names,
+        tokenizer.entity_descriptions,
+        tokenizer.relation_ids,
+        getattr(tokenizer, "relation_names", []),
+        getattr(tokenizer, "relation_descriptions", []),
+    ):
         texts.update("\x1f".join(map(str, part)).encode())
         texts.update(b"\x1e")
     return _fingerprint(
-        type(tokenizer.tokenizer).__name__, tokenizer.tokenizer.name_or_path, tokenizer.base_vocab_size,
-        tokenizer.num_entities, tokenizer.num_relations, tokenizer.max_entity_description_length,
-        tokenizer.max_relation_description_length, tokenizer.max_key_description_length, texts.hexdigest(),
+        type(tokenizer.tokenizer).__name__,
+        tokenizer.tokenizer.name_or_path,
+        tokenizer.base_vocab_size,
+        tokenizer.num_entities,
+        tokenizer.num_relations,
+        tokenizer.max_entity_description_length,
+        tokenizer.max_relation_description_length,
+        tokenizer.max_key_description_length,
+        texts.hexdigest(),
     )
 
 
@@ -72,12 +85,12 @@ def link_prediction_examples(triples: np.ndarray, directions: Sequence[str] = ("
         given, target = (triples[:, 0], triples[:, 2]) if name == "tail" else (triples[:, 2], triples[:, 0])
         parts.append((given, triples[:, 1], target, np.full(len(triples), DIRECTION_NAMES.index(name), np.int8)))
     cols = [np.concatenate(c) for c in zip(*parts)]
-    return datasets.Dataset.from_dict(
-        {"given": cols[0], "relation": cols[1], "target": cols[2], "direction": cols[3]}
-    )
+    return datasets.Dataset.from_dict({"given": cols[0], "relation": cols[1], "target": cols[2], "direction": cols[3]})
 
 
-def tokenize_link_prediction(examples: datasets.Dataset, tokenizer: LmkeTokenizer, num_proc: int | None = None) -> datasets.Dataset:
+def tokenize_link_prediction(
+    examples: datasets.Dataset, tokenizer: LmkeTokenizer, num_proc: int | None = None
+) -> datasets.Dataset:
     """Adds `query_input_ids` and `key_input_ids` (unpadded lists) with a batched `Dataset.map`."""
 
     def encode(batch):
@@ -88,19 +101,29 @@ def tokenize_link_prediction(examples: datasets.Dataset, tokenizer: LmkeTokenize
         }
 
     return examples.map(
-        encode, batched=True, batch_size=2048, num_proc=num_proc, desc="Tokenising queries and keys",
+        encode,
+        batched=True,
+        batch_size=2048,
+        num_proc=num_proc,
+        desc="Tokenising queries and keys",
         new_fingerprint=_fingerprint(examples._fingerprint, _tokenizer_fingerprint(tokenizer), "lp"),
     )
 
 
-def tokenize_triples(examples: datasets.Dataset, tokenizer: LmkeTokenizer, num_proc: int | None = None) -> datasets.Dataset:
+def tokenize_triples(
+    examples: datasets.Dataset, tokenizer: LmkeTokenizer, num_proc: int | None = None
+) -> datasets.Dataset:
     """Adds `input_ids` (unpadded) to a dataset with `head`, `relation`, `tail` columns."""
 
     def encode(batch):
         return {"input_ids": tokenizer.encode_triples(batch["head"], batch["relation"], batch["tail"])["input_ids"]}
 
     return examples.map(
-        encode, batched=True, batch_size=2048, num_proc=num_proc, desc="Tokenising triples",
+        encode,
+        batched=True,
+        batch_size=2048,
+        num_proc=num_proc,
+        desc="Tokenising triples",
         new_fingerprint=_fingerprint(examples._fingerprint, _tokenizer_fingerprint(tokenizer), "tc"),
     )
 
@@ -131,11 +154,17 @@ class ClmkeCollator:
 
     def __post_init__(self) -> None:
         if self.self_negatives and self.tokenizer is None:
-            raise ValueError("ClmkeCollator(self_negatives=True) encodes the given entities' keys: pass tokenizer=<the LmkeTokenizer>.")
+            raise ValueError(
+                "ClmkeCollator(self_negatives=True) encodes the given entities' keys: pass tokenizer=<the LmkeTokenizer>."
+            )
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        q_ids, q_mask = pad_sequences([f["query_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
-        k_ids, k_mask = pad_sequences([f["key_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of)
+        q_ids, q_mask = pad_sequences(
+            [f["query_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
+        )
+        k_ids, k_mask = pad_sequences(
+            [f["key_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
+        )
         batch = {
             "query_input_ids": q_ids,
             "query_attention_mask": q_mask,
@@ -157,7 +186,9 @@ class ClmkeCollator:
         batch["answer_ids"] = torch.from_numpy(np.concatenate(columns, axis=1))
         if self.self_negatives:
             own = self.tokenizer.encode_keys(given)["input_ids"]
-            batch["extra_key_input_ids"], batch["extra_key_attention_mask"] = pad_sequences(own, self.pad_token_id, self.pad_to_multiple_of)
+            batch["extra_key_input_ids"], batch["extra_key_attention_mask"] = pad_sequences(
+                own, self.pad_token_id, self.pad_to_multiple_of
+            )
         return batch
 
 
@@ -182,7 +213,16 @@ class TrainingTriples(torch.utils.data.Dataset):
             in that position of that relation in training (see `generate_negatives`).
     """
 
-    def __init__(self, kg: KnowledgeGraph, tokenizer: LmkeTokenizer, seed: int = 0, split: str = "train", known_splits: Sequence[str] = ("train",), resample: bool = False, corruption: str = "uniform") -> None:
+    def __init__(
+        self,
+        kg: KnowledgeGraph,
+        tokenizer: LmkeTokenizer,
+        seed: int = 0,
+        split: str = "train",
+        known_splits: Sequence[str] = ("train",),
+        resample: bool = False,
+        corruption: str = "uniform",
+    ) -> None:
         _rng(seed)  # the same checks as generate_negatives: a non-negative int (`corruption` is checked there)
         self.kg, self.tokenizer, self.seed, self.split = kg, tokenizer, int(seed), split
         self.known_splits, self.resample, self.corruption = list(known_splits), bool(resample), corruption
@@ -194,7 +234,9 @@ class TrainingTriples(torch.utils.data.Dataset):
         if epoch == self.epoch:
             return
         seed = np.random.default_rng([self.seed, epoch]) if epoch else self.seed
-        rows = generate_negatives(self.kg, self.split, seed=seed, known_splits=self.known_splits, corruption=self.corruption)
+        rows = generate_negatives(
+            self.kg, self.split, seed=seed, known_splits=self.known_splits, corruption=self.corruption
+        )
         self.triples = np.stack([np.asarray(rows[c], dtype=np.int64) for c in ("head", "relation", "tail")], axis=1)
         self.labels = np.asarray(rows["label"], dtype=np.int64)
         self.epoch = epoch
@@ -211,11 +253,15 @@ class TrainingTriples(torch.utils.data.Dataset):
         out = np.empty(len(self.labels), dtype=np.int64)
         for start in range(0, len(out), 65536):
             rows = self.triples[start : start + 65536]
-            out[start : start + len(rows)] = [len(x) for x in self.tokenizer.encode_triples(rows[:, 0], rows[:, 1], rows[:, 2])["input_ids"]]
+            out[start : start + len(rows)] = [
+                len(x) for x in self.tokenizer.encode_triples(rows[:, 0], rows[:, 1], rows[:, 2])["input_ids"]
+            ]
         self._lengths = (self.epoch, out)
         return out
 
-    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> list[dict]:  # batched fetch (torch DataLoader): one tokeniser call per batch
+    def __getitems__(
+        self, indices: Sequence[int] | np.ndarray
+    ) -> list[dict]:  # batched fetch (torch DataLoader): one tokeniser call per batch
         indices = np.asarray(indices, dtype=np.int64)
         triples = self.triples[indices]
         ids = self.tokenizer.encode_triples(triples[:, 0], triples[:, 1], triples[:, 2])["input_ids"]
@@ -236,9 +282,13 @@ def example_lengths(dataset: _HasLengths | datasets.Dataset) -> np.ndarray:
 
     columns = [c for c in ("input_ids", "query_input_ids", "key_input_ids") if c in dataset.column_names]
     if not columns:
-        raise ValueError(f"Cannot group by length: the dataset has no input_ids columns (it has {dataset.column_names}).")
+        raise ValueError(
+            f"Cannot group by length: the dataset has no input_ids columns (it has {dataset.column_names})."
+        )
     table = dataset.with_format("arrow")[:]
-    lengths = np.stack([pc.list_value_length(table[c]).to_numpy(zero_copy_only=False) for c in columns], axis=1).astype(np.int64)
+    lengths = np.stack([pc.list_value_length(table[c]).to_numpy(zero_copy_only=False) for c in columns], axis=1).astype(
+        np.int64
+    )
     return lengths[:, 0] if lengths.shape[1] == 1 else lengths
 
 
@@ -259,10 +309,17 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
     batches. Deterministic per epoch (`set_epoch`), so a resumed run sees the same batches; the one incomplete batch
     comes last (where `drop_last` drops it)."""
 
-    def __init__(self, dataset: _HasLengths | datasets.Dataset, batch_size: int, seed: int = 0, mega_batch_mult: int = 50) -> None:
+    def __init__(
+        self, dataset: _HasLengths | datasets.Dataset, batch_size: int, seed: int = 0, mega_batch_mult: int = 50
+    ) -> None:
         if batch_size < 1 or mega_batch_mult < 1:
             raise ValueError(f"batch_size and mega_batch_mult must be >= 1, got {batch_size} and {mega_batch_mult}.")
-        self.dataset, self.batch_size, self.seed, self.mega_batch_mult = dataset, int(batch_size), int(seed), int(mega_batch_mult)
+        self.dataset, self.batch_size, self.seed, self.mega_batch_mult = (
+            dataset,
+            int(batch_size),
+            int(seed),
+            int(mega_batch_mult),
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -282,7 +339,9 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
             chunk = order[start : start + size]
             chunk = chunk[np.argsort(-key[chunk], kind="stable")]
             for b in range(0, len(chunk), self.batch_size):
-                (full if len(chunk[b : b + self.batch_size]) == self.batch_size else rest).append(chunk[b : b + self.batch_size])
+                (full if len(chunk[b : b + self.batch_size]) == self.batch_size else rest).append(
+                    chunk[b : b + self.batch_size]
+                )
         return [full[i] for i in rng.permutation(len(full))] + rest
 
     def __iter__(self) -> Iterator[int]:

@@ -117,7 +117,14 @@ def _legacy_kind(folder: Path) -> str | None:
             return "training-run"
     if any((c / "trainer_state.json").is_file() for c in folder.glob("checkpoints/*")):
         return "training-run"
-    exported = {"README.md", "card.json", "all_results.json", "degree_buckets.png", "train_history.json", "metrics.json"}
+    exported = {
+        "README.md",
+        "card.json",
+        "all_results.json",
+        "degree_buckets.png",
+        "train_history.json",
+        "metrics.json",
+    }
     names = {p.name for p in folder.iterdir()} - _BOOKKEEPING
     if "card.json" in names and names <= exported:  # model_cards/<name>/ from export-card
         return "model-card"
@@ -138,7 +145,9 @@ def mark_folder(path: str | os.PathLike, kind: str) -> None:
     """Writes the marker that makes `path` a folder of ours holding `kind`."""
     from .run_io import write_json
 
-    write_json(Path(path) / MARKER_FILE, {"kind": kind, "written_by": "lmke_hf"})  # no time: a folder's bytes stay reproducible
+    write_json(
+        Path(path) / MARKER_FILE, {"kind": kind, "written_by": "lmke_hf"}
+    )  # no time: a folder's bytes stay reproducible
 
 
 def fresh_sibling(path: str | os.PathLike) -> Path:
@@ -171,9 +180,16 @@ def clear_folder(path: str | os.PathLike) -> None:
             entry.unlink()
 
 
-def check_output_dir(path: str | os.PathLike, kind: str, *, flag: str = "--output_dir",
-                     inputs: dict[str, str | os.PathLike | None] | None = None,
-                     replace_flag: str | None = None, replace: bool = False, reuse: bool = False) -> str:
+def check_output_dir(
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    flag: str = "--output_dir",
+    inputs: dict[str, str | os.PathLike | None] | None = None,
+    replace_flag: str | None = None,
+    replace: bool = False,
+    reuse: bool = False,
+) -> str:
     """Decides what a tool may do with output folder `path` before it writes anything there.
 
     Returns "new" (missing or empty: create and mark it), "replace" (ours, of this kind: clear it first, with
@@ -189,9 +205,13 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, flag: str = "--outpu
     reason = protected_reason(folder, inputs)
     if reason:
         suggestion = fresh_sibling(Path("outputs") / kind.split("-")[-1])  # a new folder under the working directory
-        raise OutputDirError(f"{where} is not a place to write {KINDS[kind]} into: {reason}. Nothing was changed; choose a new folder, e.g. {suggestion}.")
+        raise OutputDirError(
+            f"{where} is not a place to write {KINDS[kind]} into: {reason}. Nothing was changed; choose a new folder, e.g. {suggestion}."
+        )
     if folder.exists() and not folder.is_dir():
-        raise OutputDirError(f"{where} is a file, not a folder. Nothing was changed; choose a new folder, e.g. {fresh_sibling(folder)}.")
+        raise OutputDirError(
+            f"{where} is a file, not a folder. Nothing was changed; choose a new folder, e.g. {fresh_sibling(folder)}."
+        )
     contents = _contents(folder) if folder.is_dir() else []
     if not contents:
         return "new"
@@ -211,7 +231,9 @@ def check_output_dir(path: str | os.PathLike, kind: str, *, flag: str = "--outpu
     if replace or (kind == "training-run" and set(contents) <= _ABORTED_START):
         return "replace"  # with the flag, or a run stopped before it wrote anything but how it started
     advice = f"pass {replace_flag} to replace it, or " if replace_flag else ""
-    raise OutputDirError(f"{where} already holds {KINDS[kind]} ({_shown(contents)}): {advice}choose a new folder, e.g. {fresh_sibling(folder)}.")
+    raise OutputDirError(
+        f"{where} already holds {KINDS[kind]} ({_shown(contents)}): {advice}choose a new folder, e.g. {fresh_sibling(folder)}."
+    )
 
 
 def claim_folder(path: str | os.PathLike, kind: str, **check: Any) -> Path:
@@ -269,7 +291,9 @@ def recover_final_save(path: str | os.PathLike, locked: bool = False) -> bool:
             with FileLock(str(folder / LOCK_FILE), timeout=600):
                 return recover_final_save(folder, locked=True)
         except Timeout:
-            raise OutputDirError(f"{folder} is being written by another process that holds its lock; try again when it has finished.") from None
+            raise OutputDirError(
+                f"{folder} is being written by another process that holds its lock; try again when it has finished."
+            ) from None
         except OSError:  # a read-only folder: no lock to take; try anyway, an error below says what is wrong
             pass
     completed = False
@@ -292,7 +316,9 @@ class FinalSave:
 
     ```
     with FinalSave(out) as staging:
-        model.save_pretrained(staging); card.save(staging); ...
+        model.save_pretrained(staging)
+        card.save(staging)
+        ...
     ```
     Everything written under `staging` replaces the folder's entries of the same names when the block ends
     without an exception; an exception (or a crash) leaves the folder's old entries as they were.
@@ -308,7 +334,9 @@ class FinalSave:
         self.staging.mkdir(parents=True)
         return self.staging
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             return False
@@ -319,6 +347,16 @@ class FinalSave:
 
 
 __all__ = [
-    "MARKER_FILE", "KINDS", "OutputDirError", "protected_reason", "folder_kind", "mark_folder", "check_output_dir",
-    "claim_folder", "clear_folder", "fresh_sibling", "FinalSave", "recover_final_save",
+    "MARKER_FILE",
+    "KINDS",
+    "OutputDirError",
+    "protected_reason",
+    "folder_kind",
+    "mark_folder",
+    "check_output_dir",
+    "claim_folder",
+    "clear_folder",
+    "fresh_sibling",
+    "FinalSave",
+    "recover_final_save",
 ]

@@ -69,7 +69,11 @@ def looks_like_local_path(name_or_path: str | os.PathLike) -> bool:
     '/' or '~', is absolute, holds a separator other than '/' (Windows), has more than one '/', or is no valid Hub
     repo id at all. A missing `org/name` or bare `name` is taken for a Hub id.
 
-        >>> looks_like_local_path("./runs/clmke"), looks_like_local_path("runs/clmke/best"), looks_like_local_path("org/clmke")
+        >>> (
+        ...     looks_like_local_path("./runs/clmke"),
+        ...     looks_like_local_path("runs/clmke/best"),
+        ...     looks_like_local_path("org/clmke"),
+        ... )
         (True, True, False)
     """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -97,7 +101,9 @@ def _close_folders(text: str, path: Path) -> str:
             names = []
         close = difflib.get_close_matches(path.name, names, n=3)
         if close:
-            return "Did you mean " + " or ".join(repr(os.path.join(os.path.dirname(text), name)) for name in close) + "?"
+            return (
+                "Did you mean " + " or ".join(repr(os.path.join(os.path.dirname(text), name)) for name in close) + "?"
+            )
         return f"{parent.absolute()} holds no folder of a similar name."
     missing = next(p for p in reversed(path.absolute().parents) if not p.exists())
     return f"{missing} does not exist either."
@@ -154,12 +160,17 @@ def checkpoint_source(name_or_path: str | os.PathLike) -> str:
         return os.fspath(name_or_path)
     text = os.fspath(name_or_path)
     if not (path / CONFIG_FILE).is_file():
-        raise ValueError(f"{text!r} is a folder but no LMKE / C-LMKE checkpoint: it has no {CONFIG_FILE}{_folder_holds(text, path)}.")
+        raise ValueError(
+            f"{text!r} is a folder but no LMKE / C-LMKE checkpoint: it has no {CONFIG_FILE}{_folder_holds(text, path)}."
+        )
     return str(path)
 
 
 def load_model(
-    name_or_path: str | os.PathLike, revision: str | None = None, token: str | bool | None = None, task: str | None = None
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    task: str | None = None,
 ) -> tuple[ClmkeForLinkPrediction | LmkeForTripleClassification, LmkeTokenizer]:
     """A trained checkpoint as `ClmkeForLinkPrediction` or `LmkeForTripleClassification` (picked by its
     `model_type`) and its `LmkeTokenizer`, checked to agree.
@@ -206,14 +217,20 @@ def load_model(
         raise ValueError(f"{text!r} is {kind}, not an LMKE / C-LMKE model (model_type 'lmke' or 'clmke').")
     if task is not None and TASKS[model_type] != task:
         other = next(t for t, name in TASKS.items() if name == task)
-        raise ValueError(f"{text!r} is {MODEL_KINDS[model_type]} (model_type {model_type!r}); {task} needs {MODEL_KINDS[other]} (model_type {other!r}).")
+        raise ValueError(
+            f"{text!r} is {MODEL_KINDS[model_type]} (model_type {model_type!r}); {task} needs {MODEL_KINDS[other]} (model_type {other!r})."
+        )
     try:
         model = AutoModel.from_pretrained(source, **hub)
         tokenizer = LmkeTokenizer.from_pretrained(source, **hub)
         model.check_tokenizer(tokenizer)
     except (OSError, ValueError) as err:
-        kind = OSError if isinstance(err, OSError) and not local else ValueError  # a folder's content is no network matter
-        raise kind(f"{text!r} is {MODEL_KINDS[model_type]} checkpoint whose weights or KG tokenizer do not load: {one_line(err)}") from err
+        kind = (
+            OSError if isinstance(err, OSError) and not local else ValueError
+        )  # a folder's content is no network matter
+        raise kind(
+            f"{text!r} is {MODEL_KINDS[model_type]} checkpoint whose weights or KG tokenizer do not load: {one_line(err)}"
+        ) from err
     return model, tokenizer
 
 
@@ -235,11 +252,13 @@ def check_same_kg(tokenizer: LmkeTokenizer, kg: KnowledgeGraph, model_name: str 
         if ours != theirs:
             unknown, extra = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
             detail = "; ".join(
-                part for part in (
+                part
+                for part in (
                     f"unknown to the model: {unknown[:5]}" if unknown else "",
                     f"not in the KG: {extra[:5]}" if extra else "",
                     "same ids in another order" if not unknown and not extra else "",
-                ) if part
+                )
+                if part
             )
             raise ValueError(
                 f"{name} was trained on other {kind} than the KG {kg.name!r} ({len(ours)} vs {len(theirs)} {kind}; "

@@ -26,9 +26,14 @@ TEMPLATE_FILE = "model_card_template.md"  # package data beside this module
 
 # licences of encoders whose Hub id a card can name (a card's `license` is its encoder's: the weights start there)
 KNOWN_ENCODER_LICENSES = {
-    MINILM_HUB_ID: "apache-2.0", "bert-base-uncased": "apache-2.0", "google-bert/bert-base-uncased": "apache-2.0",
-    "bert-base-cased": "apache-2.0", "google-bert/bert-base-cased": "apache-2.0", "roberta-base": "mit",
-    "FacebookAI/roberta-base": "mit", "microsoft/deberta-v3-base": "mit",
+    MINILM_HUB_ID: "apache-2.0",
+    "bert-base-uncased": "apache-2.0",
+    "google-bert/bert-base-uncased": "apache-2.0",
+    "bert-base-cased": "apache-2.0",
+    "google-bert/bert-base-cased": "apache-2.0",
+    "roberta-base": "mit",
+    "FacebookAI/roberta-base": "mit",
+    "microsoft/deberta-v3-base": "mit",
 }
 
 
@@ -48,7 +53,9 @@ class CardTask:
 
 CARD_TASKS = {
     "link-prediction": CardTask(
-        model="C-LMKE", tag="clmke", pipeline_tag="knowledge-graph-completion",
+        model="C-LMKE",
+        tag="clmke",
+        pipeline_tag="knowledge-graph-completion",
         metrics={"mrr": "MRR", "mr": "MR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10"},
         protocol=(
             "- Filtered ranking of every test triple in both directions, (h, r, ?) and (?, r, t), against all entities; the "
@@ -68,7 +75,9 @@ CARD_TASKS = {
         ),
     ),
     "triple-classification": CardTask(
-        model="LMKE", tag="lmke-triple-classification", pipeline_tag="triple-classification",
+        model="LMKE",
+        tag="lmke-triple-classification",
+        pipeline_tag="triple-classification",
         metrics={
             "accuracy": "Accuracy (threshold 0.5)",
             "accuracy_tuned_global": "Accuracy (global threshold tuned on validation)",
@@ -125,7 +134,11 @@ def encoder_label(encoder) -> str:
 def render_template(template: str, values: dict) -> str:
     """`template` with its `${name}` placeholders filled from `values` (every one must be given); a placeholder alone
     on its line whose value is empty takes its line with it, so optional lines and sections leave no gap."""
-    lines = [line for line in template.split("\n") if not (line.startswith("${") and line.endswith("}") and values.get(line[2:-1]) == "")]
+    lines = [
+        line
+        for line in template.split("\n")
+        if not (line.startswith("${") and line.endswith("}") and values.get(line[2:-1]) == "")
+    ]
     return Template("\n".join(lines)).substitute(values)
 
 
@@ -242,20 +255,31 @@ class ModelCard:
         precision = self.results.get("mixed_precision")
         values = {
             "metadata": yaml.safe_dump(meta, sort_keys=False).strip(),
-            "model": self.kind.model, "dataset": self.dataset, "model_id": self.model_id,
-            "encoder": encoder_label(self.encoder) + (f" (first {self.encoder_layers} layers)" if self.encoder_layers else ""),
+            "model": self.kind.model,
+            "dataset": self.dataset,
+            "model_id": self.model_id,
+            "encoder": encoder_label(self.encoder)
+            + (f" (first {self.encoder_layers} layers)" if self.encoder_layers else ""),
             "metric_rows": "\n".join(f"| {m['name']} | {m['value']} |" for m in self._metrics()),
             "description_source": self.description_source or "as loaded by lmke_hf.kg.load_kg",
             "degree_features": "on" if self.degree_features else "off",
             "negatives_drawn": "drawn anew each epoch" if self.resample_negatives else "drawn once for the whole run",
-            "negatives_entity": NEGATIVE_SAMPLING_TEXT.get(self.negative_sampling or "uniform", NEGATIVE_SAMPLING_TEXT["uniform"]),
+            "negatives_entity": NEGATIVE_SAMPLING_TEXT.get(
+                self.negative_sampling or "uniform", NEGATIVE_SAMPLING_TEXT["uniform"]
+            ),
             "degree_buckets": self._degree_buckets_table(),
             "plot": f"![Hits@1 and Hits@10 by degree bucket]({self.plot})\n" if self.plot else "",
-            "command": self.command, "hardware": self.hardware,
+            "command": self.command,
+            "hardware": self.hardware,
             "precision": f"- Precision: {PRECISION_TEXT.get(precision, precision)}" if precision else "",
-            "training_time": f"- Training time: {self.train_runtime_s / 60:.1f} min" if self.train_runtime_s is not None else "",
-            "reproducibility": ("- **Not exactly reproducible**: a resume of this run could not restore its random states."
-                                if self.results.get("exact_resume") is False else ""),
+            "training_time": f"- Training time: {self.train_runtime_s / 60:.1f} min"
+            if self.train_runtime_s is not None
+            else "",
+            "reproducibility": (
+                "- **Not exactly reproducible**: a resume of this run could not restore its random states."
+                if self.results.get("exact_resume") is False
+                else ""
+            ),
             "hyperparameters": json.dumps(public_args(self.args), indent=2),
             "citation": _CITATION,
         }
@@ -300,7 +324,9 @@ class ModelCard:
             return cls(**json.loads((run_dir / CARD_DATA_FILE).read_text()))
         missing = [n for n in ("training_args.json", "all_results.json") if not (run_dir / n).is_file()]
         if missing:
-            raise FileNotFoundError(f"{run_dir} has no {CARD_DATA_FILE} and no {' / '.join(missing)}: not a finished training run.")
+            raise FileNotFoundError(
+                f"{run_dir} has no {CARD_DATA_FILE} and no {' / '.join(missing)}: not a finished training run."
+            )
         info = json.loads((run_dir / "training_args.json").read_text())
         results = json.loads((run_dir / "all_results.json").read_text())
         args, link = info["args"], info.get("method") == "C-LMKE"
@@ -314,9 +340,13 @@ class ModelCard:
         buckets = json.loads(metrics.read_text()).get("per_degree_bucket") if link and metrics.is_file() else None
         return cls(
             task="link-prediction" if link else "triple-classification",
-            dataset=kg.get("name") or Path(str(args["dataset"])).name, results=results, args=args,
-            command=info.get("command") or "", hardware=info.get("hardware") or "unknown",
-            model_id=args.get("hub_model_id") or f"your-org/{run_dir.name}", description_source=description_source or "",
+            dataset=kg.get("name") or Path(str(args["dataset"])).name,
+            results=results,
+            args=args,
+            command=info.get("command") or "",
+            hardware=info.get("hardware") or "unknown",
+            model_id=args.get("hub_model_id") or f"your-org/{run_dir.name}",
+            description_source=description_source or "",
             train_runtime_s=results.get("train_runtime_s"),
             plot="degree_buckets.png" if link and (run_dir / "degree_buckets.png").is_file() else None,
             degree_buckets=buckets,
@@ -341,7 +371,7 @@ def _description_source_of_card(readme: Path) -> str:
     if not readme.is_file():
         return ""
     lines = [line for line in readme.read_text().splitlines() if line.startswith(prefix)]
-    return lines[0][len(prefix):].rstrip(".") if lines else ""
+    return lines[0][len(prefix) :].rstrip(".") if lines else ""
 
 
 def export_card(run_dir, destination, rerender: bool = False) -> list[Path]:
@@ -361,7 +391,14 @@ def export_card(run_dir, destination, rerender: bool = False) -> list[Path]:
     card = ModelCard.from_run(run_dir) if rerender else None
     claim_folder(destination, "model-card", flag="destination", inputs={"run_dir": run_dir}, reuse=True)
     copied = []
-    for name in ("README.md", CARD_DATA_FILE, "all_results.json", "degree_buckets.png", "train_history.json", "test_metrics/metrics.json"):
+    for name in (
+        "README.md",
+        CARD_DATA_FILE,
+        "all_results.json",
+        "degree_buckets.png",
+        "train_history.json",
+        "test_metrics/metrics.json",
+    ):
         if rerender and name in ("README.md", CARD_DATA_FILE):
             continue
         if (run_dir / name).is_file():
@@ -383,7 +420,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Copy a finished run's generated model card into model_cards/.")
     parser.add_argument("run_dir", help="Output folder of train_clmke.py / train_lmke.py.")
     parser.add_argument("destination", help="Folder to write, e.g. model_cards/clmke-wn18rr.")
-    parser.add_argument("--rerender", action="store_true", help="Render README.md anew from the run's data with this version's template.")
+    parser.add_argument(
+        "--rerender",
+        action="store_true",
+        help="Render README.md anew from the run's data with this version's template.",
+    )
     return parser.parse_args(argv)
 
 

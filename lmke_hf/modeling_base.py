@@ -71,7 +71,9 @@ def _load_encoder(name_or_path, encoder_kwargs=None):
         setattr(encoder.get_submodule(parent), attribute, pretrained[:layers])
         encoder.config.num_hidden_layers = layers
     else:
-        encoder, info = AutoModel.from_pretrained(name_or_path, num_hidden_layers=layers, output_loading_info=True, **kwargs)
+        encoder, info = AutoModel.from_pretrained(
+            name_or_path, num_hidden_layers=layers, output_loading_info=True, **kwargs
+        )
         dropped = 0
         logger.warning(
             f"Loading {name_or_path} with num_hidden_layers={layers} ({len(pretrained)} pretrained): missing: "
@@ -93,7 +95,11 @@ def _build_encoder(encoder_config) -> PreTrainedModel:
             f"Encoder model_type {encoder_config.model_type!r} has no AutoModel class; use a BERT-family encoder "
             "(bert, roberta, deberta-v2, ...)."
         ) from err
-    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
+    kwargs = (
+        {"add_pooling_layer": False}
+        if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+        else {}
+    )
     encoder = model_class(encoder_config, **kwargs)
     check_bert_family(encoder, "Encoder")
     encoder.embeddings.word_embeddings = None
@@ -158,8 +164,15 @@ def _embedding_size(encoder_config) -> int:
 def _check_input_ids(input_ids: torch.Tensor, config, name: str = "input_ids") -> None:
     if input_ids is None:
         raise ValueError(f"`{name}` is required.")
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        raise TypeError(f"`{name}` must be an integer tensor (torch.long) of token ids, got {getattr(input_ids, 'dtype', type(input_ids).__name__)}.")
+    if (
+        not isinstance(input_ids, torch.Tensor)
+        or input_ids.dtype.is_floating_point
+        or input_ids.dtype.is_complex
+        or input_ids.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"`{name}` must be an integer tensor (torch.long) of token ids, got {getattr(input_ids, 'dtype', type(input_ids).__name__)}."
+        )
     if input_ids.dim() != 2 or input_ids.shape[0] == 0:
         raise ValueError(f"`{name}` must have shape (batch_size > 0, sequence_length), got {tuple(input_ids.shape)}.")
     limit = getattr(config.encoder, "max_position_embeddings", None)
@@ -199,16 +212,24 @@ def _named_encoder_layers(encoder) -> tuple[str, nn.ModuleList]:
     """`(path, layers)`: `_encoder_layers` and where it sits in `encoder` (e.g. `"encoder.layer"`)."""
     n = getattr(encoder.config, "num_hidden_layers", None)
     for name, module in encoder.named_modules():
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers") and (n is None or len(module) == n):
+        if (
+            isinstance(module, nn.ModuleList)
+            and name.split(".")[-1] in ("layer", "layers")
+            and (n is None or len(module) == n)
+        ):
             return name, module
-    raise ValueError(f"{type(encoder).__name__} has no list of {n} layers (`*.layer`); freeze_layers and num_hidden_layers need a BERT-family encoder.")
+    raise ValueError(
+        f"{type(encoder).__name__} has no list of {n} layers (`*.layer`); freeze_layers and num_hidden_layers need a BERT-family encoder."
+    )
 
 
 def _check_label_values(labels: torch.Tensor, allowed: tuple, name: str) -> None:
     bad = ~torch.isin(labels, torch.tensor(allowed, dtype=labels.dtype, device=labels.device))
     if bool(bad.any()):
-        raise ValueError(f"`{name}` may only hold {list(allowed)}, got {labels[bad][:5].tolist()} (1 true / positive, 0 false / negative"
-                         + (", -100 ignored)." if -100 in allowed else ")."))
+        raise ValueError(
+            f"`{name}` may only hold {list(allowed)}, got {labels[bad][:5].tolist()} (1 true / positive, 0 false / negative"
+            + (", -100 ignored)." if -100 in allowed else ").")
+        )
 
 
 def _first_position(mask: torch.Tensor) -> torch.Tensor:
@@ -229,7 +250,9 @@ class KgEmbeddings(nn.Module):
         embedding_dim (`int`), padding_idx (`int`, *optional*): as in `nn.Embedding` (padding is a word piece).
     """
 
-    def __init__(self, base_vocab_size: int, num_kg_tokens: int, embedding_dim: int, padding_idx: int | None = None) -> None:
+    def __init__(
+        self, base_vocab_size: int, num_kg_tokens: int, embedding_dim: int, padding_idx: int | None = None
+    ) -> None:
         super().__init__()
         self.base_vocab_size = base_vocab_size
         self.words = nn.Embedding(base_vocab_size, embedding_dim, padding_idx=padding_idx)
@@ -321,8 +344,12 @@ class LmkePreTrainedModel(PreTrainedModel):
 
     def _new_embeddings(self, config) -> KgEmbeddings:
         return KgEmbeddings(
-            config.base_vocab_size, config.total_vocab_size - config.base_vocab_size, _embedding_size(config.encoder),
-            padding_idx=config.pad_token_id if config.pad_token_id is not None and config.pad_token_id < config.base_vocab_size else None,
+            config.base_vocab_size,
+            config.total_vocab_size - config.base_vocab_size,
+            _embedding_size(config.encoder),
+            padding_idx=config.pad_token_id
+            if config.pad_token_id is not None and config.pad_token_id < config.base_vocab_size
+            else None,
         )
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -344,12 +371,20 @@ class LmkePreTrainedModel(PreTrainedModel):
         `output_loading_info=True`."""
         want_info = kwargs.pop("output_loading_info", False)
         _complete_interrupted_save(pretrained_model_name_or_path)
-        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k) is not None}
+        hub_kwargs = {
+            k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k) is not None
+        }
         try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         except Exception as err:  # noqa: BLE001 - only the two failures below are rephrased
             text = f"{type(err).__name__}: {err}"
-            if "SafetensorError" in text or "Error while deserializing" in text or "incomplete metadata" in text.lower():
+            if (
+                "SafetensorError" in text
+                or "Error while deserializing" in text
+                or "incomplete metadata" in text.lower()
+            ):
                 raise ValueError(
                     f"The weights of {pretrained_model_name_or_path} are damaged (a save cut short or a broken copy: {str(err)[:200]}); "
                     "save or download the model again."
@@ -361,7 +396,11 @@ class LmkePreTrainedModel(PreTrainedModel):
                 ) from err
             raise
         model._hub_kwargs = hub_kwargs  # the tokenizer and entity index are read from the same revision
-        problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        problems = {
+            k: sorted(v)[:5]
+            for k, v in info.items()
+            if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+        }
         if problems:
             raise ValueError(
                 f"{pretrained_model_name_or_path} does not hold a {cls.__name__} checkpoint ({problems}); load it with "
@@ -445,7 +484,9 @@ class LmkePreTrainedModel(PreTrainedModel):
             return tokenizer
         source = self.name_or_path
         if not source:
-            raise ValueError("No KG tokenizer attached and no checkpoint to read one from: call `model.attach_tokenizer(tokenizer)` first.")
+            raise ValueError(
+                "No KG tokenizer attached and no checkpoint to read one from: call `model.attach_tokenizer(tokenizer)` first."
+            )
         try:
             tokenizer = LmkeTokenizer.from_pretrained(source, **getattr(self, "_hub_kwargs", {}))
         except OSError as err:
@@ -468,14 +509,20 @@ class LmkePreTrainedModel(PreTrainedModel):
         `lmke_hf.pipelines.register_pipelines`."""
         cls._pipeline = (task, pipeline_class)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args: Any, push_to_hub: bool = False, **kwargs: Any
+    ) -> None:
         """`PreTrainedModel.save_pretrained`, plus the attached KG tokenizer (and, for C-LMKE, the entity index), and
         the pipeline task registered with `register_for_pipeline`.
 
         With `push_to_hub=True` the folder is saved first and then uploaded by the mixin's `push_to_hub`, so the
         tokenizer and the index reach the Hub too (`repo_id`, `commit_message`, `private`, `create_pr`, `token`).
         """
-        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "commit_description", "private", "create_pr", "revision", "tags") if k in kwargs}
+        hub = {
+            k: kwargs.pop(k)
+            for k in ("repo_id", "commit_message", "commit_description", "private", "create_pr", "revision", "tags")
+            if k in kwargs
+        }
         if self._pipeline is not None:
             task, pipeline_class = self._pipeline
             impl = f"{pipeline_class.__module__.rsplit('.', 1)[-1]}.{pipeline_class.__name__}"
@@ -530,7 +577,6 @@ class LmkePreTrainedModel(PreTrainedModel):
             mask_id = getattr(tokenizer.tokenizer, "mask_token_id", None)
             table[self.config.entity_mask_token_id - base] = words[mask_id] if mask_id is not None else words.mean(0)
 
-
             if self.config.num_relations:
                 rel = tokenizer.relation_pieces
                 names = tokenizer.name_pieces("relation")
@@ -539,7 +585,9 @@ class LmkePreTrainedModel(PreTrainedModel):
                 table[off : off + self.config.num_relations] = mean_pieces(pieces)
         if self.config.num_entities:
             idx = torch.arange(self.config.num_entities) if entities is None else torch.as_tensor(entities)
-            names = tokenizer.name_pieces("entity", rows=None if entities is None else idx.tolist())  # only the new ones when adding
+            names = tokenizer.name_pieces(
+                "entity", rows=None if entities is None else idx.tolist()
+            )  # only the new ones when adding
             nameless = [i for n, i in zip(names, idx.tolist()) if not n]  # their text stands in for the name
             # kept when adding entities: their keys are encoded next, from the same pieces
             desc = dict(zip(nameless, tokenizer.entity_pieces_of(nameless, cache=entities is not None)))
@@ -587,7 +635,9 @@ class LmkePreTrainedModel(PreTrainedModel):
             **{**lengths, **config_kwargs},
         )
         model = cls(config)
-        state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("embeddings.word_embeddings", "pooler."))}
+        state = {
+            k: v for k, v in encoder.state_dict().items() if not k.startswith(("embeddings.word_embeddings", "pooler."))
+        }
         for target in model._encoders():
             result = target.load_state_dict(state, strict=False)
             if result.missing_keys or result.unexpected_keys:

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 logger = hf_logging.get_logger(__name__)
 
 
-
 @dataclass
 class LinkPredictionOutput(ModelOutput):
     """Output of [`ClmkeForLinkPrediction`].
@@ -76,7 +75,6 @@ class LinkPredictionOutput(ModelOutput):
     key_entity_ids: torch.LongTensor | None = None
     batch_key_embeddings: torch.FloatTensor | None = None
     batch_key_entity_ids: torch.LongTensor | None = None
-
 
 
 class KeyQueue:
@@ -135,7 +133,9 @@ class ClmkeMatcher(nn.Module):
         self.dense = nn.Linear(4 * hidden_size + (2 if use_degree_features else 0), matcher_hidden_size)
         self.out = nn.Linear(matcher_hidden_size, 1)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, q_logdeg: torch.Tensor | None, k_logdeg: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, q_logdeg: torch.Tensor | None, k_logdeg: torch.Tensor | None
+    ) -> torch.Tensor:
         """Logits for aligned pairs: q, k `(..., hidden)`, log-degrees `(...)`; returns `(...)`."""
         parts = [q, k, q - k, q * k]
         if self.use_degree_features:
@@ -188,8 +188,11 @@ class ClmkeMatcher(nn.Module):
             qb = q[start : start + query_block]
             b = qb.shape[0]
             mats = torch.cat(
-                [w_prod * qb.unsqueeze(1) + w_key, *(e.expand(b, m, 1) for e in extra),
-                 query_term[start : start + query_block].unsqueeze(-1)],
+                [
+                    w_prod * qb.unsqueeze(1) + w_key,
+                    *(e.expand(b, m, 1) for e in extra),
+                    query_term[start : start + query_block].unsqueeze(-1),
+                ],
                 dim=2,
             ).reshape(b * m, -1)  # (b * m, h + 2)
             cols = []
@@ -221,7 +224,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         self.query_encoder = _build_encoder(config.encoder)
         self.key_encoder = _build_encoder(config.encoder)
         if config.scorer == "matcher":
-            self.matcher = ClmkeMatcher(config.encoder.hidden_size, config.matcher_hidden_size, config.use_degree_features)
+            self.matcher = ClmkeMatcher(
+                config.encoder.hidden_size, config.matcher_hidden_size, config.use_degree_features
+            )
         if config.loss == "infonce":  # SimKGC's parametrisation: log(1 / t), so that t stays positive
             self.log_inv_temperature = nn.Parameter(torch.zeros(()), requires_grad=config.learn_temperature)
         if config.own_entity_bias:
@@ -292,7 +297,10 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     # ------------------------------------------------------------ encoders
     def embed_queries(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query token ids (`LmkeTokenizer.encode_queries`) to `(embeddings (B, hidden), given_entity_ids (B,))`:
         the outputs at the `[ENT_MASK]` slot (pooled by `config.pooling`). Tensors in, tensors out, with gradients;
@@ -300,16 +308,23 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         _check_input_ids(input_ids, self.config, "query_input_ids")
         is_mask = input_ids == self.config.entity_mask_token_id
         if not bool((is_mask.sum(1) == 1).all()):
-            raise ValueError("Each query must hold exactly one [ENT_MASK] token; build queries with `LmkeTokenizer.encode_queries`.")
+            raise ValueError(
+                "Each query must hold exactly one [ENT_MASK] token; build queries with `LmkeTokenizer.encode_queries`."
+            )
         is_entity = input_ids >= self.config.entity_token_offset
         if not bool((is_entity.sum(1) == 1).all()):
-            raise ValueError("Each query must hold exactly one (given) entity token; build queries with `LmkeTokenizer.encode_queries`.")
+            raise ValueError(
+                "Each query must hold exactly one (given) entity token; build queries with `LmkeTokenizer.encode_queries`."
+            )
         given = input_ids[is_entity] - self.config.entity_token_offset
         hidden = self._run_encoder(self.query_encoder, input_ids, attention_mask, token_type_ids).last_hidden_state
         return self._pool(hidden, attention_mask, _first_position(is_mask)), given
 
     def embed_keys(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Key token ids (`LmkeTokenizer.encode_keys`) to `(embeddings (B, hidden), entity_ids (B,))`: the outputs at
         the key's entity token (position 1, pooled by `config.pooling`); `encode_entities` is the user-level form."""
@@ -353,7 +368,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         else:
             q_deg = self.log_degrees(query_entity_ids) if self.config.use_degree_features else None
             k_deg = self.log_degrees(key_entity_ids) if self.config.use_degree_features else None
-            scores = self.matcher.pairwise(query_embeddings, key_embeddings, q_deg, k_deg, memory_mb=self.config.scoring_memory_mb)
+            scores = self.matcher.pairwise(
+                query_embeddings, key_embeddings, q_deg, k_deg, memory_mb=self.config.scoring_memory_mb
+            )
         if self.config.own_entity_bias:
             own = query_entity_ids.view(-1, 1) == key_entity_ids.view(1, -1)
             scores = scores + own.to(scores.dtype) * self.own_entity_offset
@@ -385,7 +402,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         """`modeling_losses.adversarial_bce_loss` (the paper's) with `config.adversarial_temperature`."""
         return adversarial_bce_loss(logits, labels, self.config.adversarial_temperature)
 
-    def _labels(self, query_entity_ids, key_entity_ids, answer_ids, diagonal_offset: int, generator=None) -> torch.Tensor:
+    def _labels(
+        self, query_entity_ids, key_entity_ids, answer_ids, diagonal_offset: int, generator=None
+    ) -> torch.Tensor:
         """Multi-label targets: key j is positive for query i when its entity is a known answer of i."""
         labels = (answer_ids.unsqueeze(-1) == key_entity_ids.view(1, 1, -1)).any(1).float()
         rows = torch.arange(labels.shape[0], device=labels.device)
@@ -467,18 +486,35 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             _check_label_values(labels, (0, 1, -100), "labels")
             loss = self.contrastive_loss(logits, labels.to(logits.dtype))
         output = LinkPredictionOutput(
-            loss=loss, logits=logits, labels=labels, query_embeddings=q, key_embeddings=k,
-            query_entity_ids=q_ent, key_entity_ids=k_ent, batch_key_embeddings=batch_keys, batch_key_entity_ids=batch_entities,
+            loss=loss,
+            logits=logits,
+            labels=labels,
+            query_embeddings=q,
+            key_embeddings=k,
+            query_entity_ids=q_ent,
+            key_entity_ids=k_ent,
+            batch_key_embeddings=batch_keys,
+            batch_key_entity_ids=batch_entities,
         )
         return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------ embeddings (sentence-transformers' options)
     @torch.no_grad()
     @in_eval_mode
-    def encode_entities(self, entities: KgElements | None = None, batch_size: int = 256, tokenizer: LmkeTokenizer | None = None,
-                        progress: bool = False, *, normalize_embeddings: bool = False, convert_to_numpy: bool = False,
-                        convert_to_tensor: bool = True, device: torch.device | str | None = None,
-                        show_progress_bar: bool | None = None, keep_pieces: bool = True) -> torch.Tensor | np.ndarray:
+    def encode_entities(
+        self,
+        entities: KgElements | None = None,
+        batch_size: int = 256,
+        tokenizer: LmkeTokenizer | None = None,
+        progress: bool = False,
+        *,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = False,
+        convert_to_tensor: bool = True,
+        device: torch.device | str | None = None,
+        show_progress_bar: bool | None = None,
+        keep_pieces: bool = True,
+    ) -> torch.Tensor | np.ndarray:
         """Key embeddings `(N, hidden)` of `entities` (row indices or ids, see `LmkeTokenizer.entity_to_index`;
         default all), in eval mode, batched by length; the options are sentence-transformers' `encode`'s.
 
@@ -503,17 +539,32 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         if device is not None:
             self.to(device)
         tokenizer = self.load_kg_tokenizer() if tokenizer is None else tokenizer
-        index = torch.arange(tokenizer.num_entities) if entities is None else torch.as_tensor(tokenizer.entity_to_index(entities))
+        index = (
+            torch.arange(tokenizer.num_entities)
+            if entities is None
+            else torch.as_tensor(tokenizer.entity_to_index(entities))
+        )
         encoded = tokenizer.encode_keys(index.numpy(), cache=keep_pieces)["input_ids"] if len(index) else []
-        out = self._embed_in_batches(encoded, tokenizer, self.embed_keys, batch_size, progress or show_progress_bar, "Encoding entities")
+        out = self._embed_in_batches(
+            encoded, tokenizer, self.embed_keys, batch_size, progress or show_progress_bar, "Encoding entities"
+        )
         return _as_requested(out, normalize_embeddings, convert_to_numpy, convert_to_tensor)
 
     @torch.no_grad()
     @in_eval_mode
-    def encode_queries(self, entities: KgElement | Iterable[KgElement], relations: KgElement | Iterable[KgElement],
-                       direction: str = "tail", batch_size: int = 256, *, normalize_embeddings: bool = False,
-                       convert_to_numpy: bool = False, convert_to_tensor: bool = True, device: torch.device | str | None = None,
-                       show_progress_bar: bool = False) -> torch.Tensor | np.ndarray:
+    def encode_queries(
+        self,
+        entities: KgElement | Iterable[KgElement],
+        relations: KgElement | Iterable[KgElement],
+        direction: str = "tail",
+        batch_size: int = 256,
+        *,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = False,
+        convert_to_tensor: bool = True,
+        device: torch.device | str | None = None,
+        show_progress_bar: bool = False,
+    ) -> torch.Tensor | np.ndarray:
         """Query embeddings `(N, hidden)` of `(entity, relation, ?)` (`direction="tail"`) or `(?, relation, entity)`
         (`"head"`): entities and relations by id, name or row index (one relation may serve all entities); the
         options are `encode_entities`'. With the cosine scorer, a normalised query's dot product with a normalised
@@ -526,16 +577,29 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         if len(rels) == 1 and len(given) > 1:
             rels = rels * len(given)
         if len(rels) != len(given):
-            raise ValueError(f"encode_queries got {len(given)} entities and {len(rels)} relations; give one relation per entity, or one for all.")
+            raise ValueError(
+                f"encode_queries got {len(given)} entities and {len(rels)} relations; give one relation per entity, or one for all."
+            )
         encoded = tokenizer.encode_queries(given, rels, direction)["input_ids"] if given else []
-        out = self._embed_in_batches(encoded, tokenizer, self.embed_queries, batch_size, show_progress_bar, "Encoding queries")
+        out = self._embed_in_batches(
+            encoded, tokenizer, self.embed_queries, batch_size, show_progress_bar, "Encoding queries"
+        )
         return _as_requested(out, normalize_embeddings, convert_to_numpy, convert_to_tensor)
 
     @torch.no_grad()
     @in_eval_mode
-    def encode_text(self, names: str | Sequence[str], descriptions: str | Sequence[str] | None = None, batch_size: int = 256, *,
-                    normalize_embeddings: bool = False, convert_to_numpy: bool = False, convert_to_tensor: bool = True,
-                    device: torch.device | str | None = None, show_progress_bar: bool = False) -> torch.Tensor | np.ndarray:
+    def encode_text(
+        self,
+        names: str | Sequence[str],
+        descriptions: str | Sequence[str] | None = None,
+        batch_size: int = 256,
+        *,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = False,
+        convert_to_tensor: bool = True,
+        device: torch.device | str | None = None,
+        show_progress_bar: bool = False,
+    ) -> torch.Tensor | np.ndarray:
         """Key embeddings `(N, hidden)` of entities that are not in the KG, from their names and descriptions alone,
         without adding them: the key `[CLS] E desc [SEP]` whose entity slot `E` is the mean of the name's word
         embeddings, as `add_entities` initialises a new entity's token (so `encode_text(n, d)` equals the key that
@@ -546,7 +610,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         names = _as_list(names)
         descriptions = [""] * len(names) if descriptions is None else _as_list(descriptions)
         if len(descriptions) != len(names):
-            raise ValueError(f"encode_text got {len(names)} names and {len(descriptions)} descriptions; give one description per name (or none).")
+            raise ValueError(
+                f"encode_text got {len(names)} names and {len(descriptions)} descriptions; give one description per name (or none)."
+            )
         bad = [i for i, t in enumerate(names + descriptions) if not isinstance(t, str)]
         if bad:
             value = (names + descriptions)[bad[0]]
@@ -558,7 +624,11 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         )
         cut = tokenizer.max_name_length
         slots = [n or t[:cut] for n, t in zip(tokenizer.word_pieces(names, cut), texts)]
-        cls, sep, placeholder = tokenizer.tokenizer.cls_token_id, tokenizer.tokenizer.sep_token_id, self.config.entity_token_offset
+        cls, sep, placeholder = (
+            tokenizer.tokenizer.cls_token_id,
+            tokenizer.tokenizer.sep_token_id,
+            self.config.entity_token_offset,
+        )
         encoded = [[cls, placeholder, *t[: tokenizer.max_key_description_length], sep] for t in texts]
         words = self.word_embeddings.words.weight
         unk = [tokenizer.tokenizer.unk_token_id or 0]
@@ -569,13 +639,21 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
             flat = torch.tensor([p for piece in pieces for p in piece], device=inputs.device)
             offsets = torch.tensor([0] + [len(p) for p in pieces[:-1]], device=inputs.device).cumsum(0)
             inputs[:, 1] = F.embedding_bag(flat, words, offsets, mode="mean").to(inputs.dtype)
-            hidden = self._run_encoder(self.key_encoder, input_ids, attention_mask, inputs_embeds=inputs).last_hidden_state
-            return self._pool(hidden, attention_mask, torch.ones(len(rows), dtype=torch.long, device=inputs.device)), None
+            hidden = self._run_encoder(
+                self.key_encoder, input_ids, attention_mask, inputs_embeds=inputs
+            ).last_hidden_state
+            return self._pool(
+                hidden, attention_mask, torch.ones(len(rows), dtype=torch.long, device=inputs.device)
+            ), None
 
-        out = self._embed_in_batches(encoded, tokenizer, embed, batch_size, show_progress_bar, "Encoding texts", pass_rows=True)
+        out = self._embed_in_batches(
+            encoded, tokenizer, embed, batch_size, show_progress_bar, "Encoding texts", pass_rows=True
+        )
         return _as_requested(out, normalize_embeddings, convert_to_numpy, convert_to_tensor)
 
-    def _embed_in_batches(self, encoded, tokenizer, embed, batch_size: int, progress, description: str, pass_rows: bool = False) -> torch.Tensor:
+    def _embed_in_batches(
+        self, encoded, tokenizer, embed, batch_size: int, progress, description: str, pass_rows: bool = False
+    ) -> torch.Tensor:
         """Rows of `embed(input_ids, attention_mask)` for lists of token ids, batched by length, in input order."""
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         device = self.device
@@ -620,10 +698,14 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         `save_pretrained` writes it with the fingerprint of those weights."""
         if isinstance(index, torch.Tensor):
             if index.dim() != 2 or index.shape[0] != self.config.num_entities:
-                raise ValueError(f"entity_index must be a (num_entities={self.config.num_entities}, hidden) tensor, got {tuple(index.shape)}.")
+                raise ValueError(
+                    f"entity_index must be a (num_entities={self.config.num_entities}, hidden) tensor, got {tuple(index.shape)}."
+                )
             index = EntityIndex(index, self.entity_degrees.detach().cpu())
         elif not isinstance(index, EntityIndex):
-            raise ValueError(f"entity_index must be an EntityIndex or a (num_entities, hidden) tensor, got {type(index).__name__}.")
+            raise ValueError(
+                f"entity_index must be an EntityIndex or a (num_entities, hidden) tensor, got {type(index).__name__}."
+            )
         if index.num_entities != self.config.num_entities:
             raise ValueError(f"entity_index holds {index.num_entities} entities, the model {self.config.num_entities}.")
         index.weights_sha256 = self.weights_fingerprint()
@@ -689,14 +771,23 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
         super()._save_extras(save_directory)
         index = getattr(self, "_entity_index", None)
         if index is not None and index.num_entities == self.config.num_entities:
-            saved = EntityIndex([tile for _, tile in index.tiles()], self.entity_degrees.detach().cpu(), None, index.weights_sha256)
+            saved = EntityIndex(
+                [tile for _, tile in index.tiles()], self.entity_degrees.detach().cpu(), None, index.weights_sha256
+            )
             saved.save(save_directory)  # weights_sha256 None: an index of unknown origin (an old save)
 
     @torch.no_grad()
     @in_eval_mode
-    def predict(self, head: KgElement | None = None, relation: KgElement | None = None, tail: KgElement | None = None,
-                top_k: int = 10, filter_known: Any = None, filter_splits: Sequence[str] = ("train", "validation", "test"),
-                searcher: FaissSearcher | None = None) -> list[dict[str, Any]]:
+    def predict(
+        self,
+        head: KgElement | None = None,
+        relation: KgElement | None = None,
+        tail: KgElement | None = None,
+        top_k: int = 10,
+        filter_known: Any = None,
+        filter_splits: Sequence[str] = ("train", "validation", "test"),
+        searcher: FaissSearcher | None = None,
+    ) -> list[dict[str, Any]]:
         """Ranks all entities for `(head, relation, ?)` or `(?, relation, tail)`; entities and relations by id or name.
 
         Returns the `top_k` candidates as dicts `{"entity_id", "name", "score"}` (score = p(q, k), or the cosine
@@ -716,13 +807,17 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 "`lmke_hf.load_kg('wn18rr')`), not a bool: the model stores no triples."
             )
         if filter_known is not None and not hasattr(filter_known, "answer_index"):
-            raise TypeError(f"`filter_known` must be a KnowledgeGraph (lmke_hf.load_kg), got {type(filter_known).__name__}.")
+            raise TypeError(
+                f"`filter_known` must be a KnowledgeGraph (lmke_hf.load_kg), got {type(filter_known).__name__}."
+            )
         if (head is None) == (tail is None):
             raise ValueError("Give exactly one of `head` (predict the tail) or `tail` (predict the head).")
         if relation is None:
             raise ValueError("`relation` is required.")
         if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)):
-            raise TypeError(f"`top_k` must be a whole number of candidates (an int >= 1), got {top_k!r} ({type(top_k).__name__}).")
+            raise TypeError(
+                f"`top_k` must be a whole number of candidates (an int >= 1), got {top_k!r} ({type(top_k).__name__})."
+            )
         if top_k < 1:
             raise ValueError(f"`top_k` must be >= 1, got {top_k}.")
         top_k = int(top_k)
@@ -741,11 +836,15 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 "NaN too, the weights themselves are broken (a diverged run)."
             )
         if not bool(torch.isfinite(q).all()):
-            raise ValueError("The query's embedding holds NaN or inf values: the weights are broken (a diverged run); nothing can be ranked.")
+            raise ValueError(
+                "The query's embedding holds NaN or inf values: the weights are broken (a diverged run); nothing can be ranked."
+            )
         known = None
         if filter_known is not None:
             kg_ids = list(filter_known.entities["id"]) if hasattr(filter_known, "entities") else None
-            if filter_known.num_entities != self.config.num_entities or (kg_ids is not None and kg_ids != list(tokenizer.entity_ids)):
+            if filter_known.num_entities != self.config.num_entities or (
+                kg_ids is not None and kg_ids != list(tokenizer.entity_ids)
+            ):
                 raise ValueError(
                     f"`filter_known` is a graph of {filter_known.num_entities} entities, this model has {self.config.num_entities} "
                     "(or they are in another order): pass the KG the model was trained on."
@@ -768,7 +867,10 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
 
     @torch.no_grad()
     def add_entities(
-        self, ids: str | Sequence[str], names: str | Sequence[str] | None = None, descriptions: str | Sequence[str] | None = None
+        self,
+        ids: str | Sequence[str],
+        names: str | Sequence[str] | None = None,
+        descriptions: str | Sequence[str] | None = None,
     ) -> torch.Tensor:
         """Adds unseen entities without retraining (the inductive case): registers their tokens (initialised from
         their names' word pieces), degree 0, and encodes their keys into the entity index. Returns their ids.

@@ -59,7 +59,6 @@ class TripleClassificationOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-
 # ---------------------------------------------------------------------------------------------------- LMKE
 class LmkeForTripleClassification(LmkePreTrainedModel):
     r"""LMKE (paper section 3.2): `[CLS] h desc(h) r desc(r) t desc(t) [SEP]` -> `p(u) = sigmoid(w . u_CLS + b)`.
@@ -133,7 +132,9 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
                 raise ValueError(f"`labels` has {labels.numel()} values for a batch of {logits.numel()} triples.")
             _check_label_values(labels, (0, 1), "labels")
             low = logits.dtype in (torch.float16, torch.bfloat16)  # under autocast: the loss is computed in fp32
-            loss = F.binary_cross_entropy_with_logits(logits.float() if low else logits, labels.float() if low else labels)
+            loss = F.binary_cross_entropy_with_logits(
+                logits.float() if low else logits, labels.float() if low else labels
+            )
         output = TripleClassificationOutput(
             loss=loss,
             logits=logits,
@@ -165,7 +166,9 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
         single = lambda v: isinstance(v, (str, int, np.integer)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
         heads, relations, tails = ([v] if single(v) else list(v) for v in (head, relation, tail))
         if not (len(heads) == len(relations) == len(tails)) or not heads:
-            raise ValueError(f"Give as many heads, relations and tails (got {len(heads)}, {len(relations)}, {len(tails)}), at least one.")
+            raise ValueError(
+                f"Give as many heads, relations and tails (got {len(heads)}, {len(relations)}, {len(tails)}), at least one."
+            )
         tokenizer = self.load_kg_tokenizer()
         h = [tokenizer.entity_row(v) for v in heads]
         r = [tokenizer.relation_row(v) for v in relations]
@@ -177,8 +180,13 @@ class LmkeForTripleClassification(LmkePreTrainedModel):
             logits = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).logits
             scores += torch.sigmoid(logits.float()).tolist()
         return [
-            {"head": tokenizer.entity_ids[a], "relation": tokenizer.relation_ids[b], "tail": tokenizer.entity_ids[c],
-             "score": p, "is_true": p > threshold}
+            {
+                "head": tokenizer.entity_ids[a],
+                "relation": tokenizer.relation_ids[b],
+                "tail": tokenizer.entity_ids[c],
+                "score": p,
+                "is_true": p > threshold,
+            }
             for a, b, c, p in zip(h, r, t, scores)
         ]
 

@@ -17,7 +17,9 @@ def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
-def infonce_loss(scores: torch.Tensor, labels: torch.Tensor, inverse_temperature: torch.Tensor | float, margin: float = 0.0) -> torch.Tensor:
+def infonce_loss(
+    scores: torch.Tensor, labels: torch.Tensor, inverse_temperature: torch.Tensor | float, margin: float = 0.0
+) -> torch.Tensor:
     r"""InfoNCE with multiple positives, averaged over the queries that have a positive:
     `L(q) = 1/|K+| sum_{k+} -log(e^{s(q,k+)} / (e^{s(q,k+)} + sum_{k-} e^{s(q,k-)}))`,
     `s = (score - margin * [k positive]) / t` (SimKGC, van den Oord et al. 2018). Each positive competes with the

@@ -77,7 +77,13 @@ class KnowledgeGraphCompletionPipeline(_KgPipeline):
         return query
 
     def _forward(self, query, top_k: int = 5, filter_known=None):
-        answers = self.model.predict(head=query.get("head"), relation=query["relation"], tail=query.get("tail"), top_k=top_k, filter_known=filter_known)
+        answers = self.model.predict(
+            head=query.get("head"),
+            relation=query["relation"],
+            tail=query.get("tail"),
+            top_k=top_k,
+            filter_known=filter_known,
+        )
         return [{"entity": a["entity_id"], "name": a["name"], "score": a["score"]} for a in answers]
 
 
@@ -90,7 +96,9 @@ class TripleClassificationPipeline(_KgPipeline):
         return {}, ({"threshold": float(threshold)} if threshold is not None else {}), {}
 
     def _check(self, query) -> dict:
-        return _check_query(query, ("head", "relation", "tail"), ("head", "relation", "tail"), '{"head": H, "relation": R, "tail": T}')
+        return _check_query(
+            query, ("head", "relation", "tail"), ("head", "relation", "tail"), '{"head": H, "relation": R, "tail": T}'
+        )
 
     def _forward(self, query, threshold: float = 0.5):
         (row,) = self.model.predict(query["head"], query["relation"], query["tail"], threshold=threshold)

@@ -27,7 +27,12 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .modeling_clmke import ClmkeForLinkPrediction
 from .modeling_lmke import LmkeForTripleClassification
-from .pipeline_lmke import CLASSIFICATION_TASK, COMPLETION_TASK, KnowledgeGraphCompletionPipeline, TripleClassificationPipeline
+from .pipeline_lmke import (
+    CLASSIFICATION_TASK,
+    COMPLETION_TASK,
+    KnowledgeGraphCompletionPipeline,
+    TripleClassificationPipeline,
+)
 
 
 def register_pipelines() -> None:
@@ -42,4 +47,10 @@ def register_pipelines() -> None:
         model_class.register_for_pipeline(task, pipeline_class)
 
 
-__all__ = ["KnowledgeGraphCompletionPipeline", "TripleClassificationPipeline", "register_pipelines", "COMPLETION_TASK", "CLASSIFICATION_TASK"]
+__all__ = [
+    "KnowledgeGraphCompletionPipeline",
+    "TripleClassificationPipeline",
+    "register_pipelines",
+    "COMPLETION_TASK",
+    "CLASSIFICATION_TASK",
+]

@@ -44,7 +44,8 @@ def public_args(args: dict) -> dict:
     """The flags a card, `training_args.json` or a tracker shows: plain values (str, int, float, bool, None),
     secrets (`SECRET_ARGS`) left out, no absolute local paths (`public_value`)."""
     return {
-        k: public_value(v) for k, v in args.items()
+        k: public_value(v)
+        for k, v in args.items()
         if k not in SECRET_ARGS and (isinstance(v, (int, float, str, bool)) or v is None)
     }
 
@@ -67,7 +68,7 @@ def write_json(path: str | os.PathLike, data: Any, **dump_kwargs: Any) -> Path:
 
 
 def describe_hardware(device: torch.device | str | int | None = None) -> str:
-    """"1 x NVIDIA H100 80GB HBM3" or "AMD EPYC 7B13 (2 cores, 2 torch threads, Linux)": what a card's reader
+    """ "1 x NVIDIA H100 80GB HBM3" or "AMD EPYC 7B13 (2 cores, 2 torch threads, Linux)": what a card's reader
     needs to compare wall times. `device`: the run's device (default: CUDA when available)."""
     import torch
 

@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
 KG_VOCAB_FILE = "kg_vocab.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-BASE_TOKENIZER_CLASS = "base_tokenizer_class"  # tokenizer_config.json key: the class of the wrapped word-piece tokenizer
+BASE_TOKENIZER_CLASS = (
+    "base_tokenizer_class"  # tokenizer_config.json key: the class of the wrapped word-piece tokenizer
+)
 ENTITY_MASK_TOKEN = "[ENT_MASK]"
 RETURN_TENSORS = (None, "pt", "np")
 NAME_PIECES = 32  # word pieces of a name (or, for a nameless entity, of its text) that initialise its KG token
@@ -83,7 +85,11 @@ def entity_text(name: str, description: str) -> str:
 
 
 def pad_sequences(
-    sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor], pad_id: int, pad_to_multiple_of: int | None = None, *, length: int | None = None
+    sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor],
+    pad_id: int,
+    pad_to_multiple_of: int | None = None,
+    *,
+    length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pads lists of token ids to the longest one (or to `length`, at least as long), rounded up to a multiple of
     `pad_to_multiple_of`, without a Python loop over the sequences: `(input_ids, attention_mask)`, both
@@ -195,7 +201,9 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         self.entity_names = _texts(entity_names, self.entity_ids, "entity_names")
         self.entity_descriptions = _texts(entity_descriptions, self.entity_ids, "entity_descriptions", default="")
         self.relation_names = _texts(relation_names, self.relation_ids, "relation_names")
-        self.relation_descriptions = _texts(relation_descriptions, self.relation_ids, "relation_descriptions", default="")
+        self.relation_descriptions = _texts(
+            relation_descriptions, self.relation_ids, "relation_descriptions", default=""
+        )
         for name, value in (
             ("max_entity_description_length", max_entity_description_length),
             ("max_relation_description_length", max_relation_description_length),
@@ -416,21 +424,32 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
             return int(self._to_index([value], kind)[0])
         if not isinstance(value, str):
-            raise TypeError(f"An {kind} is given by its id or name (str) or its row index (int), got {value!r} ({type(value).__name__}).")
+            raise TypeError(
+                f"An {kind} is given by its id or name (str) or its row index (int), got {value!r} ({type(value).__name__})."
+            )
         ids, names, lookup = (
-            (self.entity_ids, self.entity_names, self._entity_index) if kind == "entity"
+            (self.entity_ids, self.entity_names, self._entity_index)
+            if kind == "entity"
             else (self.relation_ids, self.relation_names, self._relation_index)
         )
         if value in lookup:
             return lookup[value]
-        matches = [i for i, n in enumerate(names) if n == value] or [i for i, n in enumerate(names) if n.lower() == value.lower()]
+        matches = [i for i, n in enumerate(names) if n == value] or [
+            i for i, n in enumerate(names) if n.lower() == value.lower()
+        ]
         if len(matches) == 1:
             return matches[0]
         if not matches:
             close = difflib.get_close_matches(value, list(dict.fromkeys([*names, *ids])), n=3, cutoff=0.75)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            advice = " Add unseen entities with `add_entities`." if kind == "entity" else " Relations are fixed at training time."
-            raise KeyError(f"Unknown {kind} {value!r}: neither an id nor a name of this model's {len(ids)} {_PLURAL[kind]}.{hint}{advice}")
+            advice = (
+                " Add unseen entities with `add_entities`."
+                if kind == "entity"
+                else " Relations are fixed at training time."
+            )
+            raise KeyError(
+                f"Unknown {kind} {value!r}: neither an id nor a name of this model's {len(ids)} {_PLURAL[kind]}.{hint}{advice}"
+            )
         shown = ", ".join(f"{ids[i]} ({names[i]})" for i in matches[:10])
         raise KeyError(f"{kind} name {value!r} is ambiguous: {len(matches)} candidates: {shown}. Pass the id instead.")
 
@@ -507,7 +526,9 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
 
         def words(run: list[int]) -> str:
             return self.tokenizer.decode(
-                run, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                run,
+                skip_special_tokens=skip_special_tokens,
+                clean_up_tokenization_spaces=clean_up_tokenization_spaces,
                 **kwargs,
             )
 
@@ -529,7 +550,9 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
             parts.append(join_words(run))
         return " ".join(p for p in parts if p)
 
-    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False, **kwargs: Any) -> list[str]:
+    def tokenize(
+        self, text: str, pair: str | None = None, add_special_tokens: bool = False, **kwargs: Any
+    ) -> list[str]:
         """The word pieces of `text` (the word-piece tokenizer's `tokenize`)."""
         return self.tokenizer.tokenize(text, pair=pair, add_special_tokens=add_special_tokens, **kwargs)
 
@@ -569,8 +592,12 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         pieces = []
         for start in range(0, len(texts), PIECES_CHUNK):  # a chunk at a time: a fast tokenizer's encodings are large
             encoded = self.tokenizer(
-                texts[start : start + PIECES_CHUNK], add_special_tokens=False, truncation=True, max_length=max(max_length, 1),
-                return_attention_mask=False, return_token_type_ids=False,
+                texts[start : start + PIECES_CHUNK],
+                add_special_tokens=False,
+                truncation=True,
+                max_length=max(max_length, 1),
+                return_attention_mask=False,
+                return_token_type_ids=False,
             )["input_ids"]
             pieces.extend(ids[:max_length] for ids in encoded)
         return pieces
@@ -603,7 +630,12 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         missing = sorted({i for i in rows if i not in known})
         if missing:
             texts = [entity_text(self.entity_names[i], self.entity_descriptions[i]) for i in missing]
-            known.update(zip(missing, self.word_pieces(texts, max(self.max_entity_description_length, self.max_key_description_length))))
+            known.update(
+                zip(
+                    missing,
+                    self.word_pieces(texts, max(self.max_entity_description_length, self.max_key_description_length)),
+                )
+            )
         if not cache:
             return known
         if len(known) == self.num_entities:
@@ -642,7 +674,9 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         ]
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
 
-    def encode_queries(self, given: KgElements, relations: KgElements, direction: str | Sequence[str]) -> dict[str, list[list[int]]]:
+    def encode_queries(
+        self, given: KgElements, relations: KgElements, direction: str | Sequence[str]
+    ) -> dict[str, list[list[int]]]:
         """Queries with the missing entity masked.
 
         Args:
@@ -676,7 +710,12 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         """`[CLS] E_e desc(e) [SEP]` for each entity. `cache=False`: the word pieces of entities not tokenised
         before are not kept (a streamed pass over a very large graph, e.g. `EntityIndex.build`)."""
         e = self.entity_to_index(entities)
-        cls, sep, eo, lk = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.entity_token_offset, self.max_key_description_length
+        cls, sep, eo, lk = (
+            self.tokenizer.cls_token_id,
+            self.tokenizer.sep_token_id,
+            self.entity_token_offset,
+            self.max_key_description_length,
+        )
         ent = self._entity_rows_pieces(e.tolist(), cache=cache)
         ids = [[cls, eo + a, *ent[a][:lk], sep] for a in e.tolist()]
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
@@ -743,9 +782,14 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
                     f"{sorted(passed | ({'direction'} if direction is not None else set()))}."
                 )
             out = self.tokenizer(
-                text, text_pair, padding=False if padding is None else padding, max_length=max_length,
-                pad_to_multiple_of=pad_to_multiple_of, return_tensors=return_tensors,
-                return_attention_mask=return_attention_mask, **kwargs,
+                text,
+                text_pair,
+                padding=False if padding is None else padding,
+                max_length=max_length,
+                pad_to_multiple_of=pad_to_multiple_of,
+                return_tensors=return_tensors,
+                return_attention_mask=return_attention_mask,
+                **kwargs,
             )
             return BatchEncoding({prefix + k: v for k, v in out.items()}) if prefix else out
         kwargs.pop("verbose", None)
@@ -769,10 +813,17 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
             encoded = self.encode_queries(given, relations, "tail" if direction is None else direction)
         else:
             encoded = self.encode_keys(entities)
-        return BatchEncoding(self.pad(
-            encoded, prefix, pad_to_multiple_of, padding=True if padding is None else padding, max_length=max_length,
-            return_attention_mask=return_attention_mask, return_tensors=return_tensors,
-        ))
+        return BatchEncoding(
+            self.pad(
+                encoded,
+                prefix,
+                pad_to_multiple_of,
+                padding=True if padding is None else padding,
+                max_length=max_length,
+                return_attention_mask=return_attention_mask,
+                return_tensors=return_tensors,
+            )
+        )
 
     def pad(
         self,
@@ -814,7 +865,9 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         if isinstance(encoded_inputs, (list, tuple)) and isinstance(encoded_inputs[0], Mapping):
             encoded_inputs = {key: [row[key] for row in encoded_inputs] for key in encoded_inputs[0].keys()}
         if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
-            got = sorted(encoded_inputs.keys()) if isinstance(encoded_inputs, Mapping) else type(encoded_inputs).__name__
+            got = (
+                sorted(encoded_inputs.keys()) if isinstance(encoded_inputs, Mapping) else type(encoded_inputs).__name__
+            )
             raise ValueError(
                 f"`pad` needs a batch holding 'input_ids' (what encode_triples / encode_queries / encode_keys return), got {got}."
             )
@@ -839,20 +892,34 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
             if [len(row) for row in columns[key]] != lengths:
                 raise ValueError(f"The rows of '{key}' must be as long as those of 'input_ids' ({lengths[:5]}...).")
         if strategy == "do_not_pad":
-            out = {"input_ids": ids, "attention_mask": columns.pop("attention_mask", None) or [[1] * n for n in lengths]}
+            out = {
+                "input_ids": ids,
+                "attention_mask": columns.pop("attention_mask", None) or [[1] * n for n in lengths],
+            }
             if tensors is not None and len(set(lengths)) > 1:
                 raise ValueError(
                     f"return_tensors={tensors!r} needs sequences of one length, got lengths {min(lengths)} to "
                     f"{max(lengths)}; pass padding=True."
                 )
-            out = {key: torch.as_tensor(np.asarray(value, dtype=np.int64)) for key, value in out.items()} if tensors else out
+            out = (
+                {key: torch.as_tensor(np.asarray(value, dtype=np.int64)) for key, value in out.items()}
+                if tensors
+                else out
+            )
         else:
             length = None
             if strategy == "max_length":
                 length = self.model_max_length if max_length is None else max_length
                 if length is None or length > 100_000:  # transformers' "no limit" sentinel
-                    raise ValueError("padding='max_length' needs `max_length` (this tokenizer sets no model_max_length).")
-            out = dict(zip(("input_ids", "attention_mask"), pad_sequences(ids, self.pad_token_id, pad_to_multiple_of, length=length)))
+                    raise ValueError(
+                        "padding='max_length' needs `max_length` (this tokenizer sets no model_max_length)."
+                    )
+            out = dict(
+                zip(
+                    ("input_ids", "attention_mask"),
+                    pad_sequences(ids, self.pad_token_id, pad_to_multiple_of, length=length),
+                )
+            )
             for key in sorted(fills.keys() & columns.keys()):
                 out[key] = pad_sequences(columns.pop(key), fills[key], pad_to_multiple_of, length=length)[0]
         if return_attention_mask is False:
@@ -890,7 +957,9 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         ids = [str(i) for i in ids]
         clash = [i for i in ids if i in self._entity_index]
         if clash or len(set(ids)) != len(ids):
-            raise ValueError(f"Entity ids already registered or repeated: {clash[:5] or ids[:5]}; new entities need new ids.")
+            raise ValueError(
+                f"Entity ids already registered or repeated: {clash[:5] or ids[:5]}; new entities need new ids."
+            )
         names = _texts(names, ids, "names")
         descriptions = _texts(descriptions, ids, "descriptions", default="")
         start = self.num_entities
@@ -923,7 +992,9 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         config_file = file_names[0]
         with open(config_file, encoding="utf-8") as f:
             ours = json.load(f)
-        words = self.tokenizer.save_pretrained(save_directory, legacy_format=legacy_format, filename_prefix=filename_prefix)
+        words = self.tokenizer.save_pretrained(
+            save_directory, legacy_format=legacy_format, filename_prefix=filename_prefix
+        )
         with open(config_file, encoding="utf-8") as f:
             config = json.load(f)
         config[BASE_TOKENIZER_CLASS] = config.get("tokenizer_class")
@@ -979,12 +1050,20 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
         the word-piece tokenizer never runs remote code.
         """
         if init_inputs:
-            raise TypeError(f"LmkeTokenizer.from_pretrained takes keyword arguments only, got {len(init_inputs)} positional ones.")
+            raise TypeError(
+                f"LmkeTokenizer.from_pretrained takes keyword arguments only, got {len(init_inputs)} positional ones."
+            )
         for internal in ("_from_auto", "_from_pipeline", "_commit_hash"):  # passed by AutoTokenizer / pipeline
             kwargs.pop(internal, None)
-        hub = {"cache_dir": cache_dir, "token": token, "revision": revision, "subfolder": kwargs.pop("subfolder", None),
-               "proxies": kwargs.pop("proxies", None), "force_download": force_download or None,
-               "local_files_only": local_files_only or None}
+        hub = {
+            "cache_dir": cache_dir,
+            "token": token,
+            "revision": revision,
+            "subfolder": kwargs.pop("subfolder", None),
+            "proxies": kwargs.pop("proxies", None),
+            "force_download": force_download or None,
+            "local_files_only": local_files_only or None,
+        }
         hub = {k: v for k, v in hub.items() if v is not None}
         path = str(pretrained_model_name_or_path)
         if os.path.isdir(path):
@@ -1029,7 +1108,10 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
                 f"{path}'s word-piece tokenizer class {name!r} is unknown to this transformers version; upgrade transformers."
             )
         tokenizer = word_class.from_pretrained(path, **hub)
-        for key in (BASE_TOKENIZER_CLASS, "auto_map"):  # ours: saving the word-piece tokenizer alone must not write them
+        for key in (
+            BASE_TOKENIZER_CLASS,
+            "auto_map",
+        ):  # ours: saving the word-piece tokenizer alone must not write them
             tokenizer.init_kwargs.pop(key, None)
         return tokenizer
 
@@ -1075,7 +1157,9 @@ def _padding_strategy(padding) -> str:
         return "do_not_pad"
     if value == "max_length":
         return "max_length"
-    raise ValueError(f"`padding` must be True / 'longest', 'max_length' or False / 'do_not_pad', got {_excerpt(padding)}.")
+    raise ValueError(
+        f"`padding` must be True / 'longest', 'max_length' or False / 'do_not_pad', got {_excerpt(padding)}."
+    )
 
 
 def _tensor_type(return_tensors) -> str | None:
@@ -1100,7 +1184,9 @@ def _ids(values, name: str) -> list[str]:
     out = []
     for row, value in enumerate(_as_list(values)):
         if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
-            raise ValueError(f"`{name}` row {row} is {value!r}: every entity and relation needs a non-empty id (a damaged kg_vocab.json or KG file?).")
+            raise ValueError(
+                f"`{name}` row {row} is {value!r}: every entity and relation needs a non-empty id (a damaged kg_vocab.json or KG file?)."
+            )
         out.append(str(value))
     return out
 

@@ -13,8 +13,14 @@ import os
 
 def run_worker(rank: int, world_size: int, port: int, model_dir: str, out_dir: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size), TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="true",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        TOKENIZERS_PARALLELISM="false",
+        ACCELERATE_USE_CPU="true",
     )
     import torch
     from accelerate import Accelerator
@@ -27,7 +33,9 @@ def run_worker(rank: int, world_size: int, port: int, model_dir: str, out_dir: s
 
     model = ClmkeForLinkPrediction.from_pretrained(model_dir).eval()
     memory = EntityIndex.build(model, shard_size=5, accelerator=accelerator)
-    saved = EntityIndex.build(model, shard_size=5, accelerator=accelerator, save_directory=os.path.join(out_dir, "index"))
+    saved = EntityIndex.build(
+        model, shard_size=5, accelerator=accelerator, save_directory=os.path.join(out_dir, "index")
+    )
     torch.save({"memory": memory.keys, "saved": saved.keys.clone()}, os.path.join(out_dir, f"rank{rank}.pt"))
     accelerator.wait_for_everyone()
     torch.distributed.destroy_process_group()

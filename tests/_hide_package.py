@@ -1,7 +1,7 @@
 """Source text that makes `lmke_hf` unimportable in a child interpreter, however it is installed (editable
 installs put it on every path), to prove that checkpoints load with `trust_remote_code=True` alone."""
 
-HIDE_LMKE_HF = '''
+HIDE_LMKE_HF = """
 import importlib.abc as _abc
 import sys as _sys
 
@@ -14,4 +14,4 @@ class _HideLmkeHf(_abc.MetaPathFinder):
 
 
 _sys.meta_path.insert(0, _HideLmkeHf())
-'''
+"""

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 
-def run_worker(rank: int, world_size: int, port: int, model_dir: str, batch_path: str, out_dir: str, patch_backward: bool = False) -> None:
+def run_worker(
+    rank: int, world_size: int, port: int, model_dir: str, batch_path: str, out_dir: str, patch_backward: bool = False
+) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -48,9 +48,19 @@ if not REAL_HUB:
         HF_DATASETS_DISABLE_PROGRESS_BARS="1",
     )
     for _var in (
-        "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-        "HF_DATASETS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE",
-        "TRANSFORMERS_CACHE", "HF_MODULES_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_TOKEN_PATH",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_DATASETS_CACHE",
+        "TRANSFORMERS_CACHE",
+        "HF_MODULES_CACHE",
+        "HF_XET_CACHE",
+        "HF_ASSETS_CACHE",
         "HF_HUB_ENABLE_HF_TRANSFER",
     ):
         os.environ.pop(_var, None)
@@ -103,8 +113,13 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        type_vocab_size=2,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = BertModel(config).eval()
@@ -229,5 +244,7 @@ def source_encoder(tiny_bert_dir) -> BertModel:
 def clmke_run(clmke_script, kg_dir, tiny_bert_dir, tmp_path_factory):
     """C-LMKE trained 6 steps (checkpoints every 2, constant LR, dropout on): run A of the resume test too."""
     out = tmp_path_factory.mktemp("clmke") / "run_A"
-    results = clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 6, *RESUME_FLAGS)))
+    results = clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 6, *RESUME_FLAGS))
+    )
     return out, results

@@ -34,11 +34,12 @@ from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTok
 # ------------------------------------------------------------------------------------------------ the toy KG
 
 
-
 _TOY_ENTITIES = [f"e{i}" for i in range(10)]
 _TOY_RELATIONS = ["r0", "r1", "r2"]
 _TOY_NAMES = {e: f"entity {e[1:]}" for e in _TOY_ENTITIES}
-_TOY_DESCRIPTIONS = {e: f"entity {e[1:]} is a thing with a long description number {e[1:]}" for e in _TOY_ENTITIES if e != "e7"}
+_TOY_DESCRIPTIONS = {
+    e: f"entity {e[1:]} is a thing with a long description number {e[1:]}" for e in _TOY_ENTITIES if e != "e7"
+}
 _TOY_RELATION_TEXT = {"r0": "relation zero", "r1": "relation one", "r2": "relation two"}
 
 _TOY_TRAIN = [
@@ -109,12 +110,18 @@ def write_toy_kg(root: Path, folder_name: str = "toy", crlf: bool = False, overr
 # ------------------------------------------------------------------------------------------------ the tiny KG
 
 
-
 WORDS = ["paris", "france", "berlin", "germany", "rome", "italy", "red", "blue", "green", "one", "two", "three"]
 ENTITIES = [f"/m/e{i:02d}" for i in range(len(WORDS))]
 RELATIONS = ["/r/located", "/r/capital", "/r/born"]
 RELATION_TEXT = {"/r/located": "located in", "/r/capital": "capital of", "/r/born": "born in"}
-DESCRIPTION_TAILS = ["is a city", "is a country", "is a new city", "is an old country", "is a big thing", "is a small thing"]
+DESCRIPTION_TAILS = [
+    "is a city",
+    "is a country",
+    "is a new city",
+    "is an old country",
+    "is a big thing",
+    "is a small thing",
+]
 
 
 def _triples(seed: int = 0, n_train: int = 40, n_dev: int = 6, n_test: int = 6):
@@ -206,10 +213,24 @@ def _load_script(name: str):
 
 def _common(kg_dir, encoder, output_dir, *extra) -> list[str]:
     return [
-        "--dataset", str(kg_dir), "--encoder", str(encoder), "--output_dir", str(output_dir),
-        "--max_entity_description_length", "8", "--max_relation_description_length", "4",
-        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "16", "--no_progress",
-        "--seed", "7", *map(str, extra),
+        "--dataset",
+        str(kg_dir),
+        "--encoder",
+        str(encoder),
+        "--output_dir",
+        str(output_dir),
+        "--max_entity_description_length",
+        "8",
+        "--max_relation_description_length",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "16",
+        "--no_progress",
+        "--seed",
+        "7",
+        *map(str, extra),
     ]
 
 
@@ -281,7 +302,9 @@ QUERIES = dict(
 )
 
 
-TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)
+TINY_ENCODER = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=64
+)
 
 
 def lmke_batch(tok: LmkeTokenizer) -> dict[str, torch.Tensor]:

@@ -87,11 +87,41 @@ LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsiz
 
 # The Hub's default .gitattributes for new repos (shortened to the patterns that matter here).
 LFS_PATTERNS = [
-    "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib",
-    "*.lfs.*", "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot",
-    "*.parquet", "*.pb", "*.pickle", "*.pkl", "*.pt", "*.pth", "*.rar", "*.safetensors",
-    "saved_model/**/*", "*.tar.*", "*.tar", "*.tflite", "*.tgz", "*.wasm", "*.xz", "*.zip",
-    "*.zst", "*tfevents*",
+    "*.7z",
+    "*.arrow",
+    "*.bin",
+    "*.bz2",
+    "*.ckpt",
+    "*.ftz",
+    "*.gz",
+    "*.h5",
+    "*.joblib",
+    "*.lfs.*",
+    "*.mlmodel",
+    "*.model",
+    "*.msgpack",
+    "*.npy",
+    "*.npz",
+    "*.onnx",
+    "*.ot",
+    "*.parquet",
+    "*.pb",
+    "*.pickle",
+    "*.pkl",
+    "*.pt",
+    "*.pth",
+    "*.rar",
+    "*.safetensors",
+    "saved_model/**/*",
+    "*.tar.*",
+    "*.tar",
+    "*.tflite",
+    "*.tgz",
+    "*.wasm",
+    "*.xz",
+    "*.zip",
+    "*.zst",
+    "*tfevents*",
 ]
 HUB_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 
@@ -159,8 +189,9 @@ def git_resolve(repo: str | Path, rev: str) -> str | None:
 
 def git_refs(repo: str | Path) -> dict[str, str]:
     """{short ref name: commit sha} for branches and tags."""
-    out = _git(repo, "for-each-ref", "--format=%(refname:short) %(*objectname) %(objectname)",
-               "refs/heads", "refs/tags").decode()
+    out = _git(
+        repo, "for-each-ref", "--format=%(refname:short) %(*objectname) %(objectname)", "refs/heads", "refs/tags"
+    ).decode()
     refs = {}
     for line in out.splitlines():
         parts = line.split()
@@ -203,8 +234,9 @@ def git_cat(repo: str | Path, rev: str, path: str) -> bytes | None:
     sha = git_resolve(repo, rev)
     if sha is None:
         return None
-    proc = subprocess.run(["git", "-C", str(repo), "cat-file", "blob", f"{sha}:{path}"],
-                          capture_output=True, env=_git_env(), timeout=60)
+    proc = subprocess.run(
+        ["git", "-C", str(repo), "cat-file", "blob", f"{sha}:{path}"], capture_output=True, env=_git_env(), timeout=60
+    )
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -224,8 +256,15 @@ def git_log(repo: str | Path, rev: str, max_count: int = 1000) -> list[dict]:
             continue
         sha, author, stamp, title, body = rec.split("\x00")
         date = _dt.datetime.fromtimestamp(int(stamp), _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        commits.append({"id": sha, "title": title, "message": body.strip(), "date": date,
-                        "authors": [{"user": author, "avatar": None}]})
+        commits.append(
+            {
+                "id": sha,
+                "title": title,
+                "message": body.strip(),
+                "date": date,
+                "authors": [{"user": author, "avatar": None}],
+            }
+        )
     return commits
 
 
@@ -389,8 +428,13 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
     @router.get("/api/whoami-v2")
     async def whoami():
         return {
-            "type": "user", "id": "0" * 24, "name": FAKE_USER, "fullname": "Test User",
-            "email": f"{FAKE_USER}@localhub.invalid", "emailVerified": True, "isPro": False,
+            "type": "user",
+            "id": "0" * 24,
+            "name": FAKE_USER,
+            "fullname": "Test User",
+            "email": f"{FAKE_USER}@localhub.invalid",
+            "emailVerified": True,
+            "isPro": False,
             "orgs": [{"type": "org", "name": FAKE_ORG, "fullname": "Test Org", "roleInOrg": "admin"}],
             "auth": {"type": "access_token", "accessToken": {"displayName": "localhub", "role": "write"}},
         }
@@ -417,8 +461,11 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
         url = repo_url(request, repo_type, repo_id)
         sha = await run_in_threadpool(_create, repo_type, repo_id)
         if sha is None:
-            return JSONResponse(status_code=409, content={"error": "You already created this repo", "url": url},
-                                headers={"x-error-message": "You already created this repo"})
+            return JSONResponse(
+                status_code=409,
+                content={"error": "You already created this repo", "url": url},
+                headers={"x-error-message": "You already created this repo"},
+            )
         return {"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]}
 
     @router.delete("/api/repos/delete")
@@ -462,8 +509,11 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
         if settings["lfs"] != "auto" or size == 0:
             return False
         name = path.rsplit("/", 1)[-1]
-        return (size >= LFS_THRESHOLD or b"\0" in sample
-                or any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in LFS_PATTERNS))
+        return (
+            size >= LFS_THRESHOLD
+            or b"\0" in sample
+            or any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in LFS_PATTERNS)
+        )
 
     @router.post("/api/{repo_types}/{org}/{name}/preupload/{rev:path}")
     async def preupload(repo_types: str, org: str, name: str, rev: str, request: Request):
@@ -484,8 +534,9 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
                 pointer = git_cat(path, f"refs/heads/{unquote(rev)}", f["path"]) or b""
                 m = _POINTER_RE.match(pointer)
                 oid = m.group(1).decode() if m else None
-            out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular",
-                        "shouldIgnore": False, "oid": oid})
+            out.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         return {"files": out, "commitOid": git_resolve(path, f"refs/heads/{unquote(rev)}")}
 
     async def lfs_batch(repo_type: str, org: str, name: str, request: Request):
@@ -506,8 +557,9 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
                 href = f"{base_url(request)}/__localhub__/lfs/{REPO_TYPES[repo_type]}/{repo_id}/{oid}"
                 item["actions"] = {"upload": {"href": href, "header": {}, "expires_in": 3600}}
             objects.append(item)
-        return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                            media_type="application/vnd.git-lfs+json")
+        return JSONResponse(
+            {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}, media_type="application/vnd.git-lfs+json"
+        )
 
     @router.post("/{org}/{name}/info/lfs/objects/batch")
     async def lfs_batch_model(org: str, name: str, request: Request):
@@ -542,31 +594,44 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
                     header = value
                 elif key == "file":
                     content = value.get("content", "")
-                    files[value["path"]] = (base64.b64decode(content) if value.get("encoding") == "base64"
-                                            else content.encode())
+                    files[value["path"]] = (
+                        base64.b64decode(content) if value.get("encoding") == "base64" else content.encode()
+                    )
                 elif key == "lfsFile":
                     obj = _lfs_object_path(path, value["oid"])
                     if not obj.exists():
-                        return {"status": 422, "code": None,
-                                "error": f"LFS object {value['oid']} for {value['path']} was not uploaded"}
+                        return {
+                            "status": 422,
+                            "code": None,
+                            "error": f"LFS object {value['oid']} for {value['path']} was not uploaded",
+                        }
                     files[value["path"]] = LFS_POINTER.format(oid=value["oid"], size=obj.stat().st_size).encode()
                 elif key == "deletedFile":
                     if value["path"] not in existing:
-                        return {"status": 404, "code": "EntryNotFound",
-                                "error": f"A file with this name doesn't exist: {value['path']}"}
+                        return {
+                            "status": 404,
+                            "code": "EntryNotFound",
+                            "error": f"A file with this name doesn't exist: {value['path']}",
+                        }
                     deletions.append(value["path"])
                 elif key == "deletedFolder":
                     folder = value["path"].rstrip("/")
                     if not any(p.startswith(folder + "/") for p in existing):
-                        return {"status": 404, "code": "EntryNotFound",
-                                "error": f"A folder with this name doesn't exist: {folder}"}
+                        return {
+                            "status": 404,
+                            "code": "EntryNotFound",
+                            "error": f"A folder with this name doesn't exist: {folder}",
+                        }
                     deletions.append(folder)
                 else:
                     return {"status": 400, "code": None, "error": f"LocalHub: unsupported commit operation {key!r}"}
             parent = header.get("parentCommit")
             if parent and parent != head:
-                return {"status": 412, "code": None,
-                        "error": "A commit has happened since. Please refresh and try again."}
+                return {
+                    "status": 412,
+                    "code": None,
+                    "error": "A commit has happened since. Please refresh and try again.",
+                }
             message = header.get("summary") or "Upload files"
             if header.get("description"):
                 message += "\n\n" + header["description"]
@@ -594,9 +659,13 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
         if "error" in result:
             return _hub_error(result["status"], result["code"], result["error"])
         sha = result["sha"]
-        return {"success": True, "commitOid": sha, "pullRequestUrl": None,
-                "commitUrl": f"{repo_url(request, repo_type, repo_id)}/commit/{sha}",
-                "hookOutput": ""}
+        return {
+            "success": True,
+            "commitOid": sha,
+            "pullRequestUrl": None,
+            "commitUrl": f"{repo_url(request, repo_type, repo_id)}/commit/{sha}",
+            "hookOutput": "",
+        }
 
     @router.get("/api/{repo_types}/{org}/{name}/commits/{rev:path}")
     async def list_commits(repo_types: str, org: str, name: str, rev: str):
@@ -609,8 +678,7 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
             return _hub_error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
         return await run_in_threadpool(git_log, path, sha)
 
-    def _ref_route(kind: str, repo_types: str, org: str, name: str, ref: str, start: str | None,
-                   delete: bool):
+    def _ref_route(kind: str, repo_types: str, org: str, name: str, ref: str, start: str | None, delete: bool):
         repo_type = PLURAL_TO_TYPE.get(repo_types)
         path = repo_dir(repo_type, f"{org}/{name}") if repo_type else None
         if path is None or not path.exists():
@@ -639,8 +707,9 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
     @router.post("/api/{repo_types}/{org}/{name}/branch/{branch:path}")
     async def create_branch(repo_types: str, org: str, name: str, branch: str, request: Request):
         body = await request.json() if await request.body() else {}
-        return await run_in_threadpool(_ref_route, "branch", repo_types, org, name, unquote(branch),
-                                       body.get("startingPoint"), False)
+        return await run_in_threadpool(
+            _ref_route, "branch", repo_types, org, name, unquote(branch), body.get("startingPoint"), False
+        )
 
     @router.delete("/api/{repo_types}/{org}/{name}/branch/{branch:path}")
     async def delete_branch(repo_types: str, org: str, name: str, branch: str):
@@ -649,8 +718,9 @@ def add_write_routes(app, mirrors_dir: str, cache_dir: str, lfs_mode: str = "aut
     @router.post("/api/{repo_types}/{org}/{name}/tag/{rev:path}")
     async def create_tag(repo_types: str, org: str, name: str, rev: str, request: Request):
         body = await request.json()
-        return await run_in_threadpool(_ref_route, "tag", repo_types, org, name, body.get("tag", ""),
-                                       unquote(rev), False)
+        return await run_in_threadpool(
+            _ref_route, "tag", repo_types, org, name, body.get("tag", ""), unquote(rev), False
+        )
 
     @router.delete("/api/{repo_types}/{org}/{name}/tag/{tag:path}")
     async def delete_tag(repo_types: str, org: str, name: str, tag: str):
@@ -747,8 +817,14 @@ class LocalHub:
     they are imported, so pick the port first (``free_port()``), export the endpoint, then start.
     """
 
-    def __init__(self, port: int | None = None, root: str | Path | None = None,
-                 lfs: str = "auto", startup_timeout: float = 30.0, keep_files: bool = False):
+    def __init__(
+        self,
+        port: int | None = None,
+        root: str | Path | None = None,
+        lfs: str = "auto",
+        startup_timeout: float = 30.0,
+        keep_files: bool = False,
+    ):
         if lfs not in ("never", "auto"):
             raise ValueError("lfs must be 'never' or 'auto'")
         self.port = port or free_port()
@@ -775,8 +851,13 @@ class LocalHub:
         return self._proc is not None and self._proc.poll() is None
 
     def _write_config(self) -> None:
-        for d in (self.mirrors_dir / "models", self.mirrors_dir / "datasets", self.mirrors_dir / "spaces",
-                  self.cache_dir, self.log_dir):
+        for d in (
+            self.mirrors_dir / "models",
+            self.mirrors_dir / "datasets",
+            self.mirrors_dir / "spaces",
+            self.cache_dir,
+            self.log_dir,
+        ):
             d.mkdir(parents=True, exist_ok=True)
         netloc = f"127.0.0.1:{self.port}"
         self.config_path.write_text(
@@ -801,10 +882,25 @@ class LocalHub:
         env.pop("HF_ENDPOINT", None)
         env["PYTHONUNBUFFERED"] = "1"
         self._proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "serve", "--config", str(self.config_path),
-             "--log-dir", str(self.log_dir), "--lfs", self.lfs, "--parent-pid", str(os.getpid())],
-            cwd=str(self.root), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--log-dir",
+                str(self.log_dir),
+                "--lfs",
+                self.lfs,
+                "--parent-pid",
+                str(os.getpid()),
+            ],
+            cwd=str(self.root),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
         atexit.register(self.stop)
         deadline = t0 + self.startup_timeout
@@ -862,8 +958,13 @@ class LocalHub:
             raise ValueError(f"repo_id must be 'org/name', got {repo_id!r}")
         return self.mirrors_dir / REPO_TYPES[repo_type] / repo_id
 
-    def create_repo(self, repo_id: str, files: Mapping[str, FileContent] | None = None,
-                    repo_type: str = "model", message: str = "initial commit") -> str:
+    def create_repo(
+        self,
+        repo_id: str,
+        files: Mapping[str, FileContent] | None = None,
+        repo_type: str = "model",
+        message: str = "initial commit",
+    ) -> str:
         """Create ``repo_id`` with one commit holding exactly ``files`` (path -> bytes, str or a local
         Path; without files: the Hub's default ``.gitattributes``). Returns the commit sha."""
         path = self.repo_path(repo_id, repo_type)
@@ -879,9 +980,15 @@ class LocalHub:
     def create_dataset_repo(self, repo_id: str, files: Mapping[str, FileContent] | None = None, **kw) -> str:
         return self.create_repo(repo_id, files, repo_type="dataset", **kw)
 
-    def commit(self, repo_id: str, files: Mapping[str, FileContent] | None = None,
-               deletions: Iterable[str] = (), repo_type: str = "model", message: str = "update",
-               branch: str = DEFAULT_BRANCH) -> str:
+    def commit(
+        self,
+        repo_id: str,
+        files: Mapping[str, FileContent] | None = None,
+        deletions: Iterable[str] = (),
+        repo_type: str = "model",
+        message: str = "update",
+        branch: str = DEFAULT_BRANCH,
+    ) -> str:
         """Commit files/deletions directly into the mirror (no HTTP). Returns the commit sha."""
         path = self.repo_path(repo_id, repo_type)
         with _repo_lock(path):
@@ -898,9 +1005,12 @@ class LocalHub:
 
     def set_lfs(self, mode: str) -> None:
         """Switch the running server's upload mode: "never" (all files regular) or "auto"."""
-        req = urllib.request.Request(f"{self.url}/__localhub__/settings", method="POST",
-                                     data=json.dumps({"lfs": mode}).encode(),
-                                     headers={"content-type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.url}/__localhub__/settings",
+            method="POST",
+            data=json.dumps({"lfs": mode}).encode(),
+            headers={"content-type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             self.lfs = json.load(r)["lfs"]
 
@@ -918,13 +1028,13 @@ class LocalHub:
         """Sorted file paths in the git mirror at ``revision``."""
         return git_list_files(self.repo_path(repo_id, repo_type), revision)
 
-    def read_file(self, repo_id: str, path: str, repo_type: str = "model",
-                  revision: str = DEFAULT_BRANCH) -> bytes | None:
+    def read_file(
+        self, repo_id: str, path: str, repo_type: str = "model", revision: str = DEFAULT_BRANCH
+    ) -> bytes | None:
         """A file's bytes in the git mirror (LFS pointers resolved), or None if absent."""
         return git_read_file(self.repo_path(repo_id, repo_type), revision, path)
 
-    def is_lfs_pointer(self, repo_id: str, path: str, repo_type: str = "model",
-                       revision: str = DEFAULT_BRANCH) -> bool:
+    def is_lfs_pointer(self, repo_id: str, path: str, repo_type: str = "model", revision: str = DEFAULT_BRANCH) -> bool:
         data = git_cat(self.repo_path(repo_id, repo_type), revision, path)
         return data is not None and _POINTER_RE.match(data) is not None
 

@@ -33,9 +33,27 @@ def test_the_index_is_built_into_the_model_folder_in_shards_and_loaded_from_ther
     pytest.importorskip("faiss", reason='FAISS is an optional extra: pip install "lmke_hf[faiss]"')
     assert not _run("--model", run)["built"]  # training saved the index of these weights: kept
     capsys.readouterr()
-    summary = _run("--model", run, "--rebuild", "--dtype", "float16", "--shard_size", 4, "--faiss", "flat", "--export_numpy", tmp_path / "keys.npy")
-    assert summary["built"] and summary["dtype"] == "float16" and json.loads(capsys.readouterr().out)["num_entities"] == summary["num_entities"]
-    assert (run / MANIFEST_FILE).is_file() and not (run / "entity_index.safetensors").exists()  # the old single file is gone
+    summary = _run(
+        "--model",
+        run,
+        "--rebuild",
+        "--dtype",
+        "float16",
+        "--shard_size",
+        4,
+        "--faiss",
+        "flat",
+        "--export_numpy",
+        tmp_path / "keys.npy",
+    )
+    assert (
+        summary["built"]
+        and summary["dtype"] == "float16"
+        and json.loads(capsys.readouterr().out)["num_entities"] == summary["num_entities"]
+    )
+    assert (run / MANIFEST_FILE).is_file() and not (
+        run / "entity_index.safetensors"
+    ).exists()  # the old single file is gone
     assert (run / "entity_index.faiss").is_file() and (run / "entity_index.faiss.json").is_file()
     model = ClmkeForLinkPrediction.from_pretrained(run).eval()
     index = model.load_entity_index()
@@ -45,7 +63,9 @@ def test_the_index_is_built_into_the_model_folder_in_shards_and_loaded_from_ther
     np.testing.assert_array_equal(np.load(tmp_path / "keys.npy"), index.keys.float().numpy())
     assert not _run("--model", run)["built"]  # the new index is kept too
     assert _run("--model", run, "--rebuild", "--shard_size", 1000)["built"]
-    assert sorted(p.name for p in run.glob("entity_index-*")) == ["entity_index-00001-of-00001.safetensors"]  # old shards removed
+    assert sorted(p.name for p in run.glob("entity_index-*")) == [
+        "entity_index-00001-of-00001.safetensors"
+    ]  # old shards removed
     torch.testing.assert_close(EntityIndex.load(run).keys, keys)
 
 

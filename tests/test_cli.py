@@ -35,7 +35,9 @@ def _installed_command() -> str:
 
 def _run_installed(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([_installed_command(), *argv], capture_output=True, text=True, timeout=300, env=env, check=False)
+    return subprocess.run(
+        [_installed_command(), *argv], capture_output=True, text=True, timeout=300, env=env, check=False
+    )
 
 
 # ------------------------------------------------------------------------------------------ installed command
@@ -93,7 +95,10 @@ def test_evaluate_is_ours_even_when_a_module_named_evaluate_exists(monkeypatch, 
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--help"])
     assert "--model" in capsys.readouterr().out
-    assert Path(sys.modules["lmke_hf.commands.evaluate"].__file__).resolve() == REPO_ROOT / "lmke_hf" / "commands" / "evaluate.py"
+    assert (
+        Path(sys.modules["lmke_hf.commands.evaluate"].__file__).resolve()
+        == REPO_ROOT / "lmke_hf" / "commands" / "evaluate.py"
+    )
 
 
 def test_every_command_works_from_the_package_alone(tmp_path):
@@ -101,19 +106,23 @@ def test_every_command_works_from_the_package_alone(tmp_path):
     (its --help), so `pip install .` gives the whole CLI."""
     shutil.copytree(REPO_ROOT / "lmke_hf", tmp_path / "lmke_hf", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONNOUSERSITE": "1"}
-    code = ("import sys, lmke_hf, lmke_hf.cli as cli; assert lmke_hf.__file__.startswith(sys.argv[1]), lmke_hf.__file__; "
-            "import contextlib, io\n"
-            "assert len(cli.COMMANDS) == 7, sorted(cli.COMMANDS)\n"
-            "for name in cli.COMMANDS:\n"
-            "    out = io.StringIO()\n"
-            "    with contextlib.redirect_stdout(out):\n"
-            "        try:\n"
-            "            cli.main([name, '--help'])\n"
-            "        except SystemExit as e:\n"
-            "            assert e.code == 0, (name, e.code)\n"
-            "    assert out.getvalue().startswith('usage: lmke-hf ' + name), name\n"
-            "print('ok')")
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    code = (
+        "import sys, lmke_hf, lmke_hf.cli as cli; assert lmke_hf.__file__.startswith(sys.argv[1]), lmke_hf.__file__; "
+        "import contextlib, io\n"
+        "assert len(cli.COMMANDS) == 7, sorted(cli.COMMANDS)\n"
+        "for name in cli.COMMANDS:\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n"
+        "            cli.main([name, '--help'])\n"
+        "        except SystemExit as e:\n"
+        "            assert e.code == 0, (name, e.code)\n"
+        "    assert out.getvalue().startswith('usage: lmke-hf ' + name), name\n"
+        "print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
@@ -155,7 +164,10 @@ def test_export_card_copies_a_finished_run(tmp_path, capsys):
 
 
 def test_export_card_of_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
-    assert re.search("export-card: .* not a finished training run", cli_refusal(capsys, ["export-card", str(tmp_path), str(tmp_path / "card")]))
+    assert re.search(
+        "export-card: .* not a finished training run",
+        cli_refusal(capsys, ["export-card", str(tmp_path), str(tmp_path / "card")]),
+    )
 
 
 def test_a_refusal_is_one_line_and_status_1_from_every_entry_point(toy_kg_dir, tmp_path, capsys, monkeypatch):
@@ -174,6 +186,8 @@ def test_a_refusal_is_one_line_and_status_1_from_every_entry_point(toy_kg_dir, t
     assert cli_refusal(capsys, ["prepare", *argv]) == message
     assert _run_example("prepare_kg", argv, monkeypatch) == 1
     assert capsys.readouterr().err.strip() == message
-    done = subprocess.run([sys.executable, "-m", "lmke_hf.commands.prepare_kg", *argv], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "lmke_hf.commands.prepare_kg", *argv], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 1 and done.stderr.strip() == message and "Traceback" not in done.stderr
     assert (user / "notes.txt").read_text() == "the user's own file" and sorted(os.listdir(user)) == ["notes.txt"]

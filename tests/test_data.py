@@ -130,8 +130,9 @@ def test_wn18rr_layout_cuts_name_before_first_comma(tmp_path):
 
 def test_fb15k237_stand_in_description_warns(tmp_path):
     text = "".join(f"{e}\t{TOY['names'][e]} -- first sentence.\n" for e in TOY["entities"])
-    folder = write_toy_kg(tmp_path, "fb15k-237", overrides={"entity2text_firstsentence.txt": text,
-                                                            "entity2textlong.txt": None})
+    folder = write_toy_kg(
+        tmp_path, "fb15k-237", overrides={"entity2text_firstsentence.txt": text, "entity2textlong.txt": None}
+    )
     with pytest.warns(UserWarning, match=r"stand-in for the paper's long descriptions"):
         kg = load_kg(str(folder))
     assert kg.description_source == "entity2text_firstsentence.txt"
@@ -141,8 +142,10 @@ def test_graph_without_entity_lists_or_texts(tmp_path):
     folder = write_toy_kg(
         tmp_path,
         "nations",
-        overrides={n: None for n in ("entities.txt", "relations.txt", "entity2text.txt", "entity2textlong.txt",
-                                     "relation2text.txt")},
+        overrides={
+            n: None
+            for n in ("entities.txt", "relations.txt", "entity2text.txt", "entity2textlong.txt", "relation2text.txt")
+        },
     )
     kg, messages = _load_recording(str(folder))
     assert "names of all 10 entities are their ids" in messages
@@ -231,8 +234,10 @@ def test_answer_index_matches_brute_force(direction):
     np.testing.assert_array_equal(index.counts(queries_given, queries_relation), expected_mask.sum(1))
 
     probe = rng.integers(0, num_entities, 64)
-    expected_contains = [a in truth.get(key, ()) for a, key in zip(probe.tolist(), zip(queries_given.tolist(),
-                                                                                      queries_relation.tolist()))]
+    expected_contains = [
+        a in truth.get(key, ())
+        for a, key in zip(probe.tolist(), zip(queries_given.tolist(), queries_relation.tolist()))
+    ]
     np.testing.assert_array_equal(index.contains(queries_given, queries_relation, probe), expected_contains)
     assert index.contains(given, triples[:, 1], answer).all()
 
@@ -310,11 +315,13 @@ def test_negatives_respect_known_splits_argument(toy_kg_dir):
     hits_train_only, hits_with_test = 0, 0
     for seed in range(200):
         neg = generate_negatives(kg, "train", seed=seed, known_splits=["train"])
-        hits_train_only += sum(tuple(t) in test_triples for t in zip(neg["head"][1::2], neg["relation"][1::2],
-                                                                      neg["tail"][1::2]))
+        hits_train_only += sum(
+            tuple(t) in test_triples for t in zip(neg["head"][1::2], neg["relation"][1::2], neg["tail"][1::2])
+        )
         neg = generate_negatives(kg, "train", seed=seed, known_splits=["train", "test"])
-        hits_with_test += sum(tuple(t) in test_triples for t in zip(neg["head"][1::2], neg["relation"][1::2],
-                                                                     neg["tail"][1::2]))
+        hits_with_test += sum(
+            tuple(t) in test_triples for t in zip(neg["head"][1::2], neg["relation"][1::2], neg["tail"][1::2])
+        )
     assert hits_train_only > 0 and hits_with_test == 0
 
 
@@ -582,7 +589,18 @@ def test_prepare_kg_example(toy_kg_dir, tmp_path, capsys):
 def test_prepare_kg_example_keeps_dashed_flags():
     """The dashed spellings of 0.1.0 parse to the same flags as the underscore ones (for one release)."""
     example = _example_module()
-    underscore = ["--data_dir", "d", "--output_dir", "o", "--negatives_seed", "3", "--no_negatives", "--no_card", "--push_to_hub", "org/kg"]
+    underscore = [
+        "--data_dir",
+        "d",
+        "--output_dir",
+        "o",
+        "--negatives_seed",
+        "3",
+        "--no_negatives",
+        "--no_card",
+        "--push_to_hub",
+        "org/kg",
+    ]
     dashed = [flag.replace("_", "-") if flag.startswith("--") else flag for flag in underscore]
     assert vars(example.parse_args(["toy", *dashed])) == vars(example.parse_args(["toy", *underscore]))
     assert example.parse_args(["toy", *underscore]).push_to_hub == "org/kg"

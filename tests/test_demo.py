@@ -85,7 +85,10 @@ def test_ranked_rows_are_what_predict_ranks_with_known_triples_marked(clmke, kg,
     assert [row[0] for row in rows] == list(range(1, 13))
     assert [row[1:4] for row in rows] == [[e["entity_id"], e["name"], round(e["score"], 4)] for e in expected]
     index = tok.entity_to_index([e["entity_id"] for e in expected])
-    marks = [_true_split(kg, int(given), r, int(a)) if direction == "tail" else _true_split(kg, int(a), r, int(given)) for a in index]
+    marks = [
+        _true_split(kg, int(given), r, int(a)) if direction == "tail" else _true_split(kg, int(a), r, int(given))
+        for a in index
+    ]
     assert [row[4] for row in rows] == marks and any(marks)
     assert _plain(message).startswith(f"Top 12 of {tok.num_entities} entities for ")
     assert f"{sum(map(bool, marks))} already true in {kg.name}" in _plain(message)
@@ -140,12 +143,17 @@ def test_a_new_entity_is_added_once_and_ranked_like_predict(clmke, kg):
     rows, message = demo.answer(None, "/r/located", "tail", 4, "new", name, description)
     assert tok.num_entities == before + 1 and tok.entity_ids[-1] == "new:1"
     assert (tok.entity_names[-1], tok.entity_descriptions[-1]) == (name, description)
-    assert [row[1:4] for row in rows] == [[e["entity_id"], e["name"], round(e["score"], 4)] for e in model.predict(head="new:1", relation="/r/located", top_k=4)]
+    assert [row[1:4] for row in rows] == [
+        [e["entity_id"], e["name"], round(e["score"], 4)]
+        for e in model.predict(head="new:1", relation="/r/located", top_k=4)
+    ]
     assert all(row[4] == "" for row in rows) and "the entity is new, so no answer is known in tinykg" in _plain(message)
     assert "(rome (new:1), located in (/r/located), ?)" in _plain(message)
     again, _ = demo.answer("", "/r/located", "head", 4, "new", name, description)
     assert tok.num_entities == before + 1  # the same description is the same entity
-    assert [row[1] for row in again] == [e["entity_id"] for e in model.predict(tail="new:1", relation="/r/located", top_k=4)]
+    assert [row[1] for row in again] == [
+        e["entity_id"] for e in model.predict(tail="new:1", relation="/r/located", top_k=4)
+    ]
     demo.answer("", "/r/located", "tail", 4, "new", name, "rome is a new city")
     assert tok.entity_ids[-1] == "new:2"
 
@@ -170,10 +178,15 @@ def test_triple_classification_scores_like_predict(lmke_run, kg):
     (expected,) = model.predict(h, r, t)
     verdict = _plain(demo.score(tok.entity_names[h], tok.relation_ids[r], tok.entity_ids[t], 0.5))
     label = "true" if expected["score"] > 0.5 else "false"
-    assert verdict.startswith(f"{label}: p(true) = {expected['score']:.4f} at threshold 0.5 for ({tok.entity_names[h]} ({tok.entity_ids[h]}), ")
+    assert verdict.startswith(
+        f"{label}: p(true) = {expected['score']:.4f} at threshold 0.5 for ({tok.entity_names[h]} ({tok.entity_ids[h]}), "
+    )
     assert verdict.endswith("In tinykg: a true triple of its train split.")
     assert _plain(demo.score(tok.entity_ids[h], tok.relation_ids[r], tok.entity_ids[t], 1.0)).startswith("false: ")
-    assert _plain(demo.score(tok.entity_ids[h], tok.relation_ids[r], tok.entity_ids[t], 1.5)) == "Error: `threshold` must lie in [0, 1], got 1.5."
+    assert (
+        _plain(demo.score(tok.entity_ids[h], tok.relation_ids[r], tok.entity_ids[t], 1.5))
+        == "Error: `threshold` must lie in [0, 1], got 1.5."
+    )
     assert "Did you mean" in _plain(demo.score(tok.entity_names[h] + "s", tok.relation_ids[r], tok.entity_ids[t]))
 
 
@@ -197,7 +210,9 @@ def test_the_demo_module_imports_without_gradio(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.LinkPredictionDemo.__name__ == "LinkPredictionDemo"
-    with pytest.raises(ImportError, match=re.escape('needs gradio, which is not installed: pip install "lmke_hf[demo]"')):
+    with pytest.raises(
+        ImportError, match=re.escape('needs gradio, which is not installed: pip install "lmke_hf[demo]"')
+    ):
         module.build_demo("unused")
     package = ast.parse(Path(lmke_hf.__file__).read_text())
     assert not [n for n in ast.walk(package) if isinstance(n, ast.ImportFrom) and (n.module or "").endswith("demo")]
@@ -210,12 +225,15 @@ def test_demo_command_without_gradio_says_how_to_install_it(clmke, monkeypatch, 
     assert message == 'lmke-hf demo: The demo page needs gradio, which is not installed: pip install "lmke_hf[demo]"'
 
 
-
 def test_demo_command_names_a_missing_model_folder_and_kg(clmke, tmp_path, capsys):
     _require("gradio", INSTALL_DEMO, "the demo command")
     run, _ = clmke
-    assert cli_refusal(capsys, ["demo", "--model", tmp_path / "no_run"]).startswith(f"--model '{tmp_path / 'no_run'}': no such folder")
-    assert cli_refusal(capsys, ["demo", "--model", run, "--kg", tmp_path / "no_kg"]).startswith(f"--kg '{tmp_path / 'no_kg'}': no such folder")
+    assert cli_refusal(capsys, ["demo", "--model", tmp_path / "no_run"]).startswith(
+        f"--model '{tmp_path / 'no_run'}': no such folder"
+    )
+    assert cli_refusal(capsys, ["demo", "--model", run, "--kg", tmp_path / "no_kg"]).startswith(
+        f"--kg '{tmp_path / 'no_kg'}': no such folder"
+    )
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["demo", "--model", str(run), "--port", "70000"])
     assert exit_info.value.code == 2
@@ -241,8 +259,14 @@ def _browser_paths() -> tuple[str, str]:
     browser = next((found for name in CHROMIUM if (found := shutil.which(name))), None)
     driver = shutil.which("chromedriver")
     if browser is None or driver is None:
-        missing = " and ".join(what for what, path in (("a Chromium browser (chromium)", browser), ("chromedriver", driver)) if path is None)
-        pytest.skip(f"{missing} not found on PATH, so the page cannot be driven in a browser; install with: {INSTALL_BROWSER}")
+        missing = " and ".join(
+            what
+            for what, path in (("a Chromium browser (chromium)", browser), ("chromedriver", driver))
+            if path is None
+        )
+        pytest.skip(
+            f"{missing} not found on PATH, so the page cannot be driven in a browser; install with: {INSTALL_BROWSER}"
+        )
     return browser, driver
 
 
@@ -251,11 +275,23 @@ def _start_chromium(webdriver, browser: str, driver: str, profile: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                 f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=options)  # the local chromedriver: Selenium downloads nothing
+    return webdriver.Chrome(
+        service=Service(driver), options=options
+    )  # the local chromedriver: Selenium downloads nothing
 
 
 def _choose(page, By, wait, elem_id: str, text: str, label: str | None = None) -> None:
@@ -270,7 +306,7 @@ def _choose(page, By, wait, elem_id: str, text: str, label: str | None = None) -
     if label is None:
         box.send_keys(Keys.ENTER)
         return
-    option = f"#{elem_id} [data-testid=dropdown-option][aria-label=\"{label}\"]"
+    option = f'#{elem_id} [data-testid=dropdown-option][aria-label="{label}"]'
     wait.until(lambda p: p.find_elements(By.CSS_SELECTOR, option))
     page.find_element(By.CSS_SELECTOR, option).click()
 
@@ -287,6 +323,7 @@ def _loopback_only(monkeypatch) -> list:
                 outside.append(address)
                 raise ConnectionRefusedError(f"test: only loopback connections ({address})")
             return original(sock, address, *args)
+
         return attempt
 
     monkeypatch.setattr(socket.socket, "connect", guarded(connect))
@@ -309,6 +346,7 @@ def test_a_browser_ranks_what_predict_ranks(clmke_run, kg, tmp_path, monkeypatch
     _require("gradio", INSTALL_DEMO, "the page")
     _require("selenium", "pip install selenium", "the browser test")
     from selenium import webdriver
+
     browser, driver = _browser_paths()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -325,7 +363,9 @@ def test_a_browser_ranks_what_predict_ranks(clmke_run, kg, tmp_path, monkeypatch
     marks = [_true_split(kg, h, r, int(a)) for a in tok.entity_to_index([e["entity_id"] for e in expected])]
     app = build_demo(model, kg)
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True)  # a server thread
+    app.launch(
+        server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True
+    )  # a server thread
     try:
         page = _start_chromium(webdriver, browser, driver, tmp_path / "profile")
         try:
@@ -333,7 +373,9 @@ def test_a_browser_ranks_what_predict_ranks(clmke_run, kg, tmp_path, monkeypatch
             page.get(f"http://127.0.0.1:{port}/")
             wait.until(lambda p: p.find_elements(By.CSS_SELECTOR, "#run"))
             _choose(page, By, wait, "entity", tok.entity_names[h][:5], f"{tok.entity_names[h]} ({tok.entity_ids[h]})")
-            _choose(page, By, wait, "relation", tok.relation_names[r], f"{tok.relation_names[r]} ({tok.relation_ids[r]})")
+            _choose(
+                page, By, wait, "relation", tok.relation_names[r], f"{tok.relation_names[r]} ({tok.relation_ids[r]})"
+            )
             top_k = page.find_element(By.CSS_SELECTOR, "#top-k input[type=number]")
             top_k.clear()
             top_k.send_keys("5\t")
@@ -346,7 +388,9 @@ def test_a_browser_ranks_what_predict_ranks(clmke_run, kg, tmp_path, monkeypatch
             assert [row[2] for row in shown] == [e["name"] for e in expected]
             assert [float(row[3]) for row in shown] == pytest.approx([e["score"] for e in expected], abs=1e-4)
             assert [row[4] for row in shown] == marks
-            assert message.startswith(f"Top 5 of {tok.num_entities} entities for ({tok.entity_names[h]} ({tok.entity_ids[h]}), ")
+            assert message.startswith(
+                f"Top 5 of {tok.num_entities} entities for ({tok.entity_names[h]} ({tok.entity_ids[h]}), "
+            )
 
             typo = tok.entity_names[h][:-1] + "x"
             _choose(page, By, wait, "entity", typo)

@@ -27,7 +27,9 @@ def test_encode_entities_options(make_model, tok):
 
 
 def test_with_the_cosine_scorer_normalised_embeddings_score_by_dot_product(tiny_bert_dir, tok):
-    model = ClmkeForLinkPrediction.from_encoder_pretrained(str(tiny_bert_dir), tok, scorer="cosine", pooling="mean").eval()
+    model = ClmkeForLinkPrediction.from_encoder_pretrained(
+        str(tiny_bert_dir), tok, scorer="cosine", pooling="mean"
+    ).eval()
     model.attach_tokenizer(tok)
     keys = model.encode_entities(normalize_embeddings=True)
     batch = tok.pad(tok.encode_queries([0, 2], [0, 1], "tail"))
@@ -71,7 +73,9 @@ def test_add_entities_tokenises_only_the_new_names_and_initialises_them_as_befor
     monkeypatch.setattr(type(tok), "word_pieces", counting)
     new = model.add_entities(["n1", "n2"], ["red apple", ""], ["a fruit", "an unnamed thing described here"])
     assert new.tolist() == [before, before + 1]
-    assert max(map(len, seen)) == 2  # never the whole vocabulary of names, once per new entity (was: every name, per entity)
+    assert (
+        max(map(len, seen)) == 2
+    )  # never the whole vocabulary of names, once per new entity (was: every name, per entity)
     texts = [text for call in seen for text in call]
     # each new name and each new text once per call (was: a nameless entity's text twice, for its token and its key)
     assert sorted(texts) == sorted(["red apple", "", "red apple, a fruit", "an unnamed thing described here"])

@@ -22,12 +22,22 @@ def _tiny_encoder(family: str, tiny_bert_dir, folder):
     from transformers import AutoConfig
 
     vocab = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    shapes = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                  pad_token_id=vocab.pad_token_id)
+    shapes = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        pad_token_id=vocab.pad_token_id,
+    )
     if family == "roberta":
-        shapes.update(max_position_embeddings=64 + vocab.pad_token_id + 1, type_vocab_size=1)  # positions start after pad
+        shapes.update(
+            max_position_embeddings=64 + vocab.pad_token_id + 1, type_vocab_size=1
+        )  # positions start after pad
     elif family == "deberta-v2":
-        shapes.update(max_position_embeddings=64, relative_attention=True, position_biased_input=False, type_vocab_size=0)
+        shapes.update(
+            max_position_embeddings=64, relative_attention=True, position_biased_input=False, type_vocab_size=0
+        )
     else:
         shapes.update(max_position_embeddings=64, embedding_size=32)
     torch.manual_seed(0)
@@ -42,8 +52,10 @@ def _tiny_encoder(family: str, tiny_bert_dir, folder):
 def test_both_models_build_train_save_and_load_on_the_encoder_family(family, tiny_bert_dir, tmp_path):
     encoder = _tiny_encoder(family, tiny_bert_dir, tmp_path / family)
     tok = LmkeTokenizer(AutoTokenizer.from_pretrained(encoder), **KG, **LENGTHS)
-    for model_class, batch in ((LmkeForTripleClassification, {**lmke_batch(tok), "labels": torch.tensor([1.0, 0.0, 1.0, 0.0])}),
-                               (ClmkeForLinkPrediction, {**clmke_batch(tok), "answer_ids": gold_answer_ids()})):
+    for model_class, batch in (
+        (LmkeForTripleClassification, {**lmke_batch(tok), "labels": torch.tensor([1.0, 0.0, 1.0, 0.0])}),
+        (ClmkeForLinkPrediction, {**clmke_batch(tok), "answer_ids": gold_answer_ids()}),
+    ):
         torch.manual_seed(0)
         model = model_class.from_encoder_pretrained(str(encoder), tok)
         assert model.config.encoder.model_type == family

@@ -64,14 +64,29 @@ def test_link_prediction_reproduces_training_metrics(evaluate_script, clmke_out,
 def test_reencoded_entities_give_the_same_ranks(evaluate_script, clmke_out, kg_dir, tmp_path):
     """The shipped entity_index.safetensors is what the weights encode (no stale index)."""
     out, trained = clmke_out
-    results = _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--output_dir", tmp_path, "--reencode_entities")
+    results = _run(
+        evaluate_script, "--model", out, "--dataset", kg_dir, "--output_dir", tmp_path, "--reencode_entities"
+    )
     assert results["test_mrr"] == pytest.approx(trained["test_mrr"], abs=1e-6)
 
 
 def test_validation_split_one_direction_and_max_queries(evaluate_script, clmke_out, kg_dir, tmp_path):
     out, _ = clmke_out
-    results = _run(evaluate_script, "--model", out, "--dataset", kg_dir, "--output_dir", tmp_path,
-                   "--split", "validation", "--directions", "tail", "--max_queries", 4)
+    results = _run(
+        evaluate_script,
+        "--model",
+        out,
+        "--dataset",
+        kg_dir,
+        "--output_dir",
+        tmp_path,
+        "--split",
+        "validation",
+        "--directions",
+        "tail",
+        "--max_queries",
+        4,
+    )
     assert results["split"] == "validation" and results["validation_num_queries"] == 4
     assert "validation_head_mrr" not in results and 0 < results["validation_tail_mrr"] <= 1
     assert (tmp_path / "validation_results.json").is_file()
@@ -95,7 +110,9 @@ def test_triple_classification_reproduces_training_metrics(evaluate_script, lmke
     assert results["num_examples"] == 2 * len(TEST)  # positives + the generated negatives of seed 0
     thresholds = json.loads((tmp_path / "test_thresholds.json").read_text())  # tuned per relation on validation
     assert set(thresholds) == {str(r) for _, r, _ in DEV}
-    assert thresholds == pytest.approx(json.loads((out / "thresholds.json").read_text()))  # as the training run tuned them
+    assert thresholds == pytest.approx(
+        json.loads((out / "thresholds.json").read_text())
+    )  # as the training run tuned them
 
 
 def test_hub_id_gives_the_same_metrics(evaluate_script, clmke_out, kg_dir, local_hub, hub_repo_id, tmp_path):
@@ -104,7 +121,9 @@ def test_hub_id_gives_the_same_metrics(evaluate_script, clmke_out, kg_dir, local
     out, trained = clmke_out
     api = HfApi(token="test")
     api.create_repo(hub_repo_id, exist_ok=True)
-    api.upload_folder(repo_id=hub_repo_id, folder_path=str(out), ignore_patterns=["checkpoints/*", "best/*", "test_metrics/*"])
+    api.upload_folder(
+        repo_id=hub_repo_id, folder_path=str(out), ignore_patterns=["checkpoints/*", "best/*", "test_metrics/*"]
+    )
     results = _run(evaluate_script, "--model", hub_repo_id, "--dataset", kg_dir, "--output_dir", tmp_path)
     assert results["test_mrr"] == pytest.approx(trained["test_mrr"], abs=1e-6)
     assert results["model"] == hub_repo_id
@@ -132,7 +151,9 @@ def test_missing_model_stops_with_its_name(evaluate_script, kg_dir, tmp_path, lo
     assert "test-org/does-not-exist" in str(info.value)
 
 
-@pytest.mark.parametrize("flag, value", [("--per_device_eval_batch_size", "0"), ("--max_queries", "0"), ("--split", "dev")])
+@pytest.mark.parametrize(
+    "flag, value", [("--per_device_eval_batch_size", "0"), ("--max_queries", "0"), ("--split", "dev")]
+)
 def test_bad_flags_stop_argparse(evaluate_script, kg_dir, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as info:
         evaluate_script.parse_args(["--model", str(tmp_path), "--dataset", str(kg_dir), flag, value])
@@ -155,7 +176,9 @@ def test_run_records_its_arguments_and_card_omits_tokens(kg_dir, tiny_bert_dir, 
     card = (out / "README.md").read_text()
     assert "hf_SECRET123" not in card and "hf_SECRET123" not in (out / "training_args.json").read_text()
     assert info["hardware"] in card
-    assert "--hub_token ***" in card and "--hub_token ***" in info["command"] and "--max_train_steps 1" in info["command"]
+    assert (
+        "--hub_token ***" in card and "--hub_token ***" in info["command"] and "--max_train_steps 1" in info["command"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -208,12 +231,25 @@ def test_card_renders_again_from_the_run(run, request, tmp_path):
     (legacy / "training_args.json").write_text(json.dumps(info))
     rebuilt = ModelCard.from_run(legacy)
     card = ModelCard.from_run(out)
-    for name in ("task", "dataset", "results", "hardware", "description_source", "degree_features", "train_runtime_s", "plot"):
+    for name in (
+        "task",
+        "dataset",
+        "results",
+        "hardware",
+        "description_source",
+        "degree_features",
+        "train_runtime_s",
+        "plot",
+    ):
         assert getattr(rebuilt, name) == getattr(card, name), name
-    assert rebuilt.command == card.command and rebuilt.command.startswith("python ")  # (under pytest: pytest's own argv)
+    assert rebuilt.command == card.command and rebuilt.command.startswith(
+        "python "
+    )  # (under pytest: pytest's own argv)
     assert (rebuilt.degree_buckets is None) == (card.degree_buckets is None)
     if card.degree_buckets:
-        assert {str(k): v for k, v in rebuilt.degree_buckets.items()} == {str(k): v for k, v in card.degree_buckets.items()}
+        assert {str(k): v for k, v in rebuilt.degree_buckets.items()} == {
+            str(k): v for k, v in card.degree_buckets.items()
+        }
     with pytest.raises(FileNotFoundError, match="not a finished training run"):
         ModelCard.from_run(tmp_path / "nothing")
 
@@ -237,7 +273,9 @@ def test_lmke_predict_by_id_and_name_matches_batch_scoring(lmke_out):
     tails = [tokenizer.entity_names[t] for t in triples[:, 2]]  # names work too (unique here)
     relations = [tokenizer.relation_ids[r] for r in triples[:, 1]]
     got = model.predict(heads, relations, tails, batch_size=4)
-    assert [g["head"] for g in got] == heads and [g["tail"] for g in got] == [tokenizer.entity_ids[t] for t in triples[:, 2]]
+    assert [g["head"] for g in got] == heads and [g["tail"] for g in got] == [
+        tokenizer.entity_ids[t] for t in triples[:, 2]
+    ]
     np.testing.assert_allclose([g["score"] for g in got], expected, rtol=1e-5, atol=1e-6)
     assert [g["is_true"] for g in got] == [p > 0.5 for p in expected]
     single = model.predict(heads[0], relations[0], tails[0], threshold=0.0)
@@ -272,7 +310,6 @@ def test_card_usage_snippet_runs(run, request):
     assert namespace["model"].name_or_path == str(out)
 
 
-
 # ---------------------------------------------------------------- examples/own_entity_first.py
 
 
@@ -283,8 +320,10 @@ def own_first_script():
 
 def _scored_by(rule):
     """A stand-in for `score_all`: one call for the whole split (batch_size >= its size), row i = triple i."""
+
     def score_all(q, q_ent, keys):
         return rule(torch.zeros(q.shape[0], keys.shape[0]))
+
     return score_all
 
 
@@ -336,7 +375,9 @@ def test_own_entity_first_counts_after_the_filter(own_first_script, clmke_out, k
 
 def test_own_entity_first_cli(own_first_script, clmke_out, kg_dir, capsys):
     out, _ = clmke_out
-    result = own_first_script.main(own_first_script.parse_args(["--model", str(out), "--dataset", str(kg_dir), "--max_queries", "4"]))
+    result = own_first_script.main(
+        own_first_script.parse_args(["--model", str(out), "--dataset", str(kg_dir), "--max_queries", "4"])
+    )
     assert result["queries"] == 4 and 0 <= result["own_entity_first"] <= 4
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["queries"] == 4
 
@@ -410,7 +451,10 @@ def test_folder_that_is_no_checkpoint_is_named(script, layout, expected, clmke_o
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_missing_hub_model_is_one_line(script, kg_dir, local_hub):
     message = _stops(script, "--model", "test-org/does-not-exist", "--dataset", kg_dir)
-    assert message.startswith("--model 'test-org/does-not-exist' is no local folder") and "cannot be read from the Hub" in message
+    assert (
+        message.startswith("--model 'test-org/does-not-exist' is no local folder")
+        and "cannot be read from the Hub" in message
+    )
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -432,7 +476,9 @@ def test_missing_dataset_folder_is_named_and_never_asked_of_the_hub(script, clmk
 @pytest.mark.parametrize("dataset", ["umls", "kg_dir"])  # a short name looked up there, or a folder that ignores it
 def test_missing_data_dir_is_named(script, dataset, clmke_out, kg_dir, tmp_path, no_network):
     out, _ = clmke_out
-    message = _stops(script, "--model", out, "--dataset", kg_dir if dataset == "kg_dir" else dataset, "--data_dir", tmp_path / "data")
+    message = _stops(
+        script, "--model", out, "--dataset", kg_dir if dataset == "kg_dir" else dataset, "--data_dir", tmp_path / "data"
+    )
     assert message.startswith(f"--data_dir {str(tmp_path / 'data')!r}: no such folder"), message
     assert no_network == []
 
@@ -444,9 +490,19 @@ def test_a_mistake_ends_the_process_with_one_line_and_status_1(script, clmke_out
     out, _ = clmke_out
     missing = tmp_path / "data"
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / f"{script}.py"),
-         "--model", str(out), "--dataset", "umls", "--data_dir", str(missing)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "examples" / f"{script}.py"),
+            "--model",
+            str(out),
+            "--dataset",
+            "umls",
+            "--data_dir",
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"--data_dir {str(missing)!r}: no such folder")
@@ -456,14 +512,27 @@ def test_a_mistake_ends_the_process_with_one_line_and_status_1(script, clmke_out
 
 BAD_NUMBERS = {
     "evaluate": [
-        ("--per_device_eval_batch_size", "0"), ("--per_device_eval_batch_size", "-4"), ("--per_device_eval_batch_size", "8.5"),
-        ("--max_queries", "0"), ("--max_queries", "ten"), ("--negatives_seed", "-1"), ("--negatives_seed", "1e3"),
-        ("--cpu_threads", "0"), ("--cpu_threads", "nan"),
-        ("--inductive_fraction", "0"), ("--inductive_fraction", "1.5"), ("--inductive_fraction", "nan"), ("--inductive_seed", "-1"),
+        ("--per_device_eval_batch_size", "0"),
+        ("--per_device_eval_batch_size", "-4"),
+        ("--per_device_eval_batch_size", "8.5"),
+        ("--max_queries", "0"),
+        ("--max_queries", "ten"),
+        ("--negatives_seed", "-1"),
+        ("--negatives_seed", "1e3"),
+        ("--cpu_threads", "0"),
+        ("--cpu_threads", "nan"),
+        ("--inductive_fraction", "0"),
+        ("--inductive_fraction", "1.5"),
+        ("--inductive_fraction", "nan"),
+        ("--inductive_seed", "-1"),
     ],
     "own_entity_first": [
-        ("--max_queries", "0"), ("--max_queries", "-3"), ("--max_queries", "2.5"),
-        ("--batch_size", "0"), ("--batch_size", "ten"), ("--batch_size", "inf"),
+        ("--max_queries", "0"),
+        ("--max_queries", "-3"),
+        ("--max_queries", "2.5"),
+        ("--batch_size", "0"),
+        ("--batch_size", "ten"),
+        ("--batch_size", "inf"),
     ],
 }
 
@@ -484,11 +553,17 @@ def test_every_numeric_flag_is_range_checked_and_in_the_table(script):
     int / float, and BAD_NUMBERS tries it."""
     parser = _load_script(script).build_parser()
     numeric = {
-        action.option_strings[0]: action.type for action in parser._actions
-        if action.type in (int, float) or str(getattr(action.type, "__module__", "")).startswith("lmke_hf.training")
+        action.option_strings[0]: action.type
+        for action in parser._actions
+        if action.type in (int, float)
+        or str(getattr(action.type, "__module__", "")).startswith("lmke_hf.training")
         or (isinstance(action.default, (int, float)) and not isinstance(action.default, bool))
     }
     assert numeric, "the scripts have numeric flags"
-    unchecked = [flag for flag, kind in numeric.items() if not str(getattr(kind, "__module__", "")).startswith("lmke_hf.training")]
+    unchecked = [
+        flag
+        for flag, kind in numeric.items()
+        if not str(getattr(kind, "__module__", "")).startswith("lmke_hf.training")
+    ]
     assert not unchecked, f"{script}.py: {unchecked} are not range-checked"
     assert set(numeric) == {flag for flag, _ in BAD_NUMBERS[script]}

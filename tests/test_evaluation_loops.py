@@ -67,7 +67,9 @@ def test_scores_do_not_depend_on_gold_answers(clmke_run, kg_dir, tmp_path, direc
     kg_relabelled = load_kg(str(write_tiny_kg(tmp_path, name="relabelled", test=_relabelled(direction))))
     gold_col = 2 if direction == "tail" else 0
     assert (kg.triples("test")[:, gold_col] != kg_relabelled.triples("test")[:, gold_col]).all()
-    assert not np.array_equal(kg.degrees(["train", "validation", "test"]), kg_relabelled.degrees(["train", "validation", "test"]))
+    assert not np.array_equal(
+        kg.degrees(["train", "validation", "test"]), kg_relabelled.degrees(["train", "validation", "test"])
+    )
 
     recorded: list[list[torch.Tensor]] = []
     original = model.score_all
@@ -108,7 +110,9 @@ def test_scores_use_each_candidates_own_training_degree(clmke_run, kg_dir):
         n = len(ENTITIES)
         logdeg = torch.log1p(torch.as_tensor(train_degrees(), dtype=torch.float32))
         explicit = model.matcher(
-            q.unsqueeze(1).expand(-1, n, -1), keys.unsqueeze(0).expand(len(test), -1, -1),
-            logdeg[q_ent].unsqueeze(1).expand(-1, n), logdeg.unsqueeze(0).expand(len(test), -1),
+            q.unsqueeze(1).expand(-1, n, -1),
+            keys.unsqueeze(0).expand(len(test), -1, -1),
+            logdeg[q_ent].unsqueeze(1).expand(-1, n),
+            logdeg.unsqueeze(0).expand(len(test), -1),
         )
     torch.testing.assert_close(scores, explicit, atol=1e-5, rtol=1e-5)

@@ -26,7 +26,10 @@ def test_collator_self_negatives_are_the_given_entities_keys(tok):
         {"query_input_ids": q, "key_input_ids": k, "given": g, "relation": r, "target": t, "direction": 0}
         for q, k, g, r, t in zip(
             tok.encode_queries(QUERIES["given"], QUERIES["relations"], "tail")["input_ids"],
-            tok.encode_keys(QUERIES["gold"])["input_ids"], QUERIES["given"], QUERIES["relations"], QUERIES["gold"],
+            tok.encode_keys(QUERIES["gold"])["input_ids"],
+            QUERIES["given"],
+            QUERIES["relations"],
+            QUERIES["gold"],
         )
     ]
     batch = ClmkeCollator(tok.pad_token_id, self_negatives=True, tokenizer=tok)(features)
@@ -41,7 +44,13 @@ def test_training_triples_redraw_negatives_each_epoch(kg_dir, tiny_bert_dir):
     from lmke_hf.features import TrainingTriples
 
     kg = load_kg(str(kg_dir))
-    tokenizer = LmkeTokenizer.from_kg(str(tiny_bert_dir), kg, max_entity_description_length=8, max_relation_description_length=4, max_key_description_length=0)
+    tokenizer = LmkeTokenizer.from_kg(
+        str(tiny_bert_dir),
+        kg,
+        max_entity_description_length=8,
+        max_relation_description_length=4,
+        max_key_description_length=0,
+    )
     train = {tuple(t) for t in kg.triples("train").tolist()}
     data = TrainingTriples(kg, tokenizer, seed=3, resample=True)
     assert len(data) == 2 * len(TRAIN) and data.labels.tolist() == [1, 0] * len(TRAIN)
@@ -62,9 +71,16 @@ def test_training_triples_redraw_negatives_each_epoch(kg_dir, tiny_bert_dir):
     fixed = TrainingTriples(kg, tokenizer, seed=3)  # the default: the original code's one draw per run
     fixed.set_epoch(1)
     np.testing.assert_array_equal(fixed.triples[1::2], epochs[0])
-    np.testing.assert_array_equal(fixed.triples, np.asarray(generate_negatives(kg, "train", seed=3, known_splits=["train"]).to_pandas()[["head", "relation", "tail"]]))
+    np.testing.assert_array_equal(
+        fixed.triples,
+        np.asarray(
+            generate_negatives(kg, "train", seed=3, known_splits=["train"]).to_pandas()[["head", "relation", "tail"]]
+        ),
+    )
     items = data.__getitems__([0, 3, 5])
-    expected = tokenizer.encode_triples(data.triples[[0, 3, 5], 0], data.triples[[0, 3, 5], 1], data.triples[[0, 3, 5], 2])["input_ids"]
+    expected = tokenizer.encode_triples(
+        data.triples[[0, 3, 5], 0], data.triples[[0, 3, 5], 1], data.triples[[0, 3, 5], 2]
+    )["input_ids"]
     assert [x["input_ids"] for x in items] == expected and [x["label"] for x in items] == [1, 0, 0]
     assert data[3] == items[1]
     with pytest.raises(ValueError, match="seed"):
@@ -88,8 +104,17 @@ def test_tokenizer_fingerprint_is_stable_across_processes_and_sees_every_descrip
     )
     import pickle
 
-    other = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(kg_tok), capture_output=True, check=True,
-                           env={**__import__("os").environ, "PYTHONHASHSEED": "random"}).stdout.decode().strip()
+    other = (
+        subprocess.run(
+            [sys.executable, "-c", code],
+            input=pickle.dumps(kg_tok),
+            capture_output=True,
+            check=True,
+            env={**__import__("os").environ, "PYTHONHASHSEED": "random"},
+        )
+        .stdout.decode()
+        .strip()
+    )
     assert other == here
     changed = copy.deepcopy(kg_tok)
     changed.entity_descriptions[-1] = changed.entity_descriptions[-1] + " changed"

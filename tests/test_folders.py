@@ -41,7 +41,11 @@ def _train(script, kg, encoder, out, *extra):
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def _user_folder(folder: Path) -> Path:
@@ -56,7 +60,9 @@ def _user_folder(folder: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ item 1: whose folder is it
-def test_a_folder_lmke_hf_did_not_make_is_refused_even_with_overwrite_and_the_advice_names_a_fresh_folder(script, kg_dir, tiny_bert_dir, tmp_path):
+def test_a_folder_lmke_hf_did_not_make_is_refused_even_with_overwrite_and_the_advice_names_a_fresh_folder(
+    script, kg_dir, tiny_bert_dir, tmp_path
+):
     mine = _user_folder(tmp_path / "mine")
     before = _snapshot(mine)
     with pytest.raises(UsageError) as info:
@@ -68,7 +74,9 @@ def test_a_folder_lmke_hf_did_not_make_is_refused_even_with_overwrite_and_the_ad
 
 
 @pytest.mark.parametrize("where", ["cwd", "parent", "home", "link_to_cwd"])
-def test_the_working_directory_its_parents_home_and_links_to_them_are_refused(script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch, where):
+def test_the_working_directory_its_parents_home_and_links_to_them_are_refused(
+    script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch, where
+):
     home = _user_folder(tmp_path / "home")
     cwd = _user_folder(_user_folder(home / "projects") / "work")
     monkeypatch.chdir(cwd)
@@ -79,8 +87,12 @@ def test_the_working_directory_its_parents_home_and_links_to_them_are_refused(sc
     with pytest.raises(UsageError) as info:
         _train(script, kg_dir, tiny_bert_dir, target, "--max_train_steps", 1, "--overwrite_output_dir")
     message = str(info.value)
-    assert {"cwd": "is the working directory", "parent": "holds the working directory", "home": "home folder",
-            "link_to_cwd": "a link to"}[where] in message
+    assert {
+        "cwd": "is the working directory",
+        "parent": "holds the working directory",
+        "home": "home folder",
+        "link_to_cwd": "a link to",
+    }[where] in message
     assert _snapshot(home) == before and cwd.is_dir()
     assert "choose a new folder, e.g. outputs/run" in message
 
@@ -104,7 +116,9 @@ def test_a_git_repository_is_refused(script, kg_dir, tiny_bert_dir, tmp_path):
     assert (clone / ".git").is_dir() and (clone / "lmke_hf.py").is_file()
 
 
-def test_a_run_of_ours_is_still_replaced_with_overwrite_and_links_inside_it_are_not_followed(script, kg_dir, tiny_bert_dir, tmp_path):
+def test_a_run_of_ours_is_still_replaced_with_overwrite_and_links_inside_it_are_not_followed(
+    script, kg_dir, tiny_bert_dir, tmp_path
+):
     out = tmp_path / "run"
     _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 1)
     assert folder_kind(out) == "training-run"
@@ -128,7 +142,9 @@ def test_a_run_written_before_markers_is_recognised_by_its_training_args(tmp_pat
     assert folder_kind(user) is None
 
 
-def test_prepare_refuses_the_working_directory_and_other_files_and_replaces_its_own_only_with_the_flag(toy_kg_dir, tmp_path, monkeypatch, capsys):
+def test_prepare_refuses_the_working_directory_and_other_files_and_replaces_its_own_only_with_the_flag(
+    toy_kg_dir, tmp_path, monkeypatch, capsys
+):
     cwd = _user_folder(tmp_path / "cwd")
     (cwd / "data").mkdir()
     (cwd / "data" / "train.parquet").write_bytes(b"the user's own table")
@@ -137,12 +153,20 @@ def test_prepare_refuses_the_working_directory_and_other_files_and_replaces_its_
     for target in (".", str(cwd)):
         assert re.search("working directory", cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", target]))
     mine = _user_folder(tmp_path / "mine")
-    assert re.search("did not write", cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", str(mine), "--overwrite_output_dir"]))
-    assert re.search("the folder of name_or_path", cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", str(toy_kg_dir), "--overwrite_output_dir"]))
+    assert re.search(
+        "did not write",
+        cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", str(mine), "--overwrite_output_dir"]),
+    )
+    assert re.search(
+        "the folder of name_or_path",
+        cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", str(toy_kg_dir), "--overwrite_output_dir"]),
+    )
     assert _snapshot(cwd) == before
     ours = tmp_path / "prepared"
     assert cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(ours)]) == 0
-    assert re.search("--overwrite_output_dir", cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", str(ours)]))
+    assert re.search(
+        "--overwrite_output_dir", cli_refusal(capsys, ["prepare", str(toy_kg_dir), "--output_dir", str(ours)])
+    )
     assert cli.main(["prepare", str(toy_kg_dir), "--output_dir", str(ours), "--overwrite_output_dir"]) == 0
     assert folder_kind(ours) == "prepared-dataset"
 
@@ -159,8 +183,13 @@ def _finished_run(folder: Path, mrr: float) -> Path:
 def test_export_card_never_writes_into_another_run_or_its_own_run(tmp_path, capsys):
     run_a, run_b = _finished_run(tmp_path / "a", 0.5), _finished_run(tmp_path / "b", 0.7)
     before = _snapshot(run_b)
-    assert re.search("export-card: destination .* holds a training run", cli_refusal(capsys, ["export-card", str(run_a), str(run_b)]))
-    assert re.search("export-card: destination .* is the folder of run_dir", cli_refusal(capsys, ["export-card", str(run_a), str(run_a)]))  # was a raw SameFileError
+    assert re.search(
+        "export-card: destination .* holds a training run", cli_refusal(capsys, ["export-card", str(run_a), str(run_b)])
+    )
+    assert re.search(
+        "export-card: destination .* is the folder of run_dir",
+        cli_refusal(capsys, ["export-card", str(run_a), str(run_a)]),
+    )  # was a raw SameFileError
     assert _snapshot(run_b) == before
     card = tmp_path / "cards" / "a"
     assert cli.main(["export-card", str(run_a), str(card)]) == 0
@@ -191,13 +220,18 @@ def test_protected_reason_names_each_place(tmp_path, monkeypatch):
     assert protected_reason(package_root) is not None  # the repository / the installed package
     data = tmp_path / "elsewhere" / "data"
     data.mkdir(parents=True)
-    assert protected_reason(tmp_path / "elsewhere", {"--data_dir": data}) == f"it holds the folder of --data_dir ({data.resolve()})"
+    assert (
+        protected_reason(tmp_path / "elsewhere", {"--data_dir": data})
+        == f"it holds the folder of --data_dir ({data.resolve()})"
+    )
     assert protected_reason(data, {"--data_dir": data}) == f"it is the folder of --data_dir ({data.resolve()})"
     assert protected_reason(data / "run", {"--data_dir": data}) is None  # a new folder inside it harms nothing
 
 
 # ------------------------------------------------------------------------------------ item 2: resume needs a run
-def test_resume_latest_refuses_a_folder_with_no_run_in_it_and_leaves_it_untouched(script, kg_dir, tiny_bert_dir, tmp_path):
+def test_resume_latest_refuses_a_folder_with_no_run_in_it_and_leaves_it_untouched(
+    script, kg_dir, tiny_bert_dir, tmp_path
+):
     mine = _user_folder(tmp_path / "mine")
     before = _snapshot(mine)
     with pytest.raises(UsageError, match="did not write"):
@@ -209,14 +243,29 @@ def test_resume_latest_refuses_a_folder_with_no_run_in_it_and_leaves_it_untouche
     assert not missing.exists()
 
 
-def test_resume_latest_of_a_finished_run_without_checkpoints_says_it_is_finished_and_retrains_nothing(script, kg_dir, tiny_bert_dir, tmp_path):
+def test_resume_latest_of_a_finished_run_without_checkpoints_says_it_is_finished_and_retrains_nothing(
+    script, kg_dir, tiny_bert_dir, tmp_path
+):
     out = tmp_path / "run"
     _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2)
     before = _snapshot(out)
     with pytest.raises(UsageError) as info:
-        _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", "--learning_rate", "0.5")
+        _train(
+            script,
+            kg_dir,
+            tiny_bert_dir,
+            out,
+            "--max_train_steps",
+            4,
+            "--resume_from_checkpoint",
+            "latest",
+            "--learning_rate",
+            "0.5",
+        )
     message = str(info.value)
-    assert "is finished (2 steps)" in message and "kept no checkpoints" in message and "--checkpointing_steps" in message
+    assert (
+        "is finished (2 steps)" in message and "kept no checkpoints" in message and "--checkpointing_steps" in message
+    )
     assert _snapshot(out) == before
 
 
@@ -224,7 +273,17 @@ def test_a_resume_at_max_train_steps_trains_nothing_more(script, kg_dir, no_drop
     out = tmp_path / "run"
     _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, *RESUME_FLAGS)
     weights = (out / "checkpoints" / "step_4" / "model.safetensors").read_bytes()
-    results = _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    results = _train(
+        script,
+        kg_dir,
+        no_dropout_encoder,
+        out,
+        "--max_train_steps",
+        4,
+        "--resume_from_checkpoint",
+        "latest",
+        *RESUME_FLAGS,
+    )
     assert results["completed_steps"] == 4
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4"]  # no step 5 was saved
     assert (out / "checkpoints" / "step_4" / "model.safetensors").read_bytes() == weights
@@ -284,7 +343,9 @@ def test_a_final_save_interrupted_after_its_commit_is_completed_by_the_next_read
     assert not (folder / READY_DIR).exists() and (folder / MARKER_FILE).is_file()
 
 
-def test_a_crash_in_a_runs_final_save_leaves_its_previous_complete_model(script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch):
+def test_a_crash_in_a_runs_final_save_leaves_its_previous_complete_model(
+    script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 2, *RESUME_FLAGS)
     before = {k: v for k, v in _snapshot(out).items() if not k.startswith(("checkpoints", "training_args", "best"))}
@@ -295,7 +356,17 @@ def test_a_crash_in_a_runs_final_save_leaves_its_previous_complete_model(script,
 
     monkeypatch.setattr(ModelCard, "save", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+        _train(
+            script,
+            kg_dir,
+            no_dropout_encoder,
+            out,
+            "--max_train_steps",
+            4,
+            "--resume_from_checkpoint",
+            "latest",
+            *RESUME_FLAGS,
+        )
     after = {k: v for k, v in _snapshot(out).items() if not k.startswith(("checkpoints", "training_args", "best"))}
     assert after == before  # weights, entity index, card, results: all of the 2-step model
     assert not (out / STAGING_DIR).exists()
@@ -316,7 +387,9 @@ def test_an_entity_index_made_by_other_weights_is_detected_and_encoded_again(mak
     model.save_pretrained(tmp_path / "b")  # new weights; its index still records the old ones
     torn = tmp_path / "torn"
     (tmp_path / "a").rename(torn)
-    (torn / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())  # weights of one save, index of another
+    (torn / "model.safetensors").write_bytes(
+        (tmp_path / "b" / "model.safetensors").read_bytes()
+    )  # weights of one save, index of another
     stale = ClmkeForLinkPrediction.from_pretrained(torn)
     with caplog.at_level("WARNING"):
         assert stale.load_entity_index() is None
@@ -326,18 +399,35 @@ def test_an_entity_index_made_by_other_weights_is_detected_and_encoded_again(mak
 
 
 # ------------------------------------------------------------------------------------ issue 22: stopped by a signal
-def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matches_an_uninterrupted_run(script, kg_dir, no_dropout_encoder, tmp_path):
+def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matches_an_uninterrupted_run(
+    script, kg_dir, no_dropout_encoder, tmp_path
+):
     import signal
     import sys
     import time
 
     from helpers import REPO, _assert_same_weights
 
-    flags = ("--max_train_steps", 40, "--per_device_train_batch_size", 1, "--lr_scheduler_type", "constant", "--checkpointing_steps", 3)
+    flags = (
+        "--max_train_steps",
+        40,
+        "--per_device_train_batch_size",
+        1,
+        "--lr_scheduler_type",
+        "constant",
+        "--checkpointing_steps",
+        3,
+    )
     stopped = tmp_path / "stopped"
-    command = [sys.executable, str(REPO / "examples" / "train_clmke.py"), *_clmke_argv(kg_dir, no_dropout_encoder, stopped, *flags)]
+    command = [
+        sys.executable,
+        str(REPO / "examples" / "train_clmke.py"),
+        *_clmke_argv(kg_dir, no_dropout_encoder, stopped, *flags),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 300
     while not (stopped / "checkpoints" / "step_3").is_dir() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -353,7 +443,10 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matc
     assert results["completed_steps"] == 40 and results["exact_resume"] is True
     whole = tmp_path / "whole"
     _train(script, kg_dir, no_dropout_encoder, whole, *flags)
-    _assert_same_weights(stopped / "checkpoints" / "step_40" / "model.safetensors", whole / "checkpoints" / "step_40" / "model.safetensors")
+    _assert_same_weights(
+        stopped / "checkpoints" / "step_40" / "model.safetensors",
+        whole / "checkpoints" / "step_40" / "model.safetensors",
+    )
 
 
 def test_library_calls_raise_output_dir_error_and_write_nothing(toy_kg_dir, tmp_path):
@@ -409,7 +502,9 @@ def test_evaluating_a_runs_best_folder_writes_beside_it_not_into_it(clmke_script
     from lmke_hf.folders import folder_kind as kind_of
 
     run = tmp_path / "run"
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, run, "--max_train_steps", 2, "--keep_best")))
+    clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, run, "--max_train_steps", 2, "--keep_best"))
+    )
     _evaluate("--model", run / "best", "--dataset", kg_dir)
     assert (run / "eval-best" / "test_results.json").is_file() and not (run / "best" / "eval").exists()
     assert kind_of(run / "eval-best") == "evaluation"
@@ -423,6 +518,20 @@ def test_the_resume_command_keeps_paths_as_typed_and_hides_tokens(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
         monkeypatch.delenv(key)
-    monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", "--output_dir", "/data/runs/my run", "--hub_token", "hf_secret", "--token=hf_other"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "examples/train_clmke.py",
+            "--output_dir",
+            "/data/runs/my run",
+            "--hub_token",
+            "hf_secret",
+            "--token=hf_other",
+        ],
+    )
     command = resume_command("/data/runs/my run")
-    assert command == "python examples/train_clmke.py --output_dir '/data/runs/my run' --hub_token '***' '--token=***' --resume_from_checkpoint latest"
+    assert (
+        command
+        == "python examples/train_clmke.py --output_dir '/data/runs/my run' --hub_token '***' '--token=***' --resume_from_checkpoint latest"
+    )

@@ -70,14 +70,32 @@ def test_a_length_grouped_run_resumes_exactly(script_name, kg_dir, no_dropout_en
     argv = _clmke_argv if script_name == "train_clmke" else _common
 
     def train(out, *extra):
-        return script.main(script.parse_args(argv(kg_dir, no_dropout_encoder, out, "--group_by_length", *RESUME_FLAGS, *extra)))
+        return script.main(
+            script.parse_args(argv(kg_dir, no_dropout_encoder, out, "--group_by_length", *RESUME_FLAGS, *extra))
+        )
 
     train(tmp_path / "whole", "--max_train_steps", 6)
     train(tmp_path / "resumed", "--max_train_steps", 4)
     with pytest.raises(UsageError, match="--group_by_length: checkpoint True, now False"):
-        script.main(script.parse_args(argv(kg_dir, no_dropout_encoder, tmp_path / "resumed", *RESUME_FLAGS, "--max_train_steps", 6, "--resume_from_checkpoint", "latest")))
+        script.main(
+            script.parse_args(
+                argv(
+                    kg_dir,
+                    no_dropout_encoder,
+                    tmp_path / "resumed",
+                    *RESUME_FLAGS,
+                    "--max_train_steps",
+                    6,
+                    "--resume_from_checkpoint",
+                    "latest",
+                )
+            )
+        )
     train(tmp_path / "resumed", "--max_train_steps", 6, "--resume_from_checkpoint", "latest")
-    _assert_same_weights(tmp_path / "whole" / "checkpoints" / "step_6" / "model.safetensors", tmp_path / "resumed" / "checkpoints" / "step_6" / "model.safetensors")
+    _assert_same_weights(
+        tmp_path / "whole" / "checkpoints" / "step_6" / "model.safetensors",
+        tmp_path / "resumed" / "checkpoints" / "step_6" / "model.safetensors",
+    )
 
 
 def test_tokenised_link_prediction_examples_report_query_and_key_lengths(kg_dir, tiny_bert_dir):
@@ -86,7 +104,9 @@ def test_tokenised_link_prediction_examples_report_query_and_key_lengths(kg_dir,
     from lmke_hf.kg import load_kg
 
     kg = load_kg(kg_dir)
-    tokenizer = LmkeTokenizer.from_kg(str(tiny_bert_dir), kg, max_entity_description_length=8, max_key_description_length=8)
+    tokenizer = LmkeTokenizer.from_kg(
+        str(tiny_bert_dir), kg, max_entity_description_length=8, max_key_description_length=8
+    )
     data = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer)
     expected = [[len(q), len(k)] for q, k in zip(data["query_input_ids"], data["key_input_ids"])]
     assert example_lengths(data).tolist() == expected

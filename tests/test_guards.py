@@ -43,7 +43,10 @@ def test_a_diverging_loss_stops_the_run_with_a_message():
     for step in range(1, 11):
         guard.check(2.0 + 0.1 * step, step)
     guard.check(50.0, 11)  # a spike, not a divergence
-    with pytest.raises(TrainingDiverged, match="diverged at step 12: the loss is 3e\\+15 \\(it started at 2.55\\).*--learning_rate \\(now 1000\\)"):
+    with pytest.raises(
+        TrainingDiverged,
+        match="diverged at step 12: the loss is 3e\\+15 \\(it started at 2.55\\).*--learning_rate \\(now 1000\\)",
+    ):
         guard.check(3e15, 12)
     with pytest.raises(TrainingDiverged, match="diverged at step 13: the loss is nan"):
         guard.check(math.nan, 13)
@@ -104,13 +107,20 @@ def test_a_malformed_entity_index_is_ignored_with_a_warning_and_encoded_again(sa
     if case == "garbage":
         path.write_bytes(b"\x00garbage" * 10)
     else:
-        keys = {"wrong width": torch.ones(n, width + 1), "3-D": torch.ones(n, width, 2), "ints": torch.ones(n, width, dtype=torch.int64)}.get(case)
+        keys = {
+            "wrong width": torch.ones(n, width + 1),
+            "3-D": torch.ones(n, width, 2),
+            "ints": torch.ones(n, width, dtype=torch.int64),
+        }.get(case)
         save_file({"keys": keys} if keys is not None else {"other": torch.ones(n, width)}, str(path))
     model = ClmkeForLinkPrediction.from_pretrained(saved_clmke)
     with caplog.at_level("WARNING"):
         assert model.load_entity_index() is None
     assert "ignoring it; the entity keys are encoded again" in caplog.text
-    assert model.load_or_build_entity_index().keys.shape == (n, width) and len(model.predict(head=0, relation=0, top_k=2)) == 2
+    assert (
+        model.load_or_build_entity_index().keys.shape == (n, width)
+        and len(model.predict(head=0, relation=0, top_k=2)) == 2
+    )
 
 
 def test_torn_weights_and_a_config_of_another_shape_are_one_line_errors(saved_clmke):
@@ -127,21 +137,31 @@ def test_torn_weights_and_a_config_of_another_shape_are_one_line_errors(saved_cl
     (saved_clmke / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError) as info:
         ClmkeForLinkPrediction.from_pretrained(saved_clmke)
-    assert "\n" not in str(info.value) and ("disagree on tensor shapes" in str(info.value) or "does not hold" in str(info.value))
+    assert "\n" not in str(info.value) and (
+        "disagree on tensor shapes" in str(info.value) or "does not hold" in str(info.value)
+    )
 
 
-def test_a_run_stopped_before_it_wrote_anything_is_started_again_without_a_flag(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
+def test_a_run_stopped_before_it_wrote_anything_is_started_again_without_a_flag(
+    clmke_script, kg_dir, tiny_bert_dir, tmp_path
+):
     from lmke_hf.folders import claim_folder
 
     from helpers import _clmke_argv
 
     out = claim_folder(tmp_path / "run", "training-run")
-    (out / "training_args.json").write_text('{"method": "C-LMKE", "args": {}}')  # what a run killed while tokenising leaves
-    results = clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 1)))
+    (out / "training_args.json").write_text(
+        '{"method": "C-LMKE", "args": {}}'
+    )  # what a run killed while tokenising leaves
+    results = clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 1))
+    )
     assert results["completed_steps"] == 1
 
 
-def test_a_full_disk_at_a_checkpoint_says_so_and_removes_the_partial_save(clmke_script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch):
+def test_a_full_disk_at_a_checkpoint_says_so_and_removes_the_partial_save(
+    clmke_script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch
+):
     import shutil
     from collections import namedtuple
 
@@ -150,7 +170,13 @@ def test_a_full_disk_at_a_checkpoint_says_so_and_removes_the_partial_save(clmke_
     from helpers import RESUME_FLAGS, _clmke_argv
 
     out = tmp_path / "run"
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--checkpoints_total_limit", 2, *RESUME_FLAGS)))
+    clmke_script.main(
+        clmke_script.parse_args(
+            _clmke_argv(
+                kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--checkpoints_total_limit", 2, *RESUME_FLAGS
+            )
+        )
+    )
     real_save = Accelerator.save_state
 
     def full_disk(self, output_dir=None, **kwargs):
@@ -164,8 +190,22 @@ def test_a_full_disk_at_a_checkpoint_says_so_and_removes_the_partial_save(clmke_
     monkeypatch.setattr(Accelerator, "save_state", full_disk)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))
     with pytest.raises(OSError, match="No space left on device while saving checkpoint step_6 into .*\\(1 MiB free\\)"):
-        clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, out, "--max_train_steps", 8, "--checkpoints_total_limit", 2,
-                                                              "--resume_from_checkpoint", "latest", *RESUME_FLAGS)))
+        clmke_script.main(
+            clmke_script.parse_args(
+                _clmke_argv(
+                    kg_dir,
+                    no_dropout_encoder,
+                    out,
+                    "--max_train_steps",
+                    8,
+                    "--checkpoints_total_limit",
+                    2,
+                    "--resume_from_checkpoint",
+                    "latest",
+                    *RESUME_FLAGS,
+                )
+            )
+        )
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["step_4"]  # room was made first (step_2 went), the partial step_6 is gone, step_4 stays
     monkeypatch.setattr(Accelerator, "save_state", real_save)

@@ -24,8 +24,16 @@ def trained(tiny_bert_dir):
     from transformers import AutoTokenizer
 
     tokenizer = LmkeTokenizer(
-        AutoTokenizer.from_pretrained(tiny_bert_dir), [f"e{i}" for i in range(5)], ["is_a", "likes"],
-        ENTITIES, DESCRIPTIONS, ["is a", "likes"], None, 8, 4, 8,
+        AutoTokenizer.from_pretrained(tiny_bert_dir),
+        [f"e{i}" for i in range(5)],
+        ["is_a", "likes"],
+        ENTITIES,
+        DESCRIPTIONS,
+        ["is a", "likes"],
+        None,
+        8,
+        4,
+        8,
     )
     torch.manual_seed(0)
     model = ClmkeForLinkPrediction.from_encoder_pretrained(tiny_bert_dir, tokenizer)
@@ -37,9 +45,16 @@ def trained(tiny_bert_dir):
 
 def _card(model_id="test-org/x"):
     results = {"test_mrr": 0.5, "test_mr": 2.0, "test_hits@1": 0.25, "test_hits@3": 0.75, "test_hits@10": 1.0}
-    return ModelCard(task="link-prediction", dataset="toy", results=results, args={"encoder": "tiny"},
-                     command="accelerate launch examples/train_clmke.py --dataset toy", model_id=model_id,
-                     degree_features=True, degree_buckets={1: {"count": 2, "mrr": 0.5, "hits@1": 0.5, "hits@10": 1.0}})
+    return ModelCard(
+        task="link-prediction",
+        dataset="toy",
+        results=results,
+        args={"encoder": "tiny"},
+        command="accelerate launch examples/train_clmke.py --dataset toy",
+        model_id=model_id,
+        degree_features=True,
+        degree_buckets={1: {"count": 2, "mrr": 0.5, "hits@1": 0.5, "hits@10": 1.0}},
+    )
 
 
 def test_push_then_from_pretrained_round_trip(trained, local_hub, hub_repo_id, tmp_path):
@@ -54,8 +69,17 @@ def test_push_then_from_pretrained_round_trip(trained, local_hub, hub_repo_id, t
     api.upload_folder(repo_id=hub_repo_id, folder_path=str(folder))
     files = set(local_hub.list_files(hub_repo_id))
     assert {
-        "config.json", "model.safetensors", "modeling_clmke.py", "modeling_base.py", "configuration_lmke.py", "tokenization_lmke.py",
-        "kg_vocab.json", "tokenizer.json", "tokenizer_config.json", "entity_index.safetensors", "README.md",
+        "config.json",
+        "model.safetensors",
+        "modeling_clmke.py",
+        "modeling_base.py",
+        "configuration_lmke.py",
+        "tokenization_lmke.py",
+        "kg_vocab.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "entity_index.safetensors",
+        "README.md",
     } <= files
     assert not any(f.endswith(".bin") for f in files)
     card = local_hub.read_file(hub_repo_id, "README.md").decode()
@@ -84,7 +108,9 @@ def test_trust_remote_code_from_hub_without_lmke_hf(trained, local_hub, hub_repo
     model, _ = trained
     model.push_to_hub(hub_repo_id, token="test")
     expected = model.predict(tail="animal", relation="is_a", top_k=3)
-    script = HIDE_LMKE_HF + f"""
+    script = (
+        HIDE_LMKE_HF
+        + f"""
 import sys
 sys.path = [p for p in sys.path if 'work/main' not in p and p not in ('', '.')]
 try:
@@ -96,10 +122,13 @@ from transformers import AutoModel
 m = AutoModel.from_pretrained({hub_repo_id!r}, trust_remote_code=True)
 print([r['entity_id'] for r in m.predict(tail='animal', relation='is_a', top_k=3)])
 """
+    )
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].endswith(str([r["entity_id"] for r in expected]))
 
@@ -121,7 +150,9 @@ def test_predict_by_name_id_and_errors(trained):
 def test_ambiguous_name_lists_candidates(tiny_bert_dir):
     from transformers import AutoTokenizer
 
-    tokenizer = LmkeTokenizer(AutoTokenizer.from_pretrained(tiny_bert_dir), ["a1", "a2"], ["r"], ["bank", "bank"], None, None, None, 4, 4, 4)
+    tokenizer = LmkeTokenizer(
+        AutoTokenizer.from_pretrained(tiny_bert_dir), ["a1", "a2"], ["r"], ["bank", "bank"], None, None, None, 4, 4, 4
+    )
     model = ClmkeForLinkPrediction.from_encoder_pretrained(tiny_bert_dir, tokenizer)
     model.attach_tokenizer(tokenizer)
     with pytest.raises(KeyError, match=r"ambiguous: 2 candidates: a1 \(bank\), a2 \(bank\)"):
@@ -193,4 +224,10 @@ def test_save_pretrained_with_push_to_hub_uploads_tokenizer_and_index(trained, l
     model.save_pretrained(folder, push_to_hub=True, repo_id=hub_repo_id, token="test")
     assert (folder / "kg_vocab.json").is_file() and (folder / "entity_index.safetensors").is_file()
     files = set(local_hub.list_files(hub_repo_id))
-    assert {"model.safetensors", "config.json", "kg_vocab.json", "entity_index.safetensors", "modeling_clmke.py"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "kg_vocab.json",
+        "entity_index.safetensors",
+        "modeling_clmke.py",
+    } <= files

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.hub_online
 @pytest.fixture
 def real_repo():
     if not REAL_HUB:
-        pytest.skip("set LMKE_TEST_REAL_HUB=1 to talk to the real Hub (conftest points the clients at a local server otherwise)")
+        pytest.skip(
+            "set LMKE_TEST_REAL_HUB=1 to talk to the real Hub (conftest points the clients at a local server otherwise)"
+        )
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     from huggingface_hub import HfApi, get_token
 
@@ -61,7 +63,14 @@ def test_model_push_and_load_from_the_real_hub(trained, real_repo):
     repo_id = make()
     model.push_to_hub(repo_id, token=api.token, private=True)
     files = set(api.list_repo_files(repo_id))
-    assert {"config.json", "model.safetensors", "modeling_clmke.py", "modeling_base.py", "kg_vocab.json", "entity_index.safetensors"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_clmke.py",
+        "modeling_base.py",
+        "kg_vocab.json",
+        "entity_index.safetensors",
+    } <= files
     loaded = AutoModel.from_pretrained(repo_id, token=api.token)
     assert torch.allclose(loaded.load_or_build_entity_index().keys, model.load_or_build_entity_index().keys, atol=1e-6)
     ours = model.predict(head="cat", relation="is_a", top_k=5)

@@ -128,14 +128,16 @@ def test_dataset_upload_folder_and_load_dataset(local_hub, hub_repo_id, tmp_path
     folder = tmp_path / "ds"
     (folder / "triples").mkdir(parents=True)
     (folder / "entities").mkdir()
-    train = pd.DataFrame({"head": ["paris", "berlin"], "relation": ["capital_of", "capital_of"],
-                          "tail": ["france", "germany"]})
+    train = pd.DataFrame(
+        {"head": ["paris", "berlin"], "relation": ["capital_of", "capital_of"], "tail": ["france", "germany"]}
+    )
     test = pd.DataFrame({"head": ["rome"], "relation": ["capital_of"], "tail": ["italy"]})
     ents = pd.DataFrame({"entity": ["paris", "france", "berlin", "germany", "rome", "italy"]})
     train.to_parquet(folder / "triples" / "train-00000-of-00001.parquet", index=False)
     test.to_parquet(folder / "triples" / "test-00000-of-00001.parquet", index=False)
     ents.to_parquet(folder / "entities" / "entities.parquet", index=False)
-    (folder / "README.md").write_text(textwrap.dedent("""\
+    (folder / "README.md").write_text(
+        textwrap.dedent("""\
         ---
         configs:
         - config_name: triples
@@ -150,7 +152,8 @@ def test_dataset_upload_folder_and_load_dataset(local_hub, hub_repo_id, tmp_path
             path: entities/*.parquet
         ---
         # tiny kg
-        """))
+        """)
+    )
 
     api = HfApi()
     url = api.create_repo(hub_repo_id, repo_type="dataset")
@@ -161,8 +164,11 @@ def test_dataset_upload_folder_and_load_dataset(local_hub, hub_repo_id, tmp_path
     api.create_repo(hub_repo_id, repo_type="dataset", exist_ok=True)
     api.upload_folder(folder_path=folder, repo_id=hub_repo_id, repo_type="dataset")
     assert local_hub.list_files(hub_repo_id, repo_type="dataset") == [
-        ".gitattributes", "README.md", "entities/entities.parquet",
-        "triples/test-00000-of-00001.parquet", "triples/train-00000-of-00001.parquet",
+        ".gitattributes",
+        "README.md",
+        "entities/entities.parquet",
+        "triples/test-00000-of-00001.parquet",
+        "triples/train-00000-of-00001.parquet",
     ]
     assert not local_hub.repo_exists(hub_repo_id, "model")
 
@@ -177,10 +183,12 @@ def test_dataset_upload_folder_and_load_dataset(local_hub, hub_repo_id, tmp_path
 def test_dataset_push_to_hub(local_hub, hub_repo_id):
     import datasets
 
-    dd = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"head": ["paris", "berlin"], "tail": ["france", "germany"]}),
-        "test": datasets.Dataset.from_dict({"head": ["rome"], "tail": ["italy"]}),
-    })
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"head": ["paris", "berlin"], "tail": ["france", "germany"]}),
+            "test": datasets.Dataset.from_dict({"head": ["rome"], "tail": ["italy"]}),
+        }
+    )
     dd.push_to_hub(hub_repo_id, config_name="triples")
     files = local_hub.list_files(hub_repo_id, repo_type="dataset")
     assert "README.md" in files and any(f.startswith("triples/train-") and f.endswith(".parquet") for f in files)
@@ -189,7 +197,7 @@ def test_dataset_push_to_hub(local_hub, hub_repo_id):
     assert loaded["test"].to_dict() == dd["test"].to_dict()
 
 
-CONFIGURATION_SRC = '''
+CONFIGURATION_SRC = """
 from transformers import PretrainedConfig
 
 
@@ -199,9 +207,9 @@ class TinyRemoteConfig(PretrainedConfig):
     def __init__(self, width=4, **kwargs):
         self.width = width
         super().__init__(**kwargs)
-'''
+"""
 
-MODELING_SRC = '''
+MODELING_SRC = """
 import torch
 from transformers import PreTrainedModel
 
@@ -218,7 +226,7 @@ class TinyRemoteModel(PreTrainedModel):
 
     def forward(self, x):
         return self.proj(x) * 2
-'''
+"""
 
 
 def test_trust_remote_code(local_hub, hub_repo_id):
@@ -227,16 +235,20 @@ def test_trust_remote_code(local_hub, hub_repo_id):
 
     weight, bias = torch.randn(4, 4), torch.randn(4)
     config = {
-        "model_type": "tiny-remote", "width": 4, "architectures": ["TinyRemoteModel"],
-        "auto_map": {"AutoConfig": "configuration_tiny.TinyRemoteConfig",
-                     "AutoModel": "modeling_tiny.TinyRemoteModel"},
+        "model_type": "tiny-remote",
+        "width": 4,
+        "architectures": ["TinyRemoteModel"],
+        "auto_map": {"AutoConfig": "configuration_tiny.TinyRemoteConfig", "AutoModel": "modeling_tiny.TinyRemoteModel"},
     }
-    local_hub.create_model_repo(hub_repo_id, {
-        "config.json": json.dumps(config),
-        "configuration_tiny.py": CONFIGURATION_SRC,
-        "modeling_tiny.py": MODELING_SRC,
-        "model.safetensors": save({"proj.weight": weight, "proj.bias": bias}, metadata={"format": "pt"}),
-    })
+    local_hub.create_model_repo(
+        hub_repo_id,
+        {
+            "config.json": json.dumps(config),
+            "configuration_tiny.py": CONFIGURATION_SRC,
+            "modeling_tiny.py": MODELING_SRC,
+            "model.safetensors": save({"proj.weight": weight, "proj.bias": bias}, metadata={"format": "pt"}),
+        },
+    )
     cfg = AutoConfig.from_pretrained(hub_repo_id, trust_remote_code=True)
     assert type(cfg).__name__ == "TinyRemoteConfig" and cfg.width == 4
     model = AutoModel.from_pretrained(hub_repo_id, trust_remote_code=True)

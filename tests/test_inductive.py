@@ -35,7 +35,11 @@ def test_held_out_entities_never_occur_in_training_and_every_evaluation_triple_t
     split = make_inductive_split(umls, fraction=0.2, seed=3)
     info = split.report["inductive"]
     held = held_out_entities(split)
-    assert len(held) == info["held_out_validation_entities"] + info["held_out_test_entities"] == round(0.2 * umls.num_entities)
+    assert (
+        len(held)
+        == info["held_out_validation_entities"] + info["held_out_test_entities"]
+        == round(0.2 * umls.num_entities)
+    )
     train = split.triples("train")
     assert not np.isin(train[:, [0, 2]], held).any()
     for name in ("validation", "test"):
@@ -47,7 +51,9 @@ def test_held_out_entities_never_occur_in_training_and_every_evaluation_triple_t
     old = _rows(np.concatenate([umls.triples(s) for s in ("train", "validation", "test")]))
     assert _rows(split.triples("validation")) | _rows(split.triples("test")) <= old
     assert not _rows(split.triples("validation")) & _rows(split.triples("test"))
-    assert split.name == "umls-inductive" and split.num_entities == umls.num_entities  # held-out entities keep their rows
+    assert (
+        split.name == "umls-inductive" and split.num_entities == umls.num_entities
+    )  # held-out entities keep their rows
 
 
 def test_the_split_is_a_function_of_the_seed(umls):
@@ -62,7 +68,9 @@ def test_a_fraction_that_leaves_nothing_to_hold_out_or_train_is_refused(umls, fr
         make_inductive_split(umls, fraction)
 
 
-def test_evaluate_refuses_a_model_trained_on_held_out_entities_and_ranks_an_inductive_one(kg_dir, tiny_bert_dir, tmp_path):
+def test_evaluate_refuses_a_model_trained_on_held_out_entities_and_ranks_an_inductive_one(
+    kg_dir, tiny_bert_dir, tmp_path
+):
     from lmke_hf import ClmkeForLinkPrediction
 
     train = _load_script("train_clmke")
@@ -70,7 +78,10 @@ def test_evaluate_refuses_a_model_trained_on_held_out_entities_and_ranks_an_indu
     out = tmp_path / "transductive"
     train.main(train.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 1)))
     argv = ["--model", str(out), "--dataset", str(kg_dir), "--inductive_fraction", "0.4", "--no_progress"]
-    with pytest.raises(UsageError, match="trained on triples of .* entities this split holds out .* lmke-hf prepare tinykg --inductive_fraction"):
+    with pytest.raises(
+        UsageError,
+        match="trained on triples of .* entities this split holds out .* lmke-hf prepare tinykg --inductive_fraction",
+    ):
         evaluate.main(evaluate.parse_args([*argv, "--output_dir", str(tmp_path / "eval-refused")]))
 
     # the same weights with the training degrees of the inductive split: accepted, and only inductive triples ranked
@@ -90,12 +101,18 @@ def test_evaluate_refuses_a_model_trained_on_held_out_entities_and_ranks_an_indu
 
 def test_prepare_writes_the_inductive_split_that_load_kg_reads_back(kg_dir, tmp_path):
     prepare = _load_script("prepare_kg")
-    out = prepare.main(prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "ind"), "--inductive_fraction", "0.4", "--no_negatives"]))
+    out = prepare.main(
+        prepare.parse_args(
+            [str(kg_dir), "--output_dir", str(tmp_path / "ind"), "--inductive_fraction", "0.4", "--no_negatives"]
+        )
+    )
     written = load_kg(str(out))
     expected = make_inductive_split(load_kg(str(kg_dir)), 0.4, 0)
     for name in ("train", "validation", "test"):
         assert _rows(written.triples(name)) == _rows(expected.triples(name))
     with pytest.raises(UsageError, match="--inductive_fraction: .*fraction.* holds out"):  # leaves too few entities
-        prepare.main(prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "0.999"]))
+        prepare.main(
+            prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "0.999"])
+        )
     with pytest.raises(SystemExit):  # argparse: must be <= 1
         prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "2"])

@@ -50,8 +50,16 @@ def test_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
     # before: "train.tsv:1: entity 'e0' is not in entities.txt" (the list held '\ufeffe0'), and a BOM in a text
     # file silently turned e0's description into its name
     plain, _ = _load(str(write_toy_kg(tmp_path / "plain")))
-    files = ("train.tsv", "dev.tsv", "test.tsv", "entities.txt", "relations.txt", "entity2text.txt",
-             "entity2textlong.txt", "relation2text.txt")
+    files = (
+        "train.tsv",
+        "dev.tsv",
+        "test.tsv",
+        "entities.txt",
+        "relations.txt",
+        "entity2text.txt",
+        "entity2textlong.txt",
+        "relation2text.txt",
+    )
     folder = write_toy_kg(tmp_path / "bom")
     for name in files:
         (folder / name).write_bytes(BOM.encode("utf-8") + (folder / name).read_bytes())
@@ -148,10 +156,16 @@ def test_text_file_ids_differing_only_in_normalisation_warn(tmp_path):
     entities = "".join(e + "\n" for e in [NFC_ID] + TOY["entities"][1:])
     train = _rows(TOY["train"]).replace("e0", NFC_ID)
     long_text = _rows(TOY["descriptions"].items()).replace("e0\t", NFD_ID + "\t")
-    folder = write_toy_kg(tmp_path, overrides={"entities.txt": entities, "train.tsv": train,
-                                               "dev.tsv": _rows(TOY["validation"]).replace("e0", NFC_ID),
-                                               "test.tsv": _rows(TOY["test"]).replace("e0", NFC_ID),
-                                               "entity2textlong.txt": long_text})
+    folder = write_toy_kg(
+        tmp_path,
+        overrides={
+            "entities.txt": entities,
+            "train.tsv": train,
+            "dev.tsv": _rows(TOY["validation"]).replace("e0", NFC_ID),
+            "test.tsv": _rows(TOY["test"]).replace("e0", NFC_ID),
+            "entity2textlong.txt": long_text,
+        },
+    )
     _, messages = _load(str(folder))
     assert "entity2textlong.txt: 1 lines name entity ids that match no id of this graph exactly" in messages
     assert "(NFD) in entity2textlong.txt" in messages
@@ -181,8 +195,9 @@ def test_header_line_is_refused_with_id_lists(tmp_path):
 def test_listed_ids_that_look_like_column_names_are_a_triple(tmp_path):
     entities = "".join(e + "\n" for e in TOY["entities"] + ["h", "t"])
     train = "h\tr\tt\n" + _rows(TOY["train"])
-    folder = write_toy_kg(tmp_path, overrides={"entities.txt": entities, "relations.txt": "r0\nr1\nr2\nr\n",
-                                               "train.tsv": train})
+    folder = write_toy_kg(
+        tmp_path, overrides={"entities.txt": entities, "relations.txt": "r0\nr1\nr2\nr\n", "train.tsv": train}
+    )
     kg, _ = _load(str(folder))
     assert kg.triples("train").shape == (13, 3)
 

@@ -14,6 +14,7 @@ from helpers import write_toy_kg  # noqa: E402
 
 KG_DIR = Path(lmke_hf.kg.__file__).parent
 
+
 def test_kg_modules_import_each_other_without_cycles():
     graph = {}
     for path in KG_DIR.glob("*.py"):

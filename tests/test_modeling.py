@@ -60,15 +60,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def table_grad(model) -> torch.Tensor:
     """Gradient of the whole (vocabulary, dim) token table, whether it is one `nn.Embedding` or word / KG parts."""
-    tables = [model.word_embeddings] if isinstance(model.word_embeddings, nn.Embedding) else [
-        model.word_embeddings.words, model.word_embeddings.kg
-    ]
+    tables = (
+        [model.word_embeddings]
+        if isinstance(model.word_embeddings, nn.Embedding)
+        else [model.word_embeddings.words, model.word_embeddings.kg]
+    )
     return torch.cat([t.weight.grad if t.weight.grad is not None else torch.zeros_like(t.weight) for t in tables])
 
 
 @pytest.mark.parametrize("model_class", [LmkeForTripleClassification, ClmkeForLinkPrediction])
 def test_models_build_from_a_config_without_pad_token_id(model_class):
-    config = model_class.config_class(encoder=BertConfig(vocab_size=20, **TINY_ENCODER), num_entities=4, num_relations=2)
+    config = model_class.config_class(
+        encoder=BertConfig(vocab_size=20, **TINY_ENCODER), num_entities=4, num_relations=2
+    )
     model = model_class(config)
     assert model.word_embeddings.num_embeddings == config.total_vocab_size
 
@@ -91,7 +95,9 @@ def test_output_shapes(case, tok, make_model):
     b, h = len(next(iter(batch.values()))), model.config.encoder.hidden_size
     with torch.no_grad():
         out = model(**batch)
-    expected_type = TripleClassificationOutput if case.model_class is LmkeForTripleClassification else LinkPredictionOutput
+    expected_type = (
+        TripleClassificationOutput if case.model_class is LmkeForTripleClassification else LinkPredictionOutput
+    )
     assert isinstance(out, expected_type)
     assert out.loss is None
     for name, symbolic in case.shapes.items():
@@ -147,7 +153,9 @@ def test_lmke_self_loop_head_and_tail_are_different_positions(tok, make_model):
     with torch.no_grad():
         out = model(**batch)
         hidden = model.encoder(inputs_embeds=model.word_embeddings(batch["input_ids"])).last_hidden_state
-    tail_pos = 2 + len(tok.entity_pieces[2]) + 1 + len(tok.relation_pieces[1][: LENGTHS["max_relation_description_length"]])
+    tail_pos = (
+        2 + len(tok.entity_pieces[2]) + 1 + len(tok.relation_pieces[1][: LENGTHS["max_relation_description_length"]])
+    )
     torch.testing.assert_close(out.head_embeddings, hidden[:, 1])
     torch.testing.assert_close(out.tail_embeddings, hidden[:, tail_pos])
 
@@ -221,7 +229,14 @@ def test_save_pretrained_then_auto_model_round_trip(case, tok, make_model, tmp_p
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     module = {"lmke": "modeling_lmke", "clmke": "modeling_clmke"}[case.name]
-    assert {"model.safetensors", "config.json", f"{module}.py", "modeling_base.py", "configuration_lmke.py", "tokenization_lmke.py"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        f"{module}.py",
+        "modeling_base.py",
+        "configuration_lmke.py",
+        "tokenization_lmke.py",
+    } <= files
     assert "pytorch_model.bin" not in files
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
@@ -281,7 +296,12 @@ def test_auto_model_loads_with_remote_code_without_lmke_hf(tok, make_model, tmp_
         folder = tmp_path / case.name
         model.save_pretrained(folder)
         batch = case.make_batch(tok)
-        entry = {"dir": str(folder), "class": case.model_class.__name__, "inputs": batch, "outputs": _outputs(model, batch)}
+        entry = {
+            "dir": str(folder),
+            "class": case.model_class.__name__,
+            "inputs": batch,
+            "outputs": _outputs(model, batch),
+        }
         if case.degrees is not None:
             entry["entity_degrees"] = model.entity_degrees.clone()
         expected[case.name] = entry
@@ -291,7 +311,11 @@ def test_auto_model_loads_with_remote_code_without_lmke_hf(tok, make_model, tmp_
     env = {**os.environ, "PYTHONPATH": str(empty), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", _CHILD, str(tmp_path / "expected.pt"), str(REPO_ROOT)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK ['clmke', 'lmke']" in result.stdout
@@ -315,10 +339,14 @@ def test_from_encoder_pretrained_initialises_kg_rows_from_names(tok, make_model,
     eo, ro = tok.entity_token_offset, tok.relation_token_offset
     # one entity exactly: "new paris" -> mean of the embeddings of "new" and "paris"
     assert hf.convert_ids_to_tokens(hf("new paris", add_special_tokens=False)["input_ids"]) == ["new", "paris"]
-    torch.testing.assert_close(table[eo + 6], (words[hf.convert_tokens_to_ids("new")] + words[hf.convert_tokens_to_ids("paris")]) / 2)
+    torch.testing.assert_close(
+        table[eo + 6], (words[hf.convert_tokens_to_ids("new")] + words[hf.convert_tokens_to_ids("paris")]) / 2
+    )
     # every KG row is the mean of its name's pieces (the nameless Q4 uses its description), not random noise
     for e, (name, description) in enumerate(zip(KG["entity_names"], KG["entity_descriptions"])):
-        torch.testing.assert_close(table[eo + e], _mean_word_embedding(words, hf, name or description), msg=f"entity {e}")
+        torch.testing.assert_close(
+            table[eo + e], _mean_word_embedding(words, hf, name or description), msg=f"entity {e}"
+        )
     for r, name in enumerate(KG["relation_names"]):
         torch.testing.assert_close(table[ro + r], _mean_word_embedding(words, hf, name), msg=f"relation {r}")
     # the encoder weights are the pretrained ones
@@ -351,26 +379,34 @@ def transformers_records(caplog):
         hf_logging.disable_propagation()
 
 
-def test_keeping_the_first_layers_reports_one_line_not_a_table(tiny_bert_dir, tok, source_encoder, transformers_records):
+def test_keeping_the_first_layers_reports_one_line_not_a_table(
+    tiny_bert_dir, tok, source_encoder, transformers_records
+):
     import logging
 
     from transformers.utils import logging as hf_logging
 
     caplog, verbosity = transformers_records, hf_logging.get_verbosity()
     with caplog.at_level(logging.INFO, logger="lmke_hf"):
-        model = LmkeForTripleClassification.from_encoder_pretrained(str(tiny_bert_dir), tok, encoder_kwargs={"num_hidden_layers": 1})
+        model = LmkeForTripleClassification.from_encoder_pretrained(
+            str(tiny_bert_dir), tok, encoder_kwargs={"num_hidden_layers": 1}
+        )
     assert model.config.encoder.num_hidden_layers == 1 and len(model.encoder.encoder.layer) == 1
     source = source_encoder.state_dict()
     for name, value in model.encoder.state_dict().items():
         assert torch.equal(value, source[name]), name  # the first layer is the pretrained one
     assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
     dropped = len([k for k in source if k.startswith("encoder.layer.1.")])
-    assert f"Kept the first 1 layers of {tiny_bert_dir}: {dropped} weights of the later layers not loaded." in caplog.text
+    assert (
+        f"Kept the first 1 layers of {tiny_bert_dir}: {dropped} weights of the later layers not loaded." in caplog.text
+    )
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert hf_logging.get_verbosity() == verbosity
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lmke_hf"):  # more layers than pretrained: new weights are a warning
-        LmkeForTripleClassification.from_encoder_pretrained(str(tiny_bert_dir), tok, encoder_kwargs={"num_hidden_layers": 3})
+        LmkeForTripleClassification.from_encoder_pretrained(
+            str(tiny_bert_dir), tok, encoder_kwargs={"num_hidden_layers": 3}
+        )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("lmke_hf")]
     assert len(warnings) == 1 and "missing: [" in warnings[0] and "encoder.layer.2." in warnings[0]
     caplog.clear()
@@ -474,38 +510,137 @@ def _forward_query_without_mask(c: ErrorContext):
 
 ERROR_CASES = [
     # tokenizer / model vocabulary disagreement
-    ("check-tokenizer-more-entities", lambda c: c.make_model("lmke").check_tokenizer(_bigger_tokenizer(c)), ValueError, r"disagree.*model \(\d+, 3, 7\), tokenizer \(\d+, 3, 8\)"),
-    ("check-tokenizer-more-relations", lambda c: c.make_model("clmke").check_tokenizer(_bigger_tokenizer(c, 0, 1)), ValueError, r"disagree"),
-    ("forward-token-outside-vocab", _forward_with_new_entity, ValueError, r"token id \d+ outside the vocabulary of \d+ tokens.*check_tokenizer"),
+    (
+        "check-tokenizer-more-entities",
+        lambda c: c.make_model("lmke").check_tokenizer(_bigger_tokenizer(c)),
+        ValueError,
+        r"disagree.*model \(\d+, 3, 7\), tokenizer \(\d+, 3, 8\)",
+    ),
+    (
+        "check-tokenizer-more-relations",
+        lambda c: c.make_model("clmke").check_tokenizer(_bigger_tokenizer(c, 0, 1)),
+        ValueError,
+        r"disagree",
+    ),
+    (
+        "forward-token-outside-vocab",
+        _forward_with_new_entity,
+        ValueError,
+        r"token id \d+ outside the vocabulary of \d+ tokens.*check_tokenizer",
+    ),
     # empty batches
-    ("lmke-empty-input", lambda c: c.make_model("lmke")(input_ids=torch.zeros(0, 5, dtype=torch.long)), ValueError, r"batch_size > 0.*\(0, 5\)"),
-    ("clmke-empty-input", lambda c: c.make_model("clmke")(query_input_ids=torch.zeros(0, 5, dtype=torch.long), key_input_ids=torch.zeros(0, 5, dtype=torch.long)), ValueError, r"query_input_ids.*batch_size > 0"),
+    (
+        "lmke-empty-input",
+        lambda c: c.make_model("lmke")(input_ids=torch.zeros(0, 5, dtype=torch.long)),
+        ValueError,
+        r"batch_size > 0.*\(0, 5\)",
+    ),
+    (
+        "clmke-empty-input",
+        lambda c: c.make_model("clmke")(
+            query_input_ids=torch.zeros(0, 5, dtype=torch.long), key_input_ids=torch.zeros(0, 5, dtype=torch.long)
+        ),
+        ValueError,
+        r"query_input_ids.*batch_size > 0",
+    ),
     # too long
-    ("lmke-input-too-long", lambda c: _long_input(c, "lmke"), ValueError, r"`input_ids` has 65 tokens but the encoder allows 64"),
-    ("clmke-key-too-long", lambda c: _long_input(c, "clmke"), ValueError, r"`key_input_ids` has 65 tokens but the encoder allows 64"),
+    (
+        "lmke-input-too-long",
+        lambda c: _long_input(c, "lmke"),
+        ValueError,
+        r"`input_ids` has 65 tokens but the encoder allows 64",
+    ),
+    (
+        "clmke-key-too-long",
+        lambda c: _long_input(c, "clmke"),
+        ValueError,
+        r"`key_input_ids` has 65 tokens but the encoder allows 64",
+    ),
     # malformed inputs
     ("query-without-ent-mask", _query_from_keys, ValueError, r"\[ENT_MASK\]"),
     ("forward-query-without-ent-mask", _forward_query_without_mask, ValueError, r"\[ENT_MASK\]"),
-    ("key-without-entity", lambda c: c.make_model("clmke").embed_keys(c.tok.pad(c.tok.encode_queries([0], [0], "head"))["input_ids"]), ValueError, r"Keys must start"),
-    ("lmke-labels-shape", lambda c: c.make_model("lmke")(**lmke_batch(c.tok), labels=torch.ones(5)), ValueError, r"`labels` has 5 values for a batch of 4"),
-    ("clmke-labels-shape", lambda c: c.make_model("clmke")(**clmke_batch(c.tok), labels=torch.eye(6, 5)), ValueError, r"`labels` has shape \(6, 5\), expected \(6, 6\)"),
-    ("clmke-queries-vs-keys", lambda c: c.make_model("clmke")(**{**clmke_batch(c.tok), **c.tok.pad(c.tok.encode_keys([0, 1]), prefix="key_")}), ValueError, r"6 queries and 2 keys"),
-    ("lmke-no-kg-tokens", lambda c: c.make_model("lmke")(input_ids=torch.tensor([[2, 10, 11, 3]])), ValueError, r"entity and relation tokens"),
-    ("degrees-wrong-size", lambda c: c.make_model("clmke").set_entity_degrees([1.0, 2.0]), ValueError, r"2 degrees for 7 entities"),
+    (
+        "key-without-entity",
+        lambda c: c.make_model("clmke").embed_keys(c.tok.pad(c.tok.encode_queries([0], [0], "head"))["input_ids"]),
+        ValueError,
+        r"Keys must start",
+    ),
+    (
+        "lmke-labels-shape",
+        lambda c: c.make_model("lmke")(**lmke_batch(c.tok), labels=torch.ones(5)),
+        ValueError,
+        r"`labels` has 5 values for a batch of 4",
+    ),
+    (
+        "clmke-labels-shape",
+        lambda c: c.make_model("clmke")(**clmke_batch(c.tok), labels=torch.eye(6, 5)),
+        ValueError,
+        r"`labels` has shape \(6, 5\), expected \(6, 6\)",
+    ),
+    (
+        "clmke-queries-vs-keys",
+        lambda c: c.make_model("clmke")(
+            **{**clmke_batch(c.tok), **c.tok.pad(c.tok.encode_keys([0, 1]), prefix="key_")}
+        ),
+        ValueError,
+        r"6 queries and 2 keys",
+    ),
+    (
+        "lmke-no-kg-tokens",
+        lambda c: c.make_model("lmke")(input_ids=torch.tensor([[2, 10, 11, 3]])),
+        ValueError,
+        r"entity and relation tokens",
+    ),
+    (
+        "degrees-wrong-size",
+        lambda c: c.make_model("clmke").set_entity_degrees([1.0, 2.0]),
+        ValueError,
+        r"2 degrees for 7 entities",
+    ),
     ("degrees-negative", lambda c: c.make_model("clmke").set_entity_degrees([-1.0] * 7), ValueError, r">= 0"),
     ("resize-negative", lambda c: c.make_model("lmke").resize_entity_embeddings(-1), ValueError, r"num_entities.*-1"),
     # from_encoder_pretrained
-    ("encoder-not-bert-family", lambda c: LmkeForTripleClassification.from_encoder_pretrained(_gpt2_folder(c), c.tok), ValueError, r"GPT2Model.*not a BERT-family encoder"),
+    (
+        "encoder-not-bert-family",
+        lambda c: LmkeForTripleClassification.from_encoder_pretrained(_gpt2_folder(c), c.tok),
+        ValueError,
+        r"GPT2Model.*not a BERT-family encoder",
+    ),
     # configs
-    ("config-negative-entities", lambda c: LmkeConfig(num_entities=-1), ValueError, r"`num_entities` must be a non-negative int, got -1"),
+    (
+        "config-negative-entities",
+        lambda c: LmkeConfig(num_entities=-1),
+        ValueError,
+        r"`num_entities` must be a non-negative int, got -1",
+    ),
     ("config-float-entities", lambda c: ClmkeConfig(num_entities=2.5), ValueError, r"`num_entities`.*2\.5"),
     ("config-negative-relations", lambda c: ClmkeConfig(num_relations=-3), ValueError, r"`num_relations`.*-3"),
-    ("config-zero-negatives", lambda c: ClmkeConfig(max_negatives_per_query=0), ValueError, r"`max_negatives_per_query` must be None .* or >= 1, got 0"),
-    ("config-negative-negatives", lambda c: ClmkeConfig(max_negatives_per_query=-4), ValueError, r"max_negatives_per_query.*-4"),
-    ("config-negative-temperature", lambda c: ClmkeConfig(adversarial_temperature=-1.0), ValueError, r"adversarial_temperature.*-1"),
+    (
+        "config-zero-negatives",
+        lambda c: ClmkeConfig(max_negatives_per_query=0),
+        ValueError,
+        r"`max_negatives_per_query` must be None .* or >= 1, got 0",
+    ),
+    (
+        "config-negative-negatives",
+        lambda c: ClmkeConfig(max_negatives_per_query=-4),
+        ValueError,
+        r"max_negatives_per_query.*-4",
+    ),
+    (
+        "config-negative-temperature",
+        lambda c: ClmkeConfig(adversarial_temperature=-1.0),
+        ValueError,
+        r"adversarial_temperature.*-1",
+    ),
     ("config-zero-memory", lambda c: ClmkeConfig(scoring_memory_mb=0), ValueError, r"scoring_memory_mb.*> 0"),
     ("config-encoder-dict-without-type", lambda c: LmkeConfig(encoder={"hidden_size": 8}), ValueError, r"model_type"),
-    ("config-encoder-wrong-type", lambda c: LmkeConfig(encoder=42), TypeError, r"`encoder` must be a PretrainedConfig or a dict, got int"),
+    (
+        "config-encoder-wrong-type",
+        lambda c: LmkeConfig(encoder=42),
+        TypeError,
+        r"`encoder` must be a PretrainedConfig or a dict, got int",
+    ),
 ]
 
 
@@ -585,7 +720,9 @@ def test_forward_refuses_unknown_keyword_arguments(case, tok, make_model):
 
 
 # ------------------------------------------------------------------------------------ issue 21: attributes do no I/O, methods load
-def test_kg_tokenizer_is_read_by_load_kg_tokenizer_and_the_attribute_then_reads_nothing(tok, make_model, tmp_path, monkeypatch):
+def test_kg_tokenizer_is_read_by_load_kg_tokenizer_and_the_attribute_then_reads_nothing(
+    tok, make_model, tmp_path, monkeypatch
+):
     import warnings
 
     model = make_model("clmke")
@@ -606,7 +743,9 @@ def test_kg_tokenizer_is_read_by_load_kg_tokenizer_and_the_attribute_then_reads_
         bare.load_kg_tokenizer()
 
 
-def test_entity_index_is_loaded_or_built_by_a_method_and_the_attribute_then_encodes_nothing(tok, make_model, monkeypatch):
+def test_entity_index_is_loaded_or_built_by_a_method_and_the_attribute_then_encodes_nothing(
+    tok, make_model, monkeypatch
+):
     import warnings
 
     model = make_model("clmke")
@@ -635,7 +774,9 @@ def test_predict_loads_the_tokenizer_and_the_saved_index_itself(tok, make_model,
     loaded = ClmkeForLinkPrediction.from_pretrained(tmp_path / "saved").eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # no deprecated attribute on the way
-        assert loaded.predict(head="paris", relation="P0", top_k=3) == model.predict(head="paris", relation="P0", top_k=3)
+        assert loaded.predict(head="paris", relation="P0", top_k=3) == model.predict(
+            head="paris", relation="P0", top_k=3
+        )
     torch.testing.assert_close(loaded.entity_index.keys, model.entity_index.keys)  # the saved keys, attached
 
 
@@ -644,9 +785,11 @@ def test_the_encode_methods_give_the_model_back_in_its_mode_when_they_raise(call
     model = make_model("clmke")
     model.attach_tokenizer(tok)
     model.train()
-    bad = {"encode_queries": lambda: model.encode_queries(["no such entity"], "P0"),
-           "encode_text": lambda: model.encode_text([3]),
-           "encode_entities": lambda: model.encode_entities(["no such entity"])}[call]
+    bad = {
+        "encode_queries": lambda: model.encode_queries(["no such entity"], "P0"),
+        "encode_text": lambda: model.encode_text([3]),
+        "encode_entities": lambda: model.encode_entities(["no such entity"]),
+    }[call]
     with pytest.raises((KeyError, TypeError)):
         bad()
     assert model.training

@@ -24,7 +24,10 @@ def tiny_clmke(**config_kwargs) -> ClmkeForLinkPrediction:
     """A C-LMKE on a random tiny encoder built from a config in code (no tokenizer needed)."""
     # pad_token_id is passed explicitly: see test_models_build_from_a_config_without_pad_token_id (xfail)
     config = ClmkeConfig(
-        encoder=BertConfig(vocab_size=20, **TINY_ENCODER), num_entities=4, num_relations=2, pad_token_id=0,
+        encoder=BertConfig(vocab_size=20, **TINY_ENCODER),
+        num_entities=4,
+        num_relations=2,
+        pad_token_id=0,
         **config_kwargs,
     )
     return ClmkeForLinkPrediction(config).eval()
@@ -53,10 +56,14 @@ def test_clmke_embeddings_are_outputs_at_mask_and_key_entity(tok, make_model):
     torch.testing.assert_close(out.key_embeddings, k_hidden[:, 1])
     assert out.query_entity_ids.tolist() == QUERIES["given"]
     assert out.key_entity_ids.tolist() == QUERIES["gold"]
-    torch.testing.assert_close(out.logits, model.match(out.query_embeddings, out.query_entity_ids, out.key_embeddings, out.key_entity_ids))
+    torch.testing.assert_close(
+        out.logits, model.match(out.query_embeddings, out.query_entity_ids, out.key_embeddings, out.key_entity_ids)
+    )
 
 
-@pytest.mark.parametrize("directions", [["head"] * 3, ["tail"] * 3, ["head", "tail", "head"]], ids=["head", "tail", "mixed"])
+@pytest.mark.parametrize(
+    "directions", [["head"] * 3, ["tail"] * 3, ["head", "tail", "head"]], ids=["head", "tail", "mixed"]
+)
 def test_model_encode_queries_returns_given_entities(directions, tok, make_model):
     model = make_model("clmke")
     given, rels = [6, 0, 4], [1, 2, 0]
@@ -107,7 +114,8 @@ _I = -100.0
 LOSS_LABELS = {
     "one-positive-per-row": torch.eye(5, 6),
     "multi-positive": torch.tensor(
-        [[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 1, 1], [0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 0]], dtype=torch.float
+        [[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 1, 1], [0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 0]],
+        dtype=torch.float,
     ),
     "ignored": torch.tensor(
         [[1, _I, 0, 0, _I, 0], [0, 1, _I, 0, 0, 0], [_I, _I, 1, 0, 0, _I], [0, 0, 0, 1, _I, 0], [1, _I, 0, 0, 1, 0]]
@@ -130,7 +138,9 @@ def _fixed_logits() -> torch.Tensor:
     return 3 * torch.randn(5, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("labels_name,temperature", LOSS_FORMULA_CASES, ids=[f"{n}-T{t}" for n, t in LOSS_FORMULA_CASES])
+@pytest.mark.parametrize(
+    "labels_name,temperature", LOSS_FORMULA_CASES, ids=[f"{n}-T{t}" for n, t in LOSS_FORMULA_CASES]
+)
 def test_contrastive_loss_equals_paper_formula(labels_name, temperature, _loss_models):
     model = _loss_models[temperature]
     labels = LOSS_LABELS[labels_name].double()
@@ -169,7 +179,9 @@ def test_forward_loss_with_explicit_labels_matches_formula(tok, make_model):
     with torch.no_grad():
         out = model(**clmke_batch(tok), labels=labels)
     torch.testing.assert_close(out.labels, labels)
-    torch.testing.assert_close(out.loss.double(), paper_loss(out.logits.double(), labels.double()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.loss.double(), paper_loss(out.logits.double(), labels.double()), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_answer_ids_make_in_batch_known_answers_positive(tok, make_model):
@@ -182,7 +194,9 @@ def test_answer_ids_make_in_batch_known_answers_positive(tok, make_model):
     with torch.no_grad():
         out = model(**clmke_batch(tok), answer_ids=gold_answer_ids(extra))
     torch.testing.assert_close(out.labels, expected)
-    torch.testing.assert_close(out.loss.double(), paper_loss(out.logits.double(), expected.double()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.loss.double(), paper_loss(out.logits.double(), expected.double()), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_duplicate_gold_entity_in_batch_is_not_a_negative(tok, make_model):
@@ -213,7 +227,9 @@ def test_max_negatives_per_query_keeps_exactly_that_many(max_negatives, tok, mak
     assert (labels == 0).sum(1).tolist() == available.clamp(max=max_negatives).tolist()
     assert ((labels == 0) | (labels == 1) | (labels == -100)).all()
     assert torch.equal(labels, again.labels)  # the generator makes the choice reproducible
-    torch.testing.assert_close(out.loss.double(), paper_loss(out.logits.double(), labels.double()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.loss.double(), paper_loss(out.logits.double(), labels.double()), rtol=1e-5, atol=1e-6
+    )
     if max_negatives == 1:
         choices = set()
         for seed in range(1, 5):
@@ -252,7 +268,9 @@ def test_extra_keys_are_matched_and_labelled_by_entity(tok, make_model):
     expected[2, :b][gold == given[2]] = 1.0  # ... and so is the in-batch key holding that entity
     assert 0 < own_is_gold.sum() < b * b and expected[:, b:].diagonal().sum() == 1  # both cases occur
     torch.testing.assert_close(out.labels, expected)
-    torch.testing.assert_close(out.loss.double(), paper_loss(out.logits.double(), expected.double()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.loss.double(), paper_loss(out.logits.double(), expected.double()), rtol=1e-5, atol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- two encoders, one embedding table
@@ -365,8 +383,11 @@ def test_score_all_equals_concatenation_formula(name, memory_mb, tok, make_model
     degrees = torch.tensor(DEGREES) if use_deg else None
     with torch.no_grad():
         expected = naive_pairwise(
-            model.matcher, q_emb, k_emb,
-            torch.log1p(degrees[q_ent]) if use_deg else None, torch.log1p(degrees[k_ent]) if use_deg else None,
+            model.matcher,
+            q_emb,
+            k_emb,
+            torch.log1p(degrees[q_ent]) if use_deg else None,
+            torch.log1p(degrees[k_ent]) if use_deg else None,
         )
     assert scores.shape == (len(QUERIES["given"]), NUM_ENTITIES)
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)

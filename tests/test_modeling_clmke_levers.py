@@ -51,10 +51,24 @@ LABELS = {
 @pytest.mark.parametrize("labels_name", list(LABELS))
 @pytest.mark.parametrize("margin", [0.0, 0.02])
 def test_infonce_equals_cross_entropy_per_positive(labels_name, margin):
-    model = ClmkeForLinkPrediction(ClmkeConfig(
-        encoder=dict(model_type="bert", hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=20),
-        num_entities=4, num_relations=1, loss="infonce", infonce_temperature=0.1, infonce_margin=margin, scorer="cosine",
-    ))
+    model = ClmkeForLinkPrediction(
+        ClmkeConfig(
+            encoder=dict(
+                model_type="bert",
+                hidden_size=8,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=8,
+                vocab_size=20,
+            ),
+            num_entities=4,
+            num_relations=1,
+            loss="infonce",
+            infonce_temperature=0.1,
+            infonce_margin=margin,
+            scorer="cosine",
+        )
+    )
     torch.manual_seed(1)
     scores = torch.rand(4, 4) * 2 - 1
     labels = LABELS[labels_name]
@@ -64,18 +78,35 @@ def test_infonce_equals_cross_entropy_per_positive(labels_name, margin):
 
 
 def test_infonce_without_negatives_is_zero_with_finite_gradients():
-    model = ClmkeForLinkPrediction(ClmkeConfig(
-        encoder=dict(model_type="bert", hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=20),
-        num_entities=2, num_relations=1, loss="infonce",
-    ))
+    model = ClmkeForLinkPrediction(
+        ClmkeConfig(
+            encoder=dict(
+                model_type="bert",
+                hidden_size=8,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=8,
+                vocab_size=20,
+            ),
+            num_entities=2,
+            num_relations=1,
+            loss="infonce",
+        )
+    )
     scores = torch.zeros(2, 2, requires_grad=True)
     loss = model.infonce_loss(scores, torch.ones(2, 2))
     loss.backward()
-    assert float(loss.detach()) == 0.0 and torch.isfinite(scores.grad).all() and torch.isfinite(model.log_inv_temperature.grad)
+    assert (
+        float(loss.detach()) == 0.0
+        and torch.isfinite(scores.grad).all()
+        and torch.isfinite(model.log_inv_temperature.grad)
+    )
 
 
 def test_learned_temperature_trains_is_saved_and_fixed_one_does_not(tiny_bert_dir, kg_tok, tmp_path):
-    learned = build(tiny_bert_dir, kg_tok, loss="infonce", scorer="cosine", pooling="mean", infonce_temperature=0.05).train()
+    learned = build(
+        tiny_bert_dir, kg_tok, loss="infonce", scorer="cosine", pooling="mean", infonce_temperature=0.05
+    ).train()
     assert math.isclose(float(learned.log_inv_temperature), math.log(20.0), rel_tol=1e-6)
     out = learned(**clmke_batch(kg_tok), answer_ids=gold_answer_ids())
     out.loss.backward()
@@ -94,9 +125,14 @@ def test_learned_temperature_trains_is_saved_and_fixed_one_does_not(tiny_bert_di
 
 def test_config_refuses_unknown_choices_and_bad_numbers():
     for kwargs, word in [
-        ({"pooling": "max"}, "pooling"), ({"scorer": "dot"}, "scorer"), ({"loss": "bce"}, "loss"),
-        ({"infonce_temperature": 0.0}, "infonce_temperature"), ({"infonce_temperature": float("nan")}, "infonce_temperature"),
-        ({"infonce_margin": -0.1}, "infonce_margin"), ({"key_queue_size": -1}, "key_queue_size"), ({"freeze_layers": 13}, "freeze_layers"),
+        ({"pooling": "max"}, "pooling"),
+        ({"scorer": "dot"}, "scorer"),
+        ({"loss": "bce"}, "loss"),
+        ({"infonce_temperature": 0.0}, "infonce_temperature"),
+        ({"infonce_temperature": float("nan")}, "infonce_temperature"),
+        ({"infonce_margin": -0.1}, "infonce_margin"),
+        ({"key_queue_size": -1}, "key_queue_size"),
+        ({"freeze_layers": 13}, "freeze_layers"),
         ({"adversarial_temperature": float("nan")}, "adversarial_temperature"),
     ]:
         with pytest.raises(ValueError, match=word):
@@ -107,7 +143,9 @@ def test_mean_pooling_is_the_masked_mean_and_ignores_padding(tiny_bert_dir, kg_t
     model = build(tiny_bert_dir, kg_tok, pooling="mean").eval()
     batch = clmke_batch(kg_tok)
     keys, _ = model.embed_keys(batch["key_input_ids"], batch["key_attention_mask"])
-    hidden = model._run_encoder(model.key_encoder, batch["key_input_ids"], batch["key_attention_mask"]).last_hidden_state
+    hidden = model._run_encoder(
+        model.key_encoder, batch["key_input_ids"], batch["key_attention_mask"]
+    ).last_hidden_state
     mask = batch["key_attention_mask"].unsqueeze(-1).float()
     torch.testing.assert_close(keys, (hidden * mask).sum(1) / mask.sum(1))
     # each key alone (no padding) gives the same embedding as inside the padded batch
@@ -117,7 +155,9 @@ def test_mean_pooling_is_the_masked_mean_and_ignores_padding(tiny_bert_dir, kg_t
         torch.testing.assert_close(single[0], keys[i], atol=1e-5, rtol=1e-5)
     cls_model = build(tiny_bert_dir, kg_tok, pooling="cls").eval()
     q, _ = cls_model.embed_queries(batch["query_input_ids"], batch["query_attention_mask"])
-    hq = cls_model._run_encoder(cls_model.query_encoder, batch["query_input_ids"], batch["query_attention_mask"]).last_hidden_state
+    hq = cls_model._run_encoder(
+        cls_model.query_encoder, batch["query_input_ids"], batch["query_attention_mask"]
+    ).last_hidden_state
     torch.testing.assert_close(q, hq[:, 0])
 
 
@@ -174,6 +214,7 @@ def test_key_queue_state_round_trip():
 def test_frozen_layers_get_no_gradient_and_no_graph(tiny_bert_dir, kg_tok):
     model = build(tiny_bert_dir, kg_tok, freeze_layers=1).train()
     seen = {}
+
     def record(module, args, kwargs):
         seen.setdefault("input_requires_grad", (args[0] if args else kwargs["hidden_states"]).requires_grad)
 
@@ -191,8 +232,19 @@ def test_frozen_layers_get_no_gradient_and_no_graph(tiny_bert_dir, kg_tok):
 
 
 LEVER_FLAGS = (
-    "--loss", "infonce", "--scorer", "cosine", "--pooling", "mean", "--infonce_margin", "0.02", "--key_queue_size", "8",
-    "--self_negatives", "--freeze_layers", "1",
+    "--loss",
+    "infonce",
+    "--scorer",
+    "cosine",
+    "--pooling",
+    "mean",
+    "--infonce_margin",
+    "0.02",
+    "--key_queue_size",
+    "8",
+    "--self_negatives",
+    "--freeze_layers",
+    "1",
 )
 
 
@@ -200,15 +252,36 @@ def test_training_script_with_levers_trains_saves_and_resumes_exactly(kg_dir, no
     script = _load_script("train_clmke")
     flags = RESUME_FLAGS  # a constant schedule: runs of 4 and 6 steps share their first 4 steps
     run_a, run_b = tmp_path / "A", tmp_path / "B"
-    results = script.main(script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 6, *flags, *LEVER_FLAGS)))
+    results = script.main(
+        script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 6, *flags, *LEVER_FLAGS))
+    )
     assert 0.0 < results["test_mrr"] <= 1.0
     assert (run_a / "checkpoints/step_6/custom_checkpoint_0.pkl").is_file()  # the key queue
     loaded = AutoModel.from_pretrained(run_a)
-    assert (loaded.config.loss, loaded.config.scorer, loaded.config.pooling, loaded.config.key_queue_size) == ("infonce", "cosine", "mean", 8)
-    script.main(script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 4, *flags, *LEVER_FLAGS)))
-    script.main(script.parse_args(
-        _clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 6, "--resume_from_checkpoint", "latest", *flags, *LEVER_FLAGS)
-    ))
+    assert (loaded.config.loss, loaded.config.scorer, loaded.config.pooling, loaded.config.key_queue_size) == (
+        "infonce",
+        "cosine",
+        "mean",
+        8,
+    )
+    script.main(
+        script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 4, *flags, *LEVER_FLAGS))
+    )
+    script.main(
+        script.parse_args(
+            _clmke_argv(
+                kg_dir,
+                no_dropout_encoder,
+                run_b,
+                "--max_train_steps",
+                6,
+                "--resume_from_checkpoint",
+                "latest",
+                *flags,
+                *LEVER_FLAGS,
+            )
+        )
+    )
     # the queue is part of the checkpoint: without it, steps 5-6 would see fewer negatives and differ
     _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_b / "checkpoints/step_6/model.safetensors")
 
@@ -216,29 +289,56 @@ def test_training_script_with_levers_trains_saves_and_resumes_exactly(kg_dir, no
 def test_warmup_ratio_sets_warmup_steps_and_the_arguments_stay_as_given(kg_dir, tiny_bert_dir, tmp_path):
     script = _load_script("train_clmke")
     out = tmp_path / "w"
-    args = script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 10, "--warmup_ratio", "0.25",
-                                         "--lr_scheduler_type", "linear", "--checkpointing_steps", 10))
+    args = script.parse_args(
+        _clmke_argv(
+            kg_dir,
+            tiny_bert_dir,
+            out,
+            "--max_train_steps",
+            10,
+            "--warmup_ratio",
+            "0.25",
+            "--lr_scheduler_type",
+            "linear",
+            "--checkpointing_steps",
+            10,
+        )
+    )
     given = dict(vars(args))
     script.main(args)
     assert vars(args) == given  # the run derives its schedule; it never rewrites its arguments
-    assert json.loads((out / "checkpoints" / "step_10" / "trainer_state.json").read_text())["settings"]["num_warmup_steps"] == 3
+    assert (
+        json.loads((out / "checkpoints" / "step_10" / "trainer_state.json").read_text())["settings"]["num_warmup_steps"]
+        == 3
+    )
     assert json.loads((out / "card.json").read_text())["args"]["num_warmup_steps"] == 3  # as the run ran
 
 
-@pytest.mark.parametrize("flag, value", [("--infonce_temperature", "0"), ("--infonce_margin", "-1"), ("--key_queue_size", "-2"), ("--warmup_ratio", "1.5"), ("--loss", "hinge")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--infonce_temperature", "0"),
+        ("--infonce_margin", "-1"),
+        ("--key_queue_size", "-2"),
+        ("--warmup_ratio", "1.5"),
+        ("--loss", "hinge"),
+    ],
+)
 def test_lever_flags_are_checked(kg_dir, tiny_bert_dir, tmp_path, flag, value):
     script = _load_script("train_clmke")
     with pytest.raises(SystemExit):
         script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "x", flag, value))
 
 
-
-
 def test_eval_steps_validates_at_fixed_points_and_records_examples_and_training_time(kg_dir, tiny_bert_dir, tmp_path):
     script = _load_script("train_clmke")
     out = tmp_path / "e"
     # 20 steps an epoch (80 queries, batch 4): validation at steps 3 and 6 (--eval_steps), then at the last step 7
-    summary = script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 7, "--eval_steps", 3, "--no_test_eval")))
+    summary = script.main(
+        script.parse_args(
+            _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 7, "--eval_steps", 3, "--no_test_eval")
+        )
+    )
     steps = [h["step"] for h in summary["history"]]
     assert steps == [3, 6, 7]
     assert [h["examples_seen"] for h in summary["history"]] == [12, 24, 28]
@@ -256,11 +356,25 @@ def test_added_layers_are_initialised_by_the_package_not_by_the_transformers_ver
     from lmke_hf import LmkeConfig, LmkeForTripleClassification
 
     monkeypatch.setattr(PreTrainedModel, "_init_weights", lambda self, module: None)
-    encoder = dict(model_type="bert", hidden_size=1024, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=50)
+    encoder = dict(
+        model_type="bert",
+        hidden_size=1024,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+        vocab_size=50,
+    )
     torch.manual_seed(0)
-    lmke = LmkeForTripleClassification(LmkeConfig(encoder=encoder, num_entities=300, num_relations=2, initializer_range=0.5))
-    clmke = ClmkeForLinkPrediction(ClmkeConfig(encoder=encoder, num_entities=300, num_relations=2, initializer_range=0.5, matcher_hidden_size=16))
-    for weight, bias in ((lmke.classifier.weight, lmke.classifier.bias), (clmke.matcher.dense.weight, clmke.matcher.dense.bias)):
+    lmke = LmkeForTripleClassification(
+        LmkeConfig(encoder=encoder, num_entities=300, num_relations=2, initializer_range=0.5)
+    )
+    clmke = ClmkeForLinkPrediction(
+        ClmkeConfig(encoder=encoder, num_entities=300, num_relations=2, initializer_range=0.5, matcher_hidden_size=16)
+    )
+    for weight, bias in (
+        (lmke.classifier.weight, lmke.classifier.bias),
+        (clmke.matcher.dense.weight, clmke.matcher.dense.bias),
+    ):
         assert 0.45 < float(weight.std()) < 0.55 and float(bias.abs().max()) == 0.0
     assert 0.45 < float(clmke.word_embeddings.kg.weight.std()) < 0.55
 
@@ -282,6 +396,11 @@ def test_own_entity_bias_moves_only_the_own_entity_column_and_learns_from_self_n
     with torch.no_grad():
         model.own_entity_offset.zero_()
     own_keys = kg_tok.pad(kg_tok.encode_keys(QUERIES["given"]))
-    out = model(**batch, answer_ids=gold_answer_ids(), extra_key_input_ids=own_keys["input_ids"], extra_key_attention_mask=own_keys["attention_mask"])
+    out = model(
+        **batch,
+        answer_ids=gold_answer_ids(),
+        extra_key_input_ids=own_keys["input_ids"],
+        extra_key_attention_mask=own_keys["attention_mask"],
+    )
     out.loss.backward()
     assert float(model.own_entity_offset.grad) > 0  # gradient descent lowers the offset

@@ -12,13 +12,21 @@ import lmke_hf
 from lmke_hf import ClmkeConfig, ClmkeForLinkPrediction, LmkeConfig, LmkeForTripleClassification
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "state_dict_keys.json"
-TINY_ENCODER = dict(vocab_size=20, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                    max_position_embeddings=64)
+TINY_ENCODER = dict(
+    vocab_size=20,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+)
 STATE_DICT_CASES = {
     "lmke": (LmkeForTripleClassification, LmkeConfig, {}),
     "clmke": (ClmkeForLinkPrediction, ClmkeConfig, {}),
     "clmke_cosine_infonce_own_entity": (
-        ClmkeForLinkPrediction, ClmkeConfig, {"scorer": "cosine", "loss": "infonce", "own_entity_bias": True}
+        ClmkeForLinkPrediction,
+        ClmkeConfig,
+        {"scorer": "cosine", "loss": "infonce", "own_entity_bias": True},
     ),
 }
 
@@ -37,8 +45,16 @@ def test_state_dict_names_and_shapes_are_unchanged(name):
 
 # ---------------------------------------------------------------------------------------------------- old paths
 EVALUATION_NAMES = [
-    "DIRECTIONS", "RankTriple", "filtered_ranks", "ranking_metrics_from_ranks", "degree_bucket", "degree_bucket_label",
-    "LinkPredictionEvaluator", "plot_degree_buckets", "classification_report", "tune_thresholds",
+    "DIRECTIONS",
+    "RankTriple",
+    "filtered_ranks",
+    "ranking_metrics_from_ranks",
+    "degree_bucket",
+    "degree_bucket_label",
+    "LinkPredictionEvaluator",
+    "plot_degree_buckets",
+    "classification_report",
+    "tune_thresholds",
 ]
 LOOP_NAMES = ["encode_entities", "rank_link_prediction", "score_triples"]
 
@@ -48,10 +64,15 @@ def test_evaluation_package_exports_the_metrics_and_the_loops():
     from lmke_hf.evaluation import classification, link_prediction, loops, ranks
 
     assert sorted(E.__all__) == sorted(EVALUATION_NAMES + LOOP_NAMES)
-    home = {**{n: ranks for n in ("DIRECTIONS", "RankTriple", "filtered_ranks", "ranking_metrics_from_ranks")},
-            **{n: link_prediction for n in ("degree_bucket", "degree_bucket_label", "LinkPredictionEvaluator", "plot_degree_buckets")},
-            **{n: classification for n in ("classification_report", "tune_thresholds")},
-            **{n: loops for n in LOOP_NAMES}}
+    home = {
+        **{n: ranks for n in ("DIRECTIONS", "RankTriple", "filtered_ranks", "ranking_metrics_from_ranks")},
+        **{
+            n: link_prediction
+            for n in ("degree_bucket", "degree_bucket_label", "LinkPredictionEvaluator", "plot_degree_buckets")
+        },
+        **{n: classification for n in ("classification_report", "tune_thresholds")},
+        **{n: loops for n in LOOP_NAMES},
+    }
     for name in E.__all__:
         assert getattr(E, name) is getattr(home[name], name), name
         assert name in dir(E)
@@ -68,18 +89,29 @@ def test_metrics_import_without_the_data_code():
     import subprocess
     import sys
 
-    code = ("import sys, lmke_hf.evaluation as E; E.filtered_ranks; E.degree_bucket([1]); "
-            "print(sorted(m for m in ('lmke_hf.features', 'lmke_hf.kg', 'lmke_hf.evaluation.loops', 'datasets') if m in sys.modules))")
+    code = (
+        "import sys, lmke_hf.evaluation as E; E.filtered_ranks; E.degree_bucket([1]); "
+        "print(sorted(m for m in ('lmke_hf.features', 'lmke_hf.kg', 'lmke_hf.evaluation.loops', 'datasets') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 # ---------------------------------------------------------------------------------------------------- remote code
-REMOTE_CODE_PREFIXES = ("configuration_", "modeling_", "tokenization_", "entity_index", "pipeline_")  # entity_index.py: the C-LMKE index; pipeline_lmke.py: the pipeline tasks
+REMOTE_CODE_PREFIXES = (
+    "configuration_",
+    "modeling_",
+    "tokenization_",
+    "entity_index",
+    "pipeline_",
+)  # entity_index.py: the C-LMKE index; pipeline_lmke.py: the pipeline tasks
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in Path(lmke_hf.__file__).parent.glob("*.py") if p.name.startswith(REMOTE_CODE_PREFIXES)))
+@pytest.mark.parametrize(
+    "path",
+    sorted(p.name for p in Path(lmke_hf.__file__).parent.glob("*.py") if p.name.startswith(REMOTE_CODE_PREFIXES)),
+)
 def test_remote_code_files_import_only_each_other(path):
     """transformers copies a registered class's file and, recursively, the files of its relative imports into a
     saved checkpoint; anything else of lmke_hf would be missing where it is not installed."""
@@ -88,7 +120,11 @@ def test_remote_code_files_import_only_each_other(path):
     tree = ast.parse((Path(lmke_hf.__file__).parent / path).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
-            assert node.level == 1 and node.module and node.module.startswith(REMOTE_CODE_PREFIXES), (path, node.lineno, node.module)
+            assert node.level == 1 and node.module and node.module.startswith(REMOTE_CODE_PREFIXES), (
+                path,
+                node.lineno,
+                node.module,
+            )
             assert (Path(lmke_hf.__file__).parent / f"{node.module}.py").is_file(), node.module
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -100,11 +136,16 @@ def test_saved_folder_carries_every_file_its_code_imports(model_class, tmp_path)
     from transformers.dynamic_module_utils import get_relative_import_files
 
     config_class = model_class.config_class
-    model = model_class(config_class(encoder=BertConfig(**TINY_ENCODER), num_entities=4, num_relations=2, pad_token_id=0))
+    model = model_class(
+        config_class(encoder=BertConfig(**TINY_ENCODER), num_entities=4, num_relations=2, pad_token_id=0)
+    )
     model.save_pretrained(tmp_path)
     module = model_class.__module__.rsplit(".", 1)[-1]
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
-    assert auto_map == {"AutoConfig": f"configuration_lmke.{config_class.__name__}", "AutoModel": f"{module}.{model_class.__name__}"}
+    assert auto_map == {
+        "AutoConfig": f"configuration_lmke.{config_class.__name__}",
+        "AutoModel": f"{module}.{model_class.__name__}",
+    }
     needed = {Path(f).name for f in get_relative_import_files(str(tmp_path / f"{module}.py"))}
     assert {"configuration_lmke.py", "modeling_base.py", "tokenization_lmke.py"} <= needed
     saved = {p.name for p in tmp_path.glob("*.py")}

@@ -34,7 +34,9 @@ def test_completion_pipeline_ranks_tails_and_heads_like_predict(clmke_run, no_ne
     assert [a["score"] for a in answers] == sorted((a["score"] for a in answers), reverse=True)
     assert set(answers[0]) == {"entity", "name", "score"}
     heads = complete({"tail": head, "relation": relation}, top_k=2)
-    assert [a["entity"] for a in heads] == [e["entity_id"] for e in model.predict(tail=head, relation=relation, top_k=2)]
+    assert [a["entity"] for a in heads] == [
+        e["entity_id"] for e in model.predict(tail=head, relation=relation, top_k=2)
+    ]
     both = complete([{"head": head, "relation": relation}, {"tail": head, "relation": relation}], top_k=2)
     assert len(both) == 2 and [a["entity"] for a in both[1]] == [a["entity"] for a in heads]
     assert not no_network
@@ -69,7 +71,9 @@ def test_classification_pipeline_scores_a_triple(lmke_run):
 
 
 # ---------------------------------------------------------------------------------------------------- remote code
-REMOTE_PIPELINES = HIDE_LMKE_HF + """
+REMOTE_PIPELINES = (
+    HIDE_LMKE_HF
+    + """
 import json
 import sys
 
@@ -92,15 +96,20 @@ for task, folder, query, kwargs in json.loads(sys.argv[1]):
     out[task] = [type(run).__module__.split('.')[0], run(query, **kwargs)]
 print('\\nRESULT', json.dumps(out))  # after the [y/N] prompt that transformers prints without a newline
 """
+)
 
 
 def test_saved_runs_carry_their_task_only(clmke_run, lmke_run):
     """C-LMKE runs carry knowledge-graph-completion, LMKE runs triple-classification: a custom_pipelines entry in
     config.json and the pipeline file (which imports nothing of lmke_hf)."""
-    for run, task, impl in ((clmke_run[0], "knowledge-graph-completion", "KnowledgeGraphCompletionPipeline"),
-                            (lmke_run, "triple-classification", "TripleClassificationPipeline")):
+    for run, task, impl in (
+        (clmke_run[0], "knowledge-graph-completion", "KnowledgeGraphCompletionPipeline"),
+        (lmke_run, "triple-classification", "TripleClassificationPipeline"),
+    ):
         config = json.loads((run / "config.json").read_text())
-        assert config["custom_pipelines"] == {task: {"impl": f"pipeline_lmke.{impl}", "pt": ["AutoModel"], "tf": [], "type": "text"}}
+        assert config["custom_pipelines"] == {
+            task: {"impl": f"pipeline_lmke.{impl}", "pt": ["AutoModel"], "tf": [], "type": "text"}
+        }
         assert (run / "pipeline_lmke.py").is_file()
 
 
@@ -113,11 +122,20 @@ def test_pipelines_load_with_trust_remote_code_without_lmke_hf(clmke_run, lmke_r
     classify = pipeline("triple-classification", model=str(lmke_run))
     lkg = classify.model.load_kg_tokenizer()
     triple = {"head": lkg.entity_ids[0], "relation": lkg.relation_ids[0], "tail": lkg.entity_ids[1]}
-    cases = [["knowledge-graph-completion", str(clmke_run[0]), query, {"top_k": 3}],
-             ["triple-classification", str(lmke_run), triple, {}]]
+    cases = [
+        ["knowledge-graph-completion", str(clmke_run[0]), query, {"top_k": 3}],
+        ["triple-classification", str(lmke_run), triple, {}],
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", REMOTE_PIPELINES, json.dumps(cases)], cwd=tmp_path, env=env,
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_PIPELINES, json.dumps(cases)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, (result.stdout[-2000:], result.stderr[-2000:])
@@ -127,7 +145,9 @@ def test_pipelines_load_with_trust_remote_code_without_lmke_hf(clmke_run, lmke_r
         assert "trust_remote_code=True" in out[task + " refused"], out[task + " refused"]
         assert out[task][0] == "transformers_modules"  # the folder's copy of the code, not an installed lmke_hf
     remote, ours = out["knowledge-graph-completion"][1], complete(query, top_k=3)
-    assert [a["entity"] for a in remote] == [a["entity"] for a in ours] and [a["name"] for a in remote] == [a["name"] for a in ours]
+    assert [a["entity"] for a in remote] == [a["entity"] for a in ours] and [a["name"] for a in remote] == [
+        a["name"] for a in ours
+    ]
     assert [a["score"] for a in remote] == pytest.approx([a["score"] for a in ours], abs=1e-5)
     remote, ours = out["triple-classification"][1], classify(triple)
     assert remote["label"] == ours["label"] and remote["score"] == pytest.approx(ours["score"], abs=1e-5)

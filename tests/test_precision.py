@@ -25,23 +25,60 @@ def _train(script, kg, encoder, out, *extra):
     return script.main(script.parse_args(_clmke_argv(kg, encoder, out, *extra)))
 
 
-def test_a_bf16_run_records_its_precision_and_resumes_exactly_but_not_in_fp32(script, kg_dir, no_dropout_encoder, tmp_path):
+def test_a_bf16_run_records_its_precision_and_resumes_exactly_but_not_in_fp32(
+    script, kg_dir, no_dropout_encoder, tmp_path
+):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    _train(script, kg_dir, no_dropout_encoder, whole, "--max_train_steps", 4, "--mixed_precision", "bf16", *RESUME_FLAGS)
+    _train(
+        script, kg_dir, no_dropout_encoder, whole, "--max_train_steps", 4, "--mixed_precision", "bf16", *RESUME_FLAGS
+    )
     results = json.loads((whole / "all_results.json").read_text())
     assert results["mixed_precision"] == "bf16"
     assert "- Precision: bf16 mixed precision" in (whole / "README.md").read_text()
-    assert json.loads((whole / "checkpoints" / "step_4" / "trainer_state.json").read_text())["settings"]["mixed_precision"] == "bf16"
+    assert (
+        json.loads((whole / "checkpoints" / "step_4" / "trainer_state.json").read_text())["settings"]["mixed_precision"]
+        == "bf16"
+    )
 
-    _train(script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 2, "--mixed_precision", "bf16", *RESUME_FLAGS)
+    _train(
+        script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 2, "--mixed_precision", "bf16", *RESUME_FLAGS
+    )
     with pytest.raises(UsageError) as info:
-        _train(script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+        _train(
+            script,
+            kg_dir,
+            no_dropout_encoder,
+            resumed,
+            "--max_train_steps",
+            4,
+            "--resume_from_checkpoint",
+            "latest",
+            *RESUME_FLAGS,
+        )
     assert "--mixed_precision: checkpoint 'bf16', now 'no'" in str(info.value)
-    _train(script, kg_dir, no_dropout_encoder, resumed, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", "--mixed_precision", "bf16", *RESUME_FLAGS)
-    _assert_same_weights(whole / "checkpoints" / "step_4" / "model.safetensors", resumed / "checkpoints" / "step_4" / "model.safetensors", atol=0)
+    _train(
+        script,
+        kg_dir,
+        no_dropout_encoder,
+        resumed,
+        "--max_train_steps",
+        4,
+        "--resume_from_checkpoint",
+        "latest",
+        "--mixed_precision",
+        "bf16",
+        *RESUME_FLAGS,
+    )
+    _assert_same_weights(
+        whole / "checkpoints" / "step_4" / "model.safetensors",
+        resumed / "checkpoints" / "step_4" / "model.safetensors",
+        atol=0,
+    )
 
 
-def test_an_fp32_run_says_fp32_and_a_checkpoint_without_a_stored_precision_resumes(script, kg_dir, no_dropout_encoder, tmp_path):
+def test_an_fp32_run_says_fp32_and_a_checkpoint_without_a_stored_precision_resumes(
+    script, kg_dir, no_dropout_encoder, tmp_path
+):
     out = tmp_path / "run"
     _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 2, *RESUME_FLAGS)
     assert json.loads((out / "all_results.json").read_text())["mixed_precision"] == "no"
@@ -50,7 +87,17 @@ def test_an_fp32_run_says_fp32_and_a_checkpoint_without_a_stored_precision_resum
     state = json.loads(state_file.read_text())
     del state["settings"]["mixed_precision"]  # as written before the precision was stored
     state_file.write_text(json.dumps(state))
-    results = _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    results = _train(
+        script,
+        kg_dir,
+        no_dropout_encoder,
+        out,
+        "--max_train_steps",
+        4,
+        "--resume_from_checkpoint",
+        "latest",
+        *RESUME_FLAGS,
+    )
     assert results["completed_steps"] == 4
 
 

@@ -39,7 +39,16 @@ def test_tokenizer_query_layouts(tok):
     triple = tok.encode_triples(["Q0"], ["P0"], ["Q2"])["input_ids"][0]
     berlin = tok.tokenizer.convert_tokens_to_ids("berlin")
     assert tok.entity_pieces[2] == [berlin]  # no description: the name alone
-    assert triple == [cls, eo + 0, *tok.entity_pieces[0][:le], ro + 0, *tok.relation_pieces[0][:lr], eo + 2, berlin, sep]
+    assert triple == [
+        cls,
+        eo + 0,
+        *tok.entity_pieces[0][:le],
+        ro + 0,
+        *tok.relation_pieces[0][:lr],
+        eo + 2,
+        berlin,
+        sep,
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- save / load
@@ -47,9 +56,19 @@ def test_tokenizer_save_and_load_round_trip(tok, tmp_path):
     tok.save_pretrained(tmp_path)
     assert (tmp_path / "kg_vocab.json").is_file()
     loaded = LmkeTokenizer.from_pretrained(tmp_path)
-    for attr in ("entity_ids", "entity_names", "entity_descriptions", "relation_ids", "relation_names",
-                 "relation_descriptions", "max_entity_description_length", "max_relation_description_length",
-                 "max_key_description_length", "total_vocab_size", "pad_token_id"):
+    for attr in (
+        "entity_ids",
+        "entity_names",
+        "entity_descriptions",
+        "relation_ids",
+        "relation_names",
+        "relation_descriptions",
+        "max_entity_description_length",
+        "max_relation_description_length",
+        "max_key_description_length",
+        "total_vocab_size",
+        "pad_token_id",
+    ):
         assert getattr(loaded, attr) == getattr(tok, attr), attr
     for make in (lmke_batch, clmke_batch):
         a, b = make(tok), make(loaded)
@@ -63,24 +82,81 @@ def test_tokenizer_save_and_load_round_trip(tok, tmp_path):
 # ---------------------------------------------------------------------------------------------------- errors
 ERROR_CASES = [
     # ids
-    ("unknown-entity-string", lambda c: c.tok.encode_triples(["Q0"], ["P0"], ["nope"]), KeyError, r"Unknown entity id.*'nope'.*add_entities"),
-    ("unknown-relation-string", lambda c: c.tok.encode_queries(["Q0"], ["P9"], "tail"), KeyError, r"Unknown relation id.*'P9'"),
-    ("entity-index-out-of-range", lambda c: c.tok.encode_keys([0, 7]), IndexError, r"entity index 7 is out of range \[0, 7\)"),
+    (
+        "unknown-entity-string",
+        lambda c: c.tok.encode_triples(["Q0"], ["P0"], ["nope"]),
+        KeyError,
+        r"Unknown entity id.*'nope'.*add_entities",
+    ),
+    (
+        "unknown-relation-string",
+        lambda c: c.tok.encode_queries(["Q0"], ["P9"], "tail"),
+        KeyError,
+        r"Unknown relation id.*'P9'",
+    ),
+    (
+        "entity-index-out-of-range",
+        lambda c: c.tok.encode_keys([0, 7]),
+        IndexError,
+        r"entity index 7 is out of range \[0, 7\)",
+    ),
     ("negative-entity-index", lambda c: c.tok.encode_keys([-1]), IndexError, r"entity index -1 is out of range"),
-    ("relation-index-out-of-range", lambda c: c.tok.encode_triples([0], [3], [1]), IndexError, r"relation index 3 is out of range \[0, 3\)"),
-    ("bad-direction", lambda c: c.tok.encode_queries([0], [0], "left"), ValueError, r"direction must be 'head' or 'tail'.*left"),
+    (
+        "relation-index-out-of-range",
+        lambda c: c.tok.encode_triples([0], [3], [1]),
+        IndexError,
+        r"relation index 3 is out of range \[0, 3\)",
+    ),
+    (
+        "bad-direction",
+        lambda c: c.tok.encode_queries([0], [0], "left"),
+        ValueError,
+        r"direction must be 'head' or 'tail'.*left",
+    ),
     ("unequal-lengths", lambda c: c.tok.encode_triples([0, 1], [0], [1, 2]), ValueError, r"same length.*'r': 1"),
-    ("convert-id-outside-vocab", lambda c: c.tok.convert_ids_to_tokens([c.tok.total_vocab_size]), IndexError, r"outside the vocabulary"),
-    ("duplicate-entity-ids", lambda c: LmkeTokenizer(c.tok.tokenizer, ["a", "a"], ["r"], **LENGTHS), ValueError, r"duplicates"),
+    (
+        "convert-id-outside-vocab",
+        lambda c: c.tok.convert_ids_to_tokens([c.tok.total_vocab_size]),
+        IndexError,
+        r"outside the vocabulary",
+    ),
+    (
+        "duplicate-entity-ids",
+        lambda c: LmkeTokenizer(c.tok.tokenizer, ["a", "a"], ["r"], **LENGTHS),
+        ValueError,
+        r"duplicates",
+    ),
     ("add-existing-entity", lambda c: c.tok.add_entities(["Q3"]), ValueError, r"already registered.*Q3"),
-    ("texts-length-mismatch", lambda c: LmkeTokenizer(c.tok.tokenizer, ["a", "b"], ["r"], entity_names=["x"], **LENGTHS), ValueError, r"`entity_names` has 1 entries for 2 ids"),
+    (
+        "texts-length-mismatch",
+        lambda c: LmkeTokenizer(c.tok.tokenizer, ["a", "b"], ["r"], entity_names=["x"], **LENGTHS),
+        ValueError,
+        r"`entity_names` has 1 entries for 2 ids",
+    ),
     # empty batches
     ("pad-empty", lambda c: c.tok.pad({"input_ids": []}), ValueError, r"empty batch"),
     ("encode-empty", lambda c: c.tok.encode_triples([], [], []), ValueError, r"Empty input"),
     # lengths that do not fit the encoder
-    ("tokenizer-lengths-exceed-model-max-length", lambda c: LmkeTokenizer(c.tok.tokenizer, ["a"], ["r"], max_entity_description_length=40), ValueError, r"at most 64.*max_entity_description_length"),
-    ("tokenizer-key-length-exceeds", lambda c: LmkeTokenizer(c.tok.tokenizer, ["a"], ["r"], max_entity_description_length=4, max_key_description_length=62), ValueError, r"65 tokens.*at most 64"),
-    ("tokenizer-negative-length", lambda c: LmkeTokenizer(c.tok.tokenizer, ["a"], ["r"], max_relation_description_length=-1), ValueError, r"max_relation_description_length.*-1"),
+    (
+        "tokenizer-lengths-exceed-model-max-length",
+        lambda c: LmkeTokenizer(c.tok.tokenizer, ["a"], ["r"], max_entity_description_length=40),
+        ValueError,
+        r"at most 64.*max_entity_description_length",
+    ),
+    (
+        "tokenizer-key-length-exceeds",
+        lambda c: LmkeTokenizer(
+            c.tok.tokenizer, ["a"], ["r"], max_entity_description_length=4, max_key_description_length=62
+        ),
+        ValueError,
+        r"65 tokens.*at most 64",
+    ),
+    (
+        "tokenizer-negative-length",
+        lambda c: LmkeTokenizer(c.tok.tokenizer, ["a"], ["r"], max_relation_description_length=-1),
+        ValueError,
+        r"max_relation_description_length.*-1",
+    ),
 ]
 
 
@@ -92,8 +168,14 @@ def test_errors_name_the_value_and_the_fix(name, action, error, match, tok):
 
 def test_tokenizer_accepts_lengths_that_fit_exactly(tok):
     # longest triple: 5 + 2 * 29 + 1 = 64 tokens = model_max_length
-    t = LmkeTokenizer(tok.tokenizer, ["a"], ["r"], max_entity_description_length=29,
-                      max_relation_description_length=1, max_key_description_length=10)
+    t = LmkeTokenizer(
+        tok.tokenizer,
+        ["a"],
+        ["r"],
+        max_entity_description_length=29,
+        max_relation_description_length=1,
+        max_key_description_length=10,
+    )
     assert t.max_entity_description_length == 29
 
 
@@ -116,7 +198,10 @@ def test_tokenizer_builds_many_triples_for_a_large_kg(tok):
     triples = big.encode_triples(h, r, t)
     batch = big.pad(triples)
     assert batch["input_ids"].shape[0] == n_triples
-    assert batch["input_ids"].shape[1] <= 5 + 2 * LENGTHS["max_entity_description_length"] + LENGTHS["max_relation_description_length"]
+    assert (
+        batch["input_ids"].shape[1]
+        <= 5 + 2 * LENGTHS["max_entity_description_length"] + LENGTHS["max_relation_description_length"]
+    )
     assert int(batch["input_ids"].max()) < big.total_vocab_size
     ids = batch["input_ids"]
     assert (ids[:, 1] - big.entity_token_offset).tolist() == h.tolist()
@@ -130,7 +215,9 @@ def test_entity_row_and_relation_row_take_ids_names_and_rows(tok):
     assert tok.entity_row("new paris") == 6 and tok.relation_row("located in") == 1 == tok.relation_row("P1")
     with pytest.raises(KeyError, match=r"Unknown entity 'pariss': .*7 entities\. Did you mean 'paris'.*add_entities"):
         tok.entity_row("pariss")
-    with pytest.raises(KeyError, match=r"Unknown relation 'capital off'.*Did you mean 'capital of'.*fixed at training time"):
+    with pytest.raises(
+        KeyError, match=r"Unknown relation 'capital off'.*Did you mean 'capital of'.*fixed at training time"
+    ):
         tok.relation_row("capital off")
     with pytest.raises(TypeError, match="by its id or name .* got 1.5"):
         tok.entity_row(1.5)

@@ -26,8 +26,11 @@ NUMERIC = ["10", "2", "0", "00260881", NFC_ID, "Q_paris"]
 @pytest.fixture
 def tok(tiny_bert_dir) -> LmkeTokenizer:
     return LmkeTokenizer(
-        AutoTokenizer.from_pretrained(tiny_bert_dir), NUMERIC, ["born_in", "capital_of"],
-        entity_names=["ten", "two", "zero", "stool", "cafe", "paris"], relation_names=["born in", "capital of"],
+        AutoTokenizer.from_pretrained(tiny_bert_dir),
+        NUMERIC,
+        ["born_in", "capital_of"],
+        entity_names=["ten", "two", "zero", "stool", "cafe", "paris"],
+        relation_names=["born in", "capital of"],
         **LENGTHS,
     )
 

@@ -95,7 +95,9 @@ def test_clmke_saved_model_and_tokenizer_load(clmke_run):
 
 def test_clmke_final_model_is_the_best_one_kept_with_keep_best(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
     out = tmp_path / "run"
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--keep_best")))
+    clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--keep_best"))
+    )
     model = ClmkeForLinkPrediction.from_pretrained(out)
     best = ClmkeForLinkPrediction.from_pretrained(out / "best")  # the best by validation MRR, as the loop saved it
     for (name, a), (_, b) in zip(model.state_dict().items(), best.state_dict().items()):
@@ -136,20 +138,36 @@ def test_lmke_end_to_end(lmke_run):
     model.check_tokenizer(tokenizer)
 
 
-def test_lmke_loop_sets_each_epochs_negatives_also_after_a_resume(lmke_script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch):
+def test_lmke_loop_sets_each_epochs_negatives_also_after_a_resume(
+    lmke_script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch
+):
     """40 positives + 40 negatives in batches of 4: 20 steps per epoch. The loop calls set_epoch(0), (1); a run
     resumed at step 21 starts with set_epoch(1), so it trains on epoch 1's negatives; the card says which."""
     from lmke_hf.features import TrainingTriples
 
     calls = []
     original = TrainingTriples.set_epoch
-    monkeypatch.setattr(TrainingTriples, "set_epoch", lambda self, epoch: (calls.append(epoch), original(self, epoch))[1])
+    monkeypatch.setattr(
+        TrainingTriples, "set_epoch", lambda self, epoch: (calls.append(epoch), original(self, epoch))[1]
+    )
     out = tmp_path / "run"
-    flags = ("--lr_scheduler_type", "constant", "--checkpointing_steps", 21, "--eval_max_queries", 4, "--resample_negatives")
+    flags = (
+        "--lr_scheduler_type",
+        "constant",
+        "--checkpointing_steps",
+        21,
+        "--eval_max_queries",
+        4,
+        "--resample_negatives",
+    )
     lmke_script.main(lmke_script.parse_args(_common(kg_dir, tiny_bert_dir, out, "--max_train_steps", 21, *flags)))
     assert [e for i, e in enumerate(calls) if i == 0 or calls[i - 1] != e] == [0, 1]  # repeated calls are no-ops
     calls.clear()
-    lmke_script.main(lmke_script.parse_args(_common(kg_dir, tiny_bert_dir, out, "--max_train_steps", 22, "--resume_from_checkpoint", "latest", *flags)))
+    lmke_script.main(
+        lmke_script.parse_args(
+            _common(kg_dir, tiny_bert_dir, out, "--max_train_steps", 22, "--resume_from_checkpoint", "latest", *flags)
+        )
+    )
     assert calls[0] == 0 and set(calls[1:]) == {1}
     assert "drawn anew each epoch" in (out / "README.md").read_text()
 
@@ -161,13 +179,30 @@ def test_resume_mid_epoch_is_exact_without_dropout(clmke_script, kg_dir, no_drop
     """Data order (skip_first_batches), optimizer, scheduler and step count survive a mid-epoch resume:
     6 uninterrupted steps == 4 steps + resume ('latest') + 2 steps."""
     run_a, run_b = tmp_path / "A", tmp_path / "B"
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 6, *RESUME_FLAGS)))
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 4, *RESUME_FLAGS)))
-    _assert_same_weights(run_a / "checkpoints/step_4/model.safetensors", run_b / "checkpoints/step_4/model.safetensors", atol=0.0)
+    clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 6, *RESUME_FLAGS))
+    )
+    clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 4, *RESUME_FLAGS))
+    )
+    _assert_same_weights(
+        run_a / "checkpoints/step_4/model.safetensors", run_b / "checkpoints/step_4/model.safetensors", atol=0.0
+    )
     assert not (run_b / "checkpoints/step_6").exists()
-    results = clmke_script.main(clmke_script.parse_args(
-        _clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 6, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
-    ))
+    results = clmke_script.main(
+        clmke_script.parse_args(
+            _clmke_argv(
+                kg_dir,
+                no_dropout_encoder,
+                run_b,
+                "--max_train_steps",
+                6,
+                "--resume_from_checkpoint",
+                "latest",
+                *RESUME_FLAGS,
+            )
+        )
+    )
     assert results["completed_steps"] == 6
     assert json.loads((run_b / "checkpoints/step_6/trainer_state.json").read_text())["completed_steps"] == 6
     assert _steps_differ(run_a / "checkpoints/step_4/model.safetensors", run_a / "checkpoints/step_6/model.safetensors")
@@ -178,11 +213,26 @@ def test_resume_mid_epoch_is_exact_with_dropout(clmke_script, clmke_run, kg_dir,
     """Run A (clmke_run: 6 steps, dropout on) == run B (4 steps) + run C (resume from B's step_4, to 6 steps)."""
     run_a, _ = clmke_run
     run_b, run_c = tmp_path / "B", tmp_path / "C"
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, run_b, "--max_train_steps", 4, *RESUME_FLAGS)))
-    _assert_same_weights(run_a / "checkpoints/step_4/model.safetensors", run_b / "checkpoints/step_4/model.safetensors", atol=0.0)
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(
-        kg_dir, tiny_bert_dir, run_c, "--max_train_steps", 6, "--resume_from_checkpoint", run_b / "checkpoints" / "step_4", *RESUME_FLAGS
-    )))
+    clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, run_b, "--max_train_steps", 4, *RESUME_FLAGS))
+    )
+    _assert_same_weights(
+        run_a / "checkpoints/step_4/model.safetensors", run_b / "checkpoints/step_4/model.safetensors", atol=0.0
+    )
+    clmke_script.main(
+        clmke_script.parse_args(
+            _clmke_argv(
+                kg_dir,
+                tiny_bert_dir,
+                run_c,
+                "--max_train_steps",
+                6,
+                "--resume_from_checkpoint",
+                run_b / "checkpoints" / "step_4",
+                *RESUME_FLAGS,
+            )
+        )
+    )
     assert sorted(p.name for p in (run_c / "checkpoints").iterdir()) == ["step_6"]
     _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_c / "checkpoints/step_6/model.safetensors")
 
@@ -191,13 +241,32 @@ def test_resume_in_a_later_epoch_is_exact(clmke_script, kg_dir, no_dropout_encod
     """A resume in epoch 1 (step 24 of 20-step epochs) continues epoch 1's shuffle order, not epoch 0's:
     26 uninterrupted steps == 24 steps + resume + 2 steps."""
     run_a, run_b = tmp_path / "A", tmp_path / "B"
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 26, *RESUME_FLAGS)))
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 24, *RESUME_FLAGS)))
-    _assert_same_weights(run_a / "checkpoints/step_24/model.safetensors", run_b / "checkpoints/step_24/model.safetensors", atol=0.0)
-    clmke_script.main(clmke_script.parse_args(
-        _clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 26, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
-    ))
-    _assert_same_weights(run_a / "checkpoints/step_26/model.safetensors", run_b / "checkpoints/step_26/model.safetensors")
+    clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 26, *RESUME_FLAGS))
+    )
+    clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 24, *RESUME_FLAGS))
+    )
+    _assert_same_weights(
+        run_a / "checkpoints/step_24/model.safetensors", run_b / "checkpoints/step_24/model.safetensors", atol=0.0
+    )
+    clmke_script.main(
+        clmke_script.parse_args(
+            _clmke_argv(
+                kg_dir,
+                no_dropout_encoder,
+                run_b,
+                "--max_train_steps",
+                26,
+                "--resume_from_checkpoint",
+                "latest",
+                *RESUME_FLAGS,
+            )
+        )
+    )
+    _assert_same_weights(
+        run_a / "checkpoints/step_26/model.safetensors", run_b / "checkpoints/step_26/model.safetensors"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ 3. two processes
@@ -232,7 +301,13 @@ def cross_device(kg_dir, tiny_bert_dir, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("dist")
     kg = load_kg(str(kg_dir))
-    tokenizer = LmkeTokenizer.from_kg(str(tiny_bert_dir), kg, max_entity_description_length=8, max_relation_description_length=4, max_key_description_length=8)
+    tokenizer = LmkeTokenizer.from_kg(
+        str(tiny_bert_dir),
+        kg,
+        max_entity_description_length=8,
+        max_relation_description_length=4,
+        max_key_description_length=8,
+    )
     torch.manual_seed(0)
     model = ClmkeForLinkPrediction.from_encoder_pretrained(str(tiny_bert_dir), tokenizer)
     model.set_entity_degrees(kg.degrees(["train"]))
@@ -240,7 +315,9 @@ def cross_device(kg_dir, tiny_bert_dir, tmp_path_factory):
 
     examples = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer)
     rows = [0, 1, 2, 12, 40, 41, 13, 52]  # tail and head queries on both halves; shared answers -> multi-label rows
-    collator = ClmkeCollator(tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head"))
+    collator = ClmkeCollator(
+        tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head")
+    )
     batch = collator([examples[i] for i in rows])
     torch.save(batch, work / "batch.pt")
 
@@ -248,10 +325,15 @@ def cross_device(kg_dir, tiny_bert_dir, tmp_path_factory):
     out = reference(**batch)
     out.loss.backward()
     ref = {
-        "logits": out.logits.detach(), "labels": out.labels.detach(), "loss": out.loss.detach(),
-        "key_entity_ids": out.key_entity_ids, "grads": {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None},
+        "logits": out.logits.detach(),
+        "labels": out.labels.detach(),
+        "loss": out.loss.detach(),
+        "key_entity_ids": out.key_entity_ids,
+        "grads": {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None},
     }
-    _spawn(run_worker, (2, _free_port(), str(work / "model"), str(work / "batch.pt"), str(work)), nprocs=2, timeout=600)  # a hang guard: generous, the 2 workers take ~20 s on a quiet machine
+    _spawn(
+        run_worker, (2, _free_port(), str(work / "model"), str(work / "batch.pt"), str(work)), nprocs=2, timeout=600
+    )  # a hang guard: generous, the 2 workers take ~20 s on a quiet machine
     ranks = [torch.load(work / f"rank{r}.pt") for r in range(2)]
     return ref, ranks
 
@@ -317,7 +399,12 @@ def _argv(script, kg_dir, encoder, output_dir, *extra):
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--lr_scheduler_type", "foo"), ("--checkpointing_steps", "foo"), ("--checkpointing_steps", "0"), ("--checkpointing_steps", "-2")],
+    [
+        ("--lr_scheduler_type", "foo"),
+        ("--checkpointing_steps", "foo"),
+        ("--checkpointing_steps", "0"),
+        ("--checkpointing_steps", "-2"),
+    ],
 )
 def test_bad_flag_values_stop_argparse(script, kg_dir, tiny_bert_dir, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as info:
@@ -330,18 +417,41 @@ def test_bad_flag_values_stop_argparse(script, kg_dir, tiny_bert_dir, tmp_path, 
 # every numeric flag is range-checked at parse time (before the data or the encoder is loaded): e.g. a negative
 # --max_grad_norm used to train by gradient ascent, --eval_max_queries 0 failed only after a whole epoch
 OUT_OF_RANGE = [
-    ("--max_train_steps", "0"), ("--per_device_train_batch_size", "0"), ("--gradient_accumulation_steps", "0"),
-    ("--cpu_threads", "0"), ("--checkpoints_total_limit", "0"), ("--max_grad_norm", "-1"), ("--max_grad_norm", "nan"),
-    ("--eval_max_queries", "0"), ("--eval_max_queries", "-1"), ("--learning_rate", "0"), ("--learning_rate", "-0.00001"),
-    ("--head_learning_rate", "inf"), ("--weight_decay", "-0.1"), ("--num_train_epochs", "0"), ("--num_warmup_steps", "-3"),
-    ("--per_device_eval_batch_size", "0"), ("--max_entity_description_length", "-1"), ("--max_relation_description_length", "-2"),
-    ("--seed", "-1"), ("--encoder_layers", "0"), ("--eval_steps", "0"), ("--num_proc", "0"), ("--warmup_ratio", "2"),
+    ("--max_train_steps", "0"),
+    ("--per_device_train_batch_size", "0"),
+    ("--gradient_accumulation_steps", "0"),
+    ("--cpu_threads", "0"),
+    ("--checkpoints_total_limit", "0"),
+    ("--max_grad_norm", "-1"),
+    ("--max_grad_norm", "nan"),
+    ("--eval_max_queries", "0"),
+    ("--eval_max_queries", "-1"),
+    ("--learning_rate", "0"),
+    ("--learning_rate", "-0.00001"),
+    ("--head_learning_rate", "inf"),
+    ("--weight_decay", "-0.1"),
+    ("--num_train_epochs", "0"),
+    ("--num_warmup_steps", "-3"),
+    ("--per_device_eval_batch_size", "0"),
+    ("--max_entity_description_length", "-1"),
+    ("--max_relation_description_length", "-2"),
+    ("--seed", "-1"),
+    ("--encoder_layers", "0"),
+    ("--eval_steps", "0"),
+    ("--num_proc", "0"),
+    ("--warmup_ratio", "2"),
     ("--learning_rate", "fast"),
 ]
 CLMKE_OUT_OF_RANGE = [
-    ("--adversarial_temperature", "nan"), ("--adversarial_temperature", "-1"), ("--max_negatives_per_query", "0"),
-    ("--max_key_description_length", "-1"), ("--matcher_hidden_size", "0"), ("--infonce_temperature", "0"),
-    ("--infonce_margin", "nan"), ("--key_queue_size", "-1"), ("--freeze_layers", "-1"),
+    ("--adversarial_temperature", "nan"),
+    ("--adversarial_temperature", "-1"),
+    ("--max_negatives_per_query", "0"),
+    ("--max_key_description_length", "-1"),
+    ("--matcher_hidden_size", "0"),
+    ("--infonce_temperature", "0"),
+    ("--infonce_margin", "nan"),
+    ("--key_queue_size", "-1"),
+    ("--freeze_layers", "-1"),
 ]
 
 
@@ -365,7 +475,9 @@ def test_out_of_range_clmke_numbers_stop_argparse(clmke_script, kg_dir, tiny_ber
 def test_non_bert_encoder_folder_stops(script, kg_dir, tmp_path):
     gpt2 = tmp_path / "gpt2_tiny"
     gpt2.mkdir()
-    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 50}))
+    (gpt2 / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 50})
+    )
     with pytest.raises(UsageError) as info:
         script.parse_args(_argv(script, kg_dir, gpt2, tmp_path / "out"))
     message = str(info.value)
@@ -417,7 +529,9 @@ def test_dataset_without_dev_split_stops_before_training(script, tiny_bert_dir, 
 
 def test_clmke_batch_larger_than_training_set_stops(clmke_script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch):
     _forbid_training(monkeypatch, clmke_script)
-    args = clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "out", "--per_device_train_batch_size", 1000))
+    args = clmke_script.parse_args(
+        _clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "out", "--per_device_train_batch_size", 1000)
+    )
     with pytest.raises(UsageError) as info:
         clmke_script.main(args)
     assert "1000" in str(info.value) and str(2 * len(TRAIN)) in str(info.value)
@@ -433,7 +547,9 @@ def test_stored_degrees_are_training_degrees(clmke_run, kg_dir):
     expected = kg.degrees(["train"])
     np.testing.assert_array_equal(expected, train_degrees())
     np.testing.assert_array_equal(model.entity_degrees.numpy(), expected.astype(np.float32))
-    assert not np.array_equal(model.entity_degrees.numpy(), kg.degrees(["train", "validation", "test"]).astype(np.float32))
+    assert not np.array_equal(
+        model.entity_degrees.numpy(), kg.degrees(["train", "validation", "test"]).astype(np.float32)
+    )
     # the checkpoints carry the same buffer
     state = load_file(str(out / "checkpoints" / "step_6" / "model.safetensors"))
     np.testing.assert_array_equal(state["entity_degrees"].numpy(), expected.astype(np.float32))
@@ -441,13 +557,29 @@ def test_stored_degrees_are_training_degrees(clmke_run, kg_dir):
 
 def test_checkpoints_total_limit_keeps_the_newest(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
     out = tmp_path / "run"
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 6, "--checkpointing_steps", 2, "--checkpoints_total_limit", 2)))
+    clmke_script.main(
+        clmke_script.parse_args(
+            _clmke_argv(
+                kg_dir,
+                tiny_bert_dir,
+                out,
+                "--max_train_steps",
+                6,
+                "--checkpointing_steps",
+                2,
+                "--checkpoints_total_limit",
+                2,
+            )
+        )
+    )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4", "step_6"]
 
 
 def test_clmke_trains_with_self_negatives(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
     out = tmp_path / "run"
-    results = clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--self_negatives")))
+    results = clmke_script.main(
+        clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--self_negatives"))
+    )
     assert math.isfinite(results["test_mrr"]) and results["completed_steps"] == 2
     assert json.loads((out / "training_args.json").read_text())["args"]["self_negatives"] is True
 
@@ -460,9 +592,13 @@ def test_resume_keeps_validation_history_and_training_time(clmke_script, kg_dir,
     clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 21, *flags)))
     state = json.loads((out / "checkpoints" / "step_21" / "trainer_state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == [0] and state["train_runtime_s"] > 0
-    results = clmke_script.main(clmke_script.parse_args(
-        _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 22, "--resume_from_checkpoint", "latest", *flags)
-    ))
+    results = clmke_script.main(
+        clmke_script.parse_args(
+            _clmke_argv(
+                kg_dir, tiny_bert_dir, out, "--max_train_steps", 22, "--resume_from_checkpoint", "latest", *flags
+            )
+        )
+    )
     assert results["train_runtime_s"] > state["train_runtime_s"]
     history = json.loads((out / "train_history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1] and [h["step"] for h in history] == [20, 22]
@@ -476,9 +612,13 @@ def test_checkpoint_on_an_epochs_last_step_holds_its_validation(clmke_script, kg
     clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 20, *flags)))
     state = json.loads((out / "checkpoints" / "step_20" / "trainer_state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == [0] and state["best"]["epoch"] == 0
-    clmke_script.main(clmke_script.parse_args(
-        _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 22, "--resume_from_checkpoint", "latest", *flags)
-    ))
+    clmke_script.main(
+        clmke_script.parse_args(
+            _clmke_argv(
+                kg_dir, tiny_bert_dir, out, "--max_train_steps", 22, "--resume_from_checkpoint", "latest", *flags
+            )
+        )
+    )
     history = json.loads((out / "train_history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1] and [h["step"] for h in history] == [20, 22]
 
@@ -501,13 +641,21 @@ def test_a_resumed_runs_card_names_its_first_command(clmke_script, kg_dir, tiny_
 
 def test_resume_from_a_checkpoint_without_timing_reports_unknown_time(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
     out = tmp_path / "run"
-    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--checkpointing_steps", 2)))
+    clmke_script.main(
+        clmke_script.parse_args(
+            _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, "--checkpointing_steps", 2)
+        )
+    )
     path = out / "checkpoints" / "step_2" / "trainer_state.json"
     state = json.loads(path.read_text())
-    path.write_text(json.dumps({"completed_steps": state["completed_steps"], "best": state["best"]}))  # an older checkpoint
-    results = clmke_script.main(clmke_script.parse_args(
-        _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 3, "--resume_from_checkpoint", "latest")
-    ))
+    path.write_text(
+        json.dumps({"completed_steps": state["completed_steps"], "best": state["best"]})
+    )  # an older checkpoint
+    results = clmke_script.main(
+        clmke_script.parse_args(
+            _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 3, "--resume_from_checkpoint", "latest")
+        )
+    )
     assert results["train_runtime_s"] is None and results["completed_steps"] == 3
     assert "Training time" not in (out / "README.md").read_text()
 
@@ -515,7 +663,11 @@ def test_resume_from_a_checkpoint_without_timing_reports_unknown_time(clmke_scri
 @pytest.mark.parametrize(
     "env, threads, expected",
     [
-        ({"ACCELERATE_MIXED_PRECISION": "no", "OMP_NUM_THREADS": "1"}, None, "all"),  # accelerate launch's pin is undone
+        (
+            {"ACCELERATE_MIXED_PRECISION": "no", "OMP_NUM_THREADS": "1"},
+            None,
+            "all",
+        ),  # accelerate launch's pin is undone
         ({"OMP_NUM_THREADS": "1"}, None, "kept"),  # the user's own setting stays
         ({}, None, "all"),
         ({"ACCELERATE_MIXED_PRECISION": "no"}, 1, 1),  # --cpu_threads wins

@@ -28,13 +28,21 @@ def _keywords(argv: list[str]) -> dict:
     return out
 
 
-@pytest.mark.parametrize("cls, module", [(ClmkeTrainingArguments, "train_clmke"), (LmkeTrainingArguments, "train_lmke")])
-def test_every_flag_is_a_field_with_help_and_the_command_line_parses_into_the_dataclass(cls, module, kg_dir, tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize(
+    "cls, module", [(ClmkeTrainingArguments, "train_clmke"), (LmkeTrainingArguments, "train_lmke")]
+)
+def test_every_flag_is_a_field_with_help_and_the_command_line_parses_into_the_dataclass(
+    cls, module, kg_dir, tiny_bert_dir, tmp_path
+):
     parser = _load_script(module).build_parser()
     flags = {a.dest for a in parser._actions if a.dest != "help"}
     assert flags == {f.name for f in dataclasses.fields(cls)}
     assert all(f.metadata.get("help") for f in dataclasses.fields(cls))
-    argv = _clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "o") if module == "train_clmke" else _common(kg_dir, tiny_bert_dir, tmp_path / "o")
+    argv = (
+        _clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "o")
+        if module == "train_clmke"
+        else _common(kg_dir, tiny_bert_dir, tmp_path / "o")
+    )
     parsed = _load_script(module).parse_args(argv + ["--warmup_ratio", "0.1", "--checkpointing_steps", "3"])
     assert type(parsed) is cls
     built = cls(**{k: v for k, v in _keywords(argv).items()}, warmup_ratio=0.1, checkpointing_steps=3)
@@ -42,16 +50,19 @@ def test_every_flag_is_a_field_with_help_and_the_command_line_parses_into_the_da
     assert parsed.per_device_train_batch_size == 4 and parsed.checkpointing_steps == "3" and parsed.no_progress is True
 
 
-@pytest.mark.parametrize("keywords, message", [
-    ({"learning_rate": 0}, "--learning_rate: must be > 0, got 0"),
-    ({"num_train_epochs": 2.5}, "--num_train_epochs: expected an integer, got '2.5'"),
-    ({"warmup_ratio": 1.5}, "--warmup_ratio: must be <= 1, got 1.5"),
-    ({"checkpointing_steps": 0}, "--checkpointing_steps must be a positive integer or 'epoch', got '0'"),
-    ({"mixed_precision": "bf8"}, "--mixed_precision 'bf8' is not one of ['no', 'bf16', 'fp16']"),
-    ({"scorer": "dot"}, "--scorer 'dot' is not one of ['matcher', 'cosine']"),
-    ({"self_negatives": "yes"}, "--self_negatives is a switch: give True or False, got 'yes'"),
-    ({"freeze_layers": 3, "encoder_layers": 2}, "--freeze_layers 3 exceeds --encoder_layers 2"),
-])
+@pytest.mark.parametrize(
+    "keywords, message",
+    [
+        ({"learning_rate": 0}, "--learning_rate: must be > 0, got 0"),
+        ({"num_train_epochs": 2.5}, "--num_train_epochs: expected an integer, got '2.5'"),
+        ({"warmup_ratio": 1.5}, "--warmup_ratio: must be <= 1, got 1.5"),
+        ({"checkpointing_steps": 0}, "--checkpointing_steps must be a positive integer or 'epoch', got '0'"),
+        ({"mixed_precision": "bf8"}, "--mixed_precision 'bf8' is not one of ['no', 'bf16', 'fp16']"),
+        ({"scorer": "dot"}, "--scorer 'dot' is not one of ['matcher', 'cosine']"),
+        ({"self_negatives": "yes"}, "--self_negatives is a switch: give True or False, got 'yes'"),
+        ({"freeze_layers": 3, "encoder_layers": 2}, "--freeze_layers 3 exceeds --encoder_layers 2"),
+    ],
+)
 def test_a_bad_value_given_in_python_raises_usage_error_naming_the_flag(keywords, message):
     with pytest.raises(UsageError) as info:
         ClmkeTrainingArguments(dataset="umls", output_dir="out", **keywords)
@@ -62,7 +73,9 @@ def test_required_arguments_and_the_default_encoder():
     with pytest.raises(TypeError, match="dataset"):
         ClmkeTrainingArguments(output_dir="out")
     args = KgTrainingArguments(dataset="umls", output_dir="out")
-    assert args.encoder == arguments_parser(KgTrainingArguments).get_default("encoder")  # the offline MiniLM when installed
+    assert args.encoder == arguments_parser(KgTrainingArguments).get_default(
+        "encoder"
+    )  # the offline MiniLM when installed
     assert args.to_dict()["dataset"] == "umls" and "output_dir" in args.to_dict()
 
 
@@ -76,7 +89,9 @@ def test_check_inputs_names_a_folder_that_is_no_encoder(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_training_from_python_equals_the_command_line_and_leaves_the_arguments_as_given(kg_dir, no_dropout_encoder, tmp_path):
+def test_training_from_python_equals_the_command_line_and_leaves_the_arguments_as_given(
+    kg_dir, no_dropout_encoder, tmp_path
+):
     script = _load_script("train_clmke")
     flags = ["--max_train_steps", "3", "--warmup_ratio", "0.5", "--lr_scheduler_type", "linear"]
     by_cli = script.main(script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, tmp_path / "cli", *flags)))
@@ -98,10 +113,14 @@ def test_transformers_hf_argument_parser_reads_the_dataclass(tmp_path):
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(ClmkeTrainingArguments)
-    (args,) = parser.parse_args_into_dataclasses(["--dataset", "umls", "--output_dir", "o", "--self_negatives", "--learning_rate", "2e-4", "--scorer", "cosine"])
+    (args,) = parser.parse_args_into_dataclasses(
+        ["--dataset", "umls", "--output_dir", "o", "--self_negatives", "--learning_rate", "2e-4", "--scorer", "cosine"]
+    )
     assert args.self_negatives is True and args.learning_rate == 2e-4 and args.scorer == "cosine"
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"dataset": "wn18rr", "output_dir": "o", "max_train_steps": 100, "mixed_precision": "bf16"}))
+    path.write_text(
+        json.dumps({"dataset": "wn18rr", "output_dir": "o", "max_train_steps": 100, "mixed_precision": "bf16"})
+    )
     (args,) = parser.parse_json_file(str(path))
     assert args.max_train_steps == 100 and args.mixed_precision == "bf16"
     path.write_text(json.dumps({"dataset": "wn18rr", "output_dir": "o", "max_train_steps": 0}))
@@ -120,7 +139,11 @@ def test_description_lengths_the_paper_s_in_config_and_tokenizer_shorter_in_trai
     tokenizer = inspect.signature(LmkeTokenizer.__init__).parameters
     clmke = inspect.signature(ClmkeConfig.__init__).parameters
     lmke = inspect.signature(LmkeConfig.__init__).parameters
-    paper = {"max_entity_description_length": 241, "max_relation_description_length": 16, "max_key_description_length": 508}
+    paper = {
+        "max_entity_description_length": 241,
+        "max_relation_description_length": 16,
+        "max_key_description_length": 508,
+    }
     assert {n: tokenizer[n].default for n in names} == {n: clmke[n].default for n in names} == paper
     assert {n: lmke[n].default for n in names[:2]} == {n: paper[n] for n in names[:2]}
     flags = {f.name: f for f in dataclasses.fields(ClmkeTrainingArguments)}

@@ -47,7 +47,16 @@ def test_typed_command_under_accelerate_launch_keeps_the_launchers_flags(monkeyp
     """The parent's command line (`/proc/<ppid>/cmdline`) holds what was typed, `--num_processes 1` included."""
     proc = tmp_path / "proc" / "4242"
     proc.mkdir(parents=True)
-    words = ["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", "--num_processes", "1", "examples/train_clmke.py", "--seed", "3"]
+    words = [
+        "/usr/bin/python3",
+        "/usr/local/bin/accelerate",
+        "launch",
+        "--num_processes",
+        "1",
+        "examples/train_clmke.py",
+        "--seed",
+        "3",
+    ]
     (proc / "cmdline").write_bytes("\0".join(words).encode() + b"\0")
     monkeypatch.setattr(arguments, "_PROC", str(tmp_path / "proc"))
     monkeypatch.setattr(arguments.os, "getppid", lambda: 4242)
@@ -94,7 +103,10 @@ def test_checkpoint_saves_log_one_line_not_accelerates_six(monkeypatch):
 
     monkeypatch.setattr(run, "keep_freed_memory", lambda: True)
     configure_process(types.SimpleNamespace(no_progress=False, cpu_threads=None, no_malloc_tuning=True))
-    assert all(logging.getLogger(n).getEffectiveLevel() == logging.WARNING for n in ("accelerate.checkpointing", "accelerate.accelerator"))
+    assert all(
+        logging.getLogger(n).getEffectiveLevel() == logging.WARNING
+        for n in ("accelerate.checkpointing", "accelerate.accelerator")
+    )
 
 
 @pytest.mark.parametrize("flag, tuned", [(False, True), (True, False)])
@@ -110,10 +122,19 @@ def test_malloc_tuning_is_on_by_default_on_cpu_and_a_flag_turns_it_off(flag, tun
 
 
 def test_summary_names_protocol_metrics_and_where_the_model_is():
-    summary = {"completed_steps": 1500, "train_runtime_s": 4002.0, "best_eval_mrr": 0.39712, "best_epoch": 1, "history": []}
+    summary = {
+        "completed_steps": 1500,
+        "train_runtime_s": 4002.0,
+        "best_eval_mrr": 0.39712,
+        "best_epoch": 1,
+        "history": [],
+    }
     results = {"test_mrr": 0.41734, "test_hits@1": 0.3019, "test_num_queries": 6268, "train_runtime_s": 4002.0}
     text = summary_text("C-LMKE", "wn18rr", results, summary, "mrr", "outputs/run", "filtered, realistic ranks")
-    assert text.splitlines()[0] == "C-LMKE on wn18rr: 1500 steps in 66.7 min of training (best validation mrr 0.3971 at epoch 1)."
+    assert (
+        text.splitlines()[0]
+        == "C-LMKE on wn18rr: 1500 steps in 66.7 min of training (best validation mrr 0.3971 at epoch 1)."
+    )
     assert "Test (filtered, realistic ranks): mrr 0.4173 | hits@1 0.3019 | num_queries 6268" in text
     assert "train_runtime_s" not in text and 'AutoModel.from_pretrained("outputs/run")' in text
 
@@ -133,7 +154,13 @@ def test_a_run_prints_its_summary_once_and_keeps_no_best_copy(tiny_bert_dir, tmp
 
 
 def _card(**kwargs) -> ModelCard:
-    fields = dict(task="link-prediction", dataset="wn18rr", results={"test_mrr": 0.4}, args={"encoder": MINILM_HUB_ID}, command="x")
+    fields = dict(
+        task="link-prediction",
+        dataset="wn18rr",
+        results={"test_mrr": 0.4},
+        args={"encoder": MINILM_HUB_ID},
+        command="x",
+    )
     return ModelCard(**{**fields, **kwargs})
 
 
@@ -180,7 +207,9 @@ def test_negative_subsampling_gets_a_seeded_generator(tiny_bert_dir, tmp_path, m
     # a fresh parse: the generator of the first run
     seen.clear()
     with pytest.raises(SystemExit):
-        script.main(script.parse_args(_clmke_argv(kg, tiny_bert_dir, tmp_path / "run9", "--max_negatives_per_query", "2")))
+        script.main(
+            script.parse_args(_clmke_argv(kg, tiny_bert_dir, tmp_path / "run9", "--max_negatives_per_query", "2"))
+        )
     assert isinstance(seen["generator"], torch.Generator) and seen["generator"].initial_seed() == 7  # --seed 7
 
 
@@ -211,7 +240,11 @@ def test_resuming_a_finished_run_starts_from_its_best_model(tiny_bert_dir, tmp_p
     assert not (out / "best").exists()
     weights = load_file(str(out / "model.safetensors"))
     (out / "all_results.json").write_text(json.dumps({**first, "best_eval_mrr": 2.0}))  # unbeatable: it must stay
-    again = script.main(script.parse_args(_clmke_argv(kg, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *flags)))
+    again = script.main(
+        script.parse_args(
+            _clmke_argv(kg, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *flags)
+        )
+    )
     assert again["best_eval_mrr"] == 2.0 and again["completed_steps"] == 4
     resumed = load_file(str(out / "model.safetensors"))
     assert all((weights[k] == resumed[k]).all() for k in weights)
@@ -233,7 +266,11 @@ def test_relation_corruption_draws_from_the_relations_training_pool(tmp_path):
     pools = {(r, p): set(train[train[:, 1] == r][:, 2 * p]) for r in range(kg.num_relations) for p in (0, 1)}
 
     def out_of_pool(corruption, seed):
-        rows = generate_negatives(kg, "train", seed=seed, corruption=corruption).to_pandas()[["head", "relation", "tail"]].to_numpy()
+        rows = (
+            generate_negatives(kg, "train", seed=seed, corruption=corruption)
+            .to_pandas()[["head", "relation", "tail"]]
+            .to_numpy()
+        )
         positives, negatives = rows[0::2], rows[1::2]
         known = {tuple(t) for t in train}
         assert not any(tuple(t) in known for t in negatives)

@@ -64,7 +64,9 @@ def test_a_fresh_run_refuses_a_folder_holding_a_run_unless_overwrite(script, kg_
     assert "--overwrite_output_dir" in str(info.value) and "checkpoints" in str(info.value)
     assert (out / "model.safetensors").read_bytes() == before  # nothing was touched
     _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 1, "--seed", 3, "--overwrite_output_dir")
-    assert not (out / "checkpoints" / "step_2").exists()  # the old run's checkpoints are gone, `latest` cannot find them
+    assert not (
+        out / "checkpoints" / "step_2"
+    ).exists()  # the old run's checkpoints are gone, `latest` cannot find them
     assert not list(out.glob(LOCK_FILE + "*"))  # the lock goes with the run
 
 
@@ -72,12 +74,27 @@ def test_a_resume_with_other_settings_stops_naming_each_flag(script, kg_dir, tin
     out = tmp_path / "run"
     _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 2, *RESUME_FLAGS)
     with pytest.raises(UsageError) as info:
-        _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest",
-               "--learning_rate", "3e-5", "--per_device_train_batch_size", 2, *RESUME_FLAGS)
+        _train(
+            script,
+            kg_dir,
+            tiny_bert_dir,
+            out,
+            "--max_train_steps",
+            4,
+            "--resume_from_checkpoint",
+            "latest",
+            "--learning_rate",
+            "3e-5",
+            "--per_device_train_batch_size",
+            2,
+            *RESUME_FLAGS,
+        )
     message = str(info.value)
     assert "--learning_rate" in message and "--per_device_train_batch_size" in message and "--seed" not in message
     # what may change (the length of the run) may change
-    results = _train(script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+    results = _train(
+        script, kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS
+    )
     assert results["completed_steps"] == 4
 
 
@@ -91,19 +108,41 @@ def test_a_run_that_fails_before_training_leaves_no_folder(script, kg_dir, tiny_
     assert not out.exists()
 
 
-def test_latest_skips_a_damaged_checkpoint_with_a_warning_and_names_a_damaged_explicit_one(script, kg_dir, no_dropout_encoder, tmp_path):  # noqa: F811
+def test_latest_skips_a_damaged_checkpoint_with_a_warning_and_names_a_damaged_explicit_one(
+    script, kg_dir, no_dropout_encoder, tmp_path
+):  # noqa: F811
     out = tmp_path / "run"
     _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, *RESUME_FLAGS)
     (out / "checkpoints" / "step_4" / "trainer_state.json").write_text("{broken")
     (out / "checkpoints" / "step_6.partial").mkdir()  # an interrupted save
     with pytest.warns(UserWarning, match="Skipping damaged checkpoint .*step_4"):
-        results = _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 6, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+        results = _train(
+            script,
+            kg_dir,
+            no_dropout_encoder,
+            out,
+            "--max_train_steps",
+            6,
+            "--resume_from_checkpoint",
+            "latest",
+            *RESUME_FLAGS,
+        )
     assert results["completed_steps"] == 6
     assert not (out / "checkpoints" / "step_6.partial").exists()
     assert json.loads((out / "checkpoints" / "step_6" / "trainer_state.json").read_text())["completed_steps"] == 6
     (out / "checkpoints" / "step_6" / "optimizer.bin").unlink()
     with pytest.raises(UsageError) as info:
-        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 8, "--resume_from_checkpoint", out / "checkpoints" / "step_6", *RESUME_FLAGS)
+        _train(
+            script,
+            kg_dir,
+            no_dropout_encoder,
+            out,
+            "--max_train_steps",
+            8,
+            "--resume_from_checkpoint",
+            out / "checkpoints" / "step_6",
+            *RESUME_FLAGS,
+        )
     assert "step_6" in str(info.value) and "optimizer.bin" in str(info.value)
 
 
@@ -112,7 +151,17 @@ def test_a_resume_without_random_states_warns_that_it_is_not_exact(script, kg_di
     _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 2, *RESUME_FLAGS)
     (out / "checkpoints" / "step_2" / "random_states_0.pkl").unlink()
     with pytest.warns(UserWarning, match="NOT exactly reproducible"):
-        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *RESUME_FLAGS)
+        _train(
+            script,
+            kg_dir,
+            no_dropout_encoder,
+            out,
+            "--max_train_steps",
+            4,
+            "--resume_from_checkpoint",
+            "latest",
+            *RESUME_FLAGS,
+        )
     state = json.loads((out / "checkpoints" / "step_4" / "trainer_state.json").read_text())
     assert state["exact_resume"] is False
     assert "Not exactly reproducible" in (out / "README.md").read_text()

@@ -32,16 +32,34 @@ INDEX_FILES = ("entity_index",)  # what an index folder may already hold
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     a = parser.add_argument
     a("--model", required=True, help="Saved output folder or Hub repo id of a trained C-LMKE model.")
     a("--revision", default=None, help="Hub revision of --model.")
     a("--token", default=None, help="Hub token for private repos.")
-    a("--output_dir", default=None, help="Where the index goes (default: the model's own folder; required for a Hub model).")
-    a("--dtype", default="float32", choices=sorted(STORAGE_DTYPES), help="Storage dtype of the keys (scores are computed in fp32).")
+    a(
+        "--output_dir",
+        default=None,
+        help="Where the index goes (default: the model's own folder; required for a Hub model).",
+    )
+    a(
+        "--dtype",
+        default="float32",
+        choices=sorted(STORAGE_DTYPES),
+        help="Storage dtype of the keys (scores are computed in fp32).",
+    )
     a("--shard_size", type=POSITIVE_INT, default=DEFAULT_SHARD_SIZE, help="Entities per shard file.")
     a("--batch_size", type=POSITIVE_INT, default=256, help="Keys per forward pass.")
-    a("--faiss", default=None, choices=["flat", "ivf", "hnsw"], help="Also build and save a FAISS index (pip install \"lmke_hf[faiss]\").")
+    a(
+        "--faiss",
+        default=None,
+        choices=["flat", "ivf", "hnsw"],
+        help='Also build and save a FAISS index (pip install "lmke_hf[faiss]").',
+    )
     a("--export_numpy", default=None, help="Also write the keys as a (num_entities, hidden) float32 .npy file.")
     a("--rebuild", action="store_true", help="Encode again even where an index made by these weights exists.")
     a("--no_progress", action="store_true", help="No progress bar.")
@@ -85,16 +103,33 @@ def main(args: argparse.Namespace) -> dict:
     existing = None if args.rebuild else _index_by_these_weights(out, model)
     if existing is not None:
         index, built = existing, False
-        logger.info("%s already holds the index of these weights (%d entities): kept (--rebuild encodes again)", out, index.num_entities)
+        logger.info(
+            "%s already holds the index of these weights (%d entities): kept (--rebuild encodes again)",
+            out,
+            index.num_entities,
+        )
     else:
         index = EntityIndex.build(
-            model, tokenizer, batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype, save_directory=out,
-            accelerator=accelerator, progress=not args.no_progress and accelerator.is_main_process,
+            model,
+            tokenizer,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            dtype=args.dtype,
+            save_directory=out,
+            accelerator=accelerator,
+            progress=not args.no_progress and accelerator.is_main_process,
         )
         built = True
-    summary = {"model": args.model, "output_dir": str(out), "num_entities": index.num_entities, "hidden_size": index.hidden_size,
-               "dtype": str(index.dtype).replace("torch.", ""), "built": built, "encode_s": time.perf_counter() - start,
-               "files": sorted(p.name for p in out.iterdir() if p.name.startswith(INDEX_FILES) and p.suffix != ".py")}
+    summary = {
+        "model": args.model,
+        "output_dir": str(out),
+        "num_entities": index.num_entities,
+        "hidden_size": index.hidden_size,
+        "dtype": str(index.dtype).replace("torch.", ""),
+        "built": built,
+        "encode_s": time.perf_counter() - start,
+        "files": sorted(p.name for p in out.iterdir() if p.name.startswith(INDEX_FILES) and p.suffix != ".py"),
+    }
     if accelerator.is_main_process:
         if args.faiss:
             t0 = time.perf_counter()
@@ -102,7 +137,9 @@ def main(args: argparse.Namespace) -> dict:
             searcher.save(out / FAISS_FILE)
             summary.update(faiss=args.faiss, faiss_build_s=time.perf_counter() - t0, faiss_file=str(out / FAISS_FILE))
         if args.export_numpy:
-            array = np.lib.format.open_memmap(args.export_numpy, mode="w+", dtype=np.float32, shape=(index.num_entities, index.hidden_size))
+            array = np.lib.format.open_memmap(
+                args.export_numpy, mode="w+", dtype=np.float32, shape=(index.num_entities, index.hidden_size)
+            )
             for first, tile in index.tiles(65_536):
                 array[first : first + tile.shape[0]] = tile.float().cpu().numpy()
             array.flush()

@@ -42,22 +42,79 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model", required=True, help="Saved output folder or Hub repo id of a trained LMKE / C-LMKE model.")
     a("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
     a("--token", default=None, help="Hub token for private repos (default: the cached login).")
-    a("--dataset", required=True, help="KG: a short name (umls, wn18rr, fb15k-237, fb13, ...), a KG-BERT or prepared folder, or a Hub dataset id.")
+    a(
+        "--dataset",
+        required=True,
+        help="KG: a short name (umls, wn18rr, fb15k-237, fb13, ...), a KG-BERT or prepared folder, or a Hub dataset id.",
+    )
     a("--data_dir", default=None, help="Where short dataset names are looked up (default: $LMKE_HF_DATA_DIR).")
     a("--split", default="test", choices=["train", "validation", "test"], help="Split to evaluate.")
-    a("--output_dir", default=None, help="Where metrics are written (default: <model folder>/eval, else ./eval-<name>; never the training run's own test_metrics).")
-    a("--per_device_eval_batch_size", type=POSITIVE_INT, default=256, help="Queries / triples / entity keys per forward pass.")
-    a("--max_queries", type=POSITIVE_INT, default=None, help="Evaluate only the first N triples of the split (quick checks).")
-    a("--filter_splits", nargs="+", default=["train", "validation", "test"], help="Known true triples removed from the ranking (link prediction).")
-    a("--inductive_fraction", type=number(float, 0, 1, strict=True), default=None, help="Evaluate on the inductive split of --dataset (lmke_hf.kg.make_inductive_split): this share of its entities held out of training with all their triples. The model must have been trained on the same split (prepare --inductive_fraction); one that saw a held-out entity in training is refused.")
+    a(
+        "--output_dir",
+        default=None,
+        help="Where metrics are written (default: <model folder>/eval, else ./eval-<name>; never the training run's own test_metrics).",
+    )
+    a(
+        "--per_device_eval_batch_size",
+        type=POSITIVE_INT,
+        default=256,
+        help="Queries / triples / entity keys per forward pass.",
+    )
+    a(
+        "--max_queries",
+        type=POSITIVE_INT,
+        default=None,
+        help="Evaluate only the first N triples of the split (quick checks).",
+    )
+    a(
+        "--filter_splits",
+        nargs="+",
+        default=["train", "validation", "test"],
+        help="Known true triples removed from the ranking (link prediction).",
+    )
+    a(
+        "--inductive_fraction",
+        type=number(float, 0, 1, strict=True),
+        default=None,
+        help="Evaluate on the inductive split of --dataset (lmke_hf.kg.make_inductive_split): this share of its entities held out of training with all their triples. The model must have been trained on the same split (prepare --inductive_fraction); one that saw a held-out entity in training is refused.",
+    )
     a("--inductive_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the inductive split (as given to prepare).")
-    a("--directions", nargs="+", default=["tail", "head"], choices=["tail", "head"], help="Which entity to predict (link prediction).")
-    a("--reencode_entities", action="store_true", help="Encode all entity keys instead of using the checkpoint's entity_index.safetensors.")
-    a("--threshold_split", default="validation", choices=["train", "validation", "test"], help="Split on which triple-classification thresholds are tuned.")
-    a("--negatives_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the classification negatives of splits that ship none (train_lmke.py's default: 0).")
-    a("--score_bf16", action="store_true", help="Score all entities with bf16 matrix products (GPUs / CPUs with bf16 units; may change ties).")
+    a(
+        "--directions",
+        nargs="+",
+        default=["tail", "head"],
+        choices=["tail", "head"],
+        help="Which entity to predict (link prediction).",
+    )
+    a(
+        "--reencode_entities",
+        action="store_true",
+        help="Encode all entity keys instead of using the checkpoint's entity_index.safetensors.",
+    )
+    a(
+        "--threshold_split",
+        default="validation",
+        choices=["train", "validation", "test"],
+        help="Split on which triple-classification thresholds are tuned.",
+    )
+    a(
+        "--negatives_seed",
+        type=NON_NEGATIVE_INT,
+        default=0,
+        help="Seed of the classification negatives of splits that ship none (train_lmke.py's default: 0).",
+    )
+    a(
+        "--score_bf16",
+        action="store_true",
+        help="Score all entities with bf16 matrix products (GPUs / CPUs with bf16 units; may change ties).",
+    )
     a("--no_progress", action="store_true", help="No progress bars.")
-    a("--cpu_threads", type=POSITIVE_INT, default=None, help="Torch threads on CPU (default: every core this process may use; `accelerate launch` alone pins one).")
+    a(
+        "--cpu_threads",
+        type=POSITIVE_INT,
+        default=None,
+        help="Torch threads on CPU (default: every core this process may use; `accelerate launch` alone pins one).",
+    )
     return parser
 
 
@@ -75,9 +132,16 @@ def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: P
         if keys is not None:
             logger.info("using the checkpoint's entity index (%d keys)", keys.num_entities)
     evaluator = rank_link_prediction(
-        model, tokenizer, kg, args.split, filter_splits=tuple(args.filter_splits),
-        batch_size=args.per_device_eval_batch_size, max_queries=args.max_queries, directions=tuple(args.directions),
-        entity_embeddings=keys.to(accelerator.device) if keys is not None else None, accelerator=accelerator,
+        model,
+        tokenizer,
+        kg,
+        args.split,
+        filter_splits=tuple(args.filter_splits),
+        batch_size=args.per_device_eval_batch_size,
+        max_queries=args.max_queries,
+        directions=tuple(args.directions),
+        entity_embeddings=keys.to(accelerator.device) if keys is not None else None,
+        accelerator=accelerator,
         score_dtype=torch.bfloat16 if args.score_bf16 else None,
         progress=not args.no_progress and accelerator.is_main_process,
     )
@@ -89,7 +153,9 @@ def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: P
         metrics.update({f"{args.split}_{direction}_{k}": v for k, v in values.items()})
     tables = out_dir / f"{args.split}_metrics"
     evaluator.save(tables, relation_names=list(kg.relations["id"]))  # with every rank (ranks.npz / .csv)
-    plot_degree_buckets(evaluator.per_degree_bucket(), tables / "degree_buckets.png", title=f"C-LMKE on {kg.name} ({args.split})")
+    plot_degree_buckets(
+        evaluator.per_degree_bucket(), tables / "degree_buckets.png", title=f"C-LMKE on {kg.name} ({args.split})"
+    )
     return metrics
 
 
@@ -110,13 +176,17 @@ def check_never_trained_on(model, entities, kg) -> None:
 
 def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_dir: Path) -> dict:
     if args.threshold_split == args.split:
-        raise UsageError(f"--threshold_split {args.threshold_split} is the split being evaluated: the tuned accuracies would be tuned on the labels they are measured on; pick another split.")
+        raise UsageError(
+            f"--threshold_split {args.threshold_split} is the split being evaluated: the tuned accuracies would be tuned on the labels they are measured on; pick another split."
+        )
     kg = add_classification_negatives(kg, seed=args.negatives_seed)  # the same negatives train_lmke.py scored
 
     def labelled(split):
         triples, labels = kg.triples(split, positives_only=False), kg.labels(split)
         if (labels == 0).sum() == 0:
-            raise UsageError(f"Split {split!r} of {kg.name} has no negative triples, so accuracy is undefined; use validation or test.")
+            raise UsageError(
+                f"Split {split!r} of {kg.name} has no negative triples, so accuracy is undefined; use validation or test."
+            )
         return triples, labels
 
     triples, labels = labelled(args.split)
@@ -129,7 +199,10 @@ def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_
         return {}
     report = classification_report(scores, labels, triples[:, 1], tune_scores, tune_labels, tune_triples[:, 1])
     write_json(out_dir / f"{args.split}_thresholds.json", report.get("thresholds_per_relation", {}), default=float)
-    return {**{f"{args.split}_{k}": v for k, v in report.items() if not isinstance(v, dict)}, "num_examples": len(triples)}
+    return {
+        **{f"{args.split}_{k}": v for k, v in report.items() if not isinstance(v, dict)},
+        "num_examples": len(triples),
+    }
 
 
 def default_output_dir(model: str, source) -> Path:
@@ -156,9 +229,14 @@ def main(args) -> dict:
     with flag_errors("--model"):
         source = checkpoint_source(args.model)
     out_dir = default_output_dir(args.model, source) if args.output_dir is None else Path(args.output_dir)
-    inputs = {"--model": source if Path(source).is_dir() else None, "--data_dir": args.data_dir,
-              "--dataset": args.dataset if Path(args.dataset).exists() else None}
-    check_output_dir(out_dir, "evaluation", inputs=inputs, reuse=True)  # a new folder or one of earlier evaluations; never a run, data or other files
+    inputs = {
+        "--model": source if Path(source).is_dir() else None,
+        "--data_dir": args.data_dir,
+        "--dataset": args.dataset if Path(args.dataset).exists() else None,
+    }
+    check_output_dir(
+        out_dir, "evaluation", inputs=inputs, reuse=True
+    )  # a new folder or one of earlier evaluations; never a run, data or other files
     with flag_errors("--dataset"):
         local_folder(args.dataset)
         kg = load_kg(args.dataset, data_dir=args.data_dir)
@@ -179,21 +257,35 @@ def main(args) -> dict:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise UsageError(f"--output_dir {out_dir} is in use by another evaluation; wait for it or choose another folder.") from None
+            raise UsageError(
+                f"--output_dir {out_dir} is in use by another evaluation; wait for it or choose another folder."
+            ) from None
     try:
         # a split's files (results, tables, ranks, thresholds) are staged and swapped in together: two evaluations
         # never mix their files, and a crash leaves the previous complete set
-        with (FinalSave(out_dir) if accelerator.is_main_process else contextlib.nullcontext(out_dir)) as staging:
+        with FinalSave(out_dir) if accelerator.is_main_process else contextlib.nullcontext(out_dir) as staging:
             if isinstance(model, ClmkeForLinkPrediction):
-                task, results = "link-prediction", evaluate_link_prediction(args, accelerator, model, tokenizer, kg, staging)
+                task, results = (
+                    "link-prediction",
+                    evaluate_link_prediction(args, accelerator, model, tokenizer, kg, staging),
+                )
             elif isinstance(model, LmkeForTripleClassification):
-                task, results = "triple-classification", evaluate_triple_classification(args, accelerator, model, tokenizer, kg, staging)
+                task, results = (
+                    "triple-classification",
+                    evaluate_triple_classification(args, accelerator, model, tokenizer, kg, staging),
+                )
             else:  # load_model only returns the two
                 raise UsageError(f"--model {args.model!r}: unsupported model class {type(model).__name__}.")
             if accelerator.is_main_process:
                 results.update(
-                    model=args.model, revision=args.revision, dataset=kg.name, split=args.split, task=task,
-                    eval_runtime_s=time.perf_counter() - start, num_processes=accelerator.num_processes, device=str(accelerator.device),
+                    model=args.model,
+                    revision=args.revision,
+                    dataset=kg.name,
+                    split=args.split,
+                    task=task,
+                    eval_runtime_s=time.perf_counter() - start,
+                    num_processes=accelerator.num_processes,
+                    device=str(accelerator.device),
                 )
                 write_json(staging / f"{args.split}_results.json", results, indent=2, default=float)
     finally:

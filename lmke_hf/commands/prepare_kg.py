@@ -42,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="'auto' (longest description file available), 'name' (names only) or a text file name in the folder.",
     )
     parser.add_argument("--revision", default=None, help="Hub revision when name_or_path is a Hub repo id.")
-    parser.add_argument("--output_dir", "--output-dir", required=True, help="Folder to write the prepared dataset into.")
+    parser.add_argument(
+        "--output_dir", "--output-dir", required=True, help="Folder to write the prepared dataset into."
+    )
     parser.add_argument(
         "--negatives_seed",
         "--negatives-seed",
@@ -57,14 +59,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Do not generate validation/test negatives; unlabelled splits stay positives only.",
     )
     parser.add_argument(
-        "--inductive_fraction", type=number(float, 0, 1, strict=True), default=None,
+        "--inductive_fraction",
+        type=number(float, 0, 1, strict=True),
+        default=None,
         help="Write the inductive split instead (lmke_hf.kg.make_inductive_split): this share of the entities held out "
         "of training with all their triples, half for validation, half for test.",
     )
     parser.add_argument("--inductive_seed", type=NON_NEGATIVE_INT, default=0, help="Seed of the inductive split.")
     parser.add_argument("--no_card", "--no-card", action="store_true", help="Do not write the README.md dataset card.")
     parser.add_argument(
-        "--overwrite_output_dir", action="store_true",
+        "--overwrite_output_dir",
+        action="store_true",
         help="Replace a dataset that this command prepared earlier in --output_dir (any other non-empty folder is refused).",
     )
     parser.add_argument(
@@ -82,7 +87,13 @@ def main(args: argparse.Namespace) -> Path:
     source = Path(args.name_or_path) if Path(args.name_or_path).exists() else None
     inputs = {"--data_dir": args.data_dir or os.environ.get("LMKE_HF_DATA_DIR"), "name_or_path": source}
     # refused before the KG is read; save_prepared checks again before it writes
-    check_output_dir(args.output_dir, "prepared-dataset", inputs=inputs, replace_flag="--overwrite_output_dir", replace=args.overwrite_output_dir)
+    check_output_dir(
+        args.output_dir,
+        "prepared-dataset",
+        inputs=inputs,
+        replace_flag="--overwrite_output_dir",
+        replace=args.overwrite_output_dir,
+    )
     kg = load_kg(args.name_or_path, data_dir=args.data_dir, description=args.description, revision=args.revision)
     if args.inductive_fraction is not None:
         try:

@@ -57,7 +57,8 @@ def _run(args) -> dict:
     accelerator, kg = prepare_run(args, "LMKE")
     kg = add_classification_negatives(kg, seed=args.negatives_seed)
     tokenizer = LmkeTokenizer.from_kg(
-        args.encoder, kg,
+        args.encoder,
+        kg,
         max_entity_description_length=args.max_entity_description_length,
         max_relation_description_length=args.max_relation_description_length,
         max_key_description_length=0,
@@ -67,11 +68,21 @@ def _run(args) -> dict:
 
     # training set: positives + one negative each; with --resample_negatives redrawn per epoch by the loop's
     # set_epoch (seeded: the same in every process and after a resume)
-    train_set = TrainingTriples(kg, tokenizer, seed=args.seed, resample=args.resample_negatives, corruption=args.negative_sampling)
-    sampler = LengthGroupedSampler(train_set, args.per_device_train_batch_size, seed=args.seed) if args.group_by_length else None
+    train_set = TrainingTriples(
+        kg, tokenizer, seed=args.seed, resample=args.resample_negatives, corruption=args.negative_sampling
+    )
+    sampler = (
+        LengthGroupedSampler(train_set, args.per_device_train_batch_size, seed=args.seed)
+        if args.group_by_length
+        else None
+    )
     train_dataloader = DataLoader(
-        train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
-        shuffle=sampler is None, collate_fn=LmkeCollator(tokenizer.pad_token_id), drop_last=False,
+        train_set,
+        batch_size=args.per_device_train_batch_size,
+        sampler=sampler,
+        shuffle=sampler is None,
+        collate_fn=LmkeCollator(tokenizer.pad_token_id),
+        drop_last=False,
     )
     valid_triples, valid_labels = _labelled(kg, "validation")
     if args.eval_max_queries:
@@ -94,22 +105,40 @@ def _run(args) -> dict:
     test_scores = score_triples(best, tokenizer, test_triples, args.per_device_eval_batch_size, accelerator)
     if not accelerator.is_main_process:
         return {}
-    report = classification_report(test_scores, test_labels, test_triples[:, 1], valid_scores, all_valid_labels, all_valid[:, 1])
+    report = classification_report(
+        test_scores, test_labels, test_triples[:, 1], valid_scores, all_valid_labels, all_valid[:, 1]
+    )
     results = {f"test_{k}": v for k, v in report.items() if not isinstance(v, dict)}
     results.update(run_results(summary, "accuracy", accelerator))
     out = Path(args.output_dir)
     card = ModelCard(
-        task="triple-classification", dataset=kg.name, results=results, args={**vars(args), **summary["schedule"]},
-        command=run_command("examples/train_lmke.py", args.output_dir), hardware=describe_hardware(accelerator.device),
+        task="triple-classification",
+        dataset=kg.name,
+        results=results,
+        args={**vars(args), **summary["schedule"]},
+        command=run_command("examples/train_lmke.py", args.output_dir),
+        hardware=describe_hardware(accelerator.device),
         model_id=args.hub_model_id or f"your-org/{out.name}",
-        description_source=kg.description_source, train_runtime_s=summary["train_runtime_s"],
+        description_source=kg.description_source,
+        train_runtime_s=summary["train_runtime_s"],
         dataset_id=hub_dataset_id(kg),
     )
-    text = summary_text("LMKE", kg.name, results, summary, "accuracy", out, "accuracy on the test positives and their fixed negatives; 'tuned' thresholds from validation")
+    text = summary_text(
+        "LMKE",
+        kg.name,
+        results,
+        summary,
+        "accuracy",
+        out,
+        "accuracy on the test positives and their fixed negatives; 'tuned' thresholds from validation",
+    )
+
     def write_thresholds(folder: Path) -> None:  # staged with the model: the folder changes as a whole
         write_json(folder / "thresholds.json", report.get("thresholds_per_relation", {}), default=float)
 
-    return finish_run(args, accelerator, best, results, summary, card, text, save_fn=save, write_extras=write_thresholds)
+    return finish_run(
+        args, accelerator, best, results, summary, card, text, save_fn=save, write_extras=write_thresholds
+    )
 
 
 def train_lmke(args: LmkeTrainingArguments) -> dict:

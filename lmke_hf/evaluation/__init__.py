@@ -29,8 +29,9 @@ Example:
     >>> r.optimistic.tolist(), r.pessimistic.tolist(), r.realistic.tolist()
     ([2], [4], [3.0])
     >>> ev = LinkPredictionEvaluator()
-    >>> _ = ev.update(scores, torch.tensor([1]), direction="tail",
-    ...               relations=torch.tensor([0]), gold_degrees=torch.tensor([5]))
+    >>> _ = ev.update(
+    ...     scores, torch.tensor([1]), direction="tail", relations=torch.tensor([0]), gold_degrees=torch.tensor([5])
+    ... )
     >>> ev.compute()["mr"]
     3.0
 """

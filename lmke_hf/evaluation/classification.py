@@ -182,8 +182,10 @@ def classification_report(
     y_test = _check_labels("test_labels", test_labels, s_test.shape[0], "test_scores")
     if s_test.size == 0:
         raise ValueError("`test_scores` is empty.")
-    r_test = None if test_relations is None else _check_relations(
-        "test_relations", test_relations, s_test.shape[0], "test_scores"
+    r_test = (
+        None
+        if test_relations is None
+        else _check_relations("test_relations", test_relations, s_test.shape[0], "test_scores")
     )
     predictions = s_test > threshold
     report: dict[str, Any] = {"accuracy": float((predictions == y_test).mean())}

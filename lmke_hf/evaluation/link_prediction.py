@@ -64,7 +64,7 @@ def degree_bucket_label(bucket: int) -> str:
         raise ValueError(f"`bucket` must be >= 0, got {bucket}.")
     if bucket <= 1:
         return str(bucket)
-    return f"{2 ** (bucket - 1)}-{2 ** bucket - 1}"
+    return f"{2 ** (bucket - 1)}-{2**bucket - 1}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,8 +100,13 @@ class LinkPredictionEvaluator:
     Example:
         >>> ev = LinkPredictionEvaluator()
         >>> s = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]])
-        >>> _ = ev.update(s, torch.tensor([0, 2]), direction="tail",
-        ...               relations=torch.tensor([0, 1]), gold_degrees=torch.tensor([3, 0]))
+        >>> _ = ev.update(
+        ...     s,
+        ...     torch.tensor([0, 2]),
+        ...     direction="tail",
+        ...     relations=torch.tensor([0, 1]),
+        ...     gold_degrees=torch.tensor([3, 0]),
+        ... )
         >>> ev.compute(ks=(1,))["hits@1"]
         0.5
     """
@@ -285,7 +290,6 @@ class LinkPredictionEvaluator:
             metrics[f"mr_{kind}"] = extra["mr"]
             metrics[f"mrr_{kind}"] = extra["mrr"]
         return metrics
-
 
     def compute(self, ks: Iterable[int] = (1, 3, 10)) -> dict[str, float]:
         """Metrics over all stored queries (both directions pooled, as in the paper).
@@ -492,8 +496,15 @@ def plot_degree_buckets(
         ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [v[name] for _, v in items], width, label=name)
     tops = [max(v[name] for name in metrics) for _, v in items]
     for xi, top, (_, values) in zip(x, tops, items):
-        ax.annotate(f"n={int(values['count'])}", (xi, top), xytext=(0, 3), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=7)
+        ax.annotate(
+            f"n={int(values['count'])}",
+            (xi, top),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=45 if len(items) > 8 else 0)
     ax.set_xlabel("entity training degree")

@@ -57,8 +57,14 @@ def _gather_rows(local: torch.Tensor, accelerator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_entities(model: ClmkeForLinkPrediction, tokenizer: LmkeTokenizer, entities: KgElements | None = None, batch_size: int = 256,
-                    accelerator: Accelerator | None = None, progress: bool = False) -> torch.Tensor:
+def encode_entities(
+    model: ClmkeForLinkPrediction,
+    tokenizer: LmkeTokenizer,
+    entities: KgElements | None = None,
+    batch_size: int = 256,
+    accelerator: Accelerator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Key embeddings `(N, hidden)` of `entities` (default: all), encoded once, batched by length
     (`ClmkeForLinkPrediction.encode_entities` with an explicit tokenizer).
 
@@ -133,9 +139,14 @@ def rank_link_prediction(
             f_rows, f_cols = answers.pairs(sub[:, given_col], sub[:, 1])
             gold = torch.as_tensor(sub[:, target_col], device=scores.device)
             block.update(
-                scores, gold, torch.as_tensor(f_rows, device=scores.device), torch.as_tensor(f_cols, device=scores.device),
-                direction=direction, relations=torch.as_tensor(sub[:, 1]),
-                gold_degrees=degrees[sub[:, target_col]], given_degrees=degrees[sub[:, given_col]],
+                scores,
+                gold,
+                torch.as_tensor(f_rows, device=scores.device),
+                torch.as_tensor(f_cols, device=scores.device),
+                direction=direction,
+                relations=torch.as_tensor(sub[:, 1]),
+                gold_degrees=degrees[sub[:, target_col]],
+                given_degrees=degrees[sub[:, given_col]],
             )
         if accelerator is not None and accelerator.num_processes > 1:
             from accelerate.utils import gather_object
@@ -149,18 +160,27 @@ def rank_link_prediction(
 
 @torch.no_grad()
 @in_eval_mode
-def score_triples(model: LmkeForTripleClassification, tokenizer: LmkeTokenizer, triples: np.ndarray, batch_size: int = 256,
-                  accelerator: Accelerator | None = None) -> np.ndarray:
+def score_triples(
+    model: LmkeForTripleClassification,
+    tokenizer: LmkeTokenizer,
+    triples: np.ndarray,
+    batch_size: int = 256,
+    accelerator: Accelerator | None = None,
+) -> np.ndarray:
     """p(u) = sigmoid(logit) of each `(h, r, t)` row, `(n,)` float, batched by length."""
     triples = np.asarray(triples, dtype=np.int64).reshape(-1, 3)
     rows = _shard(len(triples), accelerator)
-    encoded = tokenizer.encode_triples(triples[rows, 0], triples[rows, 1], triples[rows, 2])["input_ids"] if len(rows) else []
+    encoded = (
+        tokenizer.encode_triples(triples[rows, 0], triples[rows, 1], triples[rows, 2])["input_ids"] if len(rows) else []
+    )
     lengths = np.fromiter((len(x) for x in encoded), dtype=np.int64, count=len(encoded))
     device = _device(model)
     probs = torch.empty(len(rows), device=device)
     for batch_rows in _length_sorted_batches(lengths, batch_size):
         ids, mask = pad_sequences([encoded[i] for i in batch_rows], tokenizer.pad_token_id)
-        probs[torch.as_tensor(batch_rows, device=device)] = torch.sigmoid(model(ids.to(device), mask.to(device)).logits.float())
+        probs[torch.as_tensor(batch_rows, device=device)] = torch.sigmoid(
+            model(ids.to(device), mask.to(device)).logits.float()
+        )
     return _gather_rows(probs.unsqueeze(1), accelerator).squeeze(1).cpu().numpy()
 
 

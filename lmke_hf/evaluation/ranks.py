@@ -38,9 +38,7 @@ class RankTriple(NamedTuple):
 
 def _check_direction(direction: str | None) -> None:
     if direction not in DIRECTIONS:
-        raise ValueError(
-            f"`direction` must be one of {DIRECTIONS} (the element being predicted), got {direction!r}."
-        )
+        raise ValueError(f"`direction` must be one of {DIRECTIONS} (the element being predicted), got {direction!r}.")
 
 
 def _check_index_vector(name: str, value: Any, length: int | None = None) -> torch.Tensor:
@@ -50,8 +48,7 @@ def _check_index_vector(name: str, value: Any, length: int | None = None) -> tor
         raise ValueError(f"`{name}` must be 1-D, got shape {tuple(value.shape)}.")
     if value.dtype in (torch.bool,) or value.dtype.is_floating_point or value.dtype.is_complex:
         raise ValueError(
-            f"`{name}` must hold integer indices, got dtype {value.dtype}; pass a long tensor "
-            f"(e.g. `{name}.long()`)."
+            f"`{name}` must hold integer indices, got dtype {value.dtype}; pass a long tensor (e.g. `{name}.long()`)."
         )
     if length is not None and value.shape[0] != length:
         raise ValueError(f"`{name}` has length {value.shape[0]} but the score block has {length} rows.")

@@ -42,8 +42,14 @@ def _encode(values: pa.Array, vocabulary: pa.Array, where: str, rows: np.ndarray
 
 
 def _clean_split(
-    triples: np.ndarray, label: np.ndarray | None, rows: np.ndarray, where: str, split: str, num_entities: int,
-    num_relations: int, report: dict,
+    triples: np.ndarray,
+    label: np.ndarray | None,
+    rows: np.ndarray,
+    where: str,
+    split: str,
+    num_entities: int,
+    num_relations: int,
+    report: dict,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Drop duplicated rows and triples labelled both true and false, warning with the counts."""
     keys = _triple_keys(triples, num_entities, num_relations)

@@ -18,8 +18,11 @@ _LICENCE_NOTES = {
         "WordNet 3.0 licence (Princeton University), see `Wordnet3.0-LICENSE`. Splits from ConvE (MIT), "
         "texts from LMKE (no licence file).",
     ),
-    "wn11": ("other", "WordNet 3.0 licence (Princeton University), see `Wordnet3.0-LICENSE`; files from KG-BERT "
-             "(Apache-2.0) and OpenKE (MIT)."),
+    "wn11": (
+        "other",
+        "WordNet 3.0 licence (Princeton University), see `Wordnet3.0-LICENSE`; files from KG-BERT "
+        "(Apache-2.0) and OpenKE (MIT).",
+    ),
     "fb15k-237": (
         "other",
         "Microsoft Research Data License Agreement (see `MSR-LA_Data_Full_Rights_FB15K-237.docx`): "
@@ -27,10 +30,16 @@ _LICENCE_NOTES = {
         "a notice of the change and its date (see *Changes* below). The Freebase FB15k portion is CC-BY 2.5; "
         "description text derived from Wikipedia is CC BY-SA.",
     ),
-    "fb13": ("unknown", "No licence statement found for FB13 (Socher et al. 2013); files from LMKE/KG-BERT "
-             "(Apache-2.0) and OpenKE (MIT). Entity texts derived from Wikipedia are CC BY-SA."),
-    "umls": ("unknown", "No licence statement found for UMLS (Kok & Domingos 2007); descriptions come from "
-             "Wikipedia via KG-BERT's `wiki.py` (CC BY-SA)."),
+    "fb13": (
+        "unknown",
+        "No licence statement found for FB13 (Socher et al. 2013); files from LMKE/KG-BERT "
+        "(Apache-2.0) and OpenKE (MIT). Entity texts derived from Wikipedia are CC BY-SA.",
+    ),
+    "umls": (
+        "unknown",
+        "No licence statement found for UMLS (Kok & Domingos 2007); descriptions come from "
+        "Wikipedia via KG-BERT's `wiki.py` (CC BY-SA).",
+    ),
     "nations": ("unknown", "No licence statement found for Nations (Kok & Domingos 2007); files from ConvE (MIT)."),
     "kinship": ("unknown", "No licence statement found for Kinship (Kok & Domingos 2007); files from ConvE (MIT)."),
 }
@@ -77,6 +86,7 @@ def _card_yaml(name: str, licence: str) -> str:
 
 def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str:
     from ..configuration_lmke import CITATION  # here: reading a KG needs no transformers
+
     licence, licence_text = _LICENCE_NOTES.get(
         kg.name, ("unknown", "No licence information is recorded for this graph; check its source.")
     )

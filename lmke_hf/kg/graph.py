@@ -86,21 +86,19 @@ class AnswerIndex:
                [-1, -1]])
     """
 
-    def __init__(self, given: ArrayLike, relation: ArrayLike, answer: ArrayLike, num_entities: int, num_relations: int) -> None:
+    def __init__(
+        self, given: ArrayLike, relation: ArrayLike, answer: ArrayLike, num_entities: int, num_relations: int
+    ) -> None:
         given = _as_int64(given, "given")
         relation = _as_int64(relation, "relation")
         answer = _as_int64(answer, "answer")
-        if not (given.ndim == relation.ndim == answer.ndim == 1) or not (
-            given.shape == relation.shape == answer.shape
-        ):
+        if not (given.ndim == relation.ndim == answer.ndim == 1) or not (given.shape == relation.shape == answer.shape):
             raise ValueError(
                 "`given`, `relation` and `answer` must be 1-D arrays of equal length, got shapes "
                 f"{given.shape}, {relation.shape} and {answer.shape}."
             )
         if num_entities < 1 or num_relations < 1:
-            raise ValueError(
-                f"num_entities={num_entities} and num_relations={num_relations} must both be positive."
-            )
+            raise ValueError(f"num_entities={num_entities} and num_relations={num_relations} must both be positive.")
         _check_key_capacity(num_entities, num_relations)
         _check_range(given, num_entities, "given")
         _check_range(answer, num_entities, "answer")
@@ -140,9 +138,7 @@ class AnswerIndex:
         given = _as_int64(given, "given").reshape(-1)
         relation = _as_int64(relation, "relation").reshape(-1)
         if given.shape != relation.shape:
-            raise ValueError(
-                f"`given` and `relation` must have the same length, got {given.size} and {relation.size}."
-            )
+            raise ValueError(f"`given` and `relation` must have the same length, got {given.size} and {relation.size}.")
         _check_range(given, self.num_entities, "given")
         _check_range(relation, self.num_relations, "relation")
         query = given * self.num_relations + relation
@@ -281,8 +277,7 @@ class KnowledgeGraph:
     def _check_split_list(self, splits: Sequence[str], argument: str) -> list[str]:
         if isinstance(splits, str):
             raise TypeError(
-                f"`{argument}` must be a sequence of split names, got the string {splits!r}; "
-                f"write [{splits!r}]."
+                f"`{argument}` must be a sequence of split names, got the string {splits!r}; write [{splits!r}]."
             )
         splits = list(splits)
         for split in splits:

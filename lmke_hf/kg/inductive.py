@@ -31,7 +31,9 @@ def make_inductive_split(kg: KnowledgeGraph, fraction: float = 0.1, seed: int = 
         fraction, the seed, the held-out entity counts and how many triples left training or were dropped.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ValueError(f"`fraction` (share of entities held out) must lie strictly between 0 and 1, got {fraction!r}.")
+        raise ValueError(
+            f"`fraction` (share of entities held out) must lie strictly between 0 and 1, got {fraction!r}."
+        )
     for split in ("train", "validation", "test"):
         kg._check_split(split)
     old = {split: kg.triples(split) for split in ("train", "validation", "test")}
@@ -52,19 +54,27 @@ def make_inductive_split(kg: KnowledgeGraph, fraction: float = 0.1, seed: int = 
     in_test = touches(everything, held_test)
     in_validation = ~in_test & touches(everything, held_validation)
     train = old["train"][~touches(old["train"], held)]
-    splits = datasets.DatasetDict({
-        name: datasets.Dataset.from_dict(
-            {"head": part[:, 0], "relation": part[:, 1], "tail": part[:, 2]},
-            features=datasets.Features({c: datasets.Value("int64") for c in ("head", "relation", "tail")}),
-        )
-        for name, part in (("train", train), ("validation", everything[in_validation]), ("test", everything[in_test]))
-    })
+    splits = datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict(
+                {"head": part[:, 0], "relation": part[:, 1], "tail": part[:, 2]},
+                features=datasets.Features({c: datasets.Value("int64") for c in ("head", "relation", "tail")}),
+            )
+            for name, part in (
+                ("train", train),
+                ("validation", everything[in_validation]),
+                ("test", everything[in_test]),
+            )
+        }
+    )
     unused = ~in_test & ~in_validation
     old_evaluation = np.unique(np.concatenate([old["validation"], old["test"]]), axis=0)
     report = dict(kg.report)
     report["inductive"] = {
-        "fraction": float(fraction), "seed": int(seed),
-        "held_out_validation_entities": len(held_validation), "held_out_test_entities": len(held_test),
+        "fraction": float(fraction),
+        "seed": int(seed),
+        "held_out_validation_entities": len(held_validation),
+        "held_out_test_entities": len(held_test),
         "train_triples_removed": int(len(old["train"]) - len(train)),
         "evaluation_triples_dropped": int(_count_rows(old_evaluation, everything[unused])),
     }

@@ -25,6 +25,7 @@ from .graph import KnowledgeGraph, _check_key_capacity
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class _TextLayout:
     """Which text files of a KG-BERT folder give entity names and descriptions.
@@ -379,7 +380,10 @@ def _load_kgbert_folder(folder: Path, name: str, description: str) -> KnowledgeG
             vocabularies[kind] = (pc.unique(every).sort(), f"the triples (no {list_file})")
             logger.info(
                 "%s: no %s; %d %s ids taken from the triples, sorted.",
-                folder, list_file, len(vocabularies[kind][0]), kind,
+                folder,
+                list_file,
+                len(vocabularies[kind][0]),
+                kind,
             )
             _warn_evaluation_only(folder, raw, vocabularies[kind][0], kind, list_file, columns, report)
     entity_ids, entity_source = vocabularies["entity"]

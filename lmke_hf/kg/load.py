@@ -94,8 +94,11 @@ def load_kg(
             held = _subfolders(Path(base).expanduser())
             tried.append(
                 f"{label}={base}: no sub-folder {canonical!r}"
-                + (" (the folder does not exist)" if held is None else f" (it holds {held[:20]}"
-                   + (" ...)" if len(held) > 20 else ")"))
+                + (
+                    " (the folder does not exist)"
+                    if held is None
+                    else f" (it holds {held[:20]}" + (" ...)" if len(held) > 20 else ")")
+                )
             )
         raise FileNotFoundError(
             f"Could not load {_excerpt(name_or_path)}. Tried: " + "; ".join(tried) + ". Pass `data_dir` (or set "

@@ -38,7 +38,12 @@ in that position of that relation in the training split (PyKEEN's pseudo-typed s
 def _relation_pools(triples: np.ndarray, num_relations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CSR pools of the distinct heads (position 0) and tails (position 2) of each relation: `entities[start[r, p] :
     start[r, p] + size[r, p]]`, p = 0 for heads and 1 for tails."""
-    starts, sizes, chunks, offset = np.zeros((num_relations, 2), np.int64), np.zeros((num_relations, 2), np.int64), [], 0
+    starts, sizes, chunks, offset = (
+        np.zeros((num_relations, 2), np.int64),
+        np.zeros((num_relations, 2), np.int64),
+        [],
+        0,
+    )
     for p, column in enumerate((0, 2)):
         pairs = np.unique(triples[:, [1, column]], axis=0)  # (relation, entity), sorted by relation
         counts = np.bincount(pairs[:, 0], minlength=num_relations)
@@ -99,9 +104,7 @@ def generate_negatives(
         _check_range(candidates, kg.num_entities, "candidate_entities")
     E, R = kg.num_entities, kg.num_relations
     positives = kg.triples(split)
-    known = np.unique(
-        _triple_keys(np.concatenate([kg._positives(known_splits), positives], axis=0), E, R)
-    )
+    known = np.unique(_triple_keys(np.concatenate([kg._positives(known_splits), positives], axis=0), E, R))
     negatives = positives.copy()
     pending = np.arange(positives.shape[0], dtype=np.int64)
     if corruption == "relation":

@@ -67,8 +67,14 @@ def _check_metadata(metadata: dict, where: str) -> dict:
 
 
 def _kg_from_tables(
-    name: str, triples: Mapping[str, pa.Table], entities: pa.Table, relations: pa.Table, metadata: dict,
-    source: str, description: str, where: Mapping[str, str],
+    name: str,
+    triples: Mapping[str, pa.Table],
+    entities: pa.Table,
+    relations: pa.Table,
+    metadata: dict,
+    source: str,
+    description: str,
+    where: Mapping[str, str],
 ) -> KnowledgeGraph:
     """Build a graph from prepared tables whose triples hold original string ids."""
     for label, table, required in (
@@ -107,7 +113,11 @@ def _kg_from_tables(
         encoded = np.stack(
             [
                 _encode(
-                    table.column(c).combine_chunks().cast(pa.string()), vocabulary, f"{where[split]} row", rows, kind,
+                    table.column(c).combine_chunks().cast(pa.string()),
+                    vocabulary,
+                    f"{where[split]} row",
+                    rows,
+                    kind,
                     where[vocabulary_name],
                 )
                 for c, vocabulary, kind, vocabulary_name in (
@@ -181,8 +191,14 @@ def _load_prepared_folder(folder: Path, description: str) -> KnowledgeGraph:
             tables[key], where[key] = pq.read_table(path), str(path)
     name = metadata.get("name") or SHORT_NAMES.get(folder.name.lower(), folder.name.lower())
     return _kg_from_tables(
-        name, {s: tables[s] for s in SPLITS}, tables["entities"], tables["relations"], metadata, str(folder),
-        description, where,
+        name,
+        {s: tables[s] for s in SPLITS},
+        tables["entities"],
+        tables["relations"],
+        metadata,
+        str(folder),
+        description,
+        where,
     )
 
 
@@ -211,13 +227,24 @@ def _load_hub(repo_id: str, revision: str | None, description: str) -> Knowledge
     source = f"hub:{repo_id}" + (f"@{revision}" if revision else "")
     where = {key: f"{source} ({key})" for key in (*SPLITS, "entities", "relations")}
     return _kg_from_tables(
-        name, {split: _arrow(triples[split]) for split in triples}, _arrow(entities), _arrow(relations), metadata,
-        source, description, where,
+        name,
+        {split: _arrow(triples[split]) for split in triples},
+        _arrow(entities),
+        _arrow(relations),
+        metadata,
+        source,
+        description,
+        where,
     )
 
 
-def save_prepared(kg: KnowledgeGraph, out_dir: str | os.PathLike, card: bool = True, overwrite: bool = False,
-                  inputs: dict | None = None) -> Path:
+def save_prepared(
+    kg: KnowledgeGraph,
+    out_dir: str | os.PathLike,
+    card: bool = True,
+    overwrite: bool = False,
+    inputs: dict | None = None,
+) -> Path:
     """Write a Hub-ready dataset folder that :func:`load_kg` and :func:`datasets.load_dataset` both read.
 
     Layout::
@@ -242,8 +269,12 @@ def save_prepared(kg: KnowledgeGraph, out_dir: str | os.PathLike, card: bool = T
 
     source_folder = Path(kg.source) if kg.source and Path(str(kg.source)).is_dir() else None
     out = claim_folder(
-        out_dir, "prepared-dataset", flag="output folder", inputs={"the source KG": source_folder, **(inputs or {})},
-        replace_flag="--overwrite_output_dir (overwrite=True)", replace=overwrite,
+        out_dir,
+        "prepared-dataset",
+        flag="output folder",
+        inputs={"the source KG": source_folder, **(inputs or {})},
+        replace_flag="--overwrite_output_dir (overwrite=True)",
+        replace=overwrite,
     )
     entities, relations = _arrow(kg.entities), _arrow(kg.relations)
     entity_ids = entities.column("id").combine_chunks()
@@ -296,7 +327,9 @@ def save_prepared(kg: KnowledgeGraph, out_dir: str | os.PathLike, card: bool = T
     return out
 
 
-def push_prepared_to_hub(out_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> CommitInfo:
+def push_prepared_to_hub(
+    out_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None
+) -> CommitInfo:
     """Upload a folder written by :func:`save_prepared` to a Hub dataset repository.
 
     Creates the repository if needed (``repo_type="dataset"``, ``exist_ok=True``) and uploads the whole folder
@@ -318,6 +351,9 @@ def push_prepared_to_hub(out_dir: str | os.PathLike, repo_id: str, private: bool
     api = huggingface_hub.HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     return api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type="dataset", commit_message="Upload lmke_hf prepared KG",
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="dataset",
+        commit_message="Upload lmke_hf prepared KG",
         ignore_patterns=[".lmke_hf_folder.json", ".lmke_hf.lock*"],
     )

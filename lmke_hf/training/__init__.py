@@ -42,8 +42,26 @@ from .checkpoints import (
     run_settings,
 )
 from .finish import PUSH_IGNORE, finish_run, hub_dataset_id, run_results, summary_text
-from .loop import GeneratorState, Schedule, StopRequest, TrainingLoop, build_optimizer, format_metrics, resume_command, seeded_generator, train
-from .run import LOCK_FILE, claim_output_dir, configure_process, keep_freed_memory, prepare_run, set_cpu_threads, silence_progress_bars
+from .loop import (
+    GeneratorState,
+    Schedule,
+    StopRequest,
+    TrainingLoop,
+    build_optimizer,
+    format_metrics,
+    resume_command,
+    seeded_generator,
+    train,
+)
+from .run import (
+    LOCK_FILE,
+    claim_output_dir,
+    configure_process,
+    keep_freed_memory,
+    prepare_run,
+    set_cpu_threads,
+    silence_progress_bars,
+)
 
 __all__ = [
     "arguments_parser",

@@ -18,6 +18,7 @@ from ..run_io import write_json
 
 logger = logging.getLogger(__name__)
 
+
 def find_checkpoint(args) -> Path | None:
     if args.resume_from_checkpoint is None:
         return None
@@ -25,9 +26,13 @@ def find_checkpoint(args) -> Path | None:
         path = Path(args.resume_from_checkpoint)
         problem = checkpoint_problem(path)
         if problem:
-            raise UsageError(f"Cannot resume from {path}: {problem}. Delete it or point --resume_from_checkpoint elsewhere.")
+            raise UsageError(
+                f"Cannot resume from {path}: {problem}. Delete it or point --resume_from_checkpoint elsewhere."
+            )
         return path
-    folders = [p for p in Path(args.output_dir).glob("checkpoints/*") if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)]
+    folders = [
+        p for p in Path(args.output_dir).glob("checkpoints/*") if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)
+    ]
     folders.sort(key=lambda p: _step_of(p), reverse=True)
     for path in folders:
         problem = checkpoint_problem(path)
@@ -35,7 +40,9 @@ def find_checkpoint(args) -> Path | None:
             return path
         warnings.warn(f"Skipping damaged checkpoint {path} ({problem}); trying an older one.", stacklevel=2)
     if folders:
-        raise UsageError(f"No complete checkpoint in {Path(args.output_dir) / 'checkpoints'}: all {len(folders)} are damaged (see the warnings).")
+        raise UsageError(
+            f"No complete checkpoint in {Path(args.output_dir) / 'checkpoints'}: all {len(folders)} are damaged (see the warnings)."
+        )
     return None
 
 
@@ -68,10 +75,30 @@ def checkpoint_problem(path: Path) -> str | None:
 # flags a resume may change (how long, how often to save or validate, where things are, what is reported);
 # every other flag must equal the checkpoint's, or the optimizer state would silently disagree with the card
 RESUMABLE_FLAGS = {
-    "num_train_epochs", "max_train_steps", "resume_from_checkpoint", "checkpointing_steps", "checkpoints_total_limit",
-    "output_dir", "data_dir", "encoder", "per_device_eval_batch_size", "eval_max_queries", "eval_steps", "no_progress",
-    "cpu_threads", "num_proc", "push_to_hub", "hub_model_id", "hub_token", "with_tracking", "report_to", "score_bf16",
-    "no_test_eval", "overwrite_output_dir", "keep_best", "no_malloc_tuning",
+    "num_train_epochs",
+    "max_train_steps",
+    "resume_from_checkpoint",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "output_dir",
+    "data_dir",
+    "encoder",
+    "per_device_eval_batch_size",
+    "eval_max_queries",
+    "eval_steps",
+    "no_progress",
+    "cpu_threads",
+    "num_proc",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_token",
+    "with_tracking",
+    "report_to",
+    "score_bf16",
+    "no_test_eval",
+    "overwrite_output_dir",
+    "keep_best",
+    "no_malloc_tuning",
 }
 # flags the loop stores as it resolved them (the precision may come from `accelerate launch` instead of the flag)
 _STORED_BY_LOOP = {"mixed_precision"}
@@ -82,7 +109,11 @@ UNRECORDED_BEFORE = {"mixed_precision"}
 
 def run_settings(args) -> dict:
     """The flags that define a run (all but `RESUMABLE_FLAGS`), as stored with its checkpoints."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE_FLAGS | _STORED_BY_LOOP and (v is None or isinstance(v, (int, float, str, bool, list)))}
+    return {
+        k: v
+        for k, v in sorted(vars(args).items())
+        if k not in RESUMABLE_FLAGS | _STORED_BY_LOOP and (v is None or isinstance(v, (int, float, str, bool, list)))
+    }
 
 
 # flags added after checkpoints were first written, with the value a checkpoint that lacks them ran with
@@ -94,7 +125,10 @@ def check_resume_settings(saved: dict | None, current: dict, checkpoint) -> None
     if saved is not None:
         saved = {**{k: v for k, v in ADDED_FLAG_DEFAULTS.items() if k in current}, **saved}
     if saved is None:
-        warnings.warn(f"{checkpoint} predates stored run settings: cannot check that this resume uses the same flags.", stacklevel=2)
+        warnings.warn(
+            f"{checkpoint} predates stored run settings: cannot check that this resume uses the same flags.",
+            stacklevel=2,
+        )
         return
     keys = (set(saved) | set(current)) - {k for k in UNRECORDED_BEFORE if k not in saved}
     differ = {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
@@ -156,18 +190,25 @@ class CheckpointManager:
         try:
             self.accelerator.load_state(str(checkpoint))
         except Exception as err:  # noqa: BLE001 - any failure here means an unusable checkpoint
-            raise UsageError(f"Could not resume from {checkpoint}: {err}. Delete it or point --resume_from_checkpoint elsewhere.") from err
+            raise UsageError(
+                f"Could not resume from {checkpoint}: {err}. Delete it or point --resume_from_checkpoint elsewhere."
+            ) from err
         exact = bool(stored.get("exact_resume", True))
         if not (checkpoint / f"random_states_{self.accelerator.process_index}.pkl").is_file():
             warnings.warn(
                 f"{checkpoint} holds no random states for process {self.accelerator.process_index}: this resume is NOT exactly "
-                "reproducible (dropout masks and data order after it differ from an uninterrupted run).", stacklevel=2,
+                "reproducible (dropout masks and data order after it differ from an uninterrupted run).",
+                stacklevel=2,
             )
             exact = False
         return LoopState(
-            completed_steps=stored["completed_steps"], best=stored.get("best", LoopState().best),
-            train_runtime_s=stored.get("train_runtime_s"), eval_runtime_s=stored.get("eval_runtime_s", 0.0),
-            history=list(stored.get("history", [])), exact_resume=exact, resumed_from=checkpoint,
+            completed_steps=stored["completed_steps"],
+            best=stored.get("best", LoopState().best),
+            train_runtime_s=stored.get("train_runtime_s"),
+            eval_runtime_s=stored.get("eval_runtime_s", 0.0),
+            history=list(stored.get("history", [])),
+            exact_resume=exact,
+            resumed_from=checkpoint,
         )
 
     def save(self, tag: str, state: LoopState, train_runtime_s: float | None, eval_runtime_s: float) -> Path:
@@ -175,13 +216,19 @@ class CheckpointManager:
         path = self.folder / tag
         partial = path.with_name(tag + PARTIAL_SUFFIX)
         if self.accelerator.is_main_process and self.total_limit and self.total_limit >= 2 and self.folder.is_dir():
-            self._rotate(keep=None, room_for=1)  # free the space first; with a limit of 1 the only checkpoint stays until the new one exists
+            self._rotate(
+                keep=None, room_for=1
+            )  # free the space first; with a limit of 1 the only checkpoint stays until the new one exists
         try:
             self.accelerator.save_state(str(partial))
             if self.accelerator.is_main_process:
                 stored = {
-                    "completed_steps": state.completed_steps, "best": state.best, "train_runtime_s": train_runtime_s,
-                    "history": state.history, "eval_runtime_s": eval_runtime_s, "settings": self.settings,
+                    "completed_steps": state.completed_steps,
+                    "best": state.best,
+                    "train_runtime_s": train_runtime_s,
+                    "history": state.history,
+                    "eval_runtime_s": eval_runtime_s,
+                    "settings": self.settings,
                     "exact_resume": state.exact_resume,
                 }
                 write_json(partial / "trainer_state.json", stored, default=float)
@@ -192,7 +239,12 @@ class CheckpointManager:
             shutil.rmtree(partial, ignore_errors=True)  # an incomplete save only keeps the disk full
             free = shutil.disk_usage(self.folder if self.folder.is_dir() else self.folder.parent).free
             text = str(err)
-            if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "unexpected pos" in text or free < 64 << 20:
+            if (
+                getattr(err, "errno", None) == errno.ENOSPC
+                or "No space left" in text
+                or "unexpected pos" in text
+                or free < 64 << 20
+            ):
                 raise OSError(
                     errno.ENOSPC,
                     f"No space left on device while saving checkpoint {tag} into {self.folder} ({free / 2**20:.0f} MiB free): the "
@@ -210,7 +262,11 @@ class CheckpointManager:
     def _rotate(self, keep: Path | None, room_for: int = 0) -> None:
         """Removes the oldest checkpoints so that `total_limit` remain counting `keep` (the newest) or, before a
         save, `room_for` checkpoints still to be written."""
-        saved = [p for p in self.folder.iterdir() if (p / "trainer_state.json").is_file() and p != keep and not p.name.endswith(PARTIAL_SUFFIX)]
+        saved = [
+            p
+            for p in self.folder.iterdir()
+            if (p / "trainer_state.json").is_file() and p != keep and not p.name.endswith(PARTIAL_SUFFIX)
+        ]
         saved.sort(key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
         others = self.total_limit - (1 if keep is not None else room_for)
         for old in saved[: max(0, len(saved) - others)]:

@@ -13,44 +13,69 @@ from .loop import format_metrics
 
 # what `--push_to_hub` leaves out of the output folder: resumable state, the second copy of the model, raw
 # per-query ranks, the run's lock and half-written files
-PUSH_IGNORE = ["checkpoints/*", "best/*", "test_metrics/ranks.*", ".lmke_hf.lock*", ".*.tmp", ".lmke_hf_folder.json", ".final.*/*", ".final.*"]
+PUSH_IGNORE = [
+    "checkpoints/*",
+    "best/*",
+    "test_metrics/ranks.*",
+    ".lmke_hf.lock*",
+    ".*.tmp",
+    ".lmke_hf_folder.json",
+    ".final.*/*",
+    ".final.*",
+]
 
 
 def hub_dataset_id(kg) -> str | None:
     """The Hub dataset id a KG was loaded from (`load_kg("owner/name")`), for the card's metadata; None for a folder."""
     source = getattr(kg, "source", "") or ""
-    return source[len("hub:"):].split("@", 1)[0] if source.startswith("hub:") else None
+    return source[len("hub:") :].split("@", 1)[0] if source.startswith("hub:") else None
 
 
 def run_results(summary: dict, metric_name: str, accelerator) -> dict:
     """The training facts every `all_results.json` carries beside the test metrics."""
     return {
-        "train_runtime_s": summary["train_runtime_s"], "completed_steps": summary["completed_steps"],
-        "exact_resume": summary["exact_resume"], "best_epoch": summary["best_epoch"], "best_step": summary.get("best_step"),
+        "train_runtime_s": summary["train_runtime_s"],
+        "completed_steps": summary["completed_steps"],
+        "exact_resume": summary["exact_resume"],
+        "best_epoch": summary["best_epoch"],
+        "best_step": summary.get("best_step"),
         "mixed_precision": summary.get("mixed_precision", accelerator.mixed_precision),
         f"best_eval_{metric_name}": summary[f"best_eval_{metric_name}"],
-        "num_processes": accelerator.num_processes, "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
     }
 
 
-def summary_text(method: str, dataset: str, results: dict, summary: dict, metric_name: str, output_dir, protocol: str) -> str:
+def summary_text(
+    method: str, dataset: str, results: dict, summary: dict, metric_name: str, output_dir, protocol: str
+) -> str:
     """The lines a person reads at the end of a run: what trained for how long, the headline test metrics with
     their protocol named, where the model is and how to load it."""
     minutes = summary.get("train_runtime_s")
     took = f" in {minutes / 60:.1f} min of training" if minutes is not None else ""
     best = summary.get(f"best_eval_{metric_name}")
-    best_text = f" (best validation {metric_name} {best:.4f} at epoch {summary.get('best_epoch')})" if isinstance(best, float) else ""
-    test = {k[len("test_"):]: v for k, v in results.items() if k.startswith("test_")}  # format_metrics keeps the numbers
+    best_text = (
+        f" (best validation {metric_name} {best:.4f} at epoch {summary.get('best_epoch')})"
+        if isinstance(best, float)
+        else ""
+    )
+    test = {
+        k[len("test_") :]: v for k, v in results.items() if k.startswith("test_")
+    }  # format_metrics keeps the numbers
     out = Path(output_dir)
-    return "\n".join([
-        f"{method} on {dataset}: {summary['completed_steps']} steps{took}{best_text}.",
-        f"Test ({protocol}): {format_metrics(test)}",
-        f"Saved in {out}: model, tokenizer, card (README.md), all_results.json, train_history.json.",
-        f'Load it with `import lmke_hf; AutoModel.from_pretrained("{out}")`.',
-    ])
+    return "\n".join(
+        [
+            f"{method} on {dataset}: {summary['completed_steps']} steps{took}{best_text}.",
+            f"Test ({protocol}): {format_metrics(test)}",
+            f"Saved in {out}: model, tokenizer, card (README.md), all_results.json, train_history.json.",
+            f'Load it with `import lmke_hf; AutoModel.from_pretrained("{out}")`.',
+        ]
+    )
 
 
-def finish_run(args, accelerator, model, results: dict, summary: dict, card: ModelCard, text: str, save_fn, write_extras=None) -> dict:
+def finish_run(
+    args, accelerator, model, results: dict, summary: dict, card: ModelCard, text: str, save_fn, write_extras=None
+) -> dict:
     """Writes the final folder (main process only) as one transaction (`lmke_hf.folders.FinalSave`): `save_fn(model,
     folder)` (weights, code, tokenizer), the card, `all_results.json`, `train_history.json` and `write_extras(folder)`
     (a script's own files: test tables, plots, thresholds) are staged, then swapped in together, so a crash leaves

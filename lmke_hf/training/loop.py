@@ -101,7 +101,11 @@ class Schedule:
 
     def as_args(self) -> dict:
         """The run's arguments as it ran them: what cards and trackers record."""
-        return {"max_train_steps": self.max_train_steps, "num_train_epochs": self.num_train_epochs, "num_warmup_steps": self.num_warmup_steps}
+        return {
+            "max_train_steps": self.max_train_steps,
+            "num_train_epochs": self.num_train_epochs,
+            "num_warmup_steps": self.num_warmup_steps,
+        }
 
 
 class _Clock:
@@ -109,7 +113,12 @@ class _Clock:
     part of it spent validating."""
 
     def __init__(self, state: LoopState):
-        self.before, self.eval_before, self.start, self.eval_seconds = state.train_runtime_s, state.eval_runtime_s, time.time(), 0.0
+        self.before, self.eval_before, self.start, self.eval_seconds = (
+            state.train_runtime_s,
+            state.eval_runtime_s,
+            time.time(),
+            0.0,
+        )
 
     def runtime(self) -> float | None:
         return None if self.before is None else self.before + time.time() - self.start
@@ -132,7 +141,9 @@ def _restore_best(out: Path, state: LoopState, metric_name: str) -> None:
     metric = finished.get(f"best_eval_{metric_name}")
     if metric is None:
         return
-    shutil.copytree(out, out / "best", ignore=shutil.ignore_patterns("checkpoints", "best", "test_metrics", "*.json.tmp", ".*"))
+    shutil.copytree(
+        out, out / "best", ignore=shutil.ignore_patterns("checkpoints", "best", "test_metrics", "*.json.tmp", ".*")
+    )
     if metric >= state.best["metric"]:
         state.best = {"metric": metric, "epoch": finished.get("best_epoch"), "step": finished.get("best_step")}
 
@@ -215,7 +226,11 @@ def resume_command(output_dir) -> str:
 
 def format_metrics(metrics: dict, digits: int = 4) -> str:
     """`mrr 0.3140 | hits@1 0.2010 | ...`: the numbers of a metrics dict as a person reads them."""
-    return " | ".join(f"{k} {v:.{digits}f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return " | ".join(
+        f"{k} {v:.{digits}f}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
 
 
 class TrainingLoop:
@@ -237,14 +252,31 @@ class TrainingLoop:
             `generator` for its negative subsampling: any `torch.Generator` among them is checkpointed).
     """
 
-    def __init__(self, args, accelerator, model, train_dataloader, evaluate_fn, metric_name: str, save_fn, logger, forward_kwargs: dict | None = None):
+    def __init__(
+        self,
+        args,
+        accelerator,
+        model,
+        train_dataloader,
+        evaluate_fn,
+        metric_name: str,
+        save_fn,
+        logger,
+        forward_kwargs: dict | None = None,
+    ):
         self.args, self.accelerator, self.model, self.train_dataloader = args, accelerator, model, train_dataloader
         self.evaluate_fn, self.metric_name, self.save_fn, self.logger = evaluate_fn, metric_name, save_fn, logger
         self.forward_kwargs = forward_kwargs or {}
         self.schedule = Schedule.of(args, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
-        self.every = int(args.checkpointing_steps) if isinstance(args.checkpointing_steps, str) and args.checkpointing_steps.isdigit() else None
+        self.every = (
+            int(args.checkpointing_steps)
+            if isinstance(args.checkpointing_steps, str) and args.checkpointing_steps.isdigit()
+            else None
+        )
         self.eval_steps = getattr(args, "eval_steps", None)
-        self.examples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        self.examples_per_step = (
+            args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        )
         self.stop_request = StopRequest()
         self.divergence = DivergenceGuard(args)
         self.queue = getattr(model, "key_queue", None)
@@ -258,29 +290,38 @@ class TrainingLoop:
         args, accelerator, schedule = self.args, self.accelerator, self.schedule
         optimizer = build_optimizer(self.model, args)
         scheduler = get_scheduler(
-            args.lr_scheduler_type, optimizer=optimizer,
+            args.lr_scheduler_type,
+            optimizer=optimizer,
             num_warmup_steps=schedule.num_warmup_steps * accelerator.num_processes,
             num_training_steps=schedule.max_train_steps * accelerator.num_processes,
         )
-        self.model, self.optimizer, self.train_dataloader, self.scheduler = accelerator.prepare(self.model, optimizer, self.train_dataloader, scheduler)
+        self.model, self.optimizer, self.train_dataloader, self.scheduler = accelerator.prepare(
+            self.model, optimizer, self.train_dataloader, scheduler
+        )
         if self.queue is not None:  # pre-batch negatives: a resume continues with the same queue
             accelerator.register_for_checkpointing(self.queue)
         for value in self.forward_kwargs.values():  # e.g. the negative subsampling's generator: restored at resume
             if isinstance(value, torch.Generator):
                 accelerator.register_for_checkpointing(GeneratorState(value))
         if args.with_tracking:
-            config = {k: v for k, v in public_args({**vars(args), **schedule.as_args()}).items() if v is not None}  # no token, no local paths
+            config = {
+                k: v for k, v in public_args({**vars(args), **schedule.as_args()}).items() if v is not None
+            }  # no token, no local paths
             accelerator.init_trackers(Path(args.output_dir).name or "lmke", config)
         # the flags that define the run, with the warmup steps as derived (max_train_steps / epochs may change at resume)
         settings = {**run_settings(args), "num_warmup_steps": schedule.num_warmup_steps}
-        settings["mixed_precision"] = accelerator.mixed_precision  # from the flag, accelerate launch or accelerate config
+        settings["mixed_precision"] = (
+            accelerator.mixed_precision
+        )  # from the flag, accelerate launch or accelerate config
         self.checkpoints = CheckpointManager(accelerator, args.output_dir, settings, args.checkpoints_total_limit)
         self.checkpoints.clear_partial()
         self.state = self.checkpoints.resume(args)
         self.starting_epoch = self.state.completed_steps // schedule.steps_per_epoch
         self.resume_batches = (self.state.completed_steps % schedule.steps_per_epoch) * args.gradient_accumulation_steps
         if self.state.resumed_from is not None:
-            self.logger.info(f"Resumed from {self.state.resumed_from} at step {self.state.completed_steps} (epoch {self.starting_epoch}, batch {self.resume_batches}).")
+            self.logger.info(
+                f"Resumed from {self.state.resumed_from} at step {self.state.completed_steps} (epoch {self.starting_epoch}, batch {self.resume_batches})."
+            )
             if accelerator.is_main_process:
                 _restore_best(Path(args.output_dir), self.state, self.metric_name)
         accelerator.wait_for_everyone()
@@ -294,8 +335,15 @@ class TrainingLoop:
 
         self._prepare()
         state, schedule = self.state, self.schedule
-        self.progress = tqdm(range(schedule.max_train_steps), disable=not self.accelerator.is_local_main_process or self.args.no_progress, initial=state.completed_steps)
-        with logging_redirect_tqdm(), self.stop_request:  # validation lines go above the bar, not onto it; signals stop cleanly
+        self.progress = tqdm(
+            range(schedule.max_train_steps),
+            disable=not self.accelerator.is_local_main_process or self.args.no_progress,
+            initial=state.completed_steps,
+        )
+        with (
+            logging_redirect_tqdm(),
+            self.stop_request,
+        ):  # validation lines go above the bar, not onto it; signals stop cleanly
             if state.completed_steps >= schedule.max_train_steps:
                 self._finish_trained_run()
             for epoch in range(self.starting_epoch, schedule.num_train_epochs):
@@ -351,7 +399,12 @@ class TrainingLoop:
                 self.progress.set_postfix(loss=f"{total_loss / seen:.4f}")
                 if args.with_tracking:
                     accelerator.log({"train_loss": value, "lr": self.scheduler.get_last_lr()[0]}, step=step)
-                if self.eval_steps and step % self.eval_steps == 0 and step % steps_per_epoch and step < schedule.max_train_steps:
+                if (
+                    self.eval_steps
+                    and step % self.eval_steps == 0
+                    and step % steps_per_epoch
+                    and step < schedule.max_train_steps
+                ):
                     self.validate(epoch, total_loss / max(seen, 1), end_of_epoch=False)
                 if self.every and step % self.every == 0:
                     if step % steps_per_epoch:
@@ -361,10 +414,16 @@ class TrainingLoop:
             if state.completed_steps >= schedule.max_train_steps:
                 break
             if accelerator.sync_gradients and self.stop_request.requested(accelerator):
-                if state.completed_steps % steps_per_epoch == 0:  # validate the finished epoch first, as a resume would not
+                if (
+                    state.completed_steps % steps_per_epoch == 0
+                ):  # validate the finished epoch first, as a resume would not
                     pending_checkpoint = pending_checkpoint or f"step_{state.completed_steps}"
                     break
-                self.stop(saved=f"step_{state.completed_steps}" if self.every and state.completed_steps % self.every == 0 else None)
+                self.stop(
+                    saved=f"step_{state.completed_steps}"
+                    if self.every and state.completed_steps % self.every == 0
+                    else None
+                )
         self.validate(epoch, total_loss / max(seen, 1), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
         if pending_checkpoint:
             self.save_checkpoint(pending_checkpoint)
@@ -399,14 +458,22 @@ class TrainingLoop:
         began, trained_minutes = time.time(), clock.minutes_excluding_eval()  # before this validation's own time
         metrics = {f"eval_{k}": v for k, v in self.evaluate_fn(accelerator.unwrap_model(self.model)).items()}
         metrics.update(
-            epoch=epoch, train_loss=train_loss, step=state.completed_steps, examples_seen=state.completed_steps * self.examples_per_step,
-            end_of_epoch=end_of_epoch, train_minutes_excluding_eval=trained_minutes,
+            epoch=epoch,
+            train_loss=train_loss,
+            step=state.completed_steps,
+            examples_seen=state.completed_steps * self.examples_per_step,
+            end_of_epoch=end_of_epoch,
+            train_minutes_excluding_eval=trained_minutes,
         )
         state.history.append(metrics)
-        shown = {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_") and not isinstance(v, dict)}
-        self.logger.info(f"validation at step {state.completed_steps} (epoch {epoch}, train loss {train_loss:.4f}): {format_metrics(shown)}")
+        shown = {k[len("eval_") :]: v for k, v in metrics.items() if k.startswith("eval_") and not isinstance(v, dict)}
+        self.logger.info(
+            f"validation at step {state.completed_steps} (epoch {epoch}, train loss {train_loss:.4f}): {format_metrics(shown)}"
+        )
         if self.args.with_tracking:
-            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.completed_steps)
+            accelerator.log(
+                {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.completed_steps
+            )
         if metrics[f"eval_{self.metric_name}"] > state.best["metric"]:
             state.best = {"metric": metrics[f"eval_{self.metric_name}"], "epoch": epoch, "step": state.completed_steps}
             accelerator.wait_for_everyone()
@@ -426,7 +493,12 @@ class TrainingLoop:
         if saved is None:
             self.save_checkpoint(tag)
         self.progress.close()
-        error = TrainingStopped(self.stop_request.signum, self.checkpoints.folder / tag, self.state.completed_steps, resume_command(self.args.output_dir))
+        error = TrainingStopped(
+            self.stop_request.signum,
+            self.checkpoints.folder / tag,
+            self.state.completed_steps,
+            resume_command(self.args.output_dir),
+        )
         if self.accelerator.is_main_process:
             self.logger.warning(error.message)
         raise error
@@ -450,6 +522,18 @@ class TrainingLoop:
         }
 
 
-def train(args, accelerator, model, train_dataloader, evaluate_fn, metric_name: str, save_fn, logger, forward_kwargs: dict | None = None) -> dict:
+def train(
+    args,
+    accelerator,
+    model,
+    train_dataloader,
+    evaluate_fn,
+    metric_name: str,
+    save_fn,
+    logger,
+    forward_kwargs: dict | None = None,
+) -> dict:
     """Runs `TrainingLoop(...)` and returns its summary (the arguments are `TrainingLoop`'s)."""
-    return TrainingLoop(args, accelerator, model, train_dataloader, evaluate_fn, metric_name, save_fn, logger, forward_kwargs).run()
+    return TrainingLoop(
+        args, accelerator, model, train_dataloader, evaluate_fn, metric_name, save_fn, logger, forward_kwargs
+    ).run()

@@ -21,10 +21,17 @@ from .arguments import typed_command
 
 def run_inputs(args) -> dict:
     """The folders a run reads, by flag: an output folder may never be one of them or hold one of them."""
-    inputs = {"--data_dir": args.data_dir or os.environ.get("LMKE_HF_DATA_DIR"), "--encoder": getattr(args, "encoder", None)}
+    inputs = {
+        "--data_dir": args.data_dir or os.environ.get("LMKE_HF_DATA_DIR"),
+        "--encoder": getattr(args, "encoder", None),
+    }
     dataset = getattr(args, "dataset", None)
     if dataset:
-        inputs["--dataset"] = dataset if Path(dataset).exists() else (Path(inputs["--data_dir"]) / dataset if inputs["--data_dir"] else None)
+        inputs["--dataset"] = (
+            dataset
+            if Path(dataset).exists()
+            else (Path(inputs["--data_dir"]) / dataset if inputs["--data_dir"] else None)
+        )
     return inputs
 
 
@@ -70,20 +77,37 @@ def claim_output_dir(args):
         yield out
         return
     resume = bool(args.resume_from_checkpoint)
-    check = dict(inputs=run_inputs(args), replace_flag="--overwrite_output_dir", replace=getattr(args, "overwrite_output_dir", False), reuse=resume)
-    decision = check_output_dir(out, "training-run", **check)  # refuse before creating anything (the lock file included)
+    check = dict(
+        inputs=run_inputs(args),
+        replace_flag="--overwrite_output_dir",
+        replace=getattr(args, "overwrite_output_dir", False),
+        reuse=resume,
+    )
+    decision = check_output_dir(
+        out, "training-run", **check
+    )  # refuse before creating anything (the lock file included)
     if resume and decision == "new" and args.resume_from_checkpoint == "latest":
-        raise UsageError(f"--resume_from_checkpoint latest: {out} holds no run to resume. Start a new run without --resume_from_checkpoint.")
+        raise UsageError(
+            f"--resume_from_checkpoint latest: {out} holds no run to resume. Start a new run without --resume_from_checkpoint."
+        )
     existed = out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / LOCK_FILE))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        owner = (out / (LOCK_FILE + ".owner")).read_text().strip() if (out / (LOCK_FILE + ".owner")).is_file() else "another process"
-        raise UsageError(f"--output_dir {out} is in use by another run ({owner}); wait for it or choose another folder.") from None
+        owner = (
+            (out / (LOCK_FILE + ".owner")).read_text().strip()
+            if (out / (LOCK_FILE + ".owner")).is_file()
+            else "another process"
+        )
+        raise UsageError(
+            f"--output_dir {out} is in use by another run ({owner}); wait for it or choose another folder."
+        ) from None
     try:
-        (out / (LOCK_FILE + ".owner")).write_text(f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+        (out / (LOCK_FILE + ".owner")).write_text(
+            f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
+        )
         recover_final_save(out, locked=True)
         claim_folder(out, "training-run", **check)  # under the lock: the decision again, then clear / mark
         if resume:
@@ -243,9 +267,12 @@ def prepare_run(args, method: str):
         from ..run_io import describe_hardware
 
         info = {
-            "method": method, "command": typed_command(),
-            "hardware": describe_hardware(accelerator.device), "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "method": method,
+            "command": typed_command(),
+            "hardware": describe_hardware(accelerator.device),
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "args": public_args(vars(args)),
         }
     try:
@@ -262,5 +289,7 @@ def prepare_run(args, method: str):
         write_json(path, info, indent=2, default=str)
     for split in ("train", "validation", "test"):
         if split not in kg.splits:
-            raise UsageError(f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test.")
+            raise UsageError(
+                f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test."
+            )
     return accelerator, kg
