@@ -604,7 +604,11 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
 
     @property
     def entity_pieces(self) -> list[list[int]]:
-        """Word pieces of each entity's text (name + description), cut to the longest length any layout uses."""
+        """Word pieces of each entity's text (name + description), cut to the longest length any layout uses.
+
+        Tokenises every entity on its first read and keeps the result (a cache, like `functools.cached_property`: no
+        model, file or network is touched). Code that needs a few rows of a large graph reads `entity_pieces_of(rows)`
+        instead, which tokenises those rows alone; the tokenizer's own encoders do so."""
         if self._entity_pieces is None:
             texts = [entity_text(n, d) for n, d in zip(self.entity_names, self.entity_descriptions)]
             self._entity_pieces = self.word_pieces(
@@ -646,6 +650,8 @@ class LmkeTokenizer(KgVocabLayout, PreTrainedTokenizerBase):
 
     @property
     def relation_pieces(self) -> list[list[int]]:
+        """Word pieces of each relation's text (name + description), cut to `max_relation_description_length`;
+        tokenised on first read and kept (relations are few)."""
         if self._relation_pieces is None:
             texts = [entity_text(n, d) for n, d in zip(self.relation_names, self.relation_descriptions)]
             self._relation_pieces = self.word_pieces(texts, self.max_relation_description_length)
