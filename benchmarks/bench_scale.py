@@ -306,7 +306,7 @@ def plot(points: list[dict], path: str) -> None:
             n,
             [p["faiss"].get(kind, {}).get("ms_per_query", np.nan) for p in points],
             "s--",
-            label=f"FAISS {kind} (+ exact re-score)",
+            label=f"FAISS {kind} {_setting(next(p['faiss'][kind] for p in points if kind in p['faiss']))} (+ exact re-score)",
         )
     left.set_xlabel("entities")
     left.set_ylabel("ms per query")
