@@ -272,9 +272,7 @@ class ModelCard:
             "command": self.command,
             "hardware": self.hardware,
             "precision": f"- Precision: {PRECISION_TEXT.get(precision, precision)}" if precision else "",
-            "training_time": f"- Training time: {self.train_runtime_s / 60:.1f} min"
-            if self.train_runtime_s is not None
-            else "",
+            "training_time": self._training_time(),
             "reproducibility": (
                 "- **Not exactly reproducible**: a resume of this run could not restore its random states."
                 if self.results.get("exact_resume") is False
@@ -286,6 +284,19 @@ class ModelCard:
         for name in ("protocol", "usage", "pipeline_usage"):  # the task's own text, over the same values
             values[name] = Template(getattr(self.kind, name)).substitute(values)
         return values
+
+    def _training_time(self) -> str:
+        """The training-time line; a run started from another's weights (`--init_from`) names it and adds its time."""
+        source, before = self.results.get("init_from"), self.results.get("init_train_runtime_s")
+        if self.train_runtime_s is None:
+            return f"- Started from the weights of `{source}`" if source else ""
+        line = f"- Training time: {self.train_runtime_s / 60:.1f} min"
+        if not source:
+            return line
+        if before is None:
+            return f"{line}, started from the weights of `{source}` (its training time not recorded)"
+        total = (self.train_runtime_s + before) / 60
+        return f"{line}, started from the weights of `{source}` after its {before / 60:.1f} min: {total:.1f} min in all"
 
     def _degree_buckets_table(self) -> str:
         if not self.degree_buckets:

@@ -14,7 +14,7 @@ from lmke_hf.errors import UsageError
 from lmke_hf.run_io import write_json
 from lmke_hf.training import LOCK_FILE
 
-from helpers import RESUME_FLAGS, _clmke_argv, _load_script  # noqa: E402
+from helpers import RESUME_FLAGS, _assert_same_weights, _clmke_argv, _common, _load_script, _steps_differ  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +175,83 @@ def test_write_json_is_atomic(tmp_path):
         write_json(path, {"step": object()})  # fails half-way through dumping
     assert json.loads(path.read_text()) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left behind
+
+
+# ---------------------------------------------------------------------------------------------------- --init_from
+@pytest.fixture(scope="module")
+def source_run(script, kg_dir, no_dropout_encoder, tmp_path_factory):
+    """A finished C-LMKE run (3 steps, no dropout) to start other runs from."""
+    out = tmp_path_factory.mktemp("init") / "source"
+    results = _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 3, "--own_entity_bias")
+    return out, results
+
+
+def test_init_from_starts_from_the_runs_weights_and_the_card_adds_its_training_time(
+    script, kg_dir, no_dropout_encoder, source_run, tmp_path
+):  # noqa: F811
+    source, source_results = source_run
+    tiny_steps = ("--max_train_steps", 1, "--learning_rate", "1e-12", "--head_learning_rate", "1e-12")
+    out = tmp_path / "more"
+    results = _train(
+        script, kg_dir, no_dropout_encoder, out, *tiny_steps, "--own_entity_bias", "--init_from", str(source)
+    )
+    # one step at a learning rate of 1e-12 moves no weight measurably: what it trained from is the source's weights
+    _assert_same_weights(source / "model.safetensors", out / "model.safetensors", atol=1e-6)
+    fresh = tmp_path / "fresh"  # the same step from the encoder's weights lands elsewhere: the check can fail
+    _train(script, kg_dir, no_dropout_encoder, fresh, *tiny_steps, "--own_entity_bias")
+    assert _steps_differ(source / "model.safetensors", fresh / "model.safetensors")
+    assert results["init_from"].endswith("source")
+    assert results["init_train_runtime_s"] == pytest.approx(source_results["train_runtime_s"])
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["init_train_runtime_s"] == pytest.approx(source_results["train_runtime_s"])
+    card = (out / "README.md").read_text()
+    total = (results["train_runtime_s"] + source_results["train_runtime_s"]) / 60
+    assert "started from the weights of `" in card and f"{total:.1f} min in all" in card
+    assert str(source) not in card  # the local path is shortened, as every path a card shows
+
+
+def test_init_from_refuses_another_kg_another_model_type_and_other_shapes_naming_the_difference(
+    script, kg_dir, no_dropout_encoder, source_run, toy_kg_dir, tmp_path
+):  # noqa: F811
+    source, _ = source_run
+    cases = {
+        "trained on another KG": (toy_kg_dir, ("--own_entity_bias",)),
+        "other tensors than the model these flags build": (kg_dir, ()),  # the source has the own-entity offset
+        "other tensors": (kg_dir, ("--own_entity_bias", "--matcher_hidden_size", 8)),
+    }
+    for expected, (kg, flags) in cases.items():
+        out = tmp_path / f"run{len(expected)}"
+        with pytest.raises(UsageError) as info:
+            _train(script, kg, no_dropout_encoder, out, "--max_train_steps", 1, *flags, "--init_from", str(source))
+        assert expected in str(info.value) and f"--init_from {source}" in str(info.value), str(info.value)
+        assert not out.exists()  # refused before anything was written
+    assert "--own_entity_bias" in str(info.value)  # the flags that shape the weights are named
+    lmke = _load_script("train_lmke")
+    with pytest.raises(UsageError, match="is a 'clmke' model; this command trains 'lmke' models"):
+        lmke.main(lmke.parse_args(_common(kg_dir, no_dropout_encoder, tmp_path / "lmke", "--init_from", source)))
+
+
+def test_init_from_a_folder_without_a_model_or_as_the_output_folder_is_refused_and_the_source_kept(
+    script, kg_dir, no_dropout_encoder, source_run, tmp_path
+):  # noqa: F811
+    source, _ = source_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="holds no saved model"):
+        _train(script, kg_dir, no_dropout_encoder, tmp_path / "x", "--init_from", empty)
+    before = (source / "model.safetensors").read_bytes()
+    with pytest.raises(UsageError) as info:
+        _train(
+            script,
+            kg_dir,
+            no_dropout_encoder,
+            source,
+            "--max_train_steps",
+            1,
+            "--own_entity_bias",
+            "--init_from",
+            str(source),
+            "--overwrite_output_dir",
+        )
+    assert "--init_from" in str(info.value)
+    assert (source / "model.safetensors").read_bytes() == before

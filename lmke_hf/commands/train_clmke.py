@@ -34,6 +34,7 @@ from lmke_hf.training import (
     run_command,
     run_results,
     seeded_generator,
+    start_from_trained,
     summary_text,
     train,
 )
@@ -77,6 +78,11 @@ def _run(args) -> dict:
         key_queue_size=args.key_queue_size,
         freeze_layers=args.freeze_layers,
         own_entity_bias=args.own_entity_bias,
+    )
+    init = (
+        start_from_trained(model, tokenizer, args.init_from, logger, load=not args.resume_from_checkpoint)
+        if args.init_from
+        else {}
     )
     model.set_entity_degrees(kg.degrees(["train"]))  # training degrees only: the leak-free setting
 
@@ -161,6 +167,7 @@ def _run(args) -> dict:
     if not accelerator.is_main_process:
         return {}
     results = {f"test_{k}": v for k, v in evaluator.compute().items()}
+    results.update(init)
     results.update(run_results(summary, "mrr", accelerator))
     out = Path(args.output_dir)
 

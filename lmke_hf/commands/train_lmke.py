@@ -33,6 +33,7 @@ from lmke_hf.training import (
     prepare_run,
     run_command,
     run_results,
+    start_from_trained,
     summary_text,
     train,
 )
@@ -65,6 +66,11 @@ def _run(args) -> dict:
     )
     encoder_kwargs = {"num_hidden_layers": args.encoder_layers} if args.encoder_layers else {}
     model = LmkeForTripleClassification.from_encoder_pretrained(args.encoder, tokenizer, encoder_kwargs=encoder_kwargs)
+    init = (
+        start_from_trained(model, tokenizer, args.init_from, logger, load=not args.resume_from_checkpoint)
+        if args.init_from
+        else {}
+    )
 
     # training set: positives + one negative each; with --resample_negatives redrawn per epoch by the loop's
     # set_epoch (seeded: the same in every process and after a resume)
@@ -109,6 +115,7 @@ def _run(args) -> dict:
         test_scores, test_labels, test_triples[:, 1], valid_scores, all_valid_labels, all_valid[:, 1]
     )
     results = {f"test_{k}": v for k, v in report.items() if not isinstance(v, dict)}
+    results.update(init)
     results.update(run_results(summary, "accuracy", accelerator))
     out = Path(args.output_dir)
     card = ModelCard(

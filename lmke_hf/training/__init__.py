@@ -61,6 +61,7 @@ from .run import (
     prepare_run,
     set_cpu_threads,
     silence_progress_bars,
+    start_from_trained,
 )
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "CheckpointManager",
     "claim_output_dir",
     "StopRequest",
+    "start_from_trained",
     "TrainingDiverged",
     "TrainingStopped",
     "resume_command",

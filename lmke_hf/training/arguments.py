@@ -108,6 +108,12 @@ class KgTrainingArguments:
     encoder_layers: int | None = _flag(
         None, type=POSITIVE_INT, help="Keep only the first N layers of the encoder (AutoModel num_hidden_layers)."
     )
+    init_from: str | None = _flag(
+        None,
+        help="Start from the weights of a model this command trained (its folder or Hub id) instead of the encoder's: "
+        "the same KG and architecture flags (--encoder_layers, --matcher_hidden_size, --own_entity_bias, ...), a new "
+        "schedule; e.g. to train a finished run further. The card adds that run's training time to this one's.",
+    )
     output_dir: str = _flag(
         help="Where checkpoints, the final model, tokenizer and all_results.json go (must be empty or new, unless resuming)."
     )
@@ -250,6 +256,14 @@ class KgTrainingArguments:
                     _build_encoder(AutoConfig.from_pretrained(self.encoder))
             except (ValueError, KeyError, OSError) as err:
                 raise UsageError(f"--encoder {self.encoder}: {err}") from err
+        if self.init_from is not None and os.path.isdir(self.init_from):
+            if not (Path(self.init_from) / "config.json").is_file() or not any(
+                Path(self.init_from).glob("model*.safetensors")
+            ):
+                raise UsageError(
+                    f"--init_from {self.init_from} holds no saved model (config.json and model.safetensors): give the "
+                    "folder of a finished run (its checkpoints/step_N resume with --resume_from_checkpoint instead)."
+                )
         if self.resume_from_checkpoint not in (None, "latest"):
             path = Path(self.resume_from_checkpoint)
             if not path.is_dir():

@@ -25,6 +25,9 @@ def run_inputs(args) -> dict:
         "--data_dir": args.data_dir or os.environ.get("LMKE_HF_DATA_DIR"),
         "--encoder": getattr(args, "encoder", None),
     }
+    init_from = getattr(args, "init_from", None)
+    if init_from and Path(init_from).exists():
+        inputs["--init_from"] = init_from
     dataset = getattr(args, "dataset", None)
     if dataset:
         inputs["--dataset"] = (
@@ -293,3 +296,96 @@ def prepare_run(args, method: str):
                 f"Dataset {args.dataset} has no {split!r} split; {method} needs train, validation and test."
             )
     return accelerator, kg
+
+
+# the flags that shape the weights: a model of other shapes cannot start from the run's tensors
+_SHAPE_FLAGS = "--encoder, --encoder_layers, --matcher_hidden_size, --own_entity_bias, --no_degree_features"
+
+
+def _recorded_runtime(init_from: str) -> float | None:
+    results = Path(init_from) / "all_results.json"
+    if results.is_file():
+        with contextlib.suppress(ValueError):
+            return json.loads(results.read_text()).get("train_runtime_s")
+    return None
+
+
+def start_from_trained(model, tokenizer, init_from: str, logger=None, load: bool = True) -> dict:
+    """Loads the weights of a model this package trained (`--init_from`: its folder or Hub id) into `model`, which
+    the run built for the same KG: the same model type, entities and relations in the same order, the same word
+    pieces and tensor shapes, else `UsageError` naming what differs. Settings of the earlier run that do not shape
+    tensors (loss, scorer, temperature, ...) are the new run's flags; those that differ are logged. Returns what
+    the results record: the source (local paths shortened) and its training time (`init_train_runtime_s`, None where
+    it did not record one). With `load=False` (a resumed run: its checkpoint holds the weights) only that record."""
+    from transformers import AutoConfig
+
+    from ..run_io import public_value
+
+    record = {"init_from": public_value(str(init_from)), "init_train_runtime_s": _recorded_runtime(init_from)}
+    if not load:
+        return record
+    from ..tokenization_lmke import LmkeTokenizer
+
+    flag = f"--init_from {init_from}"
+    try:
+        config = AutoConfig.from_pretrained(init_from)
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"{flag}: not a saved lmke_hf model ({str(err).splitlines()[0][:200]}).") from err
+    if config.model_type != model.config.model_type:
+        raise UsageError(
+            f"{flag} is a {config.model_type!r} model; this command trains {model.config.model_type!r} models "
+            f"(use the other training command, or a run of this one)."
+        )
+    try:
+        source_tokenizer = LmkeTokenizer.from_pretrained(init_from)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{flag}: its KG tokenizer cannot be read ({err}).") from err
+    for kind in ("entity", "relation"):
+        ours, theirs = getattr(tokenizer, f"{kind}_ids"), getattr(source_tokenizer, f"{kind}_ids")
+        if list(ours) != list(theirs):
+            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            raise UsageError(
+                f"{flag} was trained on another KG: {len(theirs)} {kind} ids against this dataset's {len(ours)}, the "
+                f"first difference at position {at} ({theirs[at] if at < len(theirs) else 'none'!r} there, "
+                f"{ours[at] if at < len(ours) else 'none'!r} here). Train on the dataset it was trained on."
+            )
+    if source_tokenizer.base_vocab_size != tokenizer.base_vocab_size:
+        raise UsageError(
+            f"{flag} reads {source_tokenizer.base_vocab_size} word pieces, this run's --encoder "
+            f"{tokenizer.base_vocab_size}: give the encoder that run started from."
+        )
+    try:
+        source = type(model).from_pretrained(init_from)
+    except ValueError as err:
+        raise UsageError(f"{flag}: {err}") from err
+    theirs, ours = source.state_dict(), model.state_dict()
+    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    shapes = sorted(k for k in set(ours) & set(theirs) if ours[k].shape != theirs[k].shape)
+    if missing or unexpected or shapes:
+        found = "; ".join(
+            f"{label} {names[:3]}{' ...' if len(names) > 3 else ''}"
+            for label, names in (("not in it:", missing), ("only in it:", unexpected), ("other shapes:", shapes))
+            if names
+        )
+        raise UsageError(
+            f"{flag} has other tensors than the model these flags build ({found}); give the flags that shape its "
+            f"weights as that run did ({_SHAPE_FLAGS})."
+        )
+    model.load_state_dict(theirs)
+    shaping = {"model_type", "transformers_version", "architectures", "auto_map", "encoder", "_name_or_path"}
+    differ = {
+        k: (v, getattr(model.config, k, None))
+        for k, v in config.to_dict().items()
+        if k not in shaping and getattr(model.config, k, None) != v
+    }
+    runtime = record["init_train_runtime_s"]
+    if logger is not None:
+        logger.info(
+            "Started from the weights of %s%s.%s",
+            init_from,
+            f" ({runtime / 60:.1f} training minutes)" if runtime is not None else "",
+            (" Settings that differ from that run: " + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items()))
+            if differ
+            else "",
+        )
+    return record
