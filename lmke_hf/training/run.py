@@ -372,11 +372,13 @@ def start_from_trained(model, tokenizer, init_from: str, logger=None, load: bool
             f"weights as that run did ({_SHAPE_FLAGS})."
         )
     model.load_state_dict(theirs)
-    shaping = {"model_type", "transformers_version", "architectures", "auto_map", "encoder", "_name_or_path"}
+    # what the save records beside the run's settings
+    not_settings = {"model_type", "transformers_version", "architectures", "auto_map", "_name_or_path", "dtype"}
+    not_settings |= {"torch_dtype", "encoder"}  # the encoder's shape was checked with the tensors
     differ = {
         k: (v, getattr(model.config, k, None))
         for k, v in config.to_dict().items()
-        if k not in shaping and getattr(model.config, k, None) != v
+        if k not in not_settings and getattr(model.config, k, None) != v
     }
     runtime = record["init_train_runtime_s"]
     if logger is not None:
