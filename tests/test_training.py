@@ -104,6 +104,22 @@ def test_clmke_final_model_is_the_best_one_kept_with_keep_best(clmke_script, kg_
         assert torch.equal(a, b), name
 
 
+def test_logging_steps_log_loss_pace_and_time_left_every_n_steps(clmke_script, kg_dir, tiny_bert_dir, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="train_clmke")
+    argv = _clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "a", "--max_train_steps", 4, "--logging_steps", 2)
+    clmke_script.main(clmke_script.parse_args(argv))
+    lines = [r.getMessage() for r in caplog.records if "s/step" in r.getMessage()]
+    assert [line.split(" (")[0] for line in lines] == ["step 2/4", "step 4/4"], lines
+    assert all("loss " in line and "lr " in line and "min of training left" in line for line in lines)
+    assert lines[-1].endswith("0 h 00 min of training left")
+    caplog.clear()
+    argv = _clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "b", "--max_train_steps", 2, "--logging_steps", 0)
+    clmke_script.main(clmke_script.parse_args(argv))
+    assert not [r for r in caplog.records if "s/step" in r.getMessage()]
+
+
 def test_clmke_writes_test_metrics_ranks_and_plot(clmke_run):
     out, results = clmke_run
     folder = out / "test_metrics"

@@ -196,6 +196,13 @@ class KgTrainingArguments:
         type=POSITIVE_INT,
         help="Processes for the C-LMKE tokenisation (datasets.map); LMKE tokenises its batches on access.",
     )
+    logging_steps: int = _flag(
+        100,
+        type=NON_NEGATIVE_INT,
+        help="Log a line every N optimizer steps: step, mean training loss since the last line, learning rate, seconds "
+        "per step and the training time left (transformers' flag; with --no_progress, the only sign of life between "
+        "validations). 0: never.",
+    )
     no_progress: bool = _flag(
         False, help="Silence every progress bar (training, tokenising, weight loading, dataset writes)."
     )

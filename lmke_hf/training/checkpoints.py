@@ -87,6 +87,7 @@ RESUMABLE_FLAGS = {
     "eval_max_queries",
     "eval_steps",
     "no_progress",
+    "logging_steps",
     "cpu_threads",
     "num_proc",
     "push_to_hub",

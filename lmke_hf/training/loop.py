@@ -131,6 +131,31 @@ class _Clock:
         return None if spent is None else (spent - self.eval_runtime()) / 60
 
 
+class _LogWindow:
+    """The batches since the last `--logging_steps` line: their summed loss, and the time they took without the
+    validations in between."""
+
+    def __init__(self, clock: _Clock, step: int):
+        self.clock = clock
+        self._reset(step)
+
+    def _reset(self, step: int) -> None:
+        self.loss, self.batches, self.step = 0.0, 0, step
+        self.began, self.eval_at_start = time.time(), self.clock.eval_seconds
+
+    def add(self, loss: float) -> None:
+        self.loss += loss
+        self.batches += 1
+
+    def take(self, step: int) -> tuple[float, float]:
+        """(mean loss, seconds per optimizer step) since the last call, and a new window from here."""
+        seconds = time.time() - self.began - (self.clock.eval_seconds - self.eval_at_start)
+        mean = self.loss / max(self.batches, 1)
+        per_step = seconds / (step - self.step) if step > self.step else float("nan")
+        self._reset(step)
+        return mean, per_step
+
+
 def _restore_best(out: Path, state: LoopState, metric_name: str) -> None:
     """A finished run keeps no `best/` (its folder's own model is the best one, unless `--keep_best`): when such a
     run is resumed to train longer, that model becomes `best/` again, with the best validation it reached."""
@@ -274,6 +299,7 @@ class TrainingLoop:
             else None
         )
         self.eval_steps = getattr(args, "eval_steps", None)
+        self.logging_steps = getattr(args, "logging_steps", 0) or 0
         self.examples_per_step = (
             args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
         )
@@ -326,6 +352,7 @@ class TrainingLoop:
                 _restore_best(Path(args.output_dir), self.state, self.metric_name)
         accelerator.wait_for_everyone()
         self.clock = _Clock(self.state)
+        self.window = _LogWindow(self.clock, self.state.completed_steps)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
@@ -392,6 +419,7 @@ class TrainingLoop:
             value = self.train_step(batch)
             total_loss += value
             seen += 1
+            self.window.add(value)
             if accelerator.sync_gradients:
                 state.completed_steps += 1
                 step = state.completed_steps
@@ -399,6 +427,8 @@ class TrainingLoop:
                 self.progress.set_postfix(loss=f"{total_loss / seen:.4f}")
                 if args.with_tracking:
                     accelerator.log({"train_loss": value, "lr": self.scheduler.get_last_lr()[0]}, step=step)
+                if self.logging_steps and step % self.logging_steps == 0:
+                    self.log_progress(epoch)
                 if (
                     self.eval_steps
                     and step % self.eval_steps == 0
@@ -450,6 +480,17 @@ class TrainingLoop:
         value = loss.detach().float().item()
         self.divergence.check(value, self.state.completed_steps + 1)
         return value
+
+    def log_progress(self, epoch: int) -> None:
+        """One line every `--logging_steps`: step, mean loss of the batches since the last line, learning rate,
+        seconds per step (validations excluded) and the training time left at that pace."""
+        step, total = self.state.completed_steps, self.schedule.max_train_steps
+        loss, per_step = self.window.take(step)
+        left = (total - step) * per_step
+        self.logger.info(
+            f"step {step}/{total} (epoch {epoch}): loss {loss:.4f}, lr {self.scheduler.get_last_lr()[0]:.3g}, "
+            f"{per_step:.2f} s/step, {int(left // 3600)} h {int(left % 3600 // 60):02d} min of training left"
+        )
 
     def validate(self, epoch: int, train_loss: float, end_of_epoch: bool) -> None:
         """Validation metrics at this step, recorded in the history (with examples seen and training minutes) and
