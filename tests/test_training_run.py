@@ -255,3 +255,17 @@ def test_init_from_a_folder_without_a_model_or_as_the_output_folder_is_refused_a
         )
     assert "--init_from" in str(info.value)
     assert (source / "model.safetensors").read_bytes() == before
+
+
+def test_init_from_works_for_lmke_too(no_dropout_encoder, kg_dir, tmp_path):
+    lmke = _load_script("train_lmke")
+
+    def train(out, *extra):
+        return lmke.main(lmke.parse_args(_common(kg_dir, no_dropout_encoder, out, *extra)))
+
+    source = tmp_path / "source"
+    train(source, "--max_train_steps", 2)
+    tiny_steps = ("--max_train_steps", 1, "--learning_rate", "1e-12", "--head_learning_rate", "1e-12")
+    results = train(tmp_path / "more", *tiny_steps, "--init_from", source)
+    _assert_same_weights(source / "model.safetensors", tmp_path / "more" / "model.safetensors", atol=1e-6)
+    assert results["init_from"].endswith("source") and results["init_train_runtime_s"] > 0
