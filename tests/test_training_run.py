@@ -239,6 +239,8 @@ def test_init_from_a_folder_without_a_model_or_as_the_output_folder_is_refused_a
     empty.mkdir()
     with pytest.raises(UsageError, match="holds no saved model"):
         _train(script, kg_dir, no_dropout_encoder, tmp_path / "x", "--init_from", empty)
+    with pytest.raises(UsageError, match="no such folder here, and no model on the Hub"):
+        _train(script, kg_dir, no_dropout_encoder, tmp_path / "y", "--init_from", tmp_path / "typo" / "run")
     before = (source / "model.safetensors").read_bytes()
     with pytest.raises(UsageError) as info:
         _train(

@@ -330,7 +330,12 @@ def start_from_trained(model, tokenizer, init_from: str, logger=None, load: bool
     try:
         config = AutoConfig.from_pretrained(init_from)
     except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"{flag}: not a saved lmke_hf model ({str(err).splitlines()[0][:200]}).") from err
+        where = (
+            "a folder without a saved model"
+            if Path(init_from).is_dir()
+            else "no such folder here, and no model on the Hub"
+        )
+        raise UsageError(f"{flag}: {where} ({str(err).splitlines()[0][:200]}).") from err
     if config.model_type != model.config.model_type:
         raise UsageError(
             f"{flag} is a {config.model_type!r} model; this command trains {model.config.model_type!r} models "
