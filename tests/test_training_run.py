@@ -210,6 +210,35 @@ def test_init_from_starts_from_the_runs_weights_and_the_card_adds_its_training_t
     assert str(source) not in card  # the local path is shortened, as every path a card shows
 
 
+def test_init_from_a_runs_best_folder_adds_its_training_time_up_to_that_validation(
+    script, kg_dir, no_dropout_encoder, tmp_path
+):  # noqa: F811
+    """A stage 2 started from a run's best/ (a run stopped after its best validation) reported no earlier training
+    time: best/ now records the seconds its run had trained when that validation saved it."""
+    source = tmp_path / "source"
+    source_results = _train(
+        script, kg_dir, no_dropout_encoder, source, "--max_train_steps", 3, "--own_entity_bias", "--keep_best"
+    )
+    state = json.loads((source / "best" / "best_state.json").read_text())
+    assert state["step"] == source_results["best_step"] and state["metric"] == source_results["best_eval_mrr"]
+    assert 0 < state["train_runtime_s"] <= source_results["train_runtime_s"]
+    out = tmp_path / "stage2"
+    results = _train(
+        script,
+        kg_dir,
+        no_dropout_encoder,
+        out,
+        "--max_train_steps",
+        1,
+        "--own_entity_bias",
+        "--init_from",
+        str(source / "best"),
+    )
+    assert results["init_train_runtime_s"] == pytest.approx(state["train_runtime_s"])
+    total = (results["train_runtime_s"] + state["train_runtime_s"]) / 60
+    assert f"{total:.1f} min in all" in (out / "README.md").read_text()
+
+
 def test_init_from_refuses_another_kg_another_model_type_and_other_shapes_naming_the_difference(
     script, kg_dir, no_dropout_encoder, source_run, toy_kg_dir, tmp_path
 ):  # noqa: F811

@@ -17,8 +17,11 @@ import torch
 from transformers import get_scheduler
 
 from ..errors import TrainingDiverged, TrainingStopped
-from ..run_io import public_args
+from ..run_io import public_args, write_json
 from .checkpoints import CheckpointManager, LoopState, run_settings
+
+# best/'s record of the validation that made it the best: step, epoch, metric, the run's training seconds by then
+BEST_STATE = "best_state.json"
 
 
 def build_optimizer(model, args) -> torch.optim.Optimizer:
@@ -519,7 +522,10 @@ class TrainingLoop:
             state.best = {"metric": metrics[f"eval_{self.metric_name}"], "epoch": epoch, "step": state.completed_steps}
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                self.save_fn(accelerator.unwrap_model(self.model), Path(self.args.output_dir) / "best")
+                best = Path(self.args.output_dir) / "best"
+                self.save_fn(accelerator.unwrap_model(self.model), best)
+                # what a later run started from best/ (`--init_from <run>/best`) reports as its training time
+                write_json(best / BEST_STATE, {**state.best, "train_runtime_s": clock.runtime()}, indent=2)
         self.model.train()
         clock.eval_seconds += time.time() - began
 

@@ -17,6 +17,7 @@ from ..errors import UsageError
 from ..folders import LOCK_FILE, check_output_dir, claim_folder, recover_final_save
 from ..run_io import public_args, write_json
 from .arguments import typed_command
+from .loop import BEST_STATE
 
 
 def run_inputs(args) -> dict:
@@ -303,10 +304,13 @@ _SHAPE_FLAGS = "--encoder, --encoder_layers, --matcher_hidden_size, --own_entity
 
 
 def _recorded_runtime(init_from: str) -> float | None:
-    results = Path(init_from) / "all_results.json"
-    if results.is_file():
-        with contextlib.suppress(ValueError):
-            return json.loads(results.read_text()).get("train_runtime_s")
+    """The training seconds behind a trained folder: a finished run's (`all_results.json`), or for a run's `best/`
+    the seconds its run had trained by the validation that saved it (`best_state.json`)."""
+    for name in ("all_results.json", BEST_STATE):
+        record = Path(init_from) / name
+        if record.is_file():
+            with contextlib.suppress(ValueError):
+                return json.loads(record.read_text()).get("train_runtime_s")
     return None
 
 
