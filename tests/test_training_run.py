@@ -223,17 +223,8 @@ def test_init_from_a_runs_best_folder_adds_its_training_time_up_to_that_validati
     assert state["step"] == source_results["best_step"] and state["metric"] == source_results["best_eval_mrr"]
     assert 0 < state["train_runtime_s"] <= source_results["train_runtime_s"]
     out = tmp_path / "stage2"
-    results = _train(
-        script,
-        kg_dir,
-        no_dropout_encoder,
-        out,
-        "--max_train_steps",
-        1,
-        "--own_entity_bias",
-        "--init_from",
-        str(source / "best"),
-    )
+    stage2 = ("--max_train_steps", 1, "--own_entity_bias", "--init_from", str(source / "best"))
+    results = _train(script, kg_dir, no_dropout_encoder, out, *stage2)
     assert results["init_train_runtime_s"] == pytest.approx(state["train_runtime_s"])
     total = (results["train_runtime_s"] + state["train_runtime_s"]) / 60
     assert f"{total:.1f} min in all" in (out / "README.md").read_text()
