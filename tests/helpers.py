@@ -238,10 +238,6 @@ def _clmke_argv(kg_dir, encoder, output_dir, *extra) -> list[str]:
     return _common(kg_dir, encoder, output_dir, "--max_key_description_length", "8", *extra)
 
 
-# 40 training triples -> 80 queries -> 20 batches of 4 per epoch: 6 steps end mid-epoch.
-RESUME_FLAGS = ("--lr_scheduler_type", "constant", "--checkpointing_steps", "2")
-
-
 RESUME_FLAGS = ("--lr_scheduler_type", "constant", "--checkpointing_steps", "2")
 """Constant LR and a checkpoint every 2 steps: 40 training triples -> 80 queries -> 20 batches of 4 per epoch, so 6 steps end mid-epoch."""
 

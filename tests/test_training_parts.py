@@ -1,9 +1,10 @@
 """The parts of `lmke_hf.training` one at a time: the command line a card records (`typed_command`), the
-process-wide settings of a script's `main` (`configure_process`), the summary a person reads at the end of a run,
-and the model card's metadata (licence, base model, dataset id, degree ranges)."""
+process-wide settings of a script's `main` (`configure_process`), the plan a run logs before its first step and the
+summary a person reads at the end of it, and the model card's metadata (licence, base model, dataset id, degree ranges)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 from pathlib import Path
@@ -18,6 +19,7 @@ import lmke_hf.training.run as run  # noqa: E402
 from lmke_hf.modelcard import ModelCard  # noqa: E402
 from lmke_hf.run_io import MINILM_HUB_ID  # noqa: E402
 from lmke_hf.training import configure_process, summary_text, typed_command  # noqa: E402
+from lmke_hf.training.loop import Schedule  # noqa: E402
 
 from helpers import _clmke_argv, _load_script, write_tiny_kg  # noqa: E402
 
@@ -139,15 +141,42 @@ def test_summary_names_protocol_metrics_and_where_the_model_is():
     assert "train_runtime_s" not in text and 'AutoModel.from_pretrained("outputs/run")' in text
 
 
-def test_a_run_prints_its_summary_once_and_keeps_no_best_copy(tiny_bert_dir, tmp_path, capsys):
+def test_a_run_prints_its_summary_once_and_keeps_no_best_copy(tiny_bert_dir, tmp_path, capsys, caplog):
     script = _load_script("train_clmke")
     kg = write_tiny_kg(tmp_path / "kg")
     out = tmp_path / "run"
-    script.main(script.parse_args(_clmke_argv(kg, tiny_bert_dir, out, "--max_train_steps", 2)))
+    with caplog.at_level(logging.INFO):
+        script.main(script.parse_args(_clmke_argv(kg, tiny_bert_dir, out, "--max_train_steps", 2, "--eval_steps", 1)))
     printed = capsys.readouterr().out
     assert printed.count("C-LMKE on tinykg: 2 steps") == 1 and printed.count("Test (filtered ranks") == 1
     assert "realistic rank" in printed and str(out) in printed
     assert not (out / "best").exists() and (out / "model.safetensors").is_file()
+    # the plan before the first step; step 1's validation nearly repeats the last step's, which happens anyway
+    assert "Training plan: 2 optimizer steps of 4 examples (0.1 epochs of 20 steps)" in caplog.text
+    assert "--eval_steps 1 validates at step 1, 1 step(s) from the validation at step 2" in caplog.text
+
+
+def test_the_plan_finds_step_validations_that_repeat_epoch_ends():
+    # WN18RR at batch 128: 1,356 steps per epoch (the last partial batch dropped); --eval_steps 1357 lands 1 to 5
+    # steps after each epoch end, 5 times in 8,141 steps
+    schedule = Schedule(steps_per_epoch=1356, max_train_steps=8141, num_train_epochs=7, num_warmup_steps=245)
+    assert schedule.validation_ends() == [1356, 2712, 4068, 5424, 6780, 8136, 8141]
+    assert schedule.near_duplicate_validations(1357) == [
+        (1357, 1356),
+        (2714, 2712),
+        (4071, 4068),
+        (5428, 5424),
+        (6785, 6780),
+    ]
+    assert schedule.nearest_step_divisor(1357) == 678
+    assert schedule.near_duplicate_validations(678) == [] and schedule.near_duplicate_validations(None) == []
+    assert schedule.near_duplicate_validations(1000) == []  # 1000, 2000, ...: none within 13 steps of an epoch end
+    # a prime number of steps per epoch has no divisor to offer
+    assert Schedule(101, 300, 3, 0).nearest_step_divisor(50) is None
+    assert (
+        "validation at each epoch end and the last step, and every 1357 steps; a checkpoint every 200 steps."
+        in schedule.describe(128, 1357, 200)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ model card

@@ -180,7 +180,7 @@ class KgTrainingArguments:
     eval_steps: int | None = _flag(
         None,
         type=POSITIVE_INT,
-        help="Also validate every N optimizer steps (not only at the end of each epoch); the history records examples seen and training time at each point.",
+        help="Also validate every N optimizer steps (not only at the end of each epoch and the last step); the history records examples seen and training time at each point. Pick N dividing the steps per epoch (the run logs them, and warns when a step validation nearly repeats an epoch-end one).",
     )
     max_entity_description_length: int = _flag(
         48, type=NON_NEGATIVE_INT, help="Word pieces of an entity description in a triple/query (original 241)."

@@ -110,6 +110,41 @@ class Schedule:
             "num_warmup_steps": self.num_warmup_steps,
         }
 
+    def validation_ends(self) -> list[int]:
+        """The steps that validate whatever `--eval_steps` says: each epoch's last step and the run's last."""
+        ends = list(range(self.steps_per_epoch, self.max_train_steps + 1, self.steps_per_epoch))
+        return ends if ends and ends[-1] == self.max_train_steps else [*ends, self.max_train_steps]
+
+    def near_duplicate_validations(self, eval_steps: int | None) -> list[tuple[int, int]]:
+        """(`--eval_steps` point, the epoch-end or final validation it nearly repeats) for each step validation
+        within 1 % of an epoch (at least 1 step) of one that happens anyway: the same model validated twice."""
+        if not eval_steps:
+            return []
+        tolerance = max(1, self.steps_per_epoch // 100)
+        ends, pairs = self.validation_ends(), []
+        for step in range(eval_steps, self.max_train_steps, eval_steps):
+            if step % self.steps_per_epoch:
+                nearest = min(ends, key=lambda end: abs(end - step))
+                if abs(nearest - step) <= tolerance:
+                    pairs.append((step, nearest))
+        return pairs
+
+    def nearest_step_divisor(self, eval_steps: int) -> int | None:
+        """The divisor of the steps per epoch (other than 1 and the epoch itself) nearest to `eval_steps`."""
+        divisors = [d for d in range(2, self.steps_per_epoch) if self.steps_per_epoch % d == 0]
+        return min(divisors, key=lambda d: (abs(d - eval_steps), -d)) if divisors else None
+
+    def describe(self, examples_per_step: int, eval_steps: int | None, checkpoint_every: int | None) -> str:
+        """One line of what the run will do, as transformers' Trainer prints before training."""
+        epochs = self.max_train_steps / self.steps_per_epoch
+        line = (
+            f"Training plan: {self.max_train_steps} optimizer steps of {examples_per_step} examples "
+            f"({epochs:.4g} epochs of {self.steps_per_epoch} steps), {self.num_warmup_steps} warmup steps; "
+            "validation at each epoch end and the last step"
+        )
+        line += f", and every {eval_steps} steps" if eval_steps else ""
+        return line + (f"; a checkpoint every {checkpoint_every} steps." if checkpoint_every else ".")
+
 
 class _Clock:
     """Training time of a run over all its segments (None when a resumed checkpoint predates timing) and the
@@ -357,6 +392,22 @@ class TrainingLoop:
         self.clock = _Clock(self.state)
         self.window = _LogWindow(self.clock, self.state.completed_steps)
 
+    def _log_plan(self) -> None:
+        """The schedule in one line, and a warning when `--eval_steps` nearly repeats epoch-end validations."""
+        schedule = self.schedule
+        self.logger.info(schedule.describe(self.examples_per_step, self.eval_steps, self.every))
+        duplicates = schedule.near_duplicate_validations(self.eval_steps)
+        if duplicates:
+            step, end = duplicates[0]
+            divisor = schedule.nearest_step_divisor(self.eval_steps)
+            self.logger.warning(
+                f"--eval_steps {self.eval_steps} validates at step {step}, {abs(step - end)} step(s) from the "
+                f"validation at step {end} that every epoch end (and the last step) makes anyway: {len(duplicates)} "
+                f"near-duplicate validation(s) in this run. An epoch has {schedule.steps_per_epoch} steps: "
+                + (f"--eval_steps {divisor} divides it; " if divisor else "")
+                + "without --eval_steps the run validates at epoch ends only."
+            )
+
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
         """Trains until `--max_train_steps` (or the epochs) and returns the summary (`summary`)."""
@@ -365,6 +416,7 @@ class TrainingLoop:
 
         self._prepare()
         state, schedule = self.state, self.schedule
+        self._log_plan()
         self.progress = tqdm(
             range(schedule.max_train_steps),
             disable=not self.accelerator.is_local_main_process or self.args.no_progress,
