@@ -120,10 +120,12 @@ class Schedule:
         within 1 % of an epoch (at least 1 step) of one that happens anyway: the same model validated twice."""
         if not eval_steps:
             return []
-        tolerance = max(1, self.steps_per_epoch // 100)
-        ends, pairs = self.validation_ends(), []
-        for step in range(eval_steps, self.max_train_steps, eval_steps):
-            if step % self.steps_per_epoch:
+        per_epoch, last = self.steps_per_epoch, self.max_train_steps
+        tolerance, pairs = max(1, per_epoch // 100), []
+        for step in range(eval_steps, last, eval_steps):
+            if step % per_epoch:
+                before, after = step // per_epoch * per_epoch, (step // per_epoch + 1) * per_epoch
+                ends = [end for end in (before, min(after, last)) if end > 0]
                 nearest = min(ends, key=lambda end: abs(end - step))
                 if abs(nearest - step) <= tolerance:
                     pairs.append((step, nearest))
