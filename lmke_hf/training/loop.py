@@ -124,9 +124,9 @@ class Schedule:
         tolerance, pairs = max(1, per_epoch // 100), []
         for step in range(eval_steps, last, eval_steps):
             if step % per_epoch:
-                before, after = step // per_epoch * per_epoch, (step // per_epoch + 1) * per_epoch
-                ends = [end for end in (before, min(after, last)) if end > 0]
-                nearest = min(ends, key=lambda end: abs(end - step))
+                before = step // per_epoch * per_epoch
+                after = min(before + per_epoch, last)
+                nearest = before if before and step - before <= after - step else after
                 if abs(nearest - step) <= tolerance:
                     pairs.append((step, nearest))
         return pairs
