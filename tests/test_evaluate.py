@@ -525,6 +525,10 @@ BAD_NUMBERS = {
         ("--inductive_fraction", "1.5"),
         ("--inductive_fraction", "nan"),
         ("--inductive_seed", "-1"),
+        ("--rerank_weight", "nan"),
+        ("--rerank_weight", "a bit"),
+        ("--rerank_hops", "0"),
+        ("--rerank_hops", "1.5"),
     ],
     "own_entity_first": [
         ("--max_queries", "0"),

@@ -55,13 +55,14 @@ EVALUATION_NAMES = [
     "plot_degree_buckets",
     "classification_report",
     "tune_thresholds",
+    "GraphReranker",
 ]
 LOOP_NAMES = ["encode_entities", "rank_link_prediction", "score_triples"]
 
 
 def test_evaluation_package_exports_the_metrics_and_the_loops():
     import lmke_hf.evaluation as E
-    from lmke_hf.evaluation import classification, link_prediction, loops, ranks
+    from lmke_hf.evaluation import classification, link_prediction, loops, ranks, rerank
 
     assert sorted(E.__all__) == sorted(EVALUATION_NAMES + LOOP_NAMES)
     home = {
@@ -71,6 +72,7 @@ def test_evaluation_package_exports_the_metrics_and_the_loops():
             for n in ("degree_bucket", "degree_bucket_label", "LinkPredictionEvaluator", "plot_degree_buckets")
         },
         **{n: classification for n in ("classification_report", "tune_thresholds")},
+        "GraphReranker": rerank,
         **{n: loops for n in LOOP_NAMES},
     }
     for name in E.__all__:

@@ -5,6 +5,7 @@
 * ``link_prediction``: :class:`LinkPredictionEvaluator`, :func:`degree_bucket`, :func:`degree_bucket_label`,
   :func:`plot_degree_buckets`;
 * ``classification``: :func:`tune_thresholds`, :func:`classification_report`;
+* ``rerank``: :class:`GraphReranker`, SimKGC's bonus for candidates near the given entity in the training graph;
 * ``loops``: :func:`encode_entities`, :func:`rank_link_prediction`, :func:`score_triples`. Imported on first use, so that the metrics
   (``import lmke_hf.evaluation``) do not load the data and feature code the loops need.
 
@@ -43,6 +44,7 @@ from typing import Any
 from .classification import classification_report, tune_thresholds
 from .link_prediction import LinkPredictionEvaluator, degree_bucket, degree_bucket_label, plot_degree_buckets
 from .ranks import DIRECTIONS, RankTriple, filtered_ranks, ranking_metrics_from_ranks
+from .rerank import GraphReranker
 
 _LOOPS = ("encode_entities", "rank_link_prediction", "score_triples")
 
@@ -68,6 +70,7 @@ __all__ = [
     "degree_bucket_label",
     "LinkPredictionEvaluator",
     "plot_degree_buckets",
+    "GraphReranker",
     "classification_report",
     "tune_thresholds",
     *_LOOPS,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..modeling_clmke import ClmkeForLinkPrediction
     from ..modeling_lmke import LmkeForTripleClassification
     from ..tokenization_lmke import KgElements
+    from .rerank import GraphReranker
 
 
 def _length_sorted_batches(lengths: np.ndarray, batch_size: int):
@@ -93,6 +94,7 @@ def rank_link_prediction(
     score_dtype: torch.dtype | None = None,
     progress: bool = False,
     scores_memory_mb: float = 1024,
+    reranker: GraphReranker | None = None,
 ) -> LinkPredictionEvaluator:
     """Filtered ranking of the gold entity of every (h, r, ?) and (?, r, t) query of `split` among all entities.
 
@@ -105,6 +107,8 @@ def rank_link_prediction(
         score_dtype (*optional*): matcher compute dtype (`torch.bfloat16` speeds up CPUs with bf16 units).
         scores_memory_mb: at most this many MiB of `(queries, entities)` scores at a time: blocks of
             `min(batch_size, scores_memory_mb / (4 N))` queries (at least one).
+        reranker (`GraphReranker`, *optional*): SimKGC's graph re-ranking, applied to each block's scores before
+            ranking; refused when its graph holds `split` itself.
 
     Returns:
         A `LinkPredictionEvaluator` holding every rank (realistic = tie-averaged) with direction, relation and
@@ -115,6 +119,8 @@ def rank_link_prediction(
         triples = triples[:max_queries]
     if len(triples) == 0:
         raise ValueError(f"Split {split!r} has no positive triples to rank.")
+    if reranker is not None:
+        reranker.check_split(split)
     if entity_embeddings is None:
         entity_embeddings = encode_entities(model, tokenizer, None, batch_size, accelerator, progress)
     index = entity_embeddings if isinstance(entity_embeddings, EntityIndex) else EntityIndex(entity_embeddings)
@@ -136,6 +142,8 @@ def rank_link_prediction(
             # scored without the gold; ranked right away so that only one (block x entities) score matrix is alive
             scores = index.scores(model, q, q_ent, dtype=score_dtype)
             sub = part[batch_rows]
+            if reranker is not None:
+                scores = reranker(scores, torch.as_tensor(sub[:, given_col]))
             f_rows, f_cols = answers.pairs(sub[:, given_col], sub[:, 1])
             gold = torch.as_tensor(sub[:, target_col], device=scores.device)
             block.update(
