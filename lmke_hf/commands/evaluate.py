@@ -8,8 +8,9 @@ The task follows the checkpoint's `model_type`: `clmke` -> filtered link predict
 `--threshold_split`, globally and per relation). Metrics go to `--output_dir/<split>_results.json`.
 
 `--rerank_weight` adds SimKGC's graph re-ranking to link prediction (a bonus for candidates within
-`--rerank_hops` of the given entity in the graph of `--rerank_splits`); its results go to their own folder
-(`eval-rerank` by default) and record the settings, so they never pass for the model's plain ranking.
+`--rerank_hops` of the given entity in the graph of `--rerank_splits`); its results go to files of their own
+(`<split>_rerank_results.json`, `<split>_rerank_metrics/`) that record the settings, so they never replace or pass
+for the model's plain ranking.
 
 The model scores with the training degrees stored in the checkpoint; the KG only supplies the triples to
 rank, the filter and the gold degrees for the bucket table. The KG's entity and relation ids must be the
@@ -123,14 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--rerank_hops",
         type=POSITIVE_INT,
-        default=2,
-        help="Radius of the re-ranking neighbourhood, edges undirected (SimKGC: 5 on WN18RR, 2 elsewhere).",
+        default=None,
+        help="With --rerank_weight: radius of the re-ranking neighbourhood, edges undirected (default 2; SimKGC: 5 on "
+        "WN18RR, 2 elsewhere).",
     )
     a(
         "--rerank_splits",
         nargs="+",
-        default=["train"],
-        help="Splits whose triples make the re-ranking graph; never the evaluated --split.",
+        default=None,
+        help="With --rerank_weight: splits whose triples make the re-ranking graph (default: train); only splits before "
+        "the evaluated --split (train < validation < test).",
     )
     a(
         "--score_bf16",
@@ -154,17 +157,39 @@ def parse_args(argv=None) -> argparse.Namespace:
 def graph_reranker(args, model, kg, device) -> GraphReranker | None:
     """The `--rerank_*` flags' `GraphReranker` (None without `--rerank_weight`), checked before anything is written."""
     if not args.rerank_weight:
+        given = [flag for flag in ("--rerank_hops", "--rerank_splits") if getattr(args, flag[2:]) is not None]
+        if given:
+            verb = "take" if len(given) > 1 else "takes"
+            raise UsageError(f"{' and '.join(given)} {verb} effect only with --rerank_weight (e.g. 0.05); add it.")
         return None
     if not isinstance(model, ClmkeForLinkPrediction):
         raise UsageError(
             f"--rerank_weight {args.rerank_weight:g}: graph re-ranking applies to link prediction (C-LMKE models); "
             f"{args.model} is a {type(model).__name__}. Leave the flag out."
         )
+    if kg.report.get("inductive"):
+        raise UsageError(
+            f"--rerank_weight {args.rerank_weight:g}: {kg.name} is an inductive split, whose held-out entities have no "
+            "training edges; a graph bonus would only lift their competitors. Leave the flag out."
+        )
+    if model.config.scorer != "cosine":
+        logger.warning(
+            "--rerank_weight %g is added to scores of the %r scorer, whose scale is not SimKGC's cosines (where 0.05 "
+            "is its setting); tune the weight on validation.",
+            args.rerank_weight,
+            model.config.scorer,
+        )
     with flag_errors("--rerank_splits"):
-        reranker = GraphReranker(kg, args.rerank_splits, args.rerank_hops, args.rerank_weight, device)
+        splits = ["train"] if args.rerank_splits is None else args.rerank_splits
+        reranker = GraphReranker(kg, splits, args.rerank_hops or 2, args.rerank_weight, device)
         reranker.check_split(args.split)
     logger.info("graph re-ranking: %s (%d undirected edges)", reranker.describe(), reranker.num_edges)
     return reranker
+
+
+def results_name(args) -> str:
+    """`<split>` for the plain ranking, `<split>_rerank` for the re-ranked one: the prefix of the files written."""
+    return f"{args.split}_rerank" if args.rerank_weight else args.split
 
 
 def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: Path, reranker=None) -> dict:
@@ -198,7 +223,7 @@ def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: P
     metrics["num_examples"] = len(evaluator) // len(args.directions)  # triples ranked
     for direction, values in evaluator.per_direction().items():
         metrics.update({f"{args.split}_{direction}_{k}": v for k, v in values.items()})
-    tables = out_dir / f"{args.split}_metrics"
+    tables = out_dir / f"{results_name(args)}_metrics"
     evaluator.save(tables, relation_names=list(kg.relations["id"]))  # with every rank (ranks.npz / .csv)
     plot_degree_buckets(
         evaluator.per_degree_bucket(), tables / "degree_buckets.png", title=f"C-LMKE on {kg.name} ({args.split})"
@@ -252,15 +277,15 @@ def evaluate_triple_classification(args, accelerator, model, tokenizer, kg, out_
     }
 
 
-def default_output_dir(model: str, source, suffix: str = "") -> Path:
+def default_output_dir(model: str, source) -> Path:
     """`<model folder>/eval`; for a run's `best/` (removed when the run ends) `<run>/eval-best`; for a Hub id
-    `./eval-<name>`; each with `suffix` appended (`-rerank` for re-ranked results)."""
+    `./eval-<name>`."""
     folder = Path(source)
     if not folder.is_dir():
-        return Path(f"eval-{Path(model).name}{suffix}")
+        return Path(f"eval-{Path(model).name}")
     if folder.name == "best" and folder_kind(folder.parent) == "training-run":
-        return folder.parent / f"eval-best{suffix}"
-    return folder / f"eval{suffix}"
+        return folder.parent / "eval-best"
+    return folder / "eval"
 
 
 def main(args) -> dict:
@@ -275,8 +300,7 @@ def main(args) -> dict:
             local_folder(args.data_dir, required=True)
     with flag_errors("--model"):
         source = checkpoint_source(args.model)
-    suffix = "-rerank" if args.rerank_weight else ""
-    out_dir = default_output_dir(args.model, source, suffix) if args.output_dir is None else Path(args.output_dir)
+    out_dir = default_output_dir(args.model, source) if args.output_dir is None else Path(args.output_dir)
     inputs = {
         "--model": source if Path(source).is_dir() else None,
         "--data_dir": args.data_dir,
@@ -336,14 +360,15 @@ def main(args) -> dict:
                     num_processes=accelerator.num_processes,
                     device=str(accelerator.device),
                 )
-                write_json(staging / f"{args.split}_results.json", results, indent=2, default=float)
+                write_json(staging / f"{results_name(args)}_results.json", results, indent=2, default=float)
     finally:
         if lock.is_locked:
             lock.release()
     if accelerator.is_main_process:
-        path = out_dir / f"{args.split}_results.json"
+        path = out_dir / f"{results_name(args)}_results.json"
         logger.info("metrics written to %s", path)
-        print(json.dumps({k: v for k, v in results.items() if k.startswith(args.split)}, indent=2, default=float))
+        shown = {k: v for k, v in results.items() if k.startswith(args.split) or (k == "rerank" and v)}
+        print(json.dumps(shown, indent=2, default=float))
     return results
 
 

@@ -3,12 +3,17 @@
 SimKGC (Wang et al., ACL 2022, section 3.5 and its `rerank.py`) adds a small constant to the score of every entity
 within `n` hops of the query's given entity in the TRAINING graph (edges undirected, relations ignored): answers in
 WN18RR and FB15k-237 tend to lie close to the given entity, which a text encoder does not see. SimKGC's published
-numbers use it (weight 0.05 on cosines; 5 hops on the sparse WN18RR, 2 elsewhere).
+numbers use it (weight 0.05 on cosine scores; 5 hops on the sparse WN18RR, 2 elsewhere; never in the inductive
+setting, where the entities to predict have no training edges).
 
-The bonus depends only on the given entity and the graph of the splits named, never on the gold answer; ranking a
-split with a graph that contains that split's own triples would hand the gold over (it is one hop away), so
-:class:`GraphReranker` refuses it. Unlike SimKGC the given entity itself gets no bonus: C-LMKE's own-entity offset
-(`own_entity_bias`) already sets its score.
+The bonus depends only on the given entity and the graph of the splits named, never on the gold answer. A graph may
+hold only splits that come before the ranked one (train < validation < test): the ranked split's own triples would
+put each gold answer one hop from its query, and a later split's would carry test facts into validation.
+
+Two differences from SimKGC's code: the given entity itself gets no bonus (it is the answer only through a
+self-loop; C-LMKE's `--self_negatives` / `--own_entity_bias` learn how to score it), and no neighbourhood is
+dropped for being large (SimKGC gives no bonus at all past 100,000 entities reached, which only matters on graphs
+of millions of entities).
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import torch
 if TYPE_CHECKING:
     from ..kg import KnowledgeGraph
 
+SPLIT_ORDER = ("train", "validation", "test")  # lmke_hf.kg.SPLITS, not imported: the metrics load without the data code
+
 
 class GraphReranker:
     """Adds `weight` to the scores of the entities within `hops` undirected hops of each query's given entity.
 
-    Reachability is computed for a whole block of queries at once, one sparse `(N, N) x (N, B)` product a hop, so
-    its memory is that of the `(B, N)` score block it adjusts.
+    Reachability is computed for a whole block of queries at once, one sparse `(N, N) x (N, B)` product a hop: about
+    two float `(B, N)` blocks beside the scores, and one copy of the scores for the result.
 
     Args:
         kg (`KnowledgeGraph`): the graph whose positives of `splits` are the edges.
@@ -77,11 +84,18 @@ class GraphReranker:
         return int((rows <= cols).sum())
 
     def check_split(self, split: str) -> None:
-        """Refuses to re-rank `split` with a graph made of its own triples (the gold answer would be a neighbour)."""
-        if split in self.splits:
+        """Refuses to re-rank `split` with a graph that holds it or a later split (train < validation < test): its
+        own triples would put each gold answer one hop from its query, a later split's carry facts it must not see."""
+        order = {name: position for position, name in enumerate(SPLIT_ORDER)}
+        if split not in order:
+            raise ValueError(f"cannot re-rank split {split!r}: the graph's splits are ordered {list(SPLIT_ORDER)}.")
+        late = [name for name in self.splits if order.get(name, len(order)) >= order[split]]
+        if late:
+            allowed = list(SPLIT_ORDER[: order[split]])
+            fix = f"build it from {allowed}" if allowed else f"no split comes before {split!r}: rank another split"
             raise ValueError(
-                f"the re-ranking graph is made of {self.splits}, which holds {split!r}, the split being ranked: its "
-                f"gold answers would be one hop from their queries. Build the graph from the other splits, e.g. ['train']."
+                f"the re-ranking graph is made of {self.splits}, which holds {late} while {split!r} is being ranked: "
+                f"the gold answers (or facts not yet known) would sit next to their queries; {fix}."
             )
 
     def neighbours(self, given: torch.Tensor) -> torch.Tensor:
@@ -91,7 +105,7 @@ class GraphReranker:
         column = torch.arange(given.shape[0], device=given.device)
         reached[given, column] = 1.0
         for _ in range(self.hops):
-            reached = (reached + torch.sparse.mm(self.adjacency, reached)).clamp_(max=1.0)
+            reached.add_(torch.sparse.mm(self.adjacency, reached)).clamp_(max=1.0)
         reached[given, column] = 0.0
         return reached.T.bool()
 
@@ -102,8 +116,9 @@ class GraphReranker:
                 f"`scores` has shape {tuple(scores.shape)}, expected ({given.shape[0]}, {self.num_entities}): one row "
                 "per given entity, one column per entity of the graph."
             )
-        bonus = self.neighbours(given).to(scores.device, scores.dtype) * self.weight
-        return scores + bonus
+        adjusted = scores.clone()
+        adjusted[self.neighbours(given).to(scores.device)] += self.weight
+        return adjusted
 
     def describe(self) -> dict:
         """The settings, as written next to the metrics they produced."""
