@@ -226,7 +226,9 @@ def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: P
     tables = out_dir / f"{results_name(args)}_metrics"
     evaluator.save(tables, relation_names=list(kg.relations["id"]))  # with every rank (ranks.npz / .csv)
     plot_degree_buckets(
-        evaluator.per_degree_bucket(), tables / "degree_buckets.png", title=f"C-LMKE on {kg.name} ({args.split})"
+        evaluator.per_degree_bucket(),
+        tables / "degree_buckets.png",
+        title=f"C-LMKE on {kg.name} ({args.split}{', graph re-ranked' if reranker is not None else ''})",
     )
     return metrics
 

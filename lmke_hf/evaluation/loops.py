@@ -108,7 +108,7 @@ def rank_link_prediction(
         scores_memory_mb: at most this many MiB of `(queries, entities)` scores at a time: blocks of
             `min(batch_size, scores_memory_mb / (4 N))` queries (at least one).
         reranker (`GraphReranker`, *optional*): SimKGC's graph re-ranking, applied to each block's scores before
-            ranking; refused when its graph holds `split` itself.
+            ranking; refused when its graph holds `split` or a later split.
 
     Returns:
         A `LinkPredictionEvaluator` holding every rank (realistic = tie-averaged) with direction, relation and
