@@ -68,7 +68,7 @@ class GraphReranker:
             raise ValueError(f"`weight` must be a finite number, got {weight!r}; SimKGC uses 0.05.")
         self.splits = kg._check_split_list(splits, "splits")
         self.hops, self.weight, self.num_entities = int(hops), float(weight), kg.num_entities
-        edges = np.concatenate([kg.triples(split)[:, [0, 2]] for split in self.splits], axis=0)
+        edges = kg._positives(self.splits)[:, [0, 2]]
         n = kg.num_entities
         # both directions, de-duplicated and sorted by (row, column): a coalesced COO matrix without a check
         keys = np.unique(np.concatenate([edges[:, 0] * n + edges[:, 1], edges[:, 1] * n + edges[:, 0]]))
