@@ -19,7 +19,15 @@ import yaml
 
 from .configuration_lmke import CITATION as _CITATION
 from .errors import UsageError
-from .run_io import MINILM_HUB_ID, MINILM_PACKAGE_DIR, describe_hardware, public_args, public_value, write_json
+from .run_io import (
+    MINILM_HUB_ID,
+    MINILM_PACKAGE_DIR,
+    describe_hardware,
+    public_args,
+    public_value,
+    run_resumes,
+    write_json,
+)
 
 CARD_DATA_FILE = "card.json"
 TEMPLATE_FILE = "model_card_template.md"  # package data beside this module
@@ -160,6 +168,8 @@ class ModelCard:
         model_id: the repo id used in the usage snippet.
         description_source: where entity texts came from; degree_features: on/off (C-LMKE).
         hardware / train_runtime_s: where and how long it trained.
+        resumes: the command lines that resumed the run (`--resume_from_checkpoint`), in order; the card counts
+            them and names the flags each changed (`command` is how the run started, `args` how it ended).
         plot: file name (next to the card) of the degree-bucket plot, if any.
         degree_buckets: per-bucket metrics table (keys: bucket numbers of `lmke_hf.evaluation.degree_bucket`).
         dataset_id: the KG's Hub dataset id when it was loaded from the Hub (the metadata then names it).
@@ -192,13 +202,15 @@ class ModelCard:
     encoder_layers: int | None = None
     negative_sampling: str | None = None
     resample_negatives: bool | None = None
+    resumes: list[str] | None = None
 
     def __post_init__(self):
         if self.task not in CARD_TASKS:
             raise ValueError(f"ModelCard(task={self.task!r}): expected one of {', '.join(map(repr, CARD_TASKS))}.")
         # what a card shows is what it uploads: no secrets, no local absolute paths (the encoder by its Hub id)
         self.args = public_args(self.args)
-        self.command = " ".join(public_value(part) for part in str(self.command).split(" "))
+        self.command = _public_command(self.command)
+        self.resumes = [_public_command(command) for command in self.resumes] if self.resumes else None
         for name, value in run_facts(self.task, self.args).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -273,6 +285,8 @@ class ModelCard:
             "hardware": self.hardware,
             "precision": f"- Precision: {PRECISION_TEXT.get(precision, precision)}" if precision else "",
             "training_time": self._training_time(),
+            "resumes": self._resumes(),
+            "hyperparameters_of": " (as the last resume ran)" if self.resumes else "",
             "reproducibility": (
                 "- **Not exactly reproducible**: a resume of this run could not restore its random states."
                 if self.results.get("exact_resume") is False
@@ -297,6 +311,23 @@ class ModelCard:
             return f"{line}, started from the weights of `{source}` (its training time not recorded)"
         total = (self.train_runtime_s + before) / 60
         return f"{line}, started from the weights of `{source}` after its {before / 60:.1f} min: {total:.1f} min in all"
+
+    def _resumes(self) -> str:
+        """How many times the run was stopped and resumed, and which flags each resume changed (against the
+        command before it): a card's command alone would hide that, e.g., a resume stopped validating mid-epoch."""
+        if not self.resumes:
+            return ""
+        count = len(self.resumes)
+        exact = ", each resume exact" if self.results.get("exact_resume") else ""
+        lines = [
+            f"- Trained in {count + 1} segments: stopped and resumed {count} time{'s' if count > 1 else ''} with "
+            f"`--resume_from_checkpoint`{exact}"
+        ]
+        for number, (before, after) in enumerate(zip([self.command, *self.resumes], self.resumes), start=1):
+            changes = changed_flags(before, after)
+            if changes:
+                lines.append(f"  - resume {number}: {', '.join(changes)}")
+        return "\n".join(lines)
 
     def _degree_buckets_table(self) -> str:
         if not self.degree_buckets:
@@ -332,7 +363,10 @@ class ModelCard:
         read from the run's README.md when `training_args.json` does not record it)."""
         run_dir = Path(run_dir)
         if (run_dir / CARD_DATA_FILE).is_file():
-            return cls(**json.loads((run_dir / CARD_DATA_FILE).read_text()))
+            data = json.loads((run_dir / CARD_DATA_FILE).read_text())
+            if "resumes" not in data:  # a run recorded before cards listed its resumes
+                data["resumes"] = run_resumes(run_dir) or None
+            return cls(**data)
         missing = [n for n in ("training_args.json", "all_results.json") if not (run_dir / n).is_file()]
         if missing:
             raise FileNotFoundError(
@@ -361,7 +395,44 @@ class ModelCard:
             train_runtime_s=results.get("train_runtime_s"),
             plot="degree_buckets.png" if link and (run_dir / "degree_buckets.png").is_file() else None,
             degree_buckets=buckets,
+            resumes=run_resumes(run_dir) or None,
         )
+
+
+def _public_command(command) -> str:
+    """A command line as a card shows it: local paths shortened, secrets left out (`public_value` per word)."""
+    return " ".join(public_value(part) for part in str(command).split(" "))
+
+
+def _flag_values(command: str) -> dict[str, str]:
+    """The `--flag value...` pairs of a command line ("" for a switch), in order; words before the first flag
+    and the script itself (`*.py`) belong to no flag, nor does `--resume_from_checkpoint`."""
+    flags, current = {}, None
+    for word in command.split():
+        if word.startswith("--"):
+            current = word
+            flags[current] = ""
+        elif word.endswith(".py"):
+            current = None
+        elif current is not None:
+            flags[current] = f"{flags[current]} {word}".strip()
+    flags.pop("--resume_from_checkpoint", None)
+    return flags
+
+
+def changed_flags(before: str, after: str) -> list[str]:
+    """What the command line `after` changed against `before`, one Markdown phrase per flag: "`--eval_steps 1357`
+    dropped", "`--cpu_threads 1` added", "`--max_train_steps` 2 -> 3"."""
+    old, new = _flag_values(before), _flag_values(after)
+    changes = []
+    for flag in [*old, *(f for f in new if f not in old)]:
+        if flag not in new:
+            changes.append(f"`{flag} {old[flag]}`".replace(" `", "`") + " dropped")
+        elif flag not in old:
+            changes.append(f"`{flag} {new[flag]}`".replace(" `", "`") + " added")
+        elif old[flag] != new[flag]:
+            changes.append(f"`{flag}` {old[flag] or '(on)'} -> {new[flag] or '(on)'}")
+    return changes
 
 
 def run_facts(task: str, args: dict) -> dict:
@@ -421,7 +492,7 @@ def export_card(run_dir, destination, rerender: bool = False) -> list[Path]:
     return copied
 
 
-__all__ = ["CARD_DATA_FILE", "CARD_TASKS", "ModelCard", "export_card", "run_facts"]
+__all__ = ["CARD_DATA_FILE", "CARD_TASKS", "ModelCard", "changed_flags", "export_card", "run_facts"]
 
 
 def parse_args(argv=None):

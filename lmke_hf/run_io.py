@@ -85,4 +85,21 @@ def describe_hardware(device: torch.device | str | int | None = None) -> str:
     return f"{model} ({cores} cores, {torch.get_num_threads()} torch threads, {platform.system()})"
 
 
-__all__ = ["MINILM_HUB_ID", "SECRET_ARGS", "describe_hardware", "public_args", "public_value", "write_json"]
+def run_resumes(output_dir) -> list[str]:
+    """The command lines that resumed the run in `output_dir` (`--resume_from_checkpoint`), in order, as its
+    training_args.json recorded them: [] for a run never resumed or a folder without that record."""
+    path = Path(output_dir) / "training_args.json"
+    if not path.is_file():
+        return []
+    return [resume["command"] for resume in json.loads(path.read_text()).get("resumes", []) if resume.get("command")]
+
+
+__all__ = [
+    "MINILM_HUB_ID",
+    "SECRET_ARGS",
+    "describe_hardware",
+    "public_args",
+    "public_value",
+    "run_resumes",
+    "write_json",
+]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmke_hf.modelcard import CARD_TASKS, ModelCard, render_template
+from lmke_hf.modelcard import CARD_TASKS, ModelCard, changed_flags, render_template
 from lmke_hf.run_io import MINILM_HUB_ID, describe_hardware, public_args, public_value
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +205,49 @@ def test_card_facts_come_from_the_run_flags_once(tmp_path):
     off = ModelCard(**{**LINK_CARD, "degree_features": None, "args": {**LINK_CARD["args"], "no_degree_features": True}})
     assert "- Degree features: off;" in off.render()
     assert ModelCard(**{**LINK_CARD, "encoder_layers": 3}).facts()["encoder"].endswith("(first 3 layers)")
+
+
+def test_changed_flags_names_what_a_later_command_dropped_added_or_changed():
+    first = "accelerate launch --num_processes 1 examples/train_clmke.py --dataset wn18rr --eval_steps 1357 --self_negatives"
+    assert changed_flags(first, first + " --resume_from_checkpoint latest") == []  # the resume flag itself is no change
+    later = "accelerate launch --num_processes 2 examples/train_clmke.py --dataset wn18rr --cpu_threads 1 --resume_from_checkpoint latest"
+    assert changed_flags(first, later) == [
+        "`--num_processes` 1 -> 2",
+        "`--eval_steps 1357` dropped",
+        "`--self_negatives` dropped",
+        "`--cpu_threads 1` added",
+    ]
+    assert changed_flags("python train.py --a 1 2", "python train.py --a 1") == ["`--a` 1 2 -> 1"]  # multi-word values
+
+
+def test_a_resumed_runs_card_counts_its_segments_and_names_each_resumes_changes(tmp_path):
+    command = "accelerate launch examples/train_lmke.py --dataset fb13 --eval_steps 100 --data_dir /home/someone/data"
+    resumes = [
+        f"{command} --resume_from_checkpoint latest",
+        f"{command.replace('--eval_steps 100', '--eval_steps 200')} --resume_from_checkpoint latest",
+    ]
+    text = _render({**CLASSIFICATION_CARD, "command": command, "resumes": resumes}, tmp_path)
+    assert (
+        "- Trained in 3 segments: stopped and resumed 2 times with `--resume_from_checkpoint`, each resume exact\n"
+        "  - resume 2: `--eval_steps` 100 -> 200\n" in text
+    )
+    assert "resume 1:" not in text and "- Hyperparameters (as the last resume ran):" in text
+    assert "/home/someone" not in text  # resume commands are made public like the first one
+    once = _render({**CLASSIFICATION_CARD, "resumes": resumes[:1], "results": {"test_accuracy": 0.9}}, tmp_path)
+    assert "- Trained in 2 segments: stopped and resumed 1 time with `--resume_from_checkpoint`\n" in once
+    plain = _render(CLASSIFICATION_CARD, tmp_path)
+    assert "segments" not in plain and "- Hyperparameters:" in plain
+
+
+def test_a_card_json_from_before_resumes_were_listed_takes_them_from_training_args(tmp_path):
+    """`export-card --rerender` of a run recorded before cards listed resumes: its training_args.json has them."""
+    command = LINK_CARD["command"]
+    resumes = [{"command": f"{command} --eval_steps 5 --resume_from_checkpoint latest", "started_at": "x", "hardware": "y"}]
+    (tmp_path / "training_args.json").write_text(json.dumps({"command": command, "resumes": resumes}))
+    text = _render(LINK_CARD, tmp_path)
+    assert "stopped and resumed 1 time" in text and "  - resume 1: `--eval_steps 5` added" in text
+    (tmp_path / "card.json").write_text(json.dumps({**LINK_CARD, "resumes": None}))  # a card that says: none
+    assert ModelCard.from_run(tmp_path).resumes is None
 
 
 def test_card_of_an_unknown_task_is_refused():

@@ -652,7 +652,9 @@ def test_a_resumed_runs_card_names_its_first_command(clmke_script, kg_dir, tiny_
     assert info["command"] == started["command"] and "--resume_from_checkpoint" not in info["command"]
     assert info["started_at"] == started["started_at"] and info["args"]["max_train_steps"] == 3
     assert len(info["resumes"]) == 1 and "--resume_from_checkpoint latest" in info["resumes"][0]["command"]
-    assert f"- Command: `{started['command']}`" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert f"- Command: `{started['command']}`" in card
+    assert "- Trained in 2 segments: stopped and resumed 1 time" in card and "  - resume 1: `--max_train_steps` 2 -> 3" in card
 
 
 def test_resume_from_a_checkpoint_without_timing_reports_unknown_time(clmke_script, kg_dir, tiny_bert_dir, tmp_path):

@@ -21,7 +21,7 @@ from lmke_hf.errors import UsageError
 from lmke_hf.evaluation import encode_entities, plot_degree_buckets, rank_link_prediction
 from lmke_hf.features import ClmkeCollator, LengthGroupedSampler, link_prediction_examples, tokenize_link_prediction
 from lmke_hf.modelcard import ModelCard
-from lmke_hf.run_io import describe_hardware, write_json
+from lmke_hf.run_io import describe_hardware, run_resumes, write_json
 from lmke_hf.training import (
     ClmkeTrainingArguments,
     arguments_parser,
@@ -186,6 +186,7 @@ def _run(args) -> dict:
         results=results,
         args={**vars(args), **summary["schedule"]},
         command=run_command("examples/train_clmke.py", args.output_dir),
+        resumes=run_resumes(args.output_dir),
         hardware=describe_hardware(accelerator.device),
         model_id=args.hub_model_id or f"your-org/{out.name}",
         description_source=kg.description_source,

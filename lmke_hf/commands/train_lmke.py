@@ -21,7 +21,7 @@ from lmke_hf.evaluation import classification_report, score_triples
 from lmke_hf.features import LengthGroupedSampler, LmkeCollator, TrainingTriples
 from lmke_hf.kg import add_classification_negatives
 from lmke_hf.modelcard import ModelCard
-from lmke_hf.run_io import describe_hardware, write_json
+from lmke_hf.run_io import describe_hardware, run_resumes, write_json
 from lmke_hf.training import (
     LmkeTrainingArguments,
     arguments_parser,
@@ -124,6 +124,7 @@ def _run(args) -> dict:
         results=results,
         args={**vars(args), **summary["schedule"]},
         command=run_command("examples/train_lmke.py", args.output_dir),
+        resumes=run_resumes(args.output_dir),
         hardware=describe_hardware(accelerator.device),
         model_id=args.hub_model_id or f"your-org/{out.name}",
         description_source=kg.description_source,
