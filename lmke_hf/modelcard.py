@@ -323,10 +323,15 @@ class ModelCard:
             f"- Trained in {count + 1} segments: stopped and resumed {count} time{'s' if count > 1 else ''} with "
             f"`--resume_from_checkpoint`{exact}"
         ]
-        for number, (before, after) in enumerate(zip([self.command, *self.resumes], self.resumes), start=1):
+        before = self.command
+        for number, after in enumerate(self.resumes, start=1):
+            if not after:
+                lines.append(f"  - resume {number}: its command was not recorded")
+                continue
             changes = changed_flags(before, after)
             if changes:
                 lines.append(f"  - resume {number}: {', '.join(changes)}")
+            before = after
         return "\n".join(lines)
 
     def _degree_buckets_table(self) -> str:
@@ -400,38 +405,47 @@ class ModelCard:
 
 
 def _public_command(command) -> str:
-    """A command line as a card shows it: local paths shortened, secrets left out (`public_value` per word)."""
-    return " ".join(public_value(part) for part in str(command).split(" "))
+    """A command line as a card shows it: token values replaced by `***`, absolute local paths shortened
+    (`redact_argv`, as when the run recorded it)."""
+    from .training.arguments import redact_argv  # here: lmke_hf.training imports this module
+
+    return " ".join(redact_argv(str(command).split(" ")))
 
 
-def _flag_values(command: str) -> dict[str, str]:
-    """The `--flag value...` pairs of a command line ("" for a switch), in order; words before the first flag
-    and the script itself (`*.py`) belong to no flag, nor does `--resume_from_checkpoint`."""
+def _flag_values(command: str) -> dict[tuple[str, bool], str]:
+    """The flags of a command line with their values ("" for a switch), in order, keyed by (flag, given to the
+    launcher): the script is its first `*.py` word, and `accelerate launch`'s flags before it are the launcher's.
+    `--flag=value` counts as `--flag value`; `--resume_from_checkpoint` is left out."""
+    words = command.split()
+    script = next((at for at, word in enumerate(words) if word.endswith(".py")), None)
     flags, current = {}, None
-    for word in command.split():
-        if word.startswith("--"):
-            current = word
-            flags[current] = ""
-        elif word.endswith(".py"):
+    for at, word in enumerate(words):
+        if at == script:
             current = None
+        elif word.startswith("--"):
+            name, inline, value = word.partition("=")
+            current = (name, script is not None and at < script)
+            flags[current] = value
+            if inline:
+                current = None
         elif current is not None:
             flags[current] = f"{flags[current]} {word}".strip()
-    flags.pop("--resume_from_checkpoint", None)
-    return flags
+    return {key: value for key, value in flags.items() if key[0] != "--resume_from_checkpoint"}
 
 
 def changed_flags(before: str, after: str) -> list[str]:
     """What the command line `after` changed against `before`, one Markdown phrase per flag: "`--eval_steps 1357`
-    dropped", "`--cpu_threads 1` added", "`--max_train_steps` 2 -> 3"."""
+    dropped", "`--cpu_threads 1` added", "`--max_train_steps` 2 -> 3", "`--mixed_precision` (launcher) bf16 -> no"."""
     old, new = _flag_values(before), _flag_values(after)
     changes = []
-    for flag in [*old, *(f for f in new if f not in old)]:
-        if flag not in new:
-            changes.append(f"`{flag} {old[flag]}`".replace(" `", "`") + " dropped")
-        elif flag not in old:
-            changes.append(f"`{flag} {new[flag]}`".replace(" `", "`") + " added")
-        elif old[flag] != new[flag]:
-            changes.append(f"`{flag}` {old[flag] or '(on)'} -> {new[flag] or '(on)'}")
+    for key in [*old, *(key for key in new if key not in old)]:
+        flag, where = key[0], " (launcher)" if key[1] else ""
+        if key not in new:
+            changes.append(f"`{' '.join(filter(None, (flag, old[key])))}`{where} dropped")
+        elif key not in old:
+            changes.append(f"`{' '.join(filter(None, (flag, new[key])))}`{where} added")
+        elif old[key] != new[key]:
+            changes.append(f"`{flag}`{where} {old[key] or '(on)'} -> {new[key] or '(on)'}")
     return changes
 
 

@@ -87,11 +87,12 @@ def describe_hardware(device: torch.device | str | int | None = None) -> str:
 
 def run_resumes(output_dir) -> list[str]:
     """The command lines that resumed the run in `output_dir` (`--resume_from_checkpoint`), in order, as its
-    training_args.json recorded them: [] for a run never resumed or a folder without that record."""
+    training_args.json recorded them ("" for a resume recorded without one): [] for a run never resumed or a folder
+    without that record."""
     path = Path(output_dir) / "training_args.json"
     if not path.is_file():
         return []
-    return [resume["command"] for resume in json.loads(path.read_text()).get("resumes", []) if resume.get("command")]
+    return [resume.get("command") or "" for resume in json.loads(path.read_text()).get("resumes") or []]
 
 
 __all__ = [

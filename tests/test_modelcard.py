@@ -210,39 +210,60 @@ def test_card_facts_come_from_the_run_flags_once(tmp_path):
 def test_changed_flags_names_what_a_later_command_dropped_added_or_changed():
     first = "accelerate launch --num_processes 1 examples/train_clmke.py --dataset wn18rr --eval_steps 1357 --self_negatives"
     assert changed_flags(first, first + " --resume_from_checkpoint latest") == []  # the resume flag itself is no change
-    later = "accelerate launch --num_processes 2 examples/train_clmke.py --dataset wn18rr --cpu_threads 1 --resume_from_checkpoint latest"
+    assert changed_flags(first, first + " --resume_from_checkpoint=latest") == []
+    later = "accelerate launch --num_processes 2 examples/train_clmke.py --dataset wn18rr --cpu_threads 1 --self_negatives 1"
     assert changed_flags(first, later) == [
-        "`--num_processes` 1 -> 2",
+        "`--num_processes` (launcher) 1 -> 2",
         "`--eval_steps 1357` dropped",
-        "`--self_negatives` dropped",
+        "`--self_negatives` (on) -> 1",
         "`--cpu_threads 1` added",
     ]
     assert changed_flags("python train.py --a 1 2", "python train.py --a 1") == ["`--a` 1 2 -> 1"]  # multi-word values
+    assert changed_flags("python train.py --a=1 --b x.py", "python train.py --a 1 --b y.py") == ["`--b` x.py -> y.py"]
+    # a launcher's flag and the script's flag of the same name are two flags
+    launched = "accelerate launch --mixed_precision bf16 train.py --mixed_precision bf16"
+    assert changed_flags(launched, launched.replace("bf16 train", "no train")) == [
+        "`--mixed_precision` (launcher) bf16 -> no"
+    ]
 
 
 def test_a_resumed_runs_card_counts_its_segments_and_names_each_resumes_changes(tmp_path):
     command = "accelerate launch examples/train_lmke.py --dataset fb13 --eval_steps 100 --data_dir /home/someone/data"
     resumes = [
         f"{command} --resume_from_checkpoint latest",
+        f"{command.replace('--eval_steps 100', '--eval_steps 200')} --resume_from_checkpoint latest --hub_token hf_x",
         f"{command.replace('--eval_steps 100', '--eval_steps 200')} --resume_from_checkpoint latest",
+        "",  # a resume recorded without its command
     ]
     text = _render({**CLASSIFICATION_CARD, "command": command, "resumes": resumes}, tmp_path)
     assert (
-        "- Trained in 3 segments: stopped and resumed 2 times with `--resume_from_checkpoint`, each resume exact\n"
-        "  - resume 2: `--eval_steps` 100 -> 200\n" in text
+        "- Trained in 5 segments: stopped and resumed 4 times with `--resume_from_checkpoint`, each resume exact\n"
+        "  - resume 2: `--eval_steps` 100 -> 200, `--hub_token ***` added\n"  # each resume against the one before
+        "  - resume 3: `--hub_token ***` dropped\n"
+        "  - resume 4: its command was not recorded\n" in text
     )
     assert "resume 1:" not in text and "- Hyperparameters (as the last resume ran):" in text
-    assert "/home/someone" not in text  # resume commands are made public like the first one
+    assert "/home/someone" not in text and "hf_x" not in text  # resume commands are made public like the first one
     once = _render({**CLASSIFICATION_CARD, "resumes": resumes[:1], "results": {"test_accuracy": 0.9}}, tmp_path)
     assert "- Trained in 2 segments: stopped and resumed 1 time with `--resume_from_checkpoint`\n" in once
     plain = _render(CLASSIFICATION_CARD, tmp_path)
     assert "segments" not in plain and "- Hyperparameters:" in plain
 
 
+def test_a_cards_resumes_survive_save_and_from_run(tmp_path):
+    card = ModelCard(
+        **{**LINK_CARD, "resumes": [LINK_CARD["command"] + " --eval_steps 5 --resume_from_checkpoint latest"]}
+    )
+    card.save(tmp_path)
+    again = ModelCard.from_run(tmp_path)
+    assert again.resumes == card.resumes and again.render() == card.render() == (tmp_path / "README.md").read_text()
+    assert "  - resume 1: `--eval_steps 5` added" in again.render()
+
+
 def test_a_card_json_from_before_resumes_were_listed_takes_them_from_training_args(tmp_path):
     """`export-card --rerender` of a run recorded before cards listed resumes: its training_args.json has them."""
     command = LINK_CARD["command"]
-    resumes = [{"command": f"{command} --eval_steps 5 --resume_from_checkpoint latest", "started_at": "x", "hardware": "y"}]
+    resumes = [{"command": f"{command} --eval_steps 5 --resume_from_checkpoint latest", "started_at": "x"}]
     (tmp_path / "training_args.json").write_text(json.dumps({"command": command, "resumes": resumes}))
     text = _render(LINK_CARD, tmp_path)
     assert "stopped and resumed 1 time" in text and "  - resume 1: `--eval_steps 5` added" in text

@@ -654,7 +654,10 @@ def test_a_resumed_runs_card_names_its_first_command(clmke_script, kg_dir, tiny_
     assert len(info["resumes"]) == 1 and "--resume_from_checkpoint latest" in info["resumes"][0]["command"]
     card = (out / "README.md").read_text()
     assert f"- Command: `{started['command']}`" in card
-    assert "- Trained in 2 segments: stopped and resumed 1 time" in card and "  - resume 1: `--max_train_steps` 2 -> 3" in card
+    assert (
+        "- Trained in 2 segments: stopped and resumed 1 time with `--resume_from_checkpoint`, each resume exact" in card
+    )
+    assert "  - resume 1: `--max_train_steps` 2 -> 3, `--checkpointing_steps 2` dropped\n" in card
 
 
 def test_resume_from_a_checkpoint_without_timing_reports_unknown_time(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
