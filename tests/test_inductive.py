@@ -98,6 +98,55 @@ def test_evaluate_refuses_a_model_trained_on_held_out_entities_and_ranks_an_indu
     assert results["dataset"] == "tinykg-inductive" and results["num_examples"] == len(split.triples("test"))
     assert 0 < results["test_mrr"] <= 1
 
+    # the same split written by `prepare --inductive_fraction` keeps the guards: the transductive model is refused,
+    # the inductive one ranks the same test triples, graph re-ranking is refused, and the split is not split again
+    prepare = _load_script("prepare_kg")
+    prepared = prepare.main(
+        prepare.parse_args(
+            [str(kg_dir), "--output_dir", str(tmp_path / "ind"), "--inductive_fraction", "0.4", "--no_negatives"]
+        )
+    )
+    on_prepared = ["--dataset", str(prepared), "--no_progress"]
+    with pytest.raises(UsageError, match=f"--dataset {prepared}: the model was trained on triples of .* holds out"):
+        evaluate.main(evaluate.parse_args(["--model", str(out), *on_prepared, "--output_dir", str(tmp_path / "e1")]))
+    again = evaluate.main(
+        evaluate.parse_args(["--model", str(inductive), *on_prepared, "--output_dir", str(tmp_path / "e2")])
+    )
+    assert again["dataset"] == "tinykg-inductive" and again["test_mrr"] == pytest.approx(results["test_mrr"])
+    with pytest.raises(
+        UsageError, match=f"--rerank_weight 0.05: tinykg-inductive \\(--dataset {prepared}\\) is an inductive"
+    ):
+        evaluate.main(
+            evaluate.parse_args(
+                [
+                    "--model",
+                    str(inductive),
+                    *on_prepared,
+                    "--rerank_weight",
+                    "0.05",
+                    "--output_dir",
+                    str(tmp_path / "e3"),
+                ]
+            )
+        )
+    with pytest.raises(
+        UsageError,
+        match="--inductive_fraction: tinykg-inductive is already an inductive split \\(fraction 0.4, seed 0\\)",
+    ):
+        evaluate.main(
+            evaluate.parse_args(
+                [
+                    "--model",
+                    str(inductive),
+                    *on_prepared,
+                    "--inductive_fraction",
+                    "0.4",
+                    "--output_dir",
+                    str(tmp_path / "e4"),
+                ]
+            )
+        )
+
 
 def test_prepare_writes_the_inductive_split_that_load_kg_reads_back(kg_dir, tmp_path):
     prepare = _load_script("prepare_kg")
@@ -110,6 +159,14 @@ def test_prepare_writes_the_inductive_split_that_load_kg_reads_back(kg_dir, tmp_
     expected = make_inductive_split(load_kg(str(kg_dir)), 0.4, 0)
     for name in ("train", "validation", "test"):
         assert _rows(written.triples(name)) == _rows(expected.triples(name))
+    # the split says it is inductive once written and read back (evaluate's guards read it), and its card says so
+    assert written.report["inductive"] == expected.report["inductive"] and written.name == "tinykg-inductive"
+    info = expected.report["inductive"]
+    assert (
+        f"{info['held_out_validation_entities']:,} validation and {info['held_out_test_entities']:,} test entities "
+        "never occur in `train`" in (out / "README.md").read_text()
+    )
+    assert "inductive" not in load_kg(str(kg_dir)).report  # a transductive graph carries no such record
     with pytest.raises(UsageError, match="--inductive_fraction: .*fraction.* holds out"):  # leaves too few entities
         prepare.main(
             prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "0.999"])

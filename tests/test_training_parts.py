@@ -177,6 +177,10 @@ def test_the_plan_finds_step_validations_that_repeat_epoch_ends():
         "validation at each epoch end and the last step, and every 1357 steps; a checkpoint every 200 steps."
         in schedule.describe(128, 1357, 200)
     )
+    assert schedule.describe(128, None, "epoch").endswith(
+        "validation at each epoch end and the last step; a checkpoint at each epoch end."
+    )
+    assert schedule.describe(128, None, None).endswith("the last step.")  # no checkpoints: none promised
 
 
 # ------------------------------------------------------------------------------------------------ model card

@@ -169,8 +169,9 @@ def graph_reranker(args, model, kg, device) -> GraphReranker | None:
         )
     if kg.report.get("inductive"):
         raise UsageError(
-            f"--rerank_weight {args.rerank_weight:g}: {kg.name} is an inductive split, whose held-out entities have no "
-            "training edges; a graph bonus would only lift their competitors. Leave the flag out."
+            f"--rerank_weight {args.rerank_weight:g}: {kg.name} ({inductive_flag(args)}) is an inductive split, "
+            "whose held-out entities have no training edges; a graph bonus would only lift their competitors. "
+            "Leave the flag out."
         )
     if model.config.scorer != "cosine":
         logger.warning(
@@ -195,7 +196,7 @@ def results_name(args) -> str:
 def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: Path, reranker=None) -> dict:
     model.attach_tokenizer(tokenizer)
     if kg.report.get("inductive"):
-        check_never_trained_on(model, held_out_entities(kg), kg)
+        check_never_trained_on(model, held_out_entities(kg), kg, inductive_flag(args))
     keys = None
     if not args.reencode_entities:
         keys = model.load_entity_index()
@@ -233,15 +234,21 @@ def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: P
     return metrics
 
 
-def check_never_trained_on(model, entities, kg) -> None:
+def inductive_flag(args) -> str:
+    """The flag that made the graph inductive: `--inductive_fraction`, or `--dataset` for a folder prepared so."""
+    return "--inductive_fraction" if args.inductive_fraction is not None else f"--dataset {args.dataset}"
+
+
+def check_never_trained_on(model, entities, kg, flag: str = "--inductive_fraction") -> None:
     """Refuses a C-LMKE model whose training degrees (stored with it) count any of `entities`: it was trained on
-    triples of entities that the inductive split holds out, so its inductive results would be transductive ones."""
+    triples of entities that the inductive split holds out, so its inductive results would be transductive ones.
+    `flag` names what made the split inductive in the message."""
     degrees = model.entity_degrees.detach().cpu().numpy()
     seen = entities[degrees[entities] > 0]
     if len(seen):
         names = ", ".join(str(kg.entities["id"][int(i)]) for i in seen[:3])
         raise UsageError(
-            f"--inductive_fraction: the model was trained on triples of {len(seen)} of the {len(entities)} entities this split "
+            f"{flag}: the model was trained on triples of {len(seen)} of the {len(entities)} entities this split "
             f"holds out (e.g. {names}): its results would not be inductive. Train it on the inductive split: "
             f"lmke-hf prepare {kg.name.removesuffix('-inductive')} --inductive_fraction F --inductive_seed S --output_dir DIR, "
             "then train with --dataset DIR."

@@ -102,6 +102,16 @@ def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str
         + " |",
     ]
     negatives = kg.report.get("negatives", {})
+    inductive = kg.report.get("inductive")
+    held_out = (
+        [
+            f"- Inductive split (`make_inductive_split`, fraction {inductive['fraction']}, seed {inductive['seed']}): "
+            f"{inductive['held_out_validation_entities']:,} validation and {inductive['held_out_test_entities']:,} test "
+            "entities never occur in `train`, and every validation and test triple touches one of them."
+        ]
+        if inductive
+        else []
+    )
     cleaning = [
         f"- `{split}`: {info.get('duplicate_rows_dropped', 0)} duplicated rows and "
         f"{info.get('conflicting_triples_dropped', 0)} triples labelled both true and false dropped"
@@ -124,6 +134,7 @@ def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str
             f"{statistics['avg_description_words']} words on average "
             f"(median {statistics['median_description_words']}).",
             f"- Entities unseen in train: {statistics['entities_unseen_in_train']}.",
+            *held_out,
             *(f"- Negatives of `{split}`: {how}." for split, how in negatives.items()),
             "",
             "## Usage",

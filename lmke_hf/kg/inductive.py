@@ -34,6 +34,13 @@ def make_inductive_split(kg: KnowledgeGraph, fraction: float = 0.1, seed: int = 
         raise ValueError(
             f"`fraction` (share of entities held out) must lie strictly between 0 and 1, got {fraction!r}."
         )
+    if kg.report.get("inductive"):
+        done = kg.report["inductive"]
+        raise ValueError(
+            f"{kg.name} is already an inductive split (fraction {done.get('fraction')}, seed {done.get('seed')}); "
+            "splitting it again would hold out entities of its training split too. Use it as it is, or split the "
+            "original graph."
+        )
     for split in ("train", "validation", "test"):
         kg._check_split(split)
     old = {split: kg.triples(split) for split in ("train", "validation", "test")}

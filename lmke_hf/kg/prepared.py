@@ -45,6 +45,7 @@ _METADATA_KEYS = frozenset(
         "prepared_at",
         "statistics",
         "cleaning",
+        "inductive",
     }
 )
 
@@ -98,6 +99,7 @@ def _kg_from_tables(
         "format": "prepared",
         **{k: metadata[k] for k in ("negatives", "negatives_seed") if k in metadata},
         **({"source_cleaning": metadata["cleaning"]} if "cleaning" in metadata else {}),
+        **({"inductive": metadata["inductive"]} if metadata.get("inductive") else {}),  # keeps evaluate's guards on
     }
     splits = {}
     for split in SPLITS:
@@ -313,6 +315,7 @@ def save_prepared(
         "source": _public_source(kg.source),
         "prepared_at": prepared_at,
         "cleaning": kg.report.get("splits", {}),
+        **({"inductive": kg.report["inductive"]} if kg.report.get("inductive") else {}),
         "statistics": {k: v for k, v in statistics.items() if k not in ("report", "source")},
     }
     (out / PREPARED_METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")

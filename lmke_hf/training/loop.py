@@ -136,8 +136,9 @@ class Schedule:
         divisors = [d for d in range(2, self.steps_per_epoch) if self.steps_per_epoch % d == 0]
         return min(divisors, key=lambda d: (abs(d - eval_steps), -d)) if divisors else None
 
-    def describe(self, examples_per_step: int, eval_steps: int | None, checkpoint_every: int | None) -> str:
-        """One line of what the run will do, as transformers' Trainer prints before training."""
+    def describe(self, examples_per_step: int, eval_steps: int | None, checkpoint_every: int | str | None) -> str:
+        """One line of what the run will do, as transformers' Trainer prints before training; `checkpoint_every`
+        is a step count, "epoch" or None (no checkpoints), as `--checkpointing_steps` takes it."""
         epochs = self.max_train_steps / self.steps_per_epoch
         line = (
             f"Training plan: {self.max_train_steps} optimizer steps of {examples_per_step} examples "
@@ -145,6 +146,8 @@ class Schedule:
             "validation at each epoch end and the last step"
         )
         line += f", and every {eval_steps} steps" if eval_steps else ""
+        if checkpoint_every == "epoch":
+            return line + "; a checkpoint at each epoch end."
         return line + (f"; a checkpoint every {checkpoint_every} steps." if checkpoint_every else ".")
 
 
@@ -397,7 +400,7 @@ class TrainingLoop:
     def _log_plan(self) -> None:
         """The schedule in one line, and a warning when `--eval_steps` nearly repeats epoch-end validations."""
         schedule = self.schedule
-        self.logger.info(schedule.describe(self.examples_per_step, self.eval_steps, self.every))
+        self.logger.info(schedule.describe(self.examples_per_step, self.eval_steps, self.args.checkpointing_steps))
         duplicates = schedule.near_duplicate_validations(self.eval_steps)
         if duplicates:
             step, end = duplicates[0]
@@ -407,7 +410,7 @@ class TrainingLoop:
                 f"validation at step {end} that every epoch end (and the last step) makes anyway: {len(duplicates)} "
                 f"near-duplicate validation(s) in this run. An epoch has {schedule.steps_per_epoch} steps: "
                 + (f"--eval_steps {divisor} divides it; " if divisor else "")
-                + "without --eval_steps the run validates at epoch ends only."
+                + "without --eval_steps the run validates at epoch ends and the last step only."
             )
 
     # ------------------------------------------------------------------ the run
