@@ -3,6 +3,8 @@ triples; `evaluate --inductive_fraction` ranks them by their descriptions and re
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import torch
 from lmke_hf.errors import UsageError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lmke_hf.kg import held_out_entities, load_kg, make_inductive_split  # noqa: E402
+from lmke_hf.kg import held_out_entities, load_kg, make_inductive_split, save_prepared  # noqa: E402
+from lmke_hf.kg.prepared import _load_hub  # noqa: E402
 
 from helpers import _clmke_argv, _load_script  # noqa: E402
 
@@ -80,9 +83,11 @@ def test_evaluate_refuses_a_model_trained_on_held_out_entities_and_ranks_an_indu
     argv = ["--model", str(out), "--dataset", str(kg_dir), "--inductive_fraction", "0.4", "--no_progress"]
     with pytest.raises(
         UsageError,
-        match="trained on triples of .* entities this split holds out .* lmke-hf prepare tinykg --inductive_fraction",
+        match="trained on triples of .* entities this split holds out .* "
+        "lmke-hf prepare tinykg --inductive_fraction 0.4 --inductive_seed 0 --output_dir DIR",
     ):
         evaluate.main(evaluate.parse_args([*argv, "--output_dir", str(tmp_path / "eval-refused")]))
+    assert not (tmp_path / "eval-refused").exists()  # refused before the output folder is claimed
 
     # the same weights with the training degrees of the inductive split: accepted, and only inductive triples ranked
     split = make_inductive_split(load_kg(str(kg_dir)), 0.4, 0)
@@ -107,14 +112,17 @@ def test_evaluate_refuses_a_model_trained_on_held_out_entities_and_ranks_an_indu
         )
     )
     on_prepared = ["--dataset", str(prepared), "--no_progress"]
-    with pytest.raises(UsageError, match=f"--dataset {prepared}: the model was trained on triples of .* holds out"):
+    refused = f"{re.escape(f'--dataset {prepared}')}: the model was trained on triples of .* holds out .* "
+    refused += re.escape(f"Train it on this folder: --dataset {prepared}.")
+    with pytest.raises(UsageError, match=refused):
         evaluate.main(evaluate.parse_args(["--model", str(out), *on_prepared, "--output_dir", str(tmp_path / "e1")]))
+    assert not (tmp_path / "e1").exists()  # refused before the output folder is claimed
     again = evaluate.main(
         evaluate.parse_args(["--model", str(inductive), *on_prepared, "--output_dir", str(tmp_path / "e2")])
     )
     assert again["dataset"] == "tinykg-inductive" and again["test_mrr"] == pytest.approx(results["test_mrr"])
     with pytest.raises(
-        UsageError, match=f"--rerank_weight 0.05: tinykg-inductive \\(--dataset {prepared}\\) is an inductive"
+        UsageError, match=re.escape(f"--rerank_weight 0.05: tinykg-inductive (--dataset {prepared}) is an inductive")
     ):
         evaluate.main(
             evaluate.parse_args(
@@ -166,10 +174,47 @@ def test_prepare_writes_the_inductive_split_that_load_kg_reads_back(kg_dir, tmp_
         f"{info['held_out_validation_entities']:,} validation and {info['held_out_test_entities']:,} test entities "
         "never occur in `train`" in (out / "README.md").read_text()
     )
-    assert "inductive" not in load_kg(str(kg_dir)).report  # a transductive graph carries no such record
+    assert _load_hub(str(out), None, "auto").report["inductive"] == info  # the Hub dataset reader too
+    # the default path adds classification negatives after the split: the record stays, the card counts positives
+    with_negatives = prepare.main(
+        prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "ind-neg"), "--inductive_fraction", "0.4"])
+    )
+    assert load_kg(str(with_negatives)).report["inductive"] == info
+    assert "every positive validation and test triple" in (with_negatives / "README.md").read_text()
+    # a transductive folder records nothing and its card says nothing about held-out entities
+    plain = prepare.main(prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "plain"), "--no_negatives"]))
+    assert "inductive" not in json.loads((plain / "lmke_hf_kg.json").read_text())
+    assert "Inductive split" not in (plain / "README.md").read_text() and "inductive" not in load_kg(str(plain)).report
+    # an inductive folder is not split again
+    with pytest.raises(UsageError, match="--inductive_fraction: tinykg-inductive is already an inductive split"):
+        prepare.main(
+            prepare.parse_args([str(out), "--output_dir", str(tmp_path / "twice"), "--inductive_fraction", "0.4"])
+        )
     with pytest.raises(UsageError, match="--inductive_fraction: .*fraction.* holds out"):  # leaves too few entities
         prepare.main(
             prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "0.999"])
         )
     with pytest.raises(SystemExit):  # argparse: must be <= 1
         prepare.parse_args([str(kg_dir), "--output_dir", str(tmp_path / "bad"), "--inductive_fraction", "2"])
+
+
+def test_a_prepared_folder_without_its_inductive_record_warns_and_a_malformed_record_is_refused(kg_dir, tmp_path):
+    folder = save_prepared(make_inductive_split(load_kg(str(kg_dir)), 0.4, 0), tmp_path / "ind")
+    metadata_path = folder / "lmke_hf_kg.json"
+    metadata = json.loads(metadata_path.read_text())
+    # as a folder prepared before the record existed: named inductive, recording nothing, so the guards are off
+    metadata_path.write_text(json.dumps({k: v for k, v in metadata.items() if k != "inductive"}))
+    with pytest.warns(UserWarning, match="tinykg-inductive records no inductive split .* Prepare it again"):
+        assert "inductive" not in load_kg(str(folder)).report
+    for bad in (True, {"fraction": 0.4}, [0.4, 0]):
+        metadata_path.write_text(json.dumps({**metadata, "inductive": bad}))
+        with pytest.raises(
+            ValueError, match=r"lmke_hf_kg.json\): `inductive` must be a mapping with `fraction` and `seed`"
+        ):
+            load_kg(str(folder))
+
+
+def test_an_inductive_split_of_a_known_graph_keeps_its_source_and_licence_notes(umls, tmp_path):
+    card = (save_prepared(make_inductive_split(umls, 0.2, 3), tmp_path / "umls-ind") / "README.md").read_text()
+    assert "# umls-inductive for LMKE" in card
+    assert "Neph0s/LMKE `data/umls/`" in card and "No licence statement found for UMLS" in card

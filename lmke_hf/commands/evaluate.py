@@ -195,8 +195,6 @@ def results_name(args) -> str:
 
 def evaluate_link_prediction(args, accelerator, model, tokenizer, kg, out_dir: Path, reranker=None) -> dict:
     model.attach_tokenizer(tokenizer)
-    if kg.report.get("inductive"):
-        check_never_trained_on(model, held_out_entities(kg), kg, inductive_flag(args))
     keys = None
     if not args.reencode_entities:
         keys = model.load_entity_index()
@@ -239,19 +237,26 @@ def inductive_flag(args) -> str:
     return "--inductive_fraction" if args.inductive_fraction is not None else f"--dataset {args.dataset}"
 
 
-def check_never_trained_on(model, entities, kg, flag: str = "--inductive_fraction") -> None:
+def check_never_trained_on(model, entities, kg, args) -> None:
     """Refuses a C-LMKE model whose training degrees (stored with it) count any of `entities`: it was trained on
     triples of entities that the inductive split holds out, so its inductive results would be transductive ones.
-    `flag` names what made the split inductive in the message."""
+    The message names what made the split inductive (`--inductive_fraction`, or a prepared `--dataset`)."""
     degrees = model.entity_degrees.detach().cpu().numpy()
     seen = entities[degrees[entities] > 0]
     if len(seen):
         names = ", ".join(str(kg.entities["id"][int(i)]) for i in seen[:3])
+        split = kg.report["inductive"]
+        if args.inductive_fraction is None:  # the prepared folder is the right data; the model is not
+            fix = f"Train it on this folder: --dataset {args.dataset}."
+        else:
+            fix = (
+                f"Train it on the inductive split: lmke-hf prepare {kg.name.removesuffix('-inductive')} "
+                f"--inductive_fraction {split['fraction']} --inductive_seed {split['seed']} --output_dir DIR, "
+                "then train with --dataset DIR."
+            )
         raise UsageError(
-            f"{flag}: the model was trained on triples of {len(seen)} of the {len(entities)} entities this split "
-            f"holds out (e.g. {names}): its results would not be inductive. Train it on the inductive split: "
-            f"lmke-hf prepare {kg.name.removesuffix('-inductive')} --inductive_fraction F --inductive_seed S --output_dir DIR, "
-            "then train with --dataset DIR."
+            f"{inductive_flag(args)}: the model was trained on triples of {len(seen)} of the {len(entities)} entities "
+            f"this split holds out (e.g. {names}): its results would not be inductive. {fix}"
         )
 
 
@@ -329,6 +334,8 @@ def main(args) -> dict:
     with flag_errors("--model"):
         model, tokenizer = load_model(args.model, args.revision, args.token)
         check_same_kg(tokenizer, kg, args.model)
+    if isinstance(model, ClmkeForLinkPrediction) and kg.report.get("inductive"):
+        check_never_trained_on(model, held_out_entities(kg), kg, args)  # before anything is written
     reranker = graph_reranker(args, model, kg, accelerator.device)
     model.to(accelerator.device)
     if accelerator.is_main_process:

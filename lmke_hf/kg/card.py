@@ -87,8 +87,10 @@ def _card_yaml(name: str, licence: str) -> str:
 def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str:
     from ..configuration_lmke import CITATION  # here: reading a KG needs no transformers
 
+    inductive = kg.report.get("inductive")
+    original = kg.name.removesuffix("-inductive") if inductive else kg.name  # an inductive split keeps its licence
     licence, licence_text = _LICENCE_NOTES.get(
-        kg.name, ("unknown", "No licence information is recorded for this graph; check its source.")
+        original, ("unknown", "No licence information is recorded for this graph; check its source.")
     )
     splits = statistics["splits"]
     rows = [
@@ -102,12 +104,11 @@ def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str
         + " |",
     ]
     negatives = kg.report.get("negatives", {})
-    inductive = kg.report.get("inductive")
     held_out = (
         [
             f"- Inductive split (`make_inductive_split`, fraction {inductive['fraction']}, seed {inductive['seed']}): "
             f"{inductive['held_out_validation_entities']:,} validation and {inductive['held_out_test_entities']:,} test "
-            "entities never occur in `train`, and every validation and test triple touches one of them."
+            "entities never occur in `train`, and every positive validation and test triple touches one of them."
         ]
         if inductive
         else []
@@ -149,12 +150,13 @@ def _dataset_card(kg: KnowledgeGraph, statistics: dict, prepared_at: str) -> str
             "```",
             "",
             "`label` is 1 for true and 0 for false triples; splits listed without negatives hold positives only "
-            f"(`label` is 1 everywhere). `{PREPARED_METADATA}` records the description source and negatives seed.",
+            f"(`label` is 1 everywhere). `{PREPARED_METADATA}` records the description source and negatives seed"
+            + (" and the inductive split." if inductive else "."),
             "",
             "## Source",
             "",
             f"Read from `{_public_source(kg.source)}`. "
-            + _SOURCE_NOTES.get(kg.name, "See the original release of this graph for provenance."),
+            + _SOURCE_NOTES.get(original, "See the original release of this graph for provenance."),
             "",
             "## Licence",
             "",

@@ -229,7 +229,8 @@ class KnowledgeGraph:
         source: where the graph was read from (folder path or ``hub:<repo_id>``).
         description_source: file (or ``"name"``) the descriptions came from.
         report: what loading did to the raw files (dropped duplicates and conflicts per split, negatives
-            seed, ...), kept for the dataset card and :meth:`statistics`.
+            seed, an inductive split's record, ...), kept for the dataset card and :meth:`statistics`; the
+            inductive record (saved with a prepared folder) also turns on evaluate's inductive guards.
 
     Example::
 

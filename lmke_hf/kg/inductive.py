@@ -29,6 +29,10 @@ def make_inductive_split(kg: KnowledgeGraph, fraction: float = 0.1, seed: int = 
     Returns:
         A `KnowledgeGraph` named `<name>-inductive` with positive-only splits; `report["inductive"]` holds the
         fraction, the seed, the held-out entity counts and how many triples left training or were dropped.
+
+    Raises:
+        ValueError: `fraction` outside (0, 1) or leaving fewer than two entities to hold out or to train on; `kg`
+            already inductive (its `report["inductive"]` set, e.g. a folder from `prepare --inductive_fraction`).
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise ValueError(
@@ -38,8 +42,8 @@ def make_inductive_split(kg: KnowledgeGraph, fraction: float = 0.1, seed: int = 
         done = kg.report["inductive"]
         raise ValueError(
             f"{kg.name} is already an inductive split (fraction {done.get('fraction')}, seed {done.get('seed')}); "
-            "splitting it again would hold out entities of its training split too. Use it as it is, or split the "
-            "original graph."
+            "splitting it again would hold out entities of its training split too. Use it as it is (leave out "
+            "--inductive_fraction), or split the original graph."
         )
     for split in ("train", "validation", "test"):
         kg._check_split(split)

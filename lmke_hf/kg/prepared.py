@@ -95,11 +95,23 @@ def _kg_from_tables(
     num_entities, num_relations = len(entity_ids), len(relation_ids)
     _check_key_capacity(num_entities, num_relations)
     labelled = metadata.get("labelled_splits")
+    inductive = metadata.get("inductive")
+    if inductive is not None and not (isinstance(inductive, dict) and {"fraction", "seed"} <= inductive.keys()):
+        raise ValueError(
+            f"{source} ({PREPARED_METADATA}): `inductive` must be a mapping with `fraction` and `seed`, as "
+            f"save_prepared writes it; got {inductive!r}. Prepare the folder again."
+        )
+    if not inductive and name.endswith("-inductive"):
+        _warn(
+            f"{source}: {name} records no inductive split ({PREPARED_METADATA} has no `inductive`; prepared before "
+            "lmke_hf kept it?), so evaluate cannot refuse a model trained on its held-out entities. Prepare it again: "
+            "lmke-hf prepare <original graph> --inductive_fraction F --inductive_seed S --output_dir DIR.",
+        )
     report: dict = {
         "format": "prepared",
         **{k: metadata[k] for k in ("negatives", "negatives_seed") if k in metadata},
         **({"source_cleaning": metadata["cleaning"]} if "cleaning" in metadata else {}),
-        **({"inductive": metadata["inductive"]} if metadata.get("inductive") else {}),  # keeps evaluate's guards on
+        **({"inductive": inductive} if inductive else {}),  # keeps evaluate's guards on
     }
     splits = {}
     for split in SPLITS:
