@@ -334,9 +334,9 @@ def main(args) -> dict:
     with flag_errors("--model"):
         model, tokenizer = load_model(args.model, args.revision, args.token)
         check_same_kg(tokenizer, kg, args.model)
+    reranker = graph_reranker(args, model, kg, accelerator.device)
     if isinstance(model, ClmkeForLinkPrediction) and kg.report.get("inductive"):
         check_never_trained_on(model, held_out_entities(kg), kg, args)  # before anything is written
-    reranker = graph_reranker(args, model, kg, accelerator.device)
     model.to(accelerator.device)
     if accelerator.is_main_process:
         claim_folder(out_dir, "evaluation", inputs=inputs, reuse=True)
