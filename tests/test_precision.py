@@ -127,3 +127,32 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_in_one_line(monkeypatch, caplog,
         run_module.warn_if_slow_precision(accelerator)
     lines = [r.getMessage() for r in caplog.records]
     assert (len(lines) == 1 and "without bf16 units" in lines[0] and "\n" not in lines[0]) if warned else not lines
+
+
+@pytest.mark.parametrize("units, chosen", [(True, "bf16"), (False, "no"), (None, "no")])
+def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it(monkeypatch, caplog, units, chosen):
+    monkeypatch.setattr(run_module, "cpu_has_bf16_units", lambda: units)
+    with caplog.at_level(logging.INFO, logger=run_module.__name__):
+        assert run_module.resolve_precision("auto") == chosen
+    (line,) = [r.getMessage() for r in caplog.records if "--mixed_precision auto" in r.getMessage()]
+    assert line.startswith("--mixed_precision auto: " + ("bf16" if chosen == "bf16" else "fp32 (no)") + " on this CPU")
+
+
+def test_an_auto_run_records_the_precision_it_chose_and_resumes_only_with_it(
+    script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    monkeypatch.setattr(run_module, "cpu_has_bf16_units", lambda: False)  # an AVX2-only CPU: fp32
+    _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 2, "--mixed_precision", "auto", *RESUME_FLAGS)
+    assert json.loads((out / "all_results.json").read_text())["mixed_precision"] == "no"
+    assert "- Precision: fp32" in (out / "README.md").read_text()
+    started = json.loads((out / "training_args.json").read_text())
+    assert (started["mixed_precision"], started["args"]["mixed_precision"]) == ("no", "auto")
+
+    monkeypatch.setattr(run_module, "cpu_has_bf16_units", lambda: True)  # the checkpoint moved to a bf16 CPU
+    resume = ("--max_train_steps", 4, "--resume_from_checkpoint", "latest", "--mixed_precision", "auto", *RESUME_FLAGS)
+    with pytest.raises(UsageError) as info:
+        _train(script, kg_dir, no_dropout_encoder, out, *resume)
+    assert "--mixed_precision: checkpoint 'no', now 'bf16'" in str(info.value)
+    monkeypatch.setattr(run_module, "cpu_has_bf16_units", lambda: False)
+    assert _train(script, kg_dir, no_dropout_encoder, out, *resume)["completed_steps"] == 4

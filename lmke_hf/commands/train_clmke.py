@@ -228,7 +228,7 @@ def train_clmke(args: ClmkeTrainingArguments) -> dict:
 
         from lmke_hf import ClmkeTrainingArguments, train_clmke
 
-        results = train_clmke(ClmkeTrainingArguments(dataset="umls", output_dir="outputs/clmke-umls", mixed_precision="bf16"))
+        results = train_clmke(ClmkeTrainingArguments(dataset="umls", output_dir="outputs/clmke-umls", mixed_precision="auto"))
     """
     args.check_inputs()
     configure_process(args)

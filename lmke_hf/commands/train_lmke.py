@@ -158,7 +158,7 @@ def train_lmke(args: LmkeTrainingArguments) -> dict:
 
         from lmke_hf import LmkeTrainingArguments, train_lmke
 
-        results = train_lmke(LmkeTrainingArguments(dataset="umls", output_dir="outputs/lmke-umls", mixed_precision="bf16"))
+        results = train_lmke(LmkeTrainingArguments(dataset="umls", output_dir="outputs/lmke-umls", mixed_precision="auto"))
     """
     args.check_inputs()
     configure_process(args)

@@ -216,11 +216,14 @@ def configure_process(args):
 
 def resolve_precision(flag: str | None) -> str:
     """The run's precision: `--mixed_precision`, else what `accelerate launch` / `accelerate config` exported, else
-    fp32 ("no"). Accelerate keeps one precision per process; a later run of the same process (a notebook, the
-    tests) that asks for another one gets a fresh Accelerator state instead of the first run's precision."""
+    fp32 ("no"); "auto" becomes `auto_precision()`'s choice. Accelerate keeps one precision per process; a later run
+    of the same process (a notebook, the tests) that asks for another one gets a fresh Accelerator state instead of
+    the first run's precision."""
     from accelerate.state import AcceleratorState
 
     precision = (flag or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").lower()
+    if precision == "auto":
+        precision = auto_precision()
     state = AcceleratorState._shared_state
     if state.get("_mixed_precision") not in (None, precision):
         AcceleratorState._reset_state()  # the process group (PartialState) is kept
@@ -237,6 +240,29 @@ def cpu_has_bf16_units() -> bool | None:
     return any(flag in flags for flag in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
+def auto_precision() -> str:
+    """`--mixed_precision auto`: "bf16" where the device computes it natively (a CUDA GPU that supports it, a CPU
+    with bf16 units), else "no" (fp32): emulated bf16 is slower than fp32 (30x measured on an AVX2-only AMD EPYC,
+    where a 6-layer MiniLM step of 128 x 48 tokens took 87 s against 2.9 s). Logs the choice and why."""
+    import logging
+
+    from accelerate import PartialState
+
+    device = PartialState().device
+    if device.type == "cuda":
+        native, why = torch.cuda.is_bf16_supported(), "this GPU"
+    elif device.type == "cpu":
+        native = cpu_has_bf16_units() is True
+        why = "this CPU (avx512_bf16 / amx_bf16 / Arm bf16 " + ("in" if native else "not in") + " /proc/cpuinfo)"
+    else:  # mps and others: fp32 unless asked for explicitly
+        native, why = False, f"a {device.type} device"
+    choice = "bf16" if native else "no"
+    logging.getLogger(__name__).info(
+        f"--mixed_precision auto: {'bf16' if native else 'fp32 (no)'} on {why}; pass bf16 or no to choose yourself."
+    )
+    return choice
+
+
 def warn_if_slow_precision(accelerator) -> None:
     """One line when bf16 was asked for on a CPU that emulates it (slower than fp32 there)."""
     import logging
@@ -244,7 +270,7 @@ def warn_if_slow_precision(accelerator) -> None:
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and cpu_has_bf16_units() is False:
         logging.getLogger(__name__).warning(
             "--mixed_precision bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16 in /proc/cpuinfo): it runs, "
-            "but slower than fp32 here; drop --mixed_precision bf16 on this machine."
+            "but far slower than fp32 here (30x measured on an AVX2-only AMD EPYC); use --mixed_precision auto or no."
         )
 
 
