@@ -88,16 +88,33 @@ def describe_hardware(device: torch.device | str | int | None = None) -> str:
 def run_resumes(output_dir) -> list[str]:
     """The command lines that resumed the run in `output_dir` (`--resume_from_checkpoint`), in order, as its
     training_args.json recorded them ("" for a resume recorded without one): [] for a run never resumed or a folder
-    without that record."""
+    without that record. An attempt still `pending` (refused, e.g. with other settings than its checkpoint's, or
+    one that found no checkpoint) trained nothing and is left out."""
     path = Path(output_dir) / "training_args.json"
     if not path.is_file():
         return []
-    return [resume.get("command") or "" for resume in json.loads(path.read_text()).get("resumes") or []]
+    resumes = json.loads(path.read_text()).get("resumes") or []
+    return [resume.get("command") or "" for resume in resumes if not resume.get("pending")]
+
+
+def confirm_resume(output_dir, step: int) -> None:
+    """Marks the last resume attempt in `output_dir`'s training_args.json as taken: the loop loaded its checkpoint
+    and goes on from `step` (`resumed_at_step`). Until then the attempt is `pending` and `run_resumes` skips it."""
+    path = Path(output_dir) / "training_args.json"
+    if not path.is_file():
+        return
+    record = json.loads(path.read_text())
+    resumes = record.get("resumes") or []
+    if resumes and resumes[-1].get("pending"):
+        del resumes[-1]["pending"]
+        resumes[-1]["resumed_at_step"] = step
+        write_json(path, record, indent=2, default=str)
 
 
 __all__ = [
     "MINILM_HUB_ID",
     "SECRET_ARGS",
+    "confirm_resume",
     "describe_hardware",
     "public_args",
     "public_value",

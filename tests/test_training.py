@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lmke_hf  # noqa: E402,F401  (registers the Auto classes)
 from lmke_hf import ClmkeForLinkPrediction, LmkeForTripleClassification, LmkeTokenizer  # noqa: E402
 from lmke_hf.kg import load_kg  # noqa: E402
+from lmke_hf.run_io import run_resumes  # noqa: E402
 
 from helpers import (  # noqa: E402
     DEV,
@@ -646,12 +647,19 @@ def test_a_resumed_runs_card_names_its_first_command(clmke_script, kg_dir, tiny_
     clmke_script.main(clmke_script.parse_args(first))
     started = json.loads((out / "training_args.json").read_text())
     resume = _clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 3, "--resume_from_checkpoint", "latest")
+    refused = [*resume, "--learning_rate", "1e-3"]  # other settings than the checkpoint's: trains nothing
+    monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", *refused])
+    with pytest.raises(UsageError, match="--learning_rate"):
+        clmke_script.main(clmke_script.parse_args(refused))
     monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", *resume])
     clmke_script.main(clmke_script.parse_args(resume))
     info = json.loads((out / "training_args.json").read_text())
     assert info["command"] == started["command"] and "--resume_from_checkpoint" not in info["command"]
     assert info["started_at"] == started["started_at"] and info["args"]["max_train_steps"] == 3
-    assert len(info["resumes"]) == 1 and "--resume_from_checkpoint latest" in info["resumes"][0]["command"]
+    attempt, taken = info["resumes"]  # the refused attempt stays on record, marked, and is not counted
+    assert attempt["pending"] is True and "--learning_rate 1e-3" in attempt["command"]
+    assert "pending" not in taken and taken["resumed_at_step"] == 2 and "--learning_rate" not in taken["command"]
+    assert run_resumes(out) == [taken["command"]]
     card = (out / "README.md").read_text()
     assert f"- Command: `{started['command']}`" in card
     assert (

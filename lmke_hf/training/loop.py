@@ -17,7 +17,7 @@ import torch
 from transformers import get_scheduler
 
 from ..errors import TrainingDiverged, TrainingStopped
-from ..run_io import public_args, write_json
+from ..run_io import confirm_resume, public_args, write_json
 from .checkpoints import CheckpointManager, LoopState, run_settings
 
 # best/'s record of the validation that made it the best: step, epoch, metric, the run's training seconds by then
@@ -385,6 +385,8 @@ class TrainingLoop:
         self.checkpoints = CheckpointManager(accelerator, args.output_dir, settings, args.checkpoints_total_limit)
         self.checkpoints.clear_partial()
         self.state = self.checkpoints.resume(args)
+        if self.state.resumed_from is not None and accelerator.is_main_process:
+            confirm_resume(args.output_dir, self.state.completed_steps)  # the card counts this resume now
         self.starting_epoch = self.state.completed_steps // schedule.steps_per_epoch
         self.resume_batches = (self.state.completed_steps % schedule.steps_per_epoch) * args.gradient_accumulation_steps
         if self.state.resumed_from is not None:

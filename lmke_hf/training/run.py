@@ -314,7 +314,8 @@ def prepare_run(args, method: str):
         path = Path(args.output_dir) / "training_args.json"
         if args.resume_from_checkpoint and path.is_file():  # keep how the run started; list its resumes
             first = json.loads(path.read_text())
-            info["resumes"] = [*first.get("resumes", []), {k: info[k] for k in ("command", "started_at", "hardware")}]
+            attempt = {**{k: info[k] for k in ("command", "started_at", "hardware")}, "pending": True}
+            info["resumes"] = [*first.get("resumes", []), attempt]  # counted once the loop took its checkpoint
             info.update(command=first.get("command"), started_at=first.get("started_at"))
         write_json(path, info, indent=2, default=str)
     for split in ("train", "validation", "test"):
