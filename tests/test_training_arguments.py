@@ -57,7 +57,7 @@ def test_every_flag_is_a_field_with_help_and_the_command_line_parses_into_the_da
         ({"num_train_epochs": 2.5}, "--num_train_epochs: expected an integer, got '2.5'"),
         ({"warmup_ratio": 1.5}, "--warmup_ratio: must be <= 1, got 1.5"),
         ({"checkpointing_steps": 0}, "--checkpointing_steps must be a positive integer or 'epoch', got '0'"),
-        ({"mixed_precision": "bf8"}, "--mixed_precision 'bf8' is not one of ['no', 'bf16', 'fp16']"),
+        ({"mixed_precision": "bf8"}, "--mixed_precision 'bf8' is not one of ['no', 'bf16', 'fp16', 'auto']"),
         ({"scorer": "dot"}, "--scorer 'dot' is not one of ['matcher', 'cosine']"),
         ({"self_negatives": "yes"}, "--self_negatives is a switch: give True or False, got 'yes'"),
         ({"freeze_layers": 3, "encoder_layers": 2}, "--freeze_layers 3 exceeds --encoder_layers 2"),
