@@ -136,6 +136,7 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it(monkeypatch, c
         assert run_module.resolve_precision("auto") == chosen
     (line,) = [r.getMessage() for r in caplog.records if "--mixed_precision auto" in r.getMessage()]
     assert line.startswith("--mixed_precision auto: " + ("bf16" if chosen == "bf16" else "fp32 (no)") + " on this CPU")
+    assert ("not in /proc/cpuinfo" in line, "unknown" in line) == (units is False, units is None)
 
 
 def test_an_auto_run_records_the_precision_it_chose_and_resumes_only_with_it(

@@ -252,8 +252,10 @@ def auto_precision() -> str:
     if device.type == "cuda":
         native, why = torch.cuda.is_bf16_supported(), "this GPU"
     elif device.type == "cpu":
-        native = cpu_has_bf16_units() is True
-        why = "this CPU (avx512_bf16 / amx_bf16 / Arm bf16 " + ("in" if native else "not in") + " /proc/cpuinfo)"
+        units = cpu_has_bf16_units()
+        native = units is True
+        found = {True: "in /proc/cpuinfo", False: "not in /proc/cpuinfo", None: "unknown: no /proc/cpuinfo"}[units]
+        why = f"this CPU (avx512_bf16 / amx_bf16 / Arm bf16 {found})"
     else:  # mps and others: fp32 unless asked for explicitly
         native, why = False, f"a {device.type} device"
     choice = "bf16" if native else "no"
