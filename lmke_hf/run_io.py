@@ -88,8 +88,8 @@ def describe_hardware(device: torch.device | str | int | None = None) -> str:
 def run_resumes(output_dir) -> list[str]:
     """The command lines that resumed the run in `output_dir` (`--resume_from_checkpoint`), in order, as its
     training_args.json recorded them ("" for a resume recorded without one): [] for a run never resumed or a folder
-    without that record. An attempt still `pending` (refused, e.g. with other settings than its checkpoint's, or
-    one that found no checkpoint) trained nothing and is left out."""
+    without that record. An attempt still `pending` (refused, e.g. for other settings than its checkpoint's) trained
+    nothing and is left out."""
     path = Path(output_dir) / "training_args.json"
     if not path.is_file():
         return []
@@ -98,17 +98,21 @@ def run_resumes(output_dir) -> list[str]:
 
 
 def confirm_resume(output_dir, step: int) -> None:
-    """Marks the last resume attempt in `output_dir`'s training_args.json as taken: the loop loaded its checkpoint
-    and goes on from `step` (`resumed_at_step`). Until then the attempt is `pending` and `run_resumes` skips it."""
+    """Marks the last resume attempt in `output_dir`'s training_args.json as taken once the loop loaded its
+    checkpoint: it goes on from `step` (`resumed_at_step`), and the attempt's own fields (flags, hardware, precision),
+    kept aside while it was `pending`, become the record's. A pending attempt is skipped by `run_resumes`."""
     path = Path(output_dir) / "training_args.json"
     if not path.is_file():
         return
     record = json.loads(path.read_text())
     resumes = record.get("resumes") or []
-    if resumes and resumes[-1].get("pending"):
-        del resumes[-1]["pending"]
-        resumes[-1]["resumed_at_step"] = step
-        write_json(path, record, indent=2, default=str)
+    if not (resumes and resumes[-1].get("pending")):
+        return
+    attempt = resumes[-1]
+    pending = attempt.pop("pending")
+    record.update(pending if isinstance(pending, dict) else {})  # `true`: a record written without its fields
+    attempt["resumed_at_step"] = step
+    write_json(path, record, indent=2, default=str)
 
 
 __all__ = [

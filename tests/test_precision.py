@@ -129,14 +129,29 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_in_one_line(monkeypatch, caplog,
     assert (len(lines) == 1 and "without bf16 units" in lines[0] and "\n" not in lines[0]) if warned else not lines
 
 
+def _on(monkeypatch, device: str) -> None:
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "PartialState", lambda: SimpleNamespace(device=torch.device(device)))
+
+
 @pytest.mark.parametrize("units, chosen", [(True, "bf16"), (False, "no"), (None, "no")])
 def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it(monkeypatch, caplog, units, chosen):
+    _on(monkeypatch, "cpu")
     monkeypatch.setattr(run_module, "cpu_has_bf16_units", lambda: units)
     with caplog.at_level(logging.INFO, logger=run_module.__name__):
         assert run_module.resolve_precision("auto") == chosen
     (line,) = [r.getMessage() for r in caplog.records if "--mixed_precision auto" in r.getMessage()]
     assert line.startswith("--mixed_precision auto: " + ("bf16" if chosen == "bf16" else "fp32 (no)") + " on this CPU")
     assert ("not in /proc/cpuinfo" in line, "unknown" in line) == (units is False, units is None)
+
+
+@pytest.mark.parametrize("native, chosen", [(True, "bf16"), (False, "no")])
+def test_auto_precision_on_a_gpu_takes_bf16_only_where_it_is_not_emulated(monkeypatch, native, chosen):
+    """torch.cuda.is_bf16_supported() says True on pre-Ampere GPUs too (emulation) unless asked not to count it."""
+    _on(monkeypatch, "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
+    assert run_module.auto_precision() == chosen
 
 
 def test_an_auto_run_records_the_precision_it_chose_and_resumes_only_with_it(
@@ -155,5 +170,6 @@ def test_an_auto_run_records_the_precision_it_chose_and_resumes_only_with_it(
     with pytest.raises(UsageError) as info:
         _train(script, kg_dir, no_dropout_encoder, out, *resume)
     assert "--mixed_precision: checkpoint 'no', now 'bf16'" in str(info.value)
+    assert "pass --mixed_precision no" in str(info.value)
     monkeypatch.setattr(run_module, "cpu_has_bf16_units", lambda: False)
     assert _train(script, kg_dir, no_dropout_encoder, out, *resume)["completed_steps"] == 4

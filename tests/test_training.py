@@ -651,13 +651,15 @@ def test_a_resumed_runs_card_names_its_first_command(clmke_script, kg_dir, tiny_
     monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", *refused])
     with pytest.raises(UsageError, match="--learning_rate"):
         clmke_script.main(clmke_script.parse_args(refused))
+    after_refusal = json.loads((out / "training_args.json").read_text())
+    assert {k: v for k, v in after_refusal.items() if k != "resumes"} == started  # the run's own record is kept
     monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", *resume])
     clmke_script.main(clmke_script.parse_args(resume))
     info = json.loads((out / "training_args.json").read_text())
     assert info["command"] == started["command"] and "--resume_from_checkpoint" not in info["command"]
     assert info["started_at"] == started["started_at"] and info["args"]["max_train_steps"] == 3
     attempt, taken = info["resumes"]  # the refused attempt stays on record, marked, and is not counted
-    assert attempt["pending"] is True and "--learning_rate 1e-3" in attempt["command"]
+    assert attempt["pending"]["args"]["learning_rate"] == 1e-3 and "--learning_rate 1e-3" in attempt["command"]
     assert "pending" not in taken and taken["resumed_at_step"] == 2 and "--learning_rate" not in taken["command"]
     assert run_resumes(out) == [taken["command"]]
     card = (out / "README.md").read_text()

@@ -135,8 +135,13 @@ def check_resume_settings(saved: dict | None, current: dict, checkpoint) -> None
     differ = {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
     if differ:
         shown = "; ".join(f"--{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        precision = (  # `auto` (or accelerate's config) chooses by the machine: name the flag that matches
+            f" (pass --mixed_precision {differ['mixed_precision'][0]}: 'auto' and `accelerate config` choose by the machine)"
+            if "mixed_precision" in differ
+            else ""
+        )
         raise UsageError(
-            f"Cannot resume from {checkpoint} with different settings ({shown}). Resume with the run's own flags "
+            f"Cannot resume from {checkpoint} with different settings ({shown}). Resume with the run's own flags{precision} "
             f"(only {', '.join(sorted(RESUMABLE_FLAGS - {'hub_token'}))} may change), or start a new run in another --output_dir."
         )
 

@@ -385,7 +385,7 @@ class TrainingLoop:
         self.checkpoints = CheckpointManager(accelerator, args.output_dir, settings, args.checkpoints_total_limit)
         self.checkpoints.clear_partial()
         self.state = self.checkpoints.resume(args)
-        if self.state.resumed_from is not None and accelerator.is_main_process:
+        if self.state.resumed_from is not None and accelerator.is_main_process:  # (no checkpoint: refused earlier)
             confirm_resume(args.output_dir, self.state.completed_steps)  # the card counts this resume now
         self.starting_epoch = self.state.completed_steps // schedule.steps_per_epoch
         self.resume_batches = (self.state.completed_steps % schedule.steps_per_epoch) * args.gradient_accumulation_steps

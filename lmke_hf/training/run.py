@@ -250,7 +250,7 @@ def auto_precision() -> str:
 
     device = PartialState().device
     if device.type == "cuda":
-        native, why = torch.cuda.is_bf16_supported(), "this GPU"
+        native, why = torch.cuda.is_bf16_supported(including_emulation=False), "this GPU"  # Ampere or newer
     elif device.type == "cpu":
         units = cpu_has_bf16_units()
         native = units is True
@@ -316,9 +316,10 @@ def prepare_run(args, method: str):
         path = Path(args.output_dir) / "training_args.json"
         if args.resume_from_checkpoint and path.is_file():  # keep how the run started; list its resumes
             first = json.loads(path.read_text())
-            attempt = {**{k: info[k] for k in ("command", "started_at", "hardware")}, "pending": True}
-            info["resumes"] = [*first.get("resumes", []), attempt]  # counted once the loop took its checkpoint
-            info.update(command=first.get("command"), started_at=first.get("started_at"))
+            attempt = {k: info[k] for k in ("command", "started_at", "hardware")}
+            # the fields this attempt would set, applied once the loop took its checkpoint (run_io.confirm_resume)
+            attempt["pending"] = {k: v for k, v in info.items() if k not in ("command", "started_at", "method")}
+            info = {**first, "resumes": [*first.get("resumes", []), attempt]}
         write_json(path, info, indent=2, default=str)
     for split in ("train", "validation", "test"):
         if split not in kg.splits:
