@@ -35,17 +35,27 @@ class TrainingDiverged(LmkeError, RuntimeError):
 
 
 class TrainingStopped(LmkeError):
-    """Training stopped on a signal (SIGTERM / SIGINT) after saving a checkpoint; `command` resumes it. The command
-    line exits with status 128 + the signal's number, as a process killed by it would."""
+    """Training stopped on a signal (SIGTERM / SIGINT) after saving a checkpoint, or `during` the evaluation after
+    training (the last step's checkpoint is on disk); `command` resumes it. The command line exits with status
+    128 + the signal's number, as a process killed by it would."""
 
-    def __init__(self, signum: int, checkpoint: Path | None, step: int, command: str):
+    def __init__(self, signum: int, checkpoint: Path | None, step: int, command: str, during: str | None = None):
         self.signum, self.checkpoint, self.step, self.command = signum, checkpoint, step, command
         self.exit_code = 128 + signum
-        self.message = (
-            f"Stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}. Resume with:\n  {command}"
-            if checkpoint is not None
-            else f"Stopped by {signal.Signals(signum).name} after step {step}."
-        )
+        name = signal.Signals(signum).name
+        if during is not None:  # after training: the last step's checkpoint holds the whole run
+            self.message = (
+                f"Stopped by {name} during {during}, after training finished at step {step}; checkpoint {checkpoint}. "
+                f"Resume with (it trains nothing more and runs {during} again):\n  {command}"
+                if checkpoint is not None
+                else f"Stopped by {name} during {during}, after training finished at step {step}; no checkpoint "
+                "records the run (--checkpointing_steps keeps one): its best/ model can be evaluated with "
+                "examples/evaluate.py."
+            )
+        elif checkpoint is not None:
+            self.message = f"Stopped by {name} after step {step}; checkpoint {checkpoint}. Resume with:\n  {command}"
+        else:
+            self.message = f"Stopped by {name} after step {step}."
         super().__init__(self.message)
 
 

@@ -449,6 +449,72 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matc
     )
 
 
+def test_sigterm_during_the_test_evaluation_stops_at_once_names_the_last_checkpoint_and_the_resume_only_tests(
+    script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch, caplog
+):
+    import signal
+
+    from lmke_hf.commands import train_clmke
+    from lmke_hf.errors import TrainingStopped
+
+    ranked = []
+
+    def killed_at_test(*args, **kwargs):  # the signal comes while the test ranking runs, after training ended
+        ranked.append(args[3])
+        if args[3] == "test" and len(ranked) < 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return rank(*args, **kwargs)
+
+    rank = train_clmke.rank_link_prediction
+    monkeypatch.setattr(train_clmke, "rank_link_prediction", killed_at_test)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"), pytest.raises(TrainingStopped) as stopped:
+        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, *RESUME_FLAGS)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert stopped.value.checkpoint == out / "checkpoints" / "step_4" and stopped.value.step == 4
+    assert "during the test evaluation, after training finished at step 4" in caplog.text
+    assert "--resume_from_checkpoint latest" in caplog.text.split("Resume with")[1]
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the run's only
+    assert not (out / "all_results.json").exists() and not (out / "model.safetensors").exists()
+    weights = (out / "checkpoints" / "step_4" / "model.safetensors").read_bytes()
+    ranked.extend(["test"] * 10)  # no more signals
+    results = _train(
+        script,
+        kg_dir,
+        no_dropout_encoder,
+        out,
+        "--max_train_steps",
+        4,
+        "--resume_from_checkpoint",
+        "latest",
+        *RESUME_FLAGS,
+    )
+    assert results["completed_steps"] == 4 and "test_mrr" in results
+    assert (out / "checkpoints" / "step_4" / "model.safetensors").read_bytes() == weights  # nothing was trained
+    assert json.loads((out / "all_results.json").read_text())["test_mrr"] == results["test_mrr"]
+
+
+def test_a_signal_during_the_test_of_a_run_without_checkpoints_names_its_best_model(tmp_path, caplog):
+    import logging
+    import signal
+    from types import SimpleNamespace
+
+    from lmke_hf.errors import TrainingStopped
+    from lmke_hf.training import StopAtOnce
+
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    accelerator = SimpleNamespace(is_main_process=True)
+    with caplog.at_level("WARNING"), pytest.raises(TrainingStopped) as stopped:
+        with StopAtOnce(args, {"completed_steps": 7}, accelerator, logging.getLogger("t")):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes of this thread
+                pass
+    assert stopped.value.checkpoint is None and stopped.value.exit_code == 128 + signal.SIGINT
+    assert "no checkpoint records the run" in stopped.value.message and "examples/evaluate.py" in caplog.text
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_library_calls_raise_output_dir_error_and_write_nothing(toy_kg_dir, tmp_path):
     from lmke_hf.kg import load_kg, save_prepared
 

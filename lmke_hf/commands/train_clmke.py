@@ -24,6 +24,7 @@ from lmke_hf.modelcard import ModelCard
 from lmke_hf.run_io import describe_hardware, run_resumes, write_json
 from lmke_hf.training import (
     ClmkeTrainingArguments,
+    StopAtOnce,
     arguments_parser,
     claim_output_dir,
     configure_process,
@@ -145,25 +146,26 @@ def _run(args) -> dict:
             write_json(Path(args.output_dir) / "train_history.json", summary["history"], indent=2, default=float)
         return {k: summary[k] for k in ("train_runtime_s", "completed_steps", "best_epoch", "best_eval_mrr", "history")}
 
-    best = ClmkeForLinkPrediction.from_pretrained(Path(args.output_dir) / "best").to(accelerator.device)
-    best.attach_tokenizer(tokenizer)
-    best.entity_index = encode_entities(
-        best,
-        tokenizer,
-        batch_size=args.per_device_eval_batch_size,
-        accelerator=accelerator,
-        progress=not args.no_progress and accelerator.is_main_process,
-    )  # saved as entity_index.safetensors: predictions need no re-encoding after loading
-    evaluator = rank_link_prediction(
-        best,
-        tokenizer,
-        kg,
-        "test",
-        batch_size=args.per_device_eval_batch_size,
-        accelerator=accelerator,
-        entity_embeddings=best.entity_index,
-        score_dtype=score_dtype,
-    )
+    with StopAtOnce(args, summary, accelerator, logger):  # a signal now: the last checkpoint resumes into the test
+        best = ClmkeForLinkPrediction.from_pretrained(Path(args.output_dir) / "best").to(accelerator.device)
+        best.attach_tokenizer(tokenizer)
+        best.entity_index = encode_entities(
+            best,
+            tokenizer,
+            batch_size=args.per_device_eval_batch_size,
+            accelerator=accelerator,
+            progress=not args.no_progress and accelerator.is_main_process,
+        )  # saved as entity_index.safetensors: predictions need no re-encoding after loading
+        evaluator = rank_link_prediction(
+            best,
+            tokenizer,
+            kg,
+            "test",
+            batch_size=args.per_device_eval_batch_size,
+            accelerator=accelerator,
+            entity_embeddings=best.entity_index,
+            score_dtype=score_dtype,
+        )
     if not accelerator.is_main_process:
         return {}
     results = {f"test_{k}": v for k, v in evaluator.compute().items()}

@@ -24,6 +24,7 @@ from lmke_hf.modelcard import ModelCard
 from lmke_hf.run_io import describe_hardware, run_resumes, write_json
 from lmke_hf.training import (
     LmkeTrainingArguments,
+    StopAtOnce,
     arguments_parser,
     claim_output_dir,
     configure_process,
@@ -104,11 +105,12 @@ def _run(args) -> dict:
 
     summary = train(args, accelerator, model, train_dataloader, evaluate, "accuracy", save, logger)
     accelerator.wait_for_everyone()
-    best = LmkeForTripleClassification.from_pretrained(Path(args.output_dir) / "best").to(accelerator.device)
-    all_valid, all_valid_labels = _labelled(kg, "validation")
-    test_triples, test_labels = _labelled(kg, "test")
-    valid_scores = score_triples(best, tokenizer, all_valid, args.per_device_eval_batch_size, accelerator)
-    test_scores = score_triples(best, tokenizer, test_triples, args.per_device_eval_batch_size, accelerator)
+    with StopAtOnce(args, summary, accelerator, logger):  # a signal now: the last checkpoint resumes into the test
+        best = LmkeForTripleClassification.from_pretrained(Path(args.output_dir) / "best").to(accelerator.device)
+        all_valid, all_valid_labels = _labelled(kg, "validation")
+        test_triples, test_labels = _labelled(kg, "test")
+        valid_scores = score_triples(best, tokenizer, all_valid, args.per_device_eval_batch_size, accelerator)
+        test_scores = score_triples(best, tokenizer, test_triples, args.per_device_eval_batch_size, accelerator)
     if not accelerator.is_main_process:
         return {}
     report = classification_report(

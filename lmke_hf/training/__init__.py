@@ -45,6 +45,7 @@ from .finish import PUSH_IGNORE, finish_run, hub_dataset_id, run_results, summar
 from .loop import (
     GeneratorState,
     Schedule,
+    StopAtOnce,
     StopRequest,
     TrainingLoop,
     build_optimizer,
@@ -76,6 +77,7 @@ __all__ = [
     "checkpoint_problem",
     "CheckpointManager",
     "claim_output_dir",
+    "StopAtOnce",
     "StopRequest",
     "start_from_trained",
     "TrainingDiverged",

@@ -255,6 +255,42 @@ class StopRequest:
         return bool(flag.item())
 
 
+class StopAtOnce:
+    """SIGTERM / SIGINT after training, during the test evaluation: nothing is left to save (the last step's
+    checkpoint and best/ are on disk) and an evaluation can take many minutes, so the handler stops at once with
+    `TrainingStopped` naming that checkpoint (resuming it trains nothing and evaluates again); the message is logged
+    on the main process. Installed from the main thread only; the previous handlers are restored on leaving."""
+
+    def __init__(self, args, summary: dict, accelerator, logger, during: str = "the test evaluation"):
+        self.args, self.step, self.during = args, summary["completed_steps"], during
+        self.accelerator, self.logger = accelerator, logger
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopAtOnce:
+        if threading.current_thread() is threading.main_thread():
+            for name in StopRequest.SIGNALS:
+                signum = getattr(signal, name)
+                self._previous[signum] = signal.signal(signum, self._stop)
+        return self
+
+    def _stop(self, signum, frame) -> None:
+        checkpoint = Path(self.args.output_dir) / "checkpoints" / f"step_{self.step}"
+        raise TrainingStopped(
+            signum,
+            checkpoint if checkpoint.is_dir() else None,
+            self.step,
+            resume_command(self.args.output_dir),
+            during=self.during,
+        )
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if isinstance(exc, TrainingStopped) and self.accelerator.is_main_process:
+            self.logger.warning(exc.message)  # logged here, not in the handler, which may interrupt a log call
+        return False
+
+
 class DivergenceGuard:
     """Stops a run whose loss is no longer finite or has grown `factor` times above its start (the mean of its first
     `warmup` steps in this process): a diverged model must not train on, be checkpointed or become the best one."""
