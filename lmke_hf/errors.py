@@ -35,27 +35,41 @@ class TrainingDiverged(LmkeError, RuntimeError):
 
 
 class TrainingStopped(LmkeError):
-    """Training stopped on a signal (SIGTERM / SIGINT) after saving a checkpoint, or `during` the evaluation after
-    training (the last step's checkpoint is on disk); `command` resumes it. The command line exits with status
-    128 + the signal's number, as a process killed by it would."""
+    """Training stopped on a signal (SIGTERM / SIGINT): after saving a checkpoint, or, `finished`, once training had
+    ended (during the test evaluation; the last step's checkpoint, when there is one, resumes into the test).
+    `command` resumes it (None when no checkpoint can). The command line exits with status 128 + the signal's
+    number, as a process killed by it would."""
 
-    def __init__(self, signum: int, checkpoint: Path | None, step: int, command: str, during: str | None = None):
+    def __init__(
+        self,
+        signum: int,
+        checkpoint: Path | None,
+        step: int,
+        command: str | None,
+        finished: bool = False,
+        best: Path | None = None,
+    ):
         self.signum, self.checkpoint, self.step, self.command = signum, checkpoint, step, command
+        self.finished = finished
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
-        if during is not None:  # after training: the last step's checkpoint holds the whole run
-            self.message = (
-                f"Stopped by {name} during {during}, after training finished at step {step}; checkpoint {checkpoint}. "
-                f"Resume with (it trains nothing more and runs {during} again):\n  {command}"
-                if checkpoint is not None
-                else f"Stopped by {name} during {during}, after training finished at step {step}; no checkpoint "
-                "records the run (--checkpointing_steps keeps one): its best/ model can be evaluated with "
-                "examples/evaluate.py."
+        if not finished:
+            self.message = f"Stopped by {name} after step {step}" + (
+                f"; checkpoint {checkpoint}. Resume with:\n  {command}" if checkpoint is not None else "."
             )
         elif checkpoint is not None:
-            self.message = f"Stopped by {name} after step {step}; checkpoint {checkpoint}. Resume with:\n  {command}"
+            self.message = (
+                f"Stopped by {name} after training finished at step {step}, before its test evaluation ended; "
+                f"checkpoint {checkpoint}. Resume with (it trains nothing more and runs the test evaluation):\n"
+                f"  {command}"
+            )
         else:
-            self.message = f"Stopped by {name} after step {step}."
+            self.message = (
+                f"Stopped by {name} after training finished at step {step}, before its test evaluation ended; no "
+                f"checkpoint holds step {step} (--checkpointing_steps N saves the last step too), so the run cannot "
+                f"resume: test its best model with `lmke-hf evaluate --model {best} --dataset <its dataset> "
+                "--split test`."
+            )
         super().__init__(self.message)
 
 

@@ -28,7 +28,7 @@ from lmke_hf.folders import (
     recover_final_save,
 )
 
-from helpers import RESUME_FLAGS, _clmke_argv, _load_script, cli_refusal
+from helpers import RESUME_FLAGS, _clmke_argv, _common, _load_script, cli_refusal
 
 
 @pytest.fixture(scope="module")
@@ -449,53 +449,118 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matc
     )
 
 
-def test_sigterm_during_the_test_evaluation_stops_at_once_names_the_last_checkpoint_and_the_resume_only_tests(
-    script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch, caplog
-):
+@pytest.fixture
+def sentinel_handlers():
+    """SIGTERM / SIGINT handlers that fail the test if a signal reaches them: a run must put them back when it
+    is done with its own, and no signal of a test may slip through to them."""
     import signal
 
+    def reached(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} reached the handler from before the run")
+
+    previous = {s: signal.signal(s, reached) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield reached
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _signal_at(module, name: str, when, signum=None):
+    """Wraps `module.name` so that the call for which `when(*args)` holds raises `signum` (SIGTERM) in this
+    thread first, once."""
+    import signal
+
+    original, sent = getattr(module, name), []
+
+    def wrapped(*args, **kwargs):
+        if not sent and when(*args):
+            sent.append(True)
+            signal.raise_signal(signum or signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    return wrapped
+
+
+# the step that ends a run is not a multiple of --checkpointing_steps 2, so the loop's own last-step save is tested
+_AT_TEST = {
+    "clmke": ("train_clmke", "rank_link_prediction", lambda *a: a[3] == "test", "test_mrr"),
+    "lmke": ("train_lmke", "_labelled", lambda *a: a[1] == "test", "test_accuracy"),
+}
+
+
+@pytest.mark.parametrize("model", sorted(_AT_TEST))
+def test_a_signal_during_the_test_evaluation_stops_at_once_names_the_last_checkpoint_and_the_resume_only_tests(
+    model, kg_dir, no_dropout_encoder, tmp_path, monkeypatch, caplog, sentinel_handlers
+):
+    import importlib
+    import signal
+
+    from lmke_hf.errors import TrainingStopped
+
+    command, name, at_test, metric = _AT_TEST[model]
+    module = importlib.import_module(f"lmke_hf.commands.{command}")
+    script = _load_script(command)
+    out = tmp_path / "run"
+    argv = (_clmke_argv if model == "clmke" else _common)(
+        kg_dir, no_dropout_encoder, out, "--max_train_steps", 5, *RESUME_FLAGS
+    )
+    with monkeypatch.context() as patched:
+        patched.setattr(module, name, _signal_at(module, name, at_test))
+        with caplog.at_level("WARNING"), pytest.raises(TrainingStopped) as stopped:
+            script.main(script.parse_args(argv))
+    assert stopped.value.exit_code == 128 + signal.SIGTERM and stopped.value.finished
+    assert stopped.value.checkpoint == out / "checkpoints" / "step_5" and stopped.value.step == 5
+    assert "after training finished at step 5, before its test evaluation ended" in caplog.text
+    assert stopped.value.command.endswith("--resume_from_checkpoint latest") and stopped.value.command in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is sentinel_handlers  # the run's handlers are gone
+    assert signal.getsignal(signal.SIGINT) is sentinel_handlers
+    assert not (out / "all_results.json").exists() and not (out / "model.safetensors").exists()
+    weights = (out / "checkpoints" / "step_5" / "model.safetensors").read_bytes()
+    results = script.main(script.parse_args([*argv, "--resume_from_checkpoint", "latest"]))
+    assert results["completed_steps"] == 5 and metric in results
+    assert (out / "checkpoints" / "step_5" / "model.safetensors").read_bytes() == weights  # nothing was trained
+    assert json.loads((out / "all_results.json").read_text())[metric] == results[metric]
+
+
+def test_with_checkpoints_at_epoch_ends_the_stop_during_the_test_names_the_last_epochs_checkpoint(
+    script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch, caplog
+):
     from lmke_hf.commands import train_clmke
     from lmke_hf.errors import TrainingStopped
 
-    ranked = []
+    monkeypatch.setattr(
+        train_clmke, "rank_link_prediction", _signal_at(train_clmke, "rank_link_prediction", lambda *a: a[3] == "test")
+    )
+    out = tmp_path / "run"  # 80 queries in batches of 4: one epoch is 20 steps
+    with caplog.at_level("WARNING"), pytest.raises(TrainingStopped) as stopped:
+        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 20, "--checkpointing_steps", "epoch")
+    assert stopped.value.checkpoint == out / "checkpoints" / "epoch_0" and stopped.value.step == 20
+    assert "Resume with" in caplog.text
 
-    def killed_at_test(*args, **kwargs):  # the signal comes while the test ranking runs, after training ended
-        ranked.append(args[3])
-        if args[3] == "test" and len(ranked) < 10:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return rank(*args, **kwargs)
 
-    rank = train_clmke.rank_link_prediction
-    monkeypatch.setattr(train_clmke, "rank_link_prediction", killed_at_test)
-    before = signal.getsignal(signal.SIGTERM)
+def test_a_signal_while_the_last_step_is_saved_stops_before_the_test(
+    script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch, caplog
+):
+    from lmke_hf.commands import train_clmke
+    from lmke_hf.errors import TrainingStopped
+    from lmke_hf.training import loop
+
+    ranked, rank = [], train_clmke.rank_link_prediction
+    monkeypatch.setattr(train_clmke, "rank_link_prediction", lambda *a, **k: ranked.append(a[3]) or rank(*a, **k))
+    monkeypatch.setattr(
+        loop.TrainingLoop,
+        "save_checkpoint",
+        _signal_at(loop.TrainingLoop, "save_checkpoint", lambda self, tag: tag == "step_5"),
+    )
     out = tmp_path / "run"
     with caplog.at_level("WARNING"), pytest.raises(TrainingStopped) as stopped:
-        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 4, *RESUME_FLAGS)
-    assert stopped.value.exit_code == 128 + signal.SIGTERM
-    assert stopped.value.checkpoint == out / "checkpoints" / "step_4" and stopped.value.step == 4
-    assert "during the test evaluation, after training finished at step 4" in caplog.text
-    assert "--resume_from_checkpoint latest" in caplog.text.split("Resume with")[1]
-    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the run's only
-    assert not (out / "all_results.json").exists() and not (out / "model.safetensors").exists()
-    weights = (out / "checkpoints" / "step_4" / "model.safetensors").read_bytes()
-    ranked.extend(["test"] * 10)  # no more signals
-    results = _train(
-        script,
-        kg_dir,
-        no_dropout_encoder,
-        out,
-        "--max_train_steps",
-        4,
-        "--resume_from_checkpoint",
-        "latest",
-        *RESUME_FLAGS,
-    )
-    assert results["completed_steps"] == 4 and "test_mrr" in results
-    assert (out / "checkpoints" / "step_4" / "model.safetensors").read_bytes() == weights  # nothing was trained
-    assert json.loads((out / "all_results.json").read_text())["test_mrr"] == results["test_mrr"]
+        _train(script, kg_dir, no_dropout_encoder, out, "--max_train_steps", 5, *RESUME_FLAGS)
+    assert stopped.value.finished and stopped.value.checkpoint == out / "checkpoints" / "step_5"
+    assert "test" not in ranked  # stopped before the test, not after it ran in full
 
 
-def test_a_signal_during_the_test_of_a_run_without_checkpoints_names_its_best_model(tmp_path, caplog):
+def test_a_signal_during_the_test_of_a_run_without_a_checkpoint_of_its_last_step_names_its_best_model(
+    tmp_path, caplog, sentinel_handlers
+):
     import logging
     import signal
     from types import SimpleNamespace
@@ -505,14 +570,59 @@ def test_a_signal_during_the_test_of_a_run_without_checkpoints_names_its_best_mo
 
     args = SimpleNamespace(output_dir=str(tmp_path))
     accelerator = SimpleNamespace(is_main_process=True)
+    summary = {"completed_steps": 7, "last_checkpoint": None}
     with caplog.at_level("WARNING"), pytest.raises(TrainingStopped) as stopped:
-        with StopAtOnce(args, {"completed_steps": 7}, accelerator, logging.getLogger("t")):
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):  # the handler runs between bytecodes of this thread
-                pass
-    assert stopped.value.checkpoint is None and stopped.value.exit_code == 128 + signal.SIGINT
-    assert "no checkpoint records the run" in stopped.value.message and "examples/evaluate.py" in caplog.text
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with StopAtOnce(args, summary, accelerator, logging.getLogger("t")):
+            signal.raise_signal(signal.SIGINT)
+    assert stopped.value.checkpoint is None and stopped.value.command is None
+    assert stopped.value.exit_code == 128 + signal.SIGINT
+    assert (
+        f"lmke-hf evaluate --model {tmp_path / 'best'}" in caplog.text and "no checkpoint holds step 7" in caplog.text
+    )
+    assert signal.getsignal(signal.SIGINT) is sentinel_handlers
+
+
+def test_a_second_signal_during_the_stop_reaches_the_handler_from_before(tmp_path, sentinel_handlers):
+    import logging
+    import signal
+    from types import SimpleNamespace
+
+    from lmke_hf.training import StopAtOnce
+
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    accelerator = SimpleNamespace(is_main_process=False)
+    with pytest.raises(AssertionError, match="SIGTERM reached the handler from before"):
+        with StopAtOnce(args, {"completed_steps": 1, "last_checkpoint": None}, accelerator, logging.getLogger("t")):
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            finally:  # as if a second signal came while the first one's exception unwinds
+                signal.raise_signal(signal.SIGTERM)
+
+
+def test_the_resume_command_replaces_a_typed_checkpoint_and_names_one_latest_would_not_pick(monkeypatch, tmp_path):
+    import sys
+
+    from lmke_hf.training import resume_command
+
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(key)
+    out = tmp_path / "run"
+    for tag in ("step_4", "step_8"):
+        (out / "checkpoints" / tag).mkdir(parents=True)
+        (out / "checkpoints" / tag / "model.safetensors").write_bytes(b"")
+        for name in ("optimizer.bin", "scheduler.bin"):
+            (out / "checkpoints" / tag / name).write_text("")
+        (out / "checkpoints" / tag / "trainer_state.json").write_text(json.dumps({"completed_steps": int(tag[5:])}))
+    typed = ["--output_dir", str(out), "--resume_from_checkpoint", str(out / "checkpoints" / "step_4"), "--seed", "1"]
+    monkeypatch.setattr(sys, "argv", ["examples/train_clmke.py", *typed])
+    assert resume_command(out, out / "checkpoints" / "step_8") == (
+        f"python examples/train_clmke.py --output_dir {out} --seed 1 --resume_from_checkpoint latest"
+    )
+    assert resume_command(out, out / "checkpoints" / "step_4").endswith(
+        f"--seed 1 --resume_from_checkpoint {out / 'checkpoints' / 'step_4'}"
+    )  # latest would take step_8
+    monkeypatch.setattr(sys, "argv", ["lmke-hf train-clmke", f"--resume_from_checkpoint={out}/x", "--seed", "2"])
+    assert resume_command(out) == "lmke-hf train-clmke --seed 2 --resume_from_checkpoint latest"
 
 
 def test_library_calls_raise_output_dir_error_and_write_nothing(toy_kg_dir, tmp_path):

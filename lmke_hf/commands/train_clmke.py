@@ -226,7 +226,8 @@ def train_clmke(args: ClmkeTrainingArguments) -> dict:
     the results (test_mrr, test_hits@10, ..., as in `all_results.json`). The output folder is locked for the run and removed if it
     fails before anything worth keeping was written (`lmke_hf.training.claim_output_dir`). Mistakes in the
     arguments raise `lmke_hf.errors.UsageError`; a run stopped by SIGTERM / SIGINT raises `TrainingStopped` after
-    saving a checkpoint.
+    saving a checkpoint, or at once during the test evaluation after training (naming the last step's
+    checkpoint).
 
         from lmke_hf import ClmkeTrainingArguments, train_clmke
 

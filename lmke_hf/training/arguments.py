@@ -468,21 +468,24 @@ def _launcher_argv() -> list[str] | None:
     return [w for w in words[at:] if w != ""]
 
 
-def typed_command(script: str | None = None) -> str:
-    """This process's command line as it was typed, tokens redacted and local paths shortened: `accelerate launch
-    [its flags] script ...` when `accelerate launch` started it, `lmke-hf <command> ...` from the console script,
-    `python script.py ...` otherwise (`script` names the script when `sys.argv` does not)."""
+def command_words(script: str | None = None) -> list[str]:
+    """This process's command line as words, as it was typed: `accelerate launch [its flags] script ...` when
+    `accelerate launch` started it, `lmke-hf <command> ...` from the console script, `python script.py ...`
+    otherwise (`script` names the script when `sys.argv` does not)."""
     argv = [str(a) for a in sys.argv] or [script or "?"]
     launcher = _launcher_argv()
     if launcher is not None:
-        words = ["accelerate", *launcher]
-    elif Path(argv[0]).name.startswith("lmke-hf"):
-        words = argv
-    elif argv[0].endswith(".py"):
-        words = ["python", *argv]
-    else:  # e.g. under a test runner: the script's own name
-        words = ["python", script or argv[0], *argv[1:]]
-    return " ".join(redact_argv(words))
+        return ["accelerate", *launcher]
+    if Path(argv[0]).name.startswith("lmke-hf"):  # run_program's "lmke-hf <command>"
+        return [*argv[0].split(" "), *argv[1:]]
+    if argv[0].endswith(".py"):
+        return ["python", *argv]
+    return ["python", script or argv[0], *argv[1:]]  # e.g. under a test runner: the script's own name
+
+
+def typed_command(script: str | None = None) -> str:
+    """This process's command line as it was typed (`command_words`), tokens redacted and local paths shortened."""
+    return " ".join(redact_argv(command_words(script)))
 
 
 def run_command(script: str, output_dir=None) -> str:

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from transformers import get_scheduler
 
-from ..errors import TrainingDiverged, TrainingStopped
+from ..errors import TrainingDiverged, TrainingStopped, UsageError
 from ..run_io import confirm_resume, public_args, write_json
-from .checkpoints import CheckpointManager, LoopState, run_settings
+from .checkpoints import CheckpointManager, LoopState, find_checkpoint, run_settings
 
 # best/'s record of the validation that made it the best: step, epoch, metric, the run's training seconds by then
 BEST_STATE = "best_state.json"
@@ -216,22 +216,33 @@ def _restore_best(out: Path, state: LoopState, metric_name: str) -> None:
         state.best = {"metric": metric, "epoch": finished.get("best_epoch"), "step": finished.get("best_step")}
 
 
+def _install_handlers(handler) -> dict:
+    """Installs `handler` for SIGTERM and SIGINT (from the main thread only: elsewhere Python refuses); returns the
+    previous handlers for `_restore_handlers`."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_handlers(previous: dict) -> None:
+    """Puts back the handlers `_install_handlers` replaced; a second call does nothing. A handler installed outside
+    Python (`signal.getsignal` gives None) cannot be put back: the default takes its place."""
+    while previous:
+        signum, handler = previous.popitem()
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
 class StopRequest:
     """SIGTERM / SIGINT during training (a scheduler's time limit, a spot instance reclaimed, Ctrl-C) as a request
     to stop cleanly: the handlers only record the signal; the loop finishes the step in hand, saves a checkpoint
     and stops (`TrainingStopped`). Installed for the loop only (from the main thread), previous handlers restored."""
-
-    SIGNALS = ("SIGTERM", "SIGINT")
 
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                signum = getattr(signal, name)
-                self._previous[signum] = signal.signal(signum, self._record)
+        self._previous = _install_handlers(self._record)
         return self
 
     def _record(self, signum, frame) -> None:
@@ -240,8 +251,7 @@ class StopRequest:
         self.signum = signum
 
     def __exit__(self, *exc) -> bool:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        _restore_handlers(self._previous)
         return False
 
     def requested(self, accelerator) -> bool:
@@ -257,38 +267,45 @@ class StopRequest:
 
 class StopAtOnce:
     """SIGTERM / SIGINT after training, during the test evaluation: nothing is left to save (the last step's
-    checkpoint and best/ are on disk) and an evaluation can take many minutes, so the handler stops at once with
-    `TrainingStopped` naming that checkpoint (resuming it trains nothing and evaluates again); the message is logged
-    on the main process. Installed from the main thread only; the previous handlers are restored on leaving."""
+    checkpoint, `summary["last_checkpoint"]`, and best/ are on disk) and an evaluation can take many minutes, so the
+    first signal stops at once with `TrainingStopped` (`finished`) naming that checkpoint and the command that
+    resumes into the test; the previous handlers are back before it is raised (a second signal acts as it would
+    have), and the main process logs the message. With several processes each stops on its own signal; one already
+    waiting in a gather for the others stays there until the launcher ends it.
 
-    def __init__(self, args, summary: dict, accelerator, logger, during: str = "the test evaluation"):
-        self.args, self.step, self.during = args, summary["completed_steps"], during
-        self.accelerator, self.logger = accelerator, logger
+    Args:
+        args: the run's arguments (`output_dir`).
+        summary: the training loop's summary (`completed_steps`, `last_checkpoint`).
+        accelerator: the run's `Accelerator`.
+        logger: where the main process logs the message."""
+
+    def __init__(self, args, summary: dict, accelerator, logger):
+        self.args, self.summary, self.accelerator, self.logger = args, summary, accelerator, logger
         self._previous: dict = {}
 
     def __enter__(self) -> StopAtOnce:
-        if threading.current_thread() is threading.main_thread():
-            for name in StopRequest.SIGNALS:
-                signum = getattr(signal, name)
-                self._previous[signum] = signal.signal(signum, self._stop)
+        self._previous = _install_handlers(self._stop)
         return self
 
     def _stop(self, signum, frame) -> None:
-        checkpoint = Path(self.args.output_dir) / "checkpoints" / f"step_{self.step}"
-        raise TrainingStopped(
-            signum,
-            checkpoint if checkpoint.is_dir() else None,
-            self.step,
-            resume_command(self.args.output_dir),
-            during=self.during,
+        _restore_handlers(self._previous)
+        checkpoint = self.summary.get("last_checkpoint")
+        raise stopped_error(
+            self.args, signum, self.summary["completed_steps"], Path(checkpoint) if checkpoint else None, finished=True
         )
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        _restore_handlers(self._previous)
         if isinstance(exc, TrainingStopped) and self.accelerator.is_main_process:
             self.logger.warning(exc.message)  # logged here, not in the handler, which may interrupt a log call
         return False
+
+
+def stopped_error(args, signum: int, step: int, checkpoint: Path | None, finished: bool = False) -> TrainingStopped:
+    """The `TrainingStopped` of a run stopped by `signum` at `step`, `checkpoint` holding that step (or None), with
+    the command that resumes from it."""
+    command = resume_command(args.output_dir, checkpoint) if checkpoint is not None else None
+    return TrainingStopped(signum, checkpoint, step, command, finished=finished, best=Path(args.output_dir) / "best")
 
 
 class DivergenceGuard:
@@ -314,18 +331,38 @@ class DivergenceGuard:
         )
 
 
-def resume_command(output_dir) -> str:
-    """This process's own command line (tokens redacted, paths as typed) with `--resume_from_checkpoint latest`."""
+def resume_command(output_dir, checkpoint: Path | None = None) -> str:
+    """This process's own command line (tokens redacted, paths as typed; `accelerate launch ...`, `lmke-hf <command>
+    ...` or `python <script> ...` as it was started) with `--resume_from_checkpoint latest` in place of any it had,
+    or `--resume_from_checkpoint <checkpoint>` where `latest` would pick another checkpoint than `checkpoint`."""
     import shlex
-    import sys
 
-    from .arguments import _launcher_argv, redact_argv
+    from .arguments import command_words, redact_argv
 
-    words = ["accelerate", *launcher] if (launcher := _launcher_argv()) else ["python", *sys.argv]
-    shown = redact_argv(words, shorten_paths=False)
-    if "--resume_from_checkpoint" not in shown:
-        shown += ["--resume_from_checkpoint", "latest"]
-    return shlex.join(shown)
+    flag = "--resume_from_checkpoint"
+    words, skip = [], False
+    for word in redact_argv(command_words(), shorten_paths=False):
+        if skip or word == flag or word.startswith(flag + "="):
+            skip = word == flag
+            continue
+        words.append(word)
+    target = "latest"
+    if checkpoint is not None and _latest_checkpoint(output_dir) != Path(checkpoint):
+        target = str(checkpoint)
+    return shlex.join([*words, flag, target])
+
+
+def _latest_checkpoint(output_dir) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint latest` would take in `output_dir`, or None."""
+    import warnings
+    from types import SimpleNamespace
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return find_checkpoint(SimpleNamespace(resume_from_checkpoint="latest", output_dir=output_dir))
+        except UsageError:
+            return None
 
 
 def format_metrics(metrics: dict, digits: int = 4) -> str:
@@ -421,6 +458,10 @@ class TrainingLoop:
         self.checkpoints = CheckpointManager(accelerator, args.output_dir, settings, args.checkpoints_total_limit)
         self.checkpoints.clear_partial()
         self.state = self.checkpoints.resume(args)
+        # the newest checkpoint of this run and its step: a resume's, then each save's (`checkpoint_of_this_step`)
+        self.last_checkpoint = (
+            (self.state.resumed_from, self.state.completed_steps) if self.state.resumed_from else None
+        )
         if self.state.resumed_from is not None and accelerator.is_main_process:  # (no checkpoint: refused earlier)
             confirm_resume(args.output_dir, self.state.completed_steps)  # the card counts this resume now
         self.starting_epoch = self.state.completed_steps // schedule.steps_per_epoch
@@ -475,9 +516,12 @@ class TrainingLoop:
                 if state.completed_steps >= schedule.max_train_steps:
                     break
                 self.train_epoch(epoch)
-            last = self.checkpoints.folder / f"step_{state.completed_steps}"
-            if self.every and not last.exists() and state.resumed_from != last:
-                self.save_checkpoint(last.name)  # the last step: a run stopped during its test evaluation resumes here
+            if self.every and self.checkpoint_of_this_step() is None:
+                # the last step: a run stopped during its test evaluation resumes here
+                self.save_checkpoint(f"step_{state.completed_steps}")
+            if self.stop_request.requested(self.accelerator):  # a signal while the last steps were saved
+                self.progress.close()
+                self._raise_stopped(self.checkpoint_of_this_step(), finished=True)
         self.progress.close()
         if self.args.with_tracking:
             self.accelerator.end_training()
@@ -626,7 +670,21 @@ class TrainingLoop:
 
     def save_checkpoint(self, tag: str) -> None:
         """Saves the resumable state as `output_dir/checkpoints/<tag>` (`CheckpointManager`)."""
-        self.checkpoints.save(tag, self.state, self.clock.runtime(), self.clock.eval_runtime())
+        path = self.checkpoints.save(tag, self.state, self.clock.runtime(), self.clock.eval_runtime())
+        self.last_checkpoint = (path, self.state.completed_steps)
+
+    def checkpoint_of_this_step(self) -> Path | None:
+        """The checkpoint this run loaded or saved at its current step (one left by an earlier segment at the same
+        step number does not count: it may hold other weights), or None."""
+        if self.last_checkpoint is not None and self.last_checkpoint[1] == self.state.completed_steps:
+            return Path(self.last_checkpoint[0])
+        return None
+
+    def _raise_stopped(self, checkpoint: Path | None, finished: bool = False) -> None:
+        error = stopped_error(self.args, self.stop_request.signum, self.state.completed_steps, checkpoint, finished)
+        if self.accelerator.is_main_process:
+            self.logger.warning(error.message)
+        raise error
 
     def stop(self, saved: str | None) -> None:
         """Ends a run a signal asked to stop: saves a checkpoint unless `saved` names the one just written, logs the
@@ -635,15 +693,7 @@ class TrainingLoop:
         if saved is None:
             self.save_checkpoint(tag)
         self.progress.close()
-        error = TrainingStopped(
-            self.stop_request.signum,
-            self.checkpoints.folder / tag,
-            self.state.completed_steps,
-            resume_command(self.args.output_dir),
-        )
-        if self.accelerator.is_main_process:
-            self.logger.warning(error.message)
-        raise error
+        self._raise_stopped(self.checkpoints.folder / tag)
 
     def summary(self) -> dict:
         """What the run reports: training time over all its segments, steps, the best validation, the history, whether
@@ -653,6 +703,7 @@ class TrainingLoop:
             "train_runtime_s": self.clock.runtime(),
             "resumed_from": str(state.resumed_from) if state.resumed_from is not None else None,
             "completed_steps": state.completed_steps,
+            "last_checkpoint": str(last) if (last := self.checkpoint_of_this_step()) is not None else None,
             "best_epoch": state.best["epoch"],
             "best_step": state.best.get("step"),
             f"best_eval_{self.metric_name}": state.best["metric"],
