@@ -146,7 +146,7 @@ def table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def build(args):
+def build(args, **config_overrides):
     from transformers import AutoTokenizer, BertConfig
 
     t0 = time.perf_counter()
@@ -175,6 +175,7 @@ def build(args):
         intermediate_size=args.intermediate_size,
     )
     extra = {} if args.scoring_memory_mb is None else {"scoring_memory_mb": args.scoring_memory_mb}
+    extra.update(config_overrides)  # e.g. bench_train's --recipe
     config = ClmkeConfig(
         encoder=encoder,
         num_entities=tokenizer.num_entities,

@@ -10,8 +10,12 @@ two-group AdamW of `lmke_hf.training.build_optimizer`. The model is a randomly i
 "Bare" is the same two encoder modules, forward+backward on the SAME padded token batches (precomputed
 `inputs_embeds` through each encoder, loss = sum of the outputs): no data pipeline, embedding table, matcher, loss
 or optimizer. Steps are run in rounds that alternate ours and bare on the same batches, so that a change of machine
-load hits both. Reported: queries/s, tokens/s (non-pad query + key tokens), per-phase times, the overhead
+load hits both. Reported: queries/s, tokens/s (non-pad tokens through the encoders: queries, keys, self-negatives), per-phase times, the overhead
 ours / bare - 1 (target < 25 %) for forward+backward and for the whole step, and peak RSS.
+
+`--recipe paper` (the default) times the paper's model (`ClmkeConfig` defaults); `--recipe ours` the recipe of the
+6-layer runs in the README (InfoNCE, cosine, mean pooling, the own-entity offset and self-negatives, whose keys of
+the queries' given entities are one more pass of the key encoder; the bare reference encodes them too).
 
 Example::
 
@@ -42,6 +46,16 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from lmke_hf.features import ClmkeCollator, link_prediction_examples, tokenize_link_prediction  # noqa: E402
 from lmke_hf.training import build_optimizer, keep_freed_memory  # noqa: E402
+
+# model settings (ClmkeConfig) and whether the collator adds the given entities' keys (self-negatives)
+RECIPES = {
+    "paper": ({}, False),
+    "ours": (
+        {"loss": "infonce", "scorer": "cosine", "pooling": "mean", "infonce_temperature": 0.05, "infonce_margin": 0.02}
+        | {"own_entity_bias": True},
+        True,
+    ),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -114,6 +128,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Then time ours' whole step in each of these precisions side by side ('no' = fp32, 'bf16' = bf16 autocast, "
         "as --mixed_precision bf16 trains), in alternating rounds of --steps each; none to skip.",
     )
+    a(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="paper",
+        help="'paper': the ClmkeConfig defaults (matcher, adversarial BCE, entity-token pooling); 'ours': the README's "
+        "6-layer recipe (--loss infonce --scorer cosine --pooling mean --infonce_temperature 0.05 --infonce_margin "
+        "0.02 --own_entity_bias --self_negatives).",
+    )
     a("--seed", type=int, default=0, help="Seed of the initialisation and of the shuffling.")
     a("--output", default=None, help="Write all figures as JSON to this file.")
     return p.parse_args(argv)
@@ -140,19 +162,36 @@ def ours_step(model, optimizer, loader_iter, timings):
     return batch
 
 
+def encoded_tokens(batch) -> tuple[int, int]:
+    """(non-pad, padded) tokens the encoders read for `batch`: queries, gold keys and self-negatives' keys."""
+    kinds = [kind for kind in ("query", "key", "extra_key") if f"{kind}_input_ids" in batch]
+    return (
+        sum(int(batch[f"{kind}_attention_mask"].sum()) for kind in kinds),
+        sum(batch[f"{kind}_input_ids"].numel() for kind in kinds),
+    )
+
+
 def bare_inputs(model, batch):
-    """Precomputed (untimed) inputs of the bare reference: embeddings of the same padded ids, masks."""
+    """Precomputed (untimed) inputs of the bare reference: embeddings of the same padded ids and their masks, for
+    the query encoder and for the key encoder (the gold keys, and the self-negatives' keys when the batch has them)."""
     with torch.no_grad():
         q = model.word_embeddings(batch["query_input_ids"]).detach()
-        k = model.word_embeddings(batch["key_input_ids"]).detach()
-    return q, batch["query_attention_mask"], k, batch["key_attention_mask"]
+        keys = [
+            (model.word_embeddings(batch[f"{kind}_input_ids"]).detach(), batch[f"{kind}_attention_mask"])
+            for kind in ("key", "extra_key")
+            if f"{kind}_input_ids" in batch
+        ]
+    return q, batch["query_attention_mask"], keys
 
 
 def bare_step(model, inputs, timings):
-    q, q_mask, k, k_mask = inputs
+    q, q_mask, keys = inputs
     t0 = time.perf_counter()
     loss = model.query_encoder(inputs_embeds=q, attention_mask=q_mask, return_dict=True).last_hidden_state.sum()
-    loss = loss + model.key_encoder(inputs_embeds=k, attention_mask=k_mask, return_dict=True).last_hidden_state.sum()
+    for k, k_mask in keys:
+        loss = (
+            loss + model.key_encoder(inputs_embeds=k, attention_mask=k_mask, return_dict=True).last_hidden_state.sum()
+        )
     t1 = time.perf_counter()
     loss.backward()
     for enc in (model.query_encoder, model.key_encoder):
@@ -188,9 +227,7 @@ def compare_precisions(args, model, optimizer, it) -> dict:
                 with context(precision):
                     batch = ours_step(model, optimizer, it, None)
                 totals[precision]["queries"] += batch["query_input_ids"].shape[0]
-                totals[precision]["tokens"] += int(
-                    batch["query_attention_mask"].sum() + batch["key_attention_mask"].sum()
-                )
+                totals[precision]["tokens"] += encoded_tokens(batch)[0]
             row[precision] = time.perf_counter() - t0
             totals[precision]["s"] += row[precision]
         rounds.append({**row, "steps": size, "load_avg_1m": load_avg()[:1]})
@@ -232,12 +269,17 @@ def main(args) -> dict:
         },
         "args": vars(args),
     }
-    kg, tokenizer, model, setup = build(args)
+    config, self_negatives = RECIPES[args.recipe]
+    kg, tokenizer, model, setup = build(args, **config)
     t0 = time.perf_counter()
     train_set = tokenize_link_prediction(link_prediction_examples(kg.triples("train")), tokenizer)
     setup["tokenize_train_s"] = time.perf_counter() - t0
     collator = ClmkeCollator(
-        tokenizer.pad_token_id, kg.answer_index(["train"], "tail"), kg.answer_index(["train"], "head")
+        tokenizer.pad_token_id,
+        kg.answer_index(["train"], "tail"),
+        kg.answer_index(["train"], "head"),
+        self_negatives=self_negatives,
+        tokenizer=tokenizer,
     )
     loader = DataLoader(
         train_set,
@@ -297,8 +339,8 @@ def main(args) -> dict:
             batch = ours_step(model, optimizer, it, ours_t)
             batches.append(batch)
             queries += batch["query_input_ids"].shape[0]
-            tokens += int(batch["query_attention_mask"].sum() + batch["key_attention_mask"].sum())
-            padded += batch["query_input_ids"].numel() + batch["key_input_ids"].numel()
+            real, all_tokens = encoded_tokens(batch)
+            tokens, padded = tokens + real, padded + all_tokens
         o1, f1 = sum(ours_t.values()), ours_t["optimizer"]
         faults["ours"] += minor_faults() - pf0
         inputs = [bare_inputs(model, b) for b in batches]
