@@ -125,7 +125,7 @@ class KgTrainingArguments:
         None,
         choices=["no", "bf16", "fp16", "auto"],
         help="Compute precision of the encoders: 'bf16' (about 2x faster on GPUs and on CPUs with bf16 units, e.g. avx512_bf16 / AMX; "
-        "far slower on CPUs without: 30x on an AVX2-only AMD EPYC), 'fp16' (GPUs), 'no' (fp32), 'auto' (bf16 where the GPU or "
+        "far slower on CPUs without: 29x on an AVX2-only AMD EPYC), 'fp16' (GPUs), 'no' (fp32), 'auto' (bf16 where the GPU or "
         "CPU computes it natively, else fp32; the run records which). Weights, optimizer, losses and ranking scores stay fp32. "
         "Default: what `accelerate launch --mixed_precision` / `accelerate config` says, else fp32.",
     )

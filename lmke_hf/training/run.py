@@ -242,8 +242,8 @@ def cpu_has_bf16_units() -> bool | None:
 
 def auto_precision() -> str:
     """`--mixed_precision auto`: "bf16" where the device computes it natively (a CUDA GPU that supports it, a CPU
-    with bf16 units), else "no" (fp32): emulated bf16 is slower than fp32 (30x measured on an AVX2-only AMD EPYC,
-    where a 6-layer MiniLM step of 128 x 48 tokens took 87 s against 2.9 s). Logs the choice and why."""
+    with bf16 units), else "no" (fp32): emulated bf16 is slower than fp32 (a 6-layer C-LMKE training step of 128
+    29x slower on an AVX2-only AMD EPYC, benchmarks/bench_train.py). Logs the choice and why."""
     import logging
 
     from accelerate import PartialState
@@ -272,7 +272,7 @@ def warn_if_slow_precision(accelerator) -> None:
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and cpu_has_bf16_units() is False:
         logging.getLogger(__name__).warning(
             "--mixed_precision bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16 in /proc/cpuinfo): it runs, "
-            "but far slower than fp32 here (30x measured on an AVX2-only AMD EPYC); use --mixed_precision auto or no."
+            "but far slower than fp32 here (29x per training step measured on an AVX2-only AMD EPYC); use --mixed_precision auto or no."
         )
 
 
