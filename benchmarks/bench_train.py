@@ -51,8 +51,14 @@ from lmke_hf.training import build_optimizer, keep_freed_memory  # noqa: E402
 RECIPES = {
     "paper": ({}, False),
     "ours": (
-        {"loss": "infonce", "scorer": "cosine", "pooling": "mean", "infonce_temperature": 0.05, "infonce_margin": 0.02}
-        | {"own_entity_bias": True},
+        {
+            "loss": "infonce",
+            "scorer": "cosine",
+            "pooling": "mean",
+            "infonce_temperature": 0.05,
+            "infonce_margin": 0.02,
+            "own_entity_bias": True,
+        },
         True,
     ),
 }
