@@ -81,6 +81,9 @@ RECIPES = {
     "full-6l-bf16-grouped": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --group_by_length".replace(
         "--learning_rate 5e-5", "--learning_rate 2e-4"
     ),
+    "full-6l-bf16-symmetric": f"{SHARED} {SIMKGC} --own_entity_bias --mixed_precision bf16 --symmetric_loss".replace(
+        "--learning_rate 5e-5", "--learning_rate 2e-4"
+    ),
 }
 REFERENCE = "paper-2l"
 

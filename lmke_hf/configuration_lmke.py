@@ -227,6 +227,10 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
             entity as a candidate. A bi-encoder scores it highest (its text is in the query), and it is rarely the
             answer; the offset learns that from self-negatives in a few steps. It reads only the query and the
             candidate, never the gold answer.
+        symmetric_loss (`bool`, defaults to `False`): add the loss of each in-batch key against the batch's queries
+            (the transposed in-batch scores with the transposed labels: tail -> head + relation; SimKGC sums both
+            directions). No extra encoding; self-negative and queued keys have no query of their own and take part
+            only in the queries' direction.
     """
 
     model_type = "clmke"
@@ -256,6 +260,7 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
         key_queue_size: int = 0,
         freeze_layers: int = 0,
         own_entity_bias: bool = False,
+        symmetric_loss: bool = False,
         **kwargs: Any,
     ) -> None:
         self._init_kg(encoder, num_entities, num_relations, base_vocab_size, initializer_range)
@@ -283,6 +288,7 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
             raise ValueError(f"`freeze_layers` is {freeze_layers} but the encoder has {layers} layers.")
         self.key_queue_size, self.freeze_layers = key_queue_size, freeze_layers
         self.own_entity_bias = bool(own_entity_bias)
+        self.symmetric_loss = bool(symmetric_loss)
         self.max_entity_description_length = max_entity_description_length
         self.max_relation_description_length = max_relation_description_length
         self.max_key_description_length = max_key_description_length

@@ -485,6 +485,9 @@ class ClmkeForLinkPrediction(LmkePreTrainedModel):
                 raise ValueError(f"`labels` has shape {tuple(labels.shape)}, expected {tuple(logits.shape)}.")
             _check_label_values(labels, (0, 1, -100), "labels")
             loss = self.contrastive_loss(logits, labels.to(logits.dtype))
+            if self.config.symmetric_loss:  # each local in-batch key against the queries (SimKGC's tail -> hr)
+                local = slice(offset, offset + q.shape[0])
+                loss = loss + self.contrastive_loss(logits[:, local].t(), labels[:, local].t().to(logits.dtype))
         output = LinkPredictionOutput(
             loss=loss,
             logits=logits,

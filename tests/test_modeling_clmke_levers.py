@@ -245,6 +245,7 @@ LEVER_FLAGS = (
     "--self_negatives",
     "--freeze_layers",
     "1",
+    "--symmetric_loss",
 )
 
 
@@ -258,11 +259,13 @@ def test_training_script_with_levers_trains_saves_and_resumes_exactly(kg_dir, no
     assert 0.0 < results["test_mrr"] <= 1.0
     assert (run_a / "checkpoints/step_6/custom_checkpoint_0.pkl").is_file()  # the key queue
     loaded = AutoModel.from_pretrained(run_a)
-    assert (loaded.config.loss, loaded.config.scorer, loaded.config.pooling, loaded.config.key_queue_size) == (
+    config = loaded.config
+    assert (config.loss, config.scorer, config.pooling, config.key_queue_size, config.symmetric_loss) == (
         "infonce",
         "cosine",
         "mean",
         8,
+        True,
     )
     script.main(
         script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 4, *flags, *LEVER_FLAGS))
@@ -404,3 +407,36 @@ def test_own_entity_bias_moves_only_the_own_entity_column_and_learns_from_self_n
     )
     out.loss.backward()
     assert float(model.own_entity_offset.grad) > 0  # gradient descent lowers the offset
+
+
+@pytest.mark.parametrize("loss", ["infonce", "adversarial_bce"])
+def test_symmetric_loss_adds_each_in_batch_key_against_the_batch_queries(tiny_bert_dir, kg_tok, loss):
+    """`symmetric_loss`: the queries' loss plus the loss of each in-batch key against the queries, with labels
+    built here from the answers (not the model's); the self-negative keys take part in the queries' direction only."""
+    config = dict(loss=loss, scorer="cosine", pooling="mean", infonce_margin=0.02)
+    plain = build(tiny_bert_dir, kg_tok, **config).eval()
+    symmetric = build(tiny_bert_dir, kg_tok, symmetric_loss=True, **config).eval()
+    own = kg_tok.pad(kg_tok.encode_keys(QUERIES["given"]))
+    extra = {0: [QUERIES["gold"][1]]}  # query 0 also has query 1's gold as an answer
+    inputs = dict(
+        **clmke_batch(kg_tok),
+        answer_ids=gold_answer_ids(extra),
+        extra_key_input_ids=own["input_ids"],
+        extra_key_attention_mask=own["attention_mask"],
+    )
+    a, s = plain(**inputs), symmetric(**inputs)
+    b = len(QUERIES["gold"])
+    assert a.logits.shape == (b, 2 * b)
+    torch.testing.assert_close(s.logits, a.logits)
+    answers = [{gold, *extra.get(i, [])} for i, gold in enumerate(QUERIES["gold"])]
+    transposed = torch.tensor([[float(QUERIES["gold"][j] in answers[i]) for i in range(b)] for j in range(b)])
+    assert transposed[1].tolist() == [1, 1, 0, 0, 0, 0]  # key 1 answers queries 0 and 1
+    scores = a.logits[:, :b].t()
+    if loss == "infonce":
+        inv_t = 1.0 / symmetric.temperature
+        expected_keys = reference_infonce(scores, transposed, inv_t, 0.02)
+        torch.testing.assert_close(a.loss, reference_infonce(a.logits, a.labels, inv_t, 0.02))
+    else:
+        expected_keys = plain.adversarial_bce_loss(scores, transposed)
+    torch.testing.assert_close(s.loss, a.loss + expected_keys)
+    assert float(expected_keys) > 0

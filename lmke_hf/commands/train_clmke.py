@@ -79,6 +79,7 @@ def _run(args) -> dict:
         key_queue_size=args.key_queue_size,
         freeze_layers=args.freeze_layers,
         own_entity_bias=args.own_entity_bias,
+        symmetric_loss=args.symmetric_loss,
     )
     init = (
         start_from_trained(model, tokenizer, args.init_from, logger, load=not args.resume_from_checkpoint)

@@ -349,6 +349,10 @@ class ClmkeTrainingArguments(KgTrainingArguments):
         False,
         help="Learn a score offset for the query's own given entity as a candidate (it reads the query and the candidate only, never the gold); pair with --self_negatives.",
     )
+    symmetric_loss: bool = _flag(
+        False,
+        help="Also train each in-batch key against the batch's queries (the transposed scores; SimKGC sums both directions). No extra encoding. Not in the paper.",
+    )
     freeze_layers: int = _flag(
         0,
         type=NON_NEGATIVE_INT,
