@@ -449,6 +449,112 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matc
     )
 
 
+# abandoned at: a mid-epoch step; the first step of epoch 2 (after the epoch-end validation and checkpoint)
+@pytest.mark.parametrize("abandoned", [4, 21])
+def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uninterrupted_run_with_dropout(
+    abandoned, script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch, caplog, sentinel_handlers
+):
+    """`accelerate launch` kills its training process 5 s after passing a signal on, less than a CPU step can take:
+    a signal during a step's forward drops that step at once, and the checkpoint is the previous step's, with that
+    boundary's random states, so the resume (dropout on) trains exactly the weights of an uninterrupted run."""
+    import signal
+
+    from lmke_hf import ClmkeForLinkPrediction
+    from lmke_hf.errors import TrainingStopped
+
+    from helpers import _assert_same_weights
+
+    flags = ("--max_train_steps", 24, *RESUME_FLAGS)  # 20 steps per epoch
+    original, calls = ClmkeForLinkPrediction.embed_keys, []
+
+    def embed_keys(self, *args, **kwargs):
+        if self.training:
+            calls.append(True)
+            if len(calls) == abandoned:  # inside that step's forward, after its queries' dropout masks were drawn
+                signal.raise_signal(signal.SIGTERM)
+                raise AssertionError("the step went on after the signal")
+        return original(self, *args, **kwargs)
+
+    stopped = tmp_path / "stopped"
+    argv = _clmke_argv(kg_dir, tiny_bert_dir, stopped, *flags)
+    with monkeypatch.context() as patched:
+        patched.setattr(ClmkeForLinkPrediction, "embed_keys", embed_keys)
+        with caplog.at_level("WARNING"), pytest.raises(TrainingStopped) as error:
+            script.main(script.parse_args(argv))
+    assert error.value.step == abandoned - 1 and not error.value.finished
+    assert error.value.checkpoint == stopped / "checkpoints" / f"step_{abandoned - 1}"
+    assert f"Stopped by SIGTERM after step {abandoned - 1}" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is sentinel_handlers  # the run's handlers are gone
+    results = script.main(script.parse_args([*argv, "--resume_from_checkpoint", "latest"]))
+    assert results["completed_steps"] == 24 and results["exact_resume"] is True
+    whole = tmp_path / "whole"
+    script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, whole, *flags)))
+    _assert_same_weights(
+        stopped / "checkpoints" / "step_24" / "model.safetensors",
+        whole / "checkpoints" / "step_24" / "model.safetensors",
+    )
+
+
+_SLOW_STEP = """
+import runpy, sys, time
+from pathlib import Path
+from lmke_hf import ClmkeForLinkPrediction
+
+original, calls, began = ClmkeForLinkPrediction.embed_keys, [], Path(sys.argv[1])
+
+def embed_keys(self, *args, **kwargs):
+    if self.training:
+        calls.append(True)
+        if len(calls) == 4:  # step 4 takes a minute, as a CPU step of a large model may
+            began.touch()
+            time.sleep(60)
+    return original(self, *args, **kwargs)
+
+ClmkeForLinkPrediction.embed_keys = embed_keys
+script, sys.argv = sys.argv[2], sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_sigterm_to_accelerate_launch_during_a_slow_step_saves_the_last_finished_step_within_its_grace(
+    script, kg_dir, no_dropout_encoder, tmp_path
+):
+    """SIGTERM to `accelerate launch` (a scheduler stopping the job), not to the training process: the launcher
+    terminates its child and kills it 5 s later. A step of a minute is dropped, and the previous step's checkpoint
+    is saved and named in time; the resume trains on from it."""
+    import signal
+    import sys
+    import time
+
+    from helpers import REPO
+
+    flags = ("--max_train_steps", 6, *RESUME_FLAGS)
+    wrapper, began, stopped = tmp_path / "slow_step.py", tmp_path / "step_4_began", tmp_path / "stopped"
+    wrapper.write_text(_SLOW_STEP)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    training = [str(REPO / "examples" / "train_clmke.py"), *_clmke_argv(kg_dir, no_dropout_encoder, stopped, *flags)]
+    process = subprocess.Popen(
+        [*launch, str(wrapper), str(began), *training],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not began.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert began.exists(), process.communicate(timeout=60)[0]
+    process.send_signal(signal.SIGTERM)  # to the launcher
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "Stopped by SIGTERM after step 3; checkpoint" in output, output
+    assert (stopped / "checkpoints" / "step_3" / "trainer_state.json").is_file()
+    results = _train(script, kg_dir, no_dropout_encoder, stopped, *flags, "--resume_from_checkpoint", "latest")
+    assert results["completed_steps"] == 6 and results["exact_resume"] is True
+
+
 @pytest.fixture
 def sentinel_handlers():
     """SIGTERM / SIGINT handlers that fail the test if a signal reaches them: a run must put them back when it

@@ -44,7 +44,9 @@ from .checkpoints import (
 from .finish import PUSH_IGNORE, finish_run, hub_dataset_id, run_results, summary_text
 from .loop import (
     GeneratorState,
+    RandomStates,
     Schedule,
+    StepAbandoned,
     StopAtOnce,
     StopRequest,
     TrainingLoop,
@@ -79,6 +81,8 @@ __all__ = [
     "claim_output_dir",
     "StopAtOnce",
     "StopRequest",
+    "StepAbandoned",
+    "RandomStates",
     "start_from_trained",
     "TrainingDiverged",
     "TrainingStopped",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 import signal
 import threading
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import get_scheduler
 
@@ -82,6 +84,31 @@ def seeded_generator(seed: int, accelerator) -> torch.Generator:
     """A generator on the run's device, seeded per process (`seed + process_index`): each process draws its own
     numbers, the same in every run with that seed."""
     return torch.Generator(device=accelerator.device).manual_seed(seed + accelerator.process_index)
+
+
+class RandomStates:
+    """The random states a checkpoint saves (Python's, NumPy's, torch's CPU and CUDA generators, and `generators`),
+    captured at a step boundary and put back when the next step is dropped (`StepAbandoned`), so that its
+    checkpoint holds what one saved at that boundary would have held: the resume is exact."""
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = generators
+        self.saved: tuple | None = None
+
+    def capture(self) -> None:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        own = [g.get_state() for g in self.generators]
+        self.saved = (random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda, own)
+
+    def restore(self) -> None:
+        python, numpy, cpu, cuda, own = self.saved
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        for generator, state in zip(self.generators, own):
+            generator.set_state(state)
 
 
 @dataclass(frozen=True)
@@ -232,13 +259,22 @@ def _restore_handlers(previous: dict) -> None:
         signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
+class StepAbandoned(BaseException):
+    """Raised by `StopRequest`'s handler inside a step's forward / backward: the step in hand is dropped. A
+    `BaseException`, as `KeyboardInterrupt` is, so that no `except Exception` on the way swallows it."""
+
+
 class StopRequest:
     """SIGTERM / SIGINT during training (a scheduler's time limit, a spot instance reclaimed, Ctrl-C) as a request
-    to stop cleanly: the handlers only record the signal; the loop finishes the step in hand, saves a checkpoint
-    and stops (`TrainingStopped`). Installed for the loop only (from the main thread), previous handlers restored."""
+    to stop cleanly: the loop saves a checkpoint and stops (`TrainingStopped`). A signal during a step's forward or
+    backward (`abandonable`, one process only) drops that step at once (`StepAbandoned`), so the checkpoint of the
+    last finished step is written within seconds: `accelerate launch` kills its training process 5 s after passing a
+    signal on. Elsewhere (the optimizer step, a validation, a save) the handler only records the signal and the loop
+    stops at the end of the step. Installed for the loop only (from the main thread), previous handlers restored."""
 
     def __init__(self):
         self.signum: int | None = None
+        self.abandonable = False
         self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
@@ -249,6 +285,9 @@ class StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self.signum = signum
+        if self.abandonable:
+            self.abandonable = False
+            raise StepAbandoned
 
     def __exit__(self, *exc) -> bool:
         _restore_handlers(self._previous)
@@ -420,6 +459,9 @@ class TrainingLoop:
             args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
         )
         self.stop_request = StopRequest()
+        # one process only: with several, a process leaving its backward would leave the others in its all-reduce
+        self.abandonable = accelerator.num_processes == 1
+        self.random_states = RandomStates([v for v in self.forward_kwargs.values() if isinstance(v, torch.Generator)])
         self.divergence = DivergenceGuard(args)
         self.queue = getattr(model, "key_queue", None)
         if self.queue is not None and not self.queue.size:
@@ -557,8 +599,16 @@ class TrainingLoop:
         if epoch == self.starting_epoch and self.resume_batches:
             loader = _keep_rng(accelerator.skip_first_batches(self.train_dataloader, self.resume_batches))
         total_loss, seen, pending_checkpoint = 0.0, 0, None
+        if self.abandonable:
+            self.random_states.capture()  # this boundary's, as a checkpoint saved here would hold them
         for batch in loader:
-            value = self.train_step(batch)
+            try:
+                value = self.train_step(batch, self.abandonable)
+            except StepAbandoned:  # a signal during its forward / backward: stop at the last finished step
+                self.model.zero_grad(set_to_none=True)
+                self.random_states.restore()
+                done = self.checkpoint_of_this_step()
+                self.stop(saved=done.name if done is not None else None)
             total_loss += value
             seen += 1
             self.window.add(value)
@@ -596,6 +646,8 @@ class TrainingLoop:
                     if self.every and state.completed_steps % self.every == 0
                     else None
                 )
+            if self.abandonable and accelerator.sync_gradients:
+                self.random_states.capture()
         self.validate(epoch, total_loss / max(seen, 1), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
         if pending_checkpoint:
             self.save_checkpoint(pending_checkpoint)
@@ -604,16 +656,24 @@ class TrainingLoop:
         if self.stop_request.requested(accelerator):
             self.stop(saved=pending_checkpoint or (f"epoch_{epoch}" if args.checkpointing_steps == "epoch" else None))
 
-    def train_step(self, batch) -> float:
+    def train_step(self, batch, abandonable: bool = False) -> float:
         """Forward, backward and (at the end of an accumulation) the optimizer step on one batch; returns its loss.
-        A loss that is no longer finite or has grown far above its start stops the run (`TrainingDiverged`)."""
-        accelerator = self.accelerator
+        A loss that is no longer finite or has grown far above its start stops the run (`TrainingDiverged`). With
+        `abandonable`, a signal before or during the forward / backward raises `StepAbandoned` before the step has
+        changed anything it keeps (weights, optimizer, scheduler, key queue)."""
+        accelerator, stop = self.accelerator, self.stop_request
         with accelerator.accumulate(self.model):
-            outputs = self.model(**batch, **self.forward_kwargs)
-            loss = outputs.loss
+            stop.abandonable = abandonable
+            try:
+                if abandonable and stop.signum is not None:  # signalled while its batch was loaded
+                    raise StepAbandoned
+                outputs = self.model(**batch, **self.forward_kwargs)
+                loss = outputs.loss
+                accelerator.backward(loss)
+            finally:
+                stop.abandonable = False
             if self.queue is not None:  # pre-batch negatives: this batch's keys for the next steps
                 self.queue.push(outputs.batch_key_embeddings.detach(), outputs.batch_key_entity_ids)
-            accelerator.backward(loss)
             if self.args.max_grad_norm and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
             self.optimizer.step()
