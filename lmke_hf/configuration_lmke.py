@@ -230,7 +230,8 @@ class ClmkeConfig(_KgConfigMixin, PretrainedConfig):
         symmetric_loss (`bool`, defaults to `False`): add the loss of each in-batch key against the batch's queries
             (the transposed in-batch scores with the transposed labels: tail -> head + relation; SimKGC sums both
             directions). No extra encoding; self-negative and queued keys have no query of their own and take part
-            only in the queries' direction.
+            only in the queries' direction. With several processes (`gather_keys`) each process's keys meet only
+            its own queries: queries are not gathered.
     """
 
     model_type = "clmke"

@@ -449,14 +449,25 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matc
     )
 
 
-# abandoned at: a mid-epoch step; the first step of epoch 2 (after the epoch-end validation and checkpoint)
-@pytest.mark.parametrize("abandoned", [4, 21])
+# (training forward the signal comes in, --gradient_accumulation_steps, the step the run stops after): a mid-epoch
+# step; the first step of epoch 2 (after the epoch-end validation); with 2 micro-batches a step is never dropped
+@pytest.mark.parametrize("signalled, accumulation, stopped_after", [(4, 1, 3), (21, 1, 20), (3, 2, 2)])
 def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uninterrupted_run_with_dropout(
-    abandoned, script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch, caplog, sentinel_handlers
+    signalled,
+    accumulation,
+    stopped_after,
+    script,
+    kg_dir,
+    tiny_bert_dir,
+    tmp_path,
+    monkeypatch,
+    caplog,
+    sentinel_handlers,
 ):
     """`accelerate launch` kills its training process 5 s after passing a signal on, less than a CPU step can take:
     a signal during a step's forward drops that step at once, and the checkpoint is the previous step's, with that
-    boundary's random states, so the resume (dropout on) trains exactly the weights of an uninterrupted run."""
+    boundary's random states, so the resume (dropout on) trains exactly the weights of an uninterrupted run. With
+    gradient accumulation the step in hand is finished first, as before."""
     import signal
 
     from lmke_hf import ClmkeForLinkPrediction
@@ -464,15 +475,17 @@ def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uni
 
     from helpers import _assert_same_weights
 
-    flags = ("--max_train_steps", 24, *RESUME_FLAGS)  # 20 steps per epoch
+    # 20 batches per epoch; checkpoints every 7 steps, so the stop itself saves the step it names
+    flags = ("--max_train_steps", 24, "--lr_scheduler_type", "constant", "--checkpointing_steps", 7)
+    flags += ("--gradient_accumulation_steps", accumulation)
     original, calls = ClmkeForLinkPrediction.embed_keys, []
 
     def embed_keys(self, *args, **kwargs):
         if self.training:
             calls.append(True)
-            if len(calls) == abandoned:  # inside that step's forward, after its queries' dropout masks were drawn
+            if len(calls) == signalled:  # inside that forward, after its queries' dropout masks were drawn
                 signal.raise_signal(signal.SIGTERM)
-                raise AssertionError("the step went on after the signal")
+                assert accumulation > 1, "the step went on after the signal"
         return original(self, *args, **kwargs)
 
     stopped = tmp_path / "stopped"
@@ -481,9 +494,9 @@ def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uni
         patched.setattr(ClmkeForLinkPrediction, "embed_keys", embed_keys)
         with caplog.at_level("WARNING"), pytest.raises(TrainingStopped) as error:
             script.main(script.parse_args(argv))
-    assert error.value.step == abandoned - 1 and not error.value.finished
-    assert error.value.checkpoint == stopped / "checkpoints" / f"step_{abandoned - 1}"
-    assert f"Stopped by SIGTERM after step {abandoned - 1}" in caplog.text
+    assert error.value.step == stopped_after and not error.value.finished
+    assert error.value.checkpoint == stopped / "checkpoints" / f"step_{stopped_after}"
+    assert f"Stopped by SIGTERM after step {stopped_after}" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is sentinel_handlers  # the run's handlers are gone
     results = script.main(script.parse_args([*argv, "--resume_from_checkpoint", "latest"]))
     assert results["completed_steps"] == 24 and results["exact_resume"] is True

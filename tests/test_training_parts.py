@@ -317,6 +317,31 @@ def test_relation_corruption_draws_from_the_relations_training_pool(tmp_path):
         generate_negatives(kg, "train", seed=0, corruption="typed")
 
 
+# the run settings a C-LMKE checkpoint stored in 2026-12 (the fp32 WN18RR run's step_5600, before --symmetric_loss)
+_STORED_2026_12 = {
+    **dict.fromkeys(("adversarial_temperature", "dataset", "description", "encoder_layers", "fixed_temperature")),
+    **dict.fromkeys(("freeze_layers", "gradient_accumulation_steps", "group_by_length", "head_learning_rate")),
+    **dict.fromkeys(("infonce_margin", "infonce_temperature", "init_from", "key_queue_size", "learning_rate", "loss")),
+    **dict.fromkeys(("lr_scheduler_type", "matcher_hidden_size", "max_entity_description_length", "max_grad_norm")),
+    **dict.fromkeys(("max_key_description_length", "max_negatives_per_query", "max_relation_description_length")),
+    **dict.fromkeys(("no_degree_features", "num_warmup_steps", "own_entity_bias", "per_device_train_batch_size")),
+    **dict.fromkeys(("pooling", "scorer", "seed", "self_negatives", "warmup_ratio", "weight_decay")),
+}
+
+
+def test_every_run_defining_flag_added_since_has_the_default_older_checkpoints_ran_with(
+    kg_dir, tiny_bert_dir, tmp_path
+):
+    """A flag that defines a run and is missing from older checkpoints' settings needs its old value in
+    `ADDED_FLAG_DEFAULTS`, or resuming those checkpoints is refused ("checkpoint None, now False")."""
+    from lmke_hf.training.checkpoints import ADDED_FLAG_DEFAULTS, run_settings
+
+    script = _load_script("train_clmke")
+    current = run_settings(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, tmp_path / "run")))
+    assert not set(current) - set(_STORED_2026_12) - set(ADDED_FLAG_DEFAULTS)
+    assert ADDED_FLAG_DEFAULTS["symmetric_loss"] is False
+
+
 def test_a_checkpoint_from_before_negative_sampling_resumes_with_the_default():
     from lmke_hf.training import check_resume_settings
 

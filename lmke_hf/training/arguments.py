@@ -351,7 +351,7 @@ class ClmkeTrainingArguments(KgTrainingArguments):
     )
     symmetric_loss: bool = _flag(
         False,
-        help="Also train each in-batch key against the batch's queries (the transposed scores; SimKGC sums both directions). No extra encoding. Not in the paper.",
+        help="Also train each in-batch key against the batch's queries (the transposed scores; SimKGC sums both directions; with several processes, this process's queries). No extra encoding. Not in the paper.",
     )
     freeze_layers: int = _flag(
         0,

@@ -118,7 +118,12 @@ def run_settings(args) -> dict:
 
 
 # flags added after checkpoints were first written, with the value a checkpoint that lacks them ran with
-ADDED_FLAG_DEFAULTS = {"negative_sampling": "uniform", "group_by_length": False, "init_from": None}
+ADDED_FLAG_DEFAULTS = {
+    "negative_sampling": "uniform",
+    "group_by_length": False,
+    "init_from": None,
+    "symmetric_loss": False,
+}
 
 
 def check_resume_settings(saved: dict | None, current: dict, checkpoint) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -87,9 +88,10 @@ def seeded_generator(seed: int, accelerator) -> torch.Generator:
 
 
 class RandomStates:
-    """The random states a checkpoint saves (Python's, NumPy's, torch's CPU and CUDA generators, and `generators`),
-    captured at a step boundary and put back when the next step is dropped (`StepAbandoned`), so that its
-    checkpoint holds what one saved at that boundary would have held: the resume is exact."""
+    """The random states of a step boundary that a checkpoint saves (Python's, NumPy's, torch's CPU and CUDA
+    generators, and `generators`), captured there and put back when the next step is dropped (`StepAbandoned`), so
+    that its checkpoint holds the random states one saved at that boundary would have held. (The rest of a dropped
+    step's state is untouched: with one micro-batch per step it changes nothing else before its backward ends.)"""
 
     def __init__(self, generators: list[torch.Generator]):
         self.generators = generators
@@ -266,15 +268,17 @@ class StepAbandoned(BaseException):
 
 class StopRequest:
     """SIGTERM / SIGINT during training (a scheduler's time limit, a spot instance reclaimed, Ctrl-C) as a request
-    to stop cleanly: the loop saves a checkpoint and stops (`TrainingStopped`). A signal during a step's forward or
-    backward (`abandonable`, one process only) drops that step at once (`StepAbandoned`), so the checkpoint of the
-    last finished step is written within seconds: `accelerate launch` kills its training process 5 s after passing a
-    signal on. Elsewhere (the optimizer step, a validation, a save) the handler only records the signal and the loop
-    stops at the end of the step. Installed for the loop only (from the main thread), previous handlers restored."""
+    to stop cleanly: the loop saves a checkpoint and stops (`TrainingStopped`). A signal while `in_step` (a step's
+    forward or backward, when the loop can drop steps) drops that step at once (`StepAbandoned`), so the checkpoint
+    of the last finished step is written within seconds: `accelerate launch` kills its training process 5 s after
+    passing a signal on. Elsewhere (the optimizer step, a validation, a save) the handler only records the signal
+    and the loop stops at the end of the step. The first signal is the one reported (under the launcher a Ctrl-C
+    reaches the training process as SIGINT, then as the launcher's SIGTERM). Installed for the loop only (from the
+    main thread), previous handlers restored."""
 
     def __init__(self):
         self.signum: int | None = None
-        self.abandonable = False
+        self.in_step = False
         self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
@@ -284,9 +288,10 @@ class StopRequest:
     def _record(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
-        self.signum = signum
-        if self.abandonable:
-            self.abandonable = False
+        if self.signum is None:
+            self.signum = signum
+        if self.in_step:
+            self.in_step = False
             raise StepAbandoned
 
     def __exit__(self, *exc) -> bool:
@@ -459,8 +464,10 @@ class TrainingLoop:
             args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
         )
         self.stop_request = StopRequest()
-        # one process only: with several, a process leaving its backward would leave the others in its all-reduce
-        self.abandonable = accelerator.num_processes == 1
+        # Steps a signal may drop (`StepAbandoned`): one process only (with several, a process leaving its backward
+        # would leave the others in its all-reduce), and one micro-batch per step (otherwise the micro-batches
+        # already done would have advanced Accelerate's step counter and pushed keys into the queue)
+        self.can_abandon = accelerator.num_processes == 1 and args.gradient_accumulation_steps == 1
         self.random_states = RandomStates([v for v in self.forward_kwargs.values() if isinstance(v, torch.Generator)])
         self.divergence = DivergenceGuard(args)
         self.queue = getattr(model, "key_queue", None)
@@ -599,16 +606,13 @@ class TrainingLoop:
         if epoch == self.starting_epoch and self.resume_batches:
             loader = _keep_rng(accelerator.skip_first_batches(self.train_dataloader, self.resume_batches))
         total_loss, seen, pending_checkpoint = 0.0, 0, None
-        if self.abandonable:
+        if self.can_abandon:
             self.random_states.capture()  # this boundary's, as a checkpoint saved here would hold them
         for batch in loader:
             try:
-                value = self.train_step(batch, self.abandonable)
-            except StepAbandoned:  # a signal during its forward / backward: stop at the last finished step
-                self.model.zero_grad(set_to_none=True)
-                self.random_states.restore()
-                done = self.checkpoint_of_this_step()
-                self.stop(saved=done.name if done is not None else None)
+                value = self.train_step(batch)
+            except StepAbandoned:
+                self.abandon_step()
             total_loss += value
             seen += 1
             self.window.add(value)
@@ -646,7 +650,7 @@ class TrainingLoop:
                     if self.every and state.completed_steps % self.every == 0
                     else None
                 )
-            if self.abandonable and accelerator.sync_gradients:
+            if self.can_abandon:
                 self.random_states.capture()
         self.validate(epoch, total_loss / max(seen, 1), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
         if pending_checkpoint:
@@ -656,22 +660,22 @@ class TrainingLoop:
         if self.stop_request.requested(accelerator):
             self.stop(saved=pending_checkpoint or (f"epoch_{epoch}" if args.checkpointing_steps == "epoch" else None))
 
-    def train_step(self, batch, abandonable: bool = False) -> float:
+    def train_step(self, batch) -> float:
         """Forward, backward and (at the end of an accumulation) the optimizer step on one batch; returns its loss.
-        A loss that is no longer finite or has grown far above its start stops the run (`TrainingDiverged`). With
-        `abandonable`, a signal before or during the forward / backward raises `StepAbandoned` before the step has
-        changed anything it keeps (weights, optimizer, scheduler, key queue)."""
+        A loss that is no longer finite or has grown far above its start stops the run (`TrainingDiverged`). When
+        the loop can drop steps (`can_abandon`), a signal before or during the forward / backward raises
+        `StepAbandoned` before the step has changed anything it keeps (weights, optimizer, scheduler, key queue)."""
         accelerator, stop = self.accelerator, self.stop_request
         with accelerator.accumulate(self.model):
-            stop.abandonable = abandonable
+            stop.in_step = self.can_abandon
             try:
-                if abandonable and stop.signum is not None:  # signalled while its batch was loaded
+                if self.can_abandon and stop.signum is not None:  # signalled while its batch was loaded
                     raise StepAbandoned
                 outputs = self.model(**batch, **self.forward_kwargs)
                 loss = outputs.loss
                 accelerator.backward(loss)
             finally:
-                stop.abandonable = False
+                stop.in_step = False
             if self.queue is not None:  # pre-batch negatives: this batch's keys for the next steps
                 self.queue.push(outputs.batch_key_embeddings.detach(), outputs.batch_key_entity_ids)
             if self.args.max_grad_norm and accelerator.sync_gradients:
@@ -740,13 +744,21 @@ class TrainingLoop:
             return Path(self.last_checkpoint[0])
         return None
 
-    def _raise_stopped(self, checkpoint: Path | None, finished: bool = False) -> None:
+    def _raise_stopped(self, checkpoint: Path | None, finished: bool = False) -> NoReturn:
         error = stopped_error(self.args, self.stop_request.signum, self.state.completed_steps, checkpoint, finished)
         if self.accelerator.is_main_process:
             self.logger.warning(error.message)
         raise error
 
-    def stop(self, saved: str | None) -> None:
+    def abandon_step(self) -> NoReturn:
+        """A signal during a step's forward / backward: drops its gradients, puts back the random states of the last
+        step boundary and stops there (`stop`: the checkpoint of that step, saved now unless it already was)."""
+        self.model.zero_grad(set_to_none=True)
+        self.random_states.restore()
+        done = self.checkpoint_of_this_step()
+        self.stop(saved=done.name if done is not None else None)
+
+    def stop(self, saved: str | None) -> NoReturn:
         """Ends a run a signal asked to stop: saves a checkpoint unless `saved` names the one just written, logs the
         resume command and raises `TrainingStopped`."""
         tag = saved or f"step_{self.state.completed_steps}"
