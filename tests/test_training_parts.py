@@ -318,15 +318,14 @@ def test_relation_corruption_draws_from_the_relations_training_pool(tmp_path):
 
 
 # the run settings a C-LMKE checkpoint stored in 2026-12 (the fp32 WN18RR run's step_5600, before --symmetric_loss)
-_STORED_2026_12 = {
-    **dict.fromkeys(("adversarial_temperature", "dataset", "description", "encoder_layers", "fixed_temperature")),
-    **dict.fromkeys(("freeze_layers", "gradient_accumulation_steps", "group_by_length", "head_learning_rate")),
-    **dict.fromkeys(("infonce_margin", "infonce_temperature", "init_from", "key_queue_size", "learning_rate", "loss")),
-    **dict.fromkeys(("lr_scheduler_type", "matcher_hidden_size", "max_entity_description_length", "max_grad_norm")),
-    **dict.fromkeys(("max_key_description_length", "max_negatives_per_query", "max_relation_description_length")),
-    **dict.fromkeys(("no_degree_features", "num_warmup_steps", "own_entity_bias", "per_device_train_batch_size")),
-    **dict.fromkeys(("pooling", "scorer", "seed", "self_negatives", "warmup_ratio", "weight_decay")),
-}
+_STORED_2026_12 = set(
+    """adversarial_temperature dataset description encoder_layers fixed_temperature freeze_layers
+    gradient_accumulation_steps group_by_length head_learning_rate infonce_margin infonce_temperature init_from
+    key_queue_size learning_rate loss lr_scheduler_type matcher_hidden_size max_entity_description_length
+    max_grad_norm max_key_description_length max_negatives_per_query max_relation_description_length
+    no_degree_features num_warmup_steps own_entity_bias per_device_train_batch_size pooling scorer seed
+    self_negatives warmup_ratio weight_decay""".split()
+)
 
 
 def test_every_run_defining_flag_added_since_has_the_default_older_checkpoints_ran_with(

@@ -468,7 +468,10 @@ class TrainingLoop:
         # would leave the others in its all-reduce), and one micro-batch per step (otherwise the micro-batches
         # already done would have advanced Accelerate's step counter and pushed keys into the queue)
         self.can_abandon = accelerator.num_processes == 1 and args.gradient_accumulation_steps == 1
-        self.random_states = RandomStates([v for v in self.forward_kwargs.values() if isinstance(v, torch.Generator)])
+        # generators among the forward's arguments (e.g. the negative subsampling's): checkpointed, and put back
+        # with the other random states when a step is dropped
+        self.generators = [v for v in self.forward_kwargs.values() if isinstance(v, torch.Generator)]
+        self.random_states = RandomStates(self.generators)
         self.divergence = DivergenceGuard(args)
         self.queue = getattr(model, "key_queue", None)
         if self.queue is not None and not self.queue.size:
@@ -491,9 +494,8 @@ class TrainingLoop:
         )
         if self.queue is not None:  # pre-batch negatives: a resume continues with the same queue
             accelerator.register_for_checkpointing(self.queue)
-        for value in self.forward_kwargs.values():  # e.g. the negative subsampling's generator: restored at resume
-            if isinstance(value, torch.Generator):
-                accelerator.register_for_checkpointing(GeneratorState(value))
+        for generator in self.generators:  # restored at resume
+            accelerator.register_for_checkpointing(GeneratorState(generator))
         if args.with_tracking:
             config = {
                 k: v for k, v in public_args({**vars(args), **schedule.as_args()}).items() if v is not None
