@@ -450,8 +450,9 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matc
 
 
 # (training forward the signal comes in, --gradient_accumulation_steps, the step the run stops after): a mid-epoch
-# step; the first step of epoch 2 (after the epoch-end validation); with 2 micro-batches a step is never dropped
-@pytest.mark.parametrize("signalled, accumulation, stopped_after", [(4, 1, 3), (21, 1, 20), (3, 2, 2)])
+# step; the first step of epoch 2 (after the epoch-end validation); the run's first step (its checkpoint is step_0);
+# with 2 micro-batches a step is never dropped
+@pytest.mark.parametrize("signalled, accumulation, stopped_after", [(4, 1, 3), (21, 1, 20), (1, 1, 0), (3, 2, 2)])
 def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uninterrupted_run_with_dropout(
     signalled,
     accumulation,
@@ -528,22 +529,47 @@ script, sys.argv = sys.argv[2], sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """
 
+_SLOW_VALIDATION = """
+import runpy, sys, time
+from pathlib import Path
+from lmke_hf.commands import train_clmke
 
-def test_sigterm_to_accelerate_launch_during_a_slow_step_saves_the_last_finished_step_within_its_grace(
-    script, kg_dir, no_dropout_encoder, tmp_path
+original, began = train_clmke.rank_link_prediction, Path(sys.argv[1])
+
+def rank_link_prediction(*args, **kwargs):
+    if args[3] == "validation" and not began.exists():  # the validation at step 3 takes a minute, as WN18RR's may
+        began.touch()
+        time.sleep(60)
+    return original(*args, **kwargs)
+
+train_clmke.rank_link_prediction = rank_link_prediction
+script, sys.argv = sys.argv[2], sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+# (what takes a minute, the run's flags beyond RESUME_FLAGS, the step the checkpoint holds)
+_SLOW = {"step": (_SLOW_STEP, (), 3), "validation": (_SLOW_VALIDATION, ("--eval_steps", 3), 3)}
+
+
+@pytest.mark.parametrize("slow", sorted(_SLOW))
+def test_sigterm_to_accelerate_launch_during_a_slow_step_or_validation_saves_the_last_finished_step_within_its_grace(
+    slow, script, kg_dir, no_dropout_encoder, tmp_path
 ):
     """SIGTERM to `accelerate launch` (a scheduler stopping the job), not to the training process: the launcher
     terminates its child and kills it 5 s later. A step of a minute is dropped, and the previous step's checkpoint
-    is saved and named in time; the resume trains on from it."""
+    is saved and named in time; so is a validation of a minute, and the resume makes it first; the resume trains on
+    from that checkpoint."""
     import signal
     import sys
     import time
 
     from helpers import REPO
 
-    flags = ("--max_train_steps", 6, *RESUME_FLAGS)
-    wrapper, began, stopped = tmp_path / "slow_step.py", tmp_path / "step_4_began", tmp_path / "stopped"
-    wrapper.write_text(_SLOW_STEP)
+    code, extra, saved = _SLOW[slow]
+    flags = ("--max_train_steps", 6, *RESUME_FLAGS, *extra)
+    wrapper, began, stopped = tmp_path / "slow.py", tmp_path / "slow_part_began", tmp_path / "stopped"
+    wrapper.write_text(code)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     training = [str(REPO / "examples" / "train_clmke.py"), *_clmke_argv(kg_dir, no_dropout_encoder, stopped, *flags)]
@@ -562,10 +588,89 @@ def test_sigterm_to_accelerate_launch_during_a_slow_step_saves_the_last_finished
     process.send_signal(signal.SIGTERM)  # to the launcher
     output, _ = process.communicate(timeout=120)
     assert process.returncode != 0
-    assert "Stopped by SIGTERM after step 3; checkpoint" in output, output
-    assert (stopped / "checkpoints" / "step_3" / "trainer_state.json").is_file()
+    assert f"Stopped by SIGTERM after step {saved}; checkpoint" in output, output
+    state = json.loads((stopped / "checkpoints" / f"step_{saved}" / "trainer_state.json").read_text())
+    assert state["history"] == []  # no validation was finished before the stop
     results = _train(script, kg_dir, no_dropout_encoder, stopped, *flags, "--resume_from_checkpoint", "latest")
     assert results["completed_steps"] == 6 and results["exact_resume"] is True
+    history = json.loads((stopped / "train_history.json").read_text())
+    assert [h["step"] for h in history] == ([3, 6] if slow == "validation" else [6])
+
+
+def _validation_calls(module, signal_when=None):
+    """Wraps `module.rank_link_prediction`: records the split of each call, and raises SIGTERM in this thread at the
+    first validation for which `signal_when(calls so far)` holds."""
+    import signal
+
+    original, calls, sent = module.rank_link_prediction, [], []
+
+    def wrapped(*args, **kwargs):
+        calls.append(args[3])
+        if args[3] == "validation" and signal_when is not None and not sent and signal_when(calls):
+            sent.append(True)
+            signal.raise_signal(signal.SIGTERM)
+            raise AssertionError("the validation went on after the signal")
+        return original(*args, **kwargs)
+
+    return wrapped, calls
+
+
+@pytest.mark.parametrize("when", ["during", "before"])
+def test_a_signal_at_an_epochs_validation_stops_without_it_and_the_resume_validates_first_and_matches_an_uninterrupted_run(
+    when, kg_dir, tiny_bert_dir, tmp_path, monkeypatch, caplog, sentinel_handlers
+):
+    """A validation can take minutes (WN18RR's: 2.5), far more than the 5 s `accelerate launch` leaves its training
+    process: a signal during it (or between an epoch's last step and its validation) stops the run at once with the
+    checkpoint of that step, saved before any validation of it; the resume validates that step first, then trains
+    on, so history, best model and weights are those of an uninterrupted run (dropout on)."""
+    import signal
+
+    from lmke_hf.commands import train_clmke
+    from lmke_hf.errors import TrainingStopped
+    from lmke_hf.training import loop
+
+    from helpers import _assert_same_weights
+
+    script = _load_script("train_clmke")
+    # 20 steps per epoch, validation at step 20 and at the last step; checkpoints every 7, so the stop saves step_20
+    flags = ("--max_train_steps", 24, "--lr_scheduler_type", "constant", "--checkpointing_steps", 7)
+    flags += ("--logging_steps", 10, "--keep_best")
+    stopped = tmp_path / "stopped"
+    argv = _clmke_argv(kg_dir, tiny_bert_dir, stopped, *flags)
+    with monkeypatch.context() as patched:
+        if when == "during":
+            wrapped, calls = _validation_calls(train_clmke, signal_when=lambda calls: True)
+        else:  # while the progress line of step 20 is logged, after its optimizer step
+            wrapped, calls = _validation_calls(train_clmke)
+            logged = _signal_at(loop.TrainingLoop, "log_progress", lambda self, epoch: self.state.completed_steps == 20)
+            patched.setattr(loop.TrainingLoop, "log_progress", logged)
+        patched.setattr(train_clmke, "rank_link_prediction", wrapped)
+        with caplog.at_level("INFO"), pytest.raises(TrainingStopped) as error:
+            script.main(script.parse_args(argv))
+    assert error.value.step == 20 and not error.value.finished
+    assert error.value.checkpoint == stopped / "checkpoints" / "step_20"
+    assert calls == (["validation"] if when == "during" else [])
+    assert "validation at step 20" not in caplog.text and "Stopped by SIGTERM after step 20" in caplog.text
+    assert json.loads((stopped / "checkpoints" / "step_20" / "trainer_state.json").read_text())["history"] == []
+    assert not (stopped / "best").exists()
+    assert signal.getsignal(signal.SIGTERM) is sentinel_handlers  # the run's handlers are gone
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        resumed = script.main(script.parse_args([*argv, "--resume_from_checkpoint", "latest"]))
+    assert "The checkpoint at step 20 was saved before that step's validation: validating now." in caplog.text
+    assert resumed["completed_steps"] == 24 and resumed["exact_resume"] is True
+    whole = tmp_path / "whole"
+    uninterrupted = script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, whole, *flags)))
+    _assert_same_weights(
+        stopped / "checkpoints" / "step_24" / "model.safetensors",
+        whole / "checkpoints" / "step_24" / "model.safetensors",
+    )
+    _assert_same_weights(stopped / "best" / "model.safetensors", whole / "best" / "model.safetensors")
+    resumed_history = json.loads((stopped / "train_history.json").read_text())
+    whole_history = json.loads((whole / "train_history.json").read_text())
+    assert [(h["step"], h["epoch"], h["end_of_epoch"]) for h in resumed_history] == [(20, 0, True), (24, 1, False)]
+    assert [h["eval_mrr"] for h in resumed_history] == [h["eval_mrr"] for h in whole_history]
+    assert resumed["test_mrr"] == uninterrupted["test_mrr"] and resumed["best_step"] == uninterrupted["best_step"]
 
 
 @pytest.fixture

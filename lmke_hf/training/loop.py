@@ -266,19 +266,25 @@ class StepAbandoned(BaseException):
     `BaseException`, as `KeyboardInterrupt` is, so that no `except Exception` on the way swallows it."""
 
 
+class ValidationAbandoned(BaseException):
+    """Raised by `StopRequest`'s handler inside a validation: the run stops without it, and the resume validates
+    that step first (`TrainingLoop.validate_owed`)."""
+
+
 class StopRequest:
     """SIGTERM / SIGINT during training (a scheduler's time limit, a spot instance reclaimed, Ctrl-C) as a request
-    to stop cleanly: the loop saves a checkpoint and stops (`TrainingStopped`). A signal while `in_step` (a step's
-    forward or backward, when the loop can drop steps) drops that step at once (`StepAbandoned`), so the checkpoint
-    of the last finished step is written within seconds: `accelerate launch` kills its training process 5 s after
-    passing a signal on. Elsewhere (the optimizer step, a validation, a save) the handler only records the signal
-    and the loop stops at the end of the step. The first signal is the one reported (under the launcher a Ctrl-C
-    reaches the training process as SIGINT, then as the launcher's SIGTERM). Installed for the loop only (from the
-    main thread), previous handlers restored."""
+    to stop cleanly: the loop saves a checkpoint and stops (`TrainingStopped`). Where the loop can drop what is in
+    hand (`drops`: a step's forward or backward, a validation; one process), the signal raises that exception at
+    once (`StepAbandoned`, `ValidationAbandoned`), so the checkpoint is written within seconds: `accelerate launch`
+    kills its training process 5 s after passing a signal on. Elsewhere (the optimizer step, a save) the handler
+    only records the signal and the loop stops at the end of the step. The first signal is the one reported (under
+    the launcher a Ctrl-C reaches the training process as SIGINT, then as the launcher's SIGTERM). Installed for the
+    loop only (from the main thread), previous handlers restored."""
 
     def __init__(self):
         self.signum: int | None = None
-        self.in_step = False
+        # what a signal raises now (the loop sets it around what it may drop), or None: only recorded
+        self.drops: type[BaseException] | None = None
         self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
@@ -290,9 +296,9 @@ class StopRequest:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         if self.signum is None:
             self.signum = signum
-        if self.in_step:
-            self.in_step = False
-            raise StepAbandoned
+        if self.drops is not None:
+            drops, self.drops = self.drops, None
+            raise drops
 
     def __exit__(self, *exc) -> bool:
         _restore_handlers(self._previous)
@@ -472,6 +478,11 @@ class TrainingLoop:
         # with the other random states when a step is dropped
         self.generators = [v for v in self.forward_kwargs.values() if isinstance(v, torch.Generator)]
         self.random_states = RandomStates(self.generators)
+        # Validations a signal may drop (`ValidationAbandoned`; the resume makes them first): one process only (with
+        # several, a process leaving its validation would leave the others in its gathers). The random states from
+        # before a dropped validation are the ones its checkpoint keeps.
+        self.can_drop_validation = accelerator.num_processes == 1
+        self.validation_states = RandomStates(self.generators)
         self.divergence = DivergenceGuard(args)
         self.queue = getattr(model, "key_queue", None)
         if self.queue is not None and not self.queue.size:
@@ -562,7 +573,11 @@ class TrainingLoop:
             self.stop_request,
         ):  # validation lines go above the bar, not onto it; signals stop cleanly
             if state.completed_steps >= schedule.max_train_steps:
-                self._finish_trained_run()
+                self.logger.info(
+                    f"The checkpoint is at step {state.completed_steps}, --max_train_steps {schedule.max_train_steps}: "
+                    "nothing more to train (pass a larger --max_train_steps to train longer)."
+                )
+            self.validate_owed()
             for epoch in range(self.starting_epoch, schedule.num_train_epochs):
                 if state.completed_steps >= schedule.max_train_steps:
                     break
@@ -578,17 +593,16 @@ class TrainingLoop:
             self.accelerator.end_training()
         return self.summary()
 
-    def _finish_trained_run(self) -> None:
-        """A resume of a run that already trained its last step: nothing to train; the validation of that step
-        if the run stopped between its last step and its last validation."""
-        state, steps_per_epoch = self.state, self.schedule.steps_per_epoch
-        self.logger.info(
-            f"The checkpoint is at step {state.completed_steps}, --max_train_steps {self.schedule.max_train_steps}: nothing more to train "
-            "(pass a larger --max_train_steps to train longer)."
-        )
-        last = state.history[-1]["step"] if state.history else None
-        if last != state.completed_steps:
-            end_of_epoch = state.completed_steps % steps_per_epoch == 0
+    def validate_owed(self) -> None:
+        """A resume at a step that validates (an epoch's last step, an `--eval_steps` point, the run's last step)
+        whose checkpoint holds no validation of it (the run was stopped before or during it): that validation, first."""
+        state, schedule = self.state, self.schedule
+        step = state.completed_steps
+        if state.resumed_from is None or step == 0 or (state.history and state.history[-1]["step"] == step):
+            return
+        end_of_epoch = step % schedule.steps_per_epoch == 0
+        if end_of_epoch or step >= schedule.max_train_steps or (self.eval_steps and step % self.eval_steps == 0):
+            self.logger.info(f"The checkpoint at step {step} was saved before that step's validation: validating now.")
             self.validate(max(self.starting_epoch - end_of_epoch, 0), float("nan"), end_of_epoch=end_of_epoch)
 
     def train_epoch(self, epoch: int) -> None:
@@ -637,21 +651,12 @@ class TrainingLoop:
                 if self.every and step % self.every == 0:
                     if step % steps_per_epoch:
                         self.save_checkpoint(f"step_{step}")
-                    else:  # an epoch's last step: save after its validation, which a resume would not redo
+                    else:  # an epoch's last step: saved after its validation, which its resume need not make again
                         pending_checkpoint = f"step_{step}"
             if state.completed_steps >= schedule.max_train_steps:
                 break
             if accelerator.sync_gradients and self.stop_request.requested(accelerator):
-                if (
-                    state.completed_steps % steps_per_epoch == 0
-                ):  # validate the finished epoch first, as a resume would not
-                    pending_checkpoint = pending_checkpoint or f"step_{state.completed_steps}"
-                    break
-                self.stop(
-                    saved=f"step_{state.completed_steps}"
-                    if self.every and state.completed_steps % self.every == 0
-                    else None
-                )
+                self.stop_at_step()  # an epoch's last step too: the resume makes its validation (`validate_owed`)
             if self.can_abandon:
                 self.random_states.capture()
         self.validate(epoch, total_loss / max(seen, 1), end_of_epoch=state.completed_steps % steps_per_epoch == 0)
@@ -669,7 +674,7 @@ class TrainingLoop:
         `StepAbandoned` before the step has changed anything it keeps (weights, optimizer, scheduler, key queue)."""
         accelerator, stop = self.accelerator, self.stop_request
         with accelerator.accumulate(self.model):
-            stop.in_step = self.can_abandon
+            stop.drops = StepAbandoned if self.can_abandon else None
             try:
                 if self.can_abandon and stop.signum is not None:  # signalled while its batch was loaded
                     raise StepAbandoned
@@ -677,7 +682,7 @@ class TrainingLoop:
                 loss = outputs.loss
                 accelerator.backward(loss)
             finally:
-                stop.in_step = False
+                stop.drops = None
             if self.queue is not None:  # pre-batch negatives: this batch's keys for the next steps
                 self.queue.push(outputs.batch_key_embeddings.detach(), outputs.batch_key_entity_ids)
             if self.args.max_grad_norm and accelerator.sync_gradients:
@@ -703,9 +708,20 @@ class TrainingLoop:
     def validate(self, epoch: int, train_loss: float, end_of_epoch: bool) -> None:
         """Validation metrics at this step, recorded in the history (with examples seen and training minutes) and
         the log; a new best model is saved to `output_dir/best`."""
-        accelerator, state, clock = self.accelerator, self.state, self.clock
+        accelerator, state, clock, stop = self.accelerator, self.state, self.clock, self.stop_request
         began, trained_minutes = time.time(), clock.minutes_excluding_eval()  # before this validation's own time
-        metrics = {f"eval_{k}": v for k, v in self.evaluate_fn(accelerator.unwrap_model(self.model)).items()}
+        if self.can_drop_validation:
+            self.validation_states.capture()
+        stop.drops = ValidationAbandoned if self.can_drop_validation else None
+        try:
+            if self.can_drop_validation and stop.signum is not None:  # signalled since the step ended
+                raise ValidationAbandoned
+            metrics = {f"eval_{k}": v for k, v in self.evaluate_fn(accelerator.unwrap_model(self.model)).items()}
+        except ValidationAbandoned:
+            clock.eval_seconds += time.time() - began
+            self.abandon_validation()
+        finally:
+            stop.drops = None
         metrics.update(
             epoch=epoch,
             train_loss=train_loss,
@@ -754,9 +770,20 @@ class TrainingLoop:
 
     def abandon_step(self) -> NoReturn:
         """A signal during a step's forward / backward: drops its gradients, puts back the random states of the last
-        step boundary and stops there (`stop`: the checkpoint of that step, saved now unless it already was)."""
+        step boundary and stops there (`stop_at_step`)."""
         self.model.zero_grad(set_to_none=True)
         self.random_states.restore()
+        self.stop_at_step()
+
+    def abandon_validation(self) -> NoReturn:
+        """A signal during a validation: stops without it (`stop_at_step`), with the random states from before it;
+        the resume validates that step first (`validate_owed`)."""
+        self.validation_states.restore()
+        self.model.train()
+        self.stop_at_step()
+
+    def stop_at_step(self) -> NoReturn:
+        """`stop` at the current step: its checkpoint is saved now unless this run already saved (or loaded) it."""
         done = self.checkpoint_of_this_step()
         self.stop(saved=done.name if done is not None else None)
 
