@@ -590,11 +590,31 @@ def test_sigterm_to_accelerate_launch_during_a_slow_step_or_validation_saves_the
     assert process.returncode != 0
     assert f"Stopped by SIGTERM after step {saved}; checkpoint" in output, output
     state = json.loads((stopped / "checkpoints" / f"step_{saved}" / "trainer_state.json").read_text())
-    assert state["history"] == []  # no validation was finished before the stop
+    if slow == "validation":
+        assert state["history"] == []  # the validation at step 3 was dropped, not finished
     results = _train(script, kg_dir, no_dropout_encoder, stopped, *flags, "--resume_from_checkpoint", "latest")
     assert results["completed_steps"] == 6 and results["exact_resume"] is True
     history = json.loads((stopped / "train_history.json").read_text())
     assert [h["step"] for h in history] == ([3, 6] if slow == "validation" else [6])
+
+
+def test_latest_is_the_checkpoint_of_the_highest_step_whatever_its_name(tmp_path):
+    """A stop at an epoch's end saves `step_<n>` even under `--checkpointing_steps epoch`, whose `epoch_<k>` names
+    count epochs: `latest` orders checkpoints by the step their trainer_state.json records."""
+    from types import SimpleNamespace
+
+    from lmke_hf.training import find_checkpoint
+
+    for name, step in (("step_20", 20), ("epoch_1", 40), ("epoch_2", 60)):
+        folder = tmp_path / "checkpoints" / name
+        folder.mkdir(parents=True)
+        for file in ("model.safetensors", "optimizer.bin", "scheduler.bin"):
+            (folder / file).write_bytes(b"x")
+        (folder / "trainer_state.json").write_text(json.dumps({"completed_steps": step}))
+    args = SimpleNamespace(resume_from_checkpoint="latest", output_dir=str(tmp_path))
+    assert find_checkpoint(args) == tmp_path / "checkpoints" / "epoch_2"
+    (tmp_path / "checkpoints" / "epoch_2" / "trainer_state.json").write_text("{")  # damaged: the next highest step
+    assert find_checkpoint(args) == tmp_path / "checkpoints" / "epoch_1"
 
 
 def _validation_calls(module, signal_when=None):
@@ -615,14 +635,16 @@ def _validation_calls(module, signal_when=None):
     return wrapped, calls
 
 
-@pytest.mark.parametrize("when", ["during", "before"])
-def test_a_signal_at_an_epochs_validation_stops_without_it_and_the_resume_validates_first_and_matches_an_uninterrupted_run(
-    when, kg_dir, tiny_bert_dir, tmp_path, monkeypatch, caplog, sentinel_handlers
+# (when the signal comes, the step whose validation it stops): during the epoch-end validation; after the epoch's
+# last step, before its validation; after the run's last step, before the last validation
+@pytest.mark.parametrize("when, at", [("during", 20), ("before", 20), ("before", 24)])
+def test_a_signal_at_a_validation_stops_without_it_and_the_resume_validates_first_and_matches_an_uninterrupted_run(
+    when, at, kg_dir, tiny_bert_dir, tmp_path, monkeypatch, caplog, sentinel_handlers
 ):
     """A validation can take minutes (WN18RR's: 2.5), far more than the 5 s `accelerate launch` leaves its training
-    process: a signal during it (or between an epoch's last step and its validation) stops the run at once with the
-    checkpoint of that step, saved before any validation of it; the resume validates that step first, then trains
-    on, so history, best model and weights are those of an uninterrupted run (dropout on)."""
+    process: a signal during it (or between a step and its validation) stops the run at once with the checkpoint of
+    that step, saved before any validation of it; the resume validates that step first, then trains on (or tests),
+    so history, best model, weights and test results are those of an uninterrupted run (dropout on)."""
     import signal
 
     from lmke_hf.commands import train_clmke
@@ -634,30 +656,31 @@ def test_a_signal_at_an_epochs_validation_stops_without_it_and_the_resume_valida
     script = _load_script("train_clmke")
     # 20 steps per epoch, validation at step 20 and at the last step; checkpoints every 7, so the stop saves step_20
     flags = ("--max_train_steps", 24, "--lr_scheduler_type", "constant", "--checkpointing_steps", 7)
-    flags += ("--logging_steps", 10, "--keep_best")
+    flags += ("--logging_steps", 4, "--keep_best")
     stopped = tmp_path / "stopped"
     argv = _clmke_argv(kg_dir, tiny_bert_dir, stopped, *flags)
     with monkeypatch.context() as patched:
         if when == "during":
             wrapped, calls = _validation_calls(train_clmke, signal_when=lambda calls: True)
-        else:  # while the progress line of step 20 is logged, after its optimizer step
+        else:  # while the progress line of that step is logged, after its optimizer step
             wrapped, calls = _validation_calls(train_clmke)
-            logged = _signal_at(loop.TrainingLoop, "log_progress", lambda self, epoch: self.state.completed_steps == 20)
+            logged = _signal_at(loop.TrainingLoop, "log_progress", lambda self, epoch: self.state.completed_steps == at)
             patched.setattr(loop.TrainingLoop, "log_progress", logged)
         patched.setattr(train_clmke, "rank_link_prediction", wrapped)
         with caplog.at_level("INFO"), pytest.raises(TrainingStopped) as error:
             script.main(script.parse_args(argv))
-    assert error.value.step == 20 and not error.value.finished
-    assert error.value.checkpoint == stopped / "checkpoints" / "step_20"
-    assert calls == (["validation"] if when == "during" else [])
-    assert "validation at step 20" not in caplog.text and "Stopped by SIGTERM after step 20" in caplog.text
-    assert json.loads((stopped / "checkpoints" / "step_20" / "trainer_state.json").read_text())["history"] == []
-    assert not (stopped / "best").exists()
+    assert error.value.step == at and not error.value.finished
+    assert error.value.checkpoint == stopped / "checkpoints" / f"step_{at}"
+    assert calls == (["validation"] if when == "during" or at == 24 else [])  # at 24: step 20's, finished
+    assert f"validation at step {at}" not in caplog.text and f"Stopped by SIGTERM after step {at}" in caplog.text
+    state = json.loads((stopped / "checkpoints" / f"step_{at}" / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["history"]] == ([20] if at == 24 else [])
+    assert (stopped / "best").exists() == (at == 24)
     assert signal.getsignal(signal.SIGTERM) is sentinel_handlers  # the run's handlers are gone
     caplog.clear()
     with caplog.at_level("INFO"):
         resumed = script.main(script.parse_args([*argv, "--resume_from_checkpoint", "latest"]))
-    assert "The checkpoint at step 20 was saved before that step's validation: validating now." in caplog.text
+    assert f"The checkpoint at step {at} was saved before that step's validation: validating now." in caplog.text
     assert resumed["completed_steps"] == 24 and resumed["exact_resume"] is True
     whole = tmp_path / "whole"
     uninterrupted = script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, whole, *flags)))
@@ -670,6 +693,7 @@ def test_a_signal_at_an_epochs_validation_stops_without_it_and_the_resume_valida
     whole_history = json.loads((whole / "train_history.json").read_text())
     assert [(h["step"], h["epoch"], h["end_of_epoch"]) for h in resumed_history] == [(20, 0, True), (24, 1, False)]
     assert [h["eval_mrr"] for h in resumed_history] == [h["eval_mrr"] for h in whole_history]
+    assert [h["train_loss"] is None for h in resumed_history] == [at == 20, at == 24]  # not measured again
     assert resumed["test_mrr"] == uninterrupted["test_mrr"] and resumed["best_step"] == uninterrupted["best_step"]
 
 

@@ -51,8 +51,13 @@ CHECKPOINT_FILES = ("trainer_state.json", "optimizer.bin", "scheduler.bin")
 
 
 def _step_of(path: Path) -> int:
-    digits = "".join(c for c in path.name.rsplit("_", 1)[-1] if c.isdigit())
-    return int(digits) if digits else -1
+    """The step a checkpoint holds, as its `trainer_state.json` records it (`epoch_<k>` is named by its epoch, and a
+    stop at an epoch's end saves `step_<n>` beside them); the digits of its name where that file is unreadable."""
+    try:
+        return int(json.loads((path / "trainer_state.json").read_text())["completed_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        digits = "".join(c for c in path.name.rsplit("_", 1)[-1] if c.isdigit())
+        return int(digits) if digits else -1
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -278,7 +283,7 @@ class CheckpointManager:
             for p in self.folder.iterdir()
             if (p / "trainer_state.json").is_file() and p != keep and not p.name.endswith(PARTIAL_SUFFIX)
         ]
-        saved.sort(key=lambda p: json.loads((p / "trainer_state.json").read_text())["completed_steps"])
+        saved.sort(key=_step_of)
         others = self.total_limit - (1 if keep is not None else room_for)
         for old in saved[: max(0, len(saved) - others)]:
             shutil.rmtree(old)

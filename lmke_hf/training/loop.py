@@ -428,7 +428,7 @@ class TrainingLoop:
     """The epoch loop of both training commands, as named steps (as PyKEEN's `TrainingLoop`): `run()` prepares the
     optimizer, schedule and checkpoints (`_prepare`, resuming where a checkpoint says), then trains epoch by epoch
     (`train_epoch`, one `train_step` per batch), validates (`validate`, keeping the best model in
-    `output_dir/best`), saves checkpoints (`save_checkpoint`) and stops cleanly on SIGTERM / SIGINT (`stop`); it
+    `output_dir/best`), saves checkpoints (`save_checkpoint`) and stops cleanly on SIGTERM / SIGINT (`stop_at_step`); it
     returns the run's summary (`summary`).
 
     Args:
@@ -603,7 +603,7 @@ class TrainingLoop:
         end_of_epoch = step % schedule.steps_per_epoch == 0
         if end_of_epoch or step >= schedule.max_train_steps or (self.eval_steps and step % self.eval_steps == 0):
             self.logger.info(f"The checkpoint at step {step} was saved before that step's validation: validating now.")
-            self.validate(max(self.starting_epoch - end_of_epoch, 0), float("nan"), end_of_epoch=end_of_epoch)
+            self.validate(max(self.starting_epoch - end_of_epoch, 0), None, end_of_epoch=end_of_epoch)
 
     def train_epoch(self, epoch: int) -> None:
         """One epoch (the rest of it after a mid-epoch resume): its batches, the validations and checkpoints due,
@@ -665,7 +665,7 @@ class TrainingLoop:
         if args.checkpointing_steps == "epoch":
             self.save_checkpoint(f"epoch_{epoch}")
         if self.stop_request.requested(accelerator):
-            self.stop(saved=pending_checkpoint or (f"epoch_{epoch}" if args.checkpointing_steps == "epoch" else None))
+            self.stop_at_step()
 
     def train_step(self, batch) -> float:
         """Forward, backward and (at the end of an accumulation) the optimizer step on one batch; returns its loss.
@@ -705,23 +705,25 @@ class TrainingLoop:
             f"{per_step:.2f} s/step, {int(left // 3600)} h {int(left % 3600 // 60):02d} min of training left"
         )
 
-    def validate(self, epoch: int, train_loss: float, end_of_epoch: bool) -> None:
-        """Validation metrics at this step, recorded in the history (with examples seen and training minutes) and
-        the log; a new best model is saved to `output_dir/best`."""
+    def validate(self, epoch: int, train_loss: float | None, end_of_epoch: bool) -> None:
+        """Validation metrics at this step, recorded in the history (with examples seen, training minutes and the
+        mean training loss since the epoch or segment began: None for the validation a resume makes first) and the
+        log; a new best model is saved to `output_dir/best`."""
         accelerator, state, clock, stop = self.accelerator, self.state, self.clock, self.stop_request
         began, trained_minutes = time.time(), clock.minutes_excluding_eval()  # before this validation's own time
         if self.can_drop_validation:
             self.validation_states.capture()
-        stop.drops = ValidationAbandoned if self.can_drop_validation else None
         try:
-            if self.can_drop_validation and stop.signum is not None:  # signalled since the step ended
-                raise ValidationAbandoned
-            metrics = {f"eval_{k}": v for k, v in self.evaluate_fn(accelerator.unwrap_model(self.model)).items()}
+            try:
+                stop.drops = ValidationAbandoned if self.can_drop_validation else None
+                if self.can_drop_validation and stop.signum is not None:  # signalled since the step ended
+                    raise ValidationAbandoned
+                metrics = {f"eval_{k}": v for k, v in self.evaluate_fn(accelerator.unwrap_model(self.model)).items()}
+            finally:
+                stop.drops = None  # before the stop's save: a second signal there is only recorded
         except ValidationAbandoned:
             clock.eval_seconds += time.time() - began
             self.abandon_validation()
-        finally:
-            stop.drops = None
         metrics.update(
             epoch=epoch,
             train_loss=train_loss,
@@ -733,7 +735,9 @@ class TrainingLoop:
         state.history.append(metrics)
         shown = {k[len("eval_") :]: v for k, v in metrics.items() if k.startswith("eval_") and not isinstance(v, dict)}
         self.logger.info(
-            f"validation at step {state.completed_steps} (epoch {epoch}, train loss {train_loss:.4f}): {format_metrics(shown)}"
+            f"validation at step {state.completed_steps} (epoch {epoch}"
+            + (f", train loss {train_loss:.4f}" if train_loss is not None else "")
+            + f"): {format_metrics(shown)}"
         )
         if self.args.with_tracking:
             accelerator.log(
@@ -783,18 +787,14 @@ class TrainingLoop:
         self.stop_at_step()
 
     def stop_at_step(self) -> NoReturn:
-        """`stop` at the current step: its checkpoint is saved now unless this run already saved (or loaded) it."""
-        done = self.checkpoint_of_this_step()
-        self.stop(saved=done.name if done is not None else None)
-
-    def stop(self, saved: str | None) -> NoReturn:
-        """Ends a run a signal asked to stop: saves a checkpoint unless `saved` names the one just written, logs the
-        resume command and raises `TrainingStopped`."""
-        tag = saved or f"step_{self.state.completed_steps}"
-        if saved is None:
-            self.save_checkpoint(tag)
+        """Ends a run a signal asked to stop: the checkpoint of the current step (the one this run saved or loaded
+        at it, wherever it is, else `step_<n>` saved now), the resume command in the log, `TrainingStopped`."""
+        checkpoint = self.checkpoint_of_this_step()
+        if checkpoint is None:
+            self.save_checkpoint(f"step_{self.state.completed_steps}")
+            checkpoint = self.checkpoint_of_this_step()
         self.progress.close()
-        self._raise_stopped(self.checkpoints.folder / tag)
+        self._raise_stopped(checkpoint)
 
     def summary(self) -> dict:
         """What the run reports: training time over all its segments, steps, the best validation, the history, whether
