@@ -680,7 +680,10 @@ def test_a_signal_at_a_validation_stops_without_it_and_the_resume_validates_firs
     caplog.clear()
     with caplog.at_level("INFO"):
         resumed = script.main(script.parse_args([*argv, "--resume_from_checkpoint", "latest"]))
-    assert f"The checkpoint at step {at} was saved before that step's validation: validating now." in caplog.text
+    assert (
+        f"The checkpoint at step {at} holds no validation of that step, which this run makes: validating now."
+        in caplog.text
+    )
     assert resumed["completed_steps"] == 24 and resumed["exact_resume"] is True
     whole = tmp_path / "whole"
     uninterrupted = script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, whole, *flags)))

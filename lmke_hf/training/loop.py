@@ -602,7 +602,9 @@ class TrainingLoop:
             return
         end_of_epoch = step % schedule.steps_per_epoch == 0
         if end_of_epoch or step >= schedule.max_train_steps or (self.eval_steps and step % self.eval_steps == 0):
-            self.logger.info(f"The checkpoint at step {step} was saved before that step's validation: validating now.")
+            self.logger.info(
+                f"The checkpoint at step {step} holds no validation of that step, which this run makes: validating now."
+            )
             self.validate(max(self.starting_epoch - end_of_epoch, 0), None, end_of_epoch=end_of_epoch)
 
     def train_epoch(self, epoch: int) -> None:
