@@ -700,6 +700,66 @@ def test_a_signal_at_a_validation_stops_without_it_and_the_resume_validates_firs
     assert resumed["test_mrr"] == uninterrupted["test_mrr"] and resumed["best_step"] == uninterrupted["best_step"]
 
 
+def test_the_validation_a_resume_makes_first_is_written_back_so_a_second_stop_does_not_make_it_again(
+    kg_dir, tiny_bert_dir, tmp_path, monkeypatch, caplog, sentinel_handlers
+):
+    """A run stopped during step 20's validation; its resume validates step 20 first and writes that into step_20
+    (taking no room of step_14 under --checkpoints_total_limit 2), then is stopped in its first step: the next resume
+    does not validate step 20 again (a WN18RR validation takes minutes) and ends as an uninterrupted run."""
+    import signal
+
+    from lmke_hf import ClmkeForLinkPrediction
+    from lmke_hf.commands import train_clmke
+    from lmke_hf.errors import TrainingStopped
+
+    from helpers import _assert_same_weights
+
+    script = _load_script("train_clmke")
+    flags = ("--max_train_steps", 24, "--lr_scheduler_type", "constant", "--checkpointing_steps", 7)
+    flags += ("--checkpoints_total_limit", 2, "--keep_best")
+    stopped = tmp_path / "stopped"
+    argv = _clmke_argv(kg_dir, tiny_bert_dir, stopped, *flags)
+    resume = script.parse_args([*argv, "--resume_from_checkpoint", "latest"])
+    with monkeypatch.context() as patched:
+        wrapped, calls = _validation_calls(train_clmke, signal_when=lambda calls: True)
+        patched.setattr(train_clmke, "rank_link_prediction", wrapped)
+        with pytest.raises(TrainingStopped) as error:
+            script.main(script.parse_args(argv))
+    assert error.value.step == 20 and calls == ["validation"]
+    original = ClmkeForLinkPrediction.embed_keys
+
+    def embed_keys(self, *args, **kwargs):  # the resume's first training forward: SIGTERM
+        if self.training:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ClmkeForLinkPrediction, "embed_keys", embed_keys)
+        with caplog.at_level("INFO"), pytest.raises(TrainingStopped) as error:
+            script.main(resume)
+    assert "The checkpoint at step 20 holds no validation of that step" in caplog.text
+    assert "validation at step 20" in caplog.text
+    assert error.value.step == 20 and error.value.checkpoint == stopped / "checkpoints" / "step_20"
+    state = json.loads((stopped / "checkpoints" / "step_20" / "trainer_state.json").read_text())
+    assert [(h["step"], h["train_loss"]) for h in state["history"]] == [(20, None)] and state["best"]["step"] == 20
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["step_14", "step_20"]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        resumed = script.main(resume)
+    assert "holds no validation" not in caplog.text and "validation at step 20" not in caplog.text
+    assert resumed["completed_steps"] == 24 and resumed["exact_resume"] is True
+    whole = tmp_path / "whole"
+    uninterrupted = script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, whole, *flags)))
+    _assert_same_weights(
+        stopped / "checkpoints" / "step_24" / "model.safetensors",
+        whole / "checkpoints" / "step_24" / "model.safetensors",
+    )
+    resumed_history = json.loads((stopped / "train_history.json").read_text())
+    whole_history = json.loads((whole / "train_history.json").read_text())
+    assert [h["eval_mrr"] for h in resumed_history] == [h["eval_mrr"] for h in whole_history]
+    assert resumed["test_mrr"] == uninterrupted["test_mrr"]
+
+
 @pytest.fixture
 def sentinel_handlers():
     """SIGTERM / SIGINT handlers that fail the test if a signal reaches them: a run must put them back when it

@@ -232,9 +232,9 @@ class CheckpointManager:
         path = self.folder / tag
         partial = path.with_name(tag + PARTIAL_SUFFIX)
         if self.accelerator.is_main_process and self.total_limit and self.total_limit >= 2 and self.folder.is_dir():
-            self._rotate(
-                keep=None, room_for=1
-            )  # free the space first; with a limit of 1 the only checkpoint stays until the new one exists
+            # free the space first; with a limit of 1 the only checkpoint stays until the new one exists, and one
+            # written again (a resume's validation written back) takes no room of another
+            self._rotate(keep=path if path.exists() else None, room_for=1)
         try:
             self.accelerator.save_state(str(partial))
             if self.accelerator.is_main_process:

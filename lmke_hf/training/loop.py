@@ -606,6 +606,12 @@ class TrainingLoop:
                 f"The checkpoint at step {step} holds no validation of that step, which this run makes: validating now."
             )
             self.validate(max(self.starting_epoch - end_of_epoch, 0), None, end_of_epoch=end_of_epoch)
+            # written back into the checkpoint of this step (the state after a validation is what a checkpoint of a
+            # validating step holds), so that a second stop before the next save does not make it again
+            loaded = self.checkpoint_of_this_step()
+            in_folder = loaded is not None and loaded.resolve().parent == self.checkpoints.folder.resolve()
+            if in_folder or self.args.checkpointing_steps:  # (one loaded from elsewhere: ours, if this run makes any)
+                self.save_checkpoint(loaded.name if in_folder else f"step_{step}")
 
     def train_epoch(self, epoch: int) -> None:
         """One epoch (the rest of it after a mid-epoch resume): its batches, the validations and checkpoints due,
