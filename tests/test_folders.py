@@ -451,12 +451,24 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matc
 
 # (training forward the signal comes in, --gradient_accumulation_steps, the step the run stops after): a mid-epoch
 # step; the first step of epoch 2 (after the epoch-end validation); the run's first step (its checkpoint is step_0);
-# with 2 micro-batches a step is never dropped
-@pytest.mark.parametrize("signalled, accumulation, stopped_after", [(4, 1, 3), (21, 1, 20), (1, 1, 0), (3, 2, 2)])
+# with 2 micro-batches a step is never dropped; with a key queue (the dropped step's keys are not pushed); after a
+# mid-epoch validation (--eval_steps 8: the stop's step_8 holds it, so the resume does not validate it again)
+@pytest.mark.parametrize(
+    "signalled, accumulation, stopped_after, extra",
+    [
+        (4, 1, 3, ()),
+        (21, 1, 20, ()),
+        (1, 1, 0, ()),
+        (3, 2, 2, ()),
+        (11, 1, 10, ("--key_queue_size", 12)),
+        (9, 1, 8, ("--eval_steps", 8)),
+    ],
+)
 def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uninterrupted_run_with_dropout(
     signalled,
     accumulation,
     stopped_after,
+    extra,
     script,
     kg_dir,
     tiny_bert_dir,
@@ -478,7 +490,7 @@ def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uni
 
     # 20 batches per epoch; checkpoints every 7 steps, so the stop itself saves the step it names
     flags = ("--max_train_steps", 24, "--lr_scheduler_type", "constant", "--checkpointing_steps", 7)
-    flags += ("--gradient_accumulation_steps", accumulation)
+    flags += ("--gradient_accumulation_steps", accumulation, *extra)
     original, calls = ClmkeForLinkPrediction.embed_keys, []
 
     def embed_keys(self, *args, **kwargs):
@@ -499,14 +511,20 @@ def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uni
     assert error.value.checkpoint == stopped / "checkpoints" / f"step_{stopped_after}"
     assert f"Stopped by SIGTERM after step {stopped_after}" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is sentinel_handlers  # the run's handlers are gone
-    results = script.main(script.parse_args([*argv, "--resume_from_checkpoint", "latest"]))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        results = script.main(script.parse_args([*argv, "--resume_from_checkpoint", "latest"]))
     assert results["completed_steps"] == 24 and results["exact_resume"] is True
+    assert "holds no validation" not in caplog.text
     whole = tmp_path / "whole"
     script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, whole, *flags)))
     _assert_same_weights(
         stopped / "checkpoints" / "step_24" / "model.safetensors",
         whole / "checkpoints" / "step_24" / "model.safetensors",
     )
+    resumed_history = json.loads((stopped / "train_history.json").read_text())
+    whole_history = json.loads((whole / "train_history.json").read_text())
+    assert [(h["step"], h["eval_mrr"]) for h in resumed_history] == [(h["step"], h["eval_mrr"]) for h in whole_history]
 
 
 _SLOW_STEP = """
