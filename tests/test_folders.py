@@ -400,13 +400,13 @@ def test_an_entity_index_made_by_other_weights_is_detected_and_encoded_again(mak
 
 # ------------------------------------------------------------------------------------ issue 22: stopped by a signal
 def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matches_an_uninterrupted_run(
-    script, kg_dir, no_dropout_encoder, tmp_path
+    script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch
 ):
     import signal
     import sys
     import time
 
-    from helpers import REPO, _assert_same_weights
+    from helpers import REPO, _assert_same_weights, counting_trained_steps
 
     flags = (
         "--max_train_steps",
@@ -439,8 +439,10 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_non_zero_and_the_resume_matc
     assert "--resume_from_checkpoint latest" in output.split("Resume with:")[1]
     assert (stopped / "checkpoints" / f"step_{step}" / "trainer_state.json").is_file()
     assert not (stopped / "model.safetensors").exists()  # no final model: the run is not finished
+    trained = counting_trained_steps(monkeypatch)
     results = _train(script, kg_dir, no_dropout_encoder, stopped, *flags, "--resume_from_checkpoint", "latest")
     assert results["completed_steps"] == 40 and results["exact_resume"] is True
+    assert trained == list(range(step, 40))  # from the stop's step on, not from scratch
     whole = tmp_path / "whole"
     _train(script, kg_dir, no_dropout_encoder, whole, *flags)
     _assert_same_weights(
@@ -486,7 +488,7 @@ def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uni
     from lmke_hf import ClmkeForLinkPrediction
     from lmke_hf.errors import TrainingStopped
 
-    from helpers import _assert_same_weights
+    from helpers import _assert_same_weights, counting_trained_steps
 
     # 20 batches per epoch; checkpoints every 7 steps, so the stop itself saves the step it names
     flags = ("--max_train_steps", 24, "--lr_scheduler_type", "constant", "--checkpointing_steps", 7)
@@ -512,9 +514,11 @@ def test_a_signal_inside_a_forward_drops_that_step_and_the_resume_matches_an_uni
     assert f"Stopped by SIGTERM after step {stopped_after}" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is sentinel_handlers  # the run's handlers are gone
     caplog.clear()
+    trained = counting_trained_steps(monkeypatch)
     with caplog.at_level("INFO"):
         results = script.main(script.parse_args([*argv, "--resume_from_checkpoint", "latest"]))
     assert results["completed_steps"] == 24 and results["exact_resume"] is True
+    assert trained[0] == stopped_after and len(trained) == (24 - stopped_after) * accumulation  # micro-batches
     assert "holds no validation" not in caplog.text
     whole = tmp_path / "whole"
     script.main(script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, whole, *flags)))

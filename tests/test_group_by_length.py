@@ -65,7 +65,9 @@ def test_the_batches_depend_on_seed_and_epoch_only():
 
 
 @pytest.mark.parametrize("script_name", ["train_clmke", "train_lmke"])
-def test_a_length_grouped_run_resumes_exactly(script_name, kg_dir, no_dropout_encoder, tmp_path):
+def test_a_length_grouped_run_resumes_exactly(script_name, kg_dir, no_dropout_encoder, tmp_path, monkeypatch):
+    from helpers import counting_trained_steps
+
     script = _load_script(script_name)
     argv = _clmke_argv if script_name == "train_clmke" else _common
 
@@ -91,7 +93,9 @@ def test_a_length_grouped_run_resumes_exactly(script_name, kg_dir, no_dropout_en
                 )
             )
         )
+    trained = counting_trained_steps(monkeypatch)
     train(tmp_path / "resumed", "--max_train_steps", 6, "--resume_from_checkpoint", "latest")
+    assert trained == [4, 5]
     _assert_same_weights(
         tmp_path / "whole" / "checkpoints" / "step_6" / "model.safetensors",
         tmp_path / "resumed" / "checkpoints" / "step_6" / "model.safetensors",

@@ -226,13 +226,17 @@ def test_listed_unseen_entities_do_not_warn(toy_kg_dir):
 
 def test_misspelt_short_name_suggests_and_lists_choices(tmp_path, monkeypatch):
     # before: "... is not one of [...]; Hub dataset 'wn18r': ConnectionError ..." after the Hub's retries
-    def no_hub(*args, **kwargs):
-        raise AssertionError("a near-miss of a short name must not be looked up on the Hub")
+    calls = []  # recorded, not raised: the loader's own `except Exception` would turn a raise into its message
+
+    def no_hub(repo_id, *args, **kwargs):
+        calls.append(repo_id)
+        raise ConnectionError("offline")
 
     monkeypatch.setattr(load_module, "_load_hub", no_hub)
     write_toy_kg(tmp_path, "wn18rr")
     message = _raises(FileNotFoundError, "wn18r", data_dir=str(tmp_path))
-    assert message.startswith("Could not load 'wn18r' (did you mean 'wn18rr'")
+    assert calls == [], "a near-miss of a short name must not be looked up on the Hub"
+    assert message.startswith("Could not load 'wn18r' (did you mean 'wn18rr'") and "Hub dataset: not tried" in message
     assert str(sorted(SHORT_NAMES)) in message
 
 

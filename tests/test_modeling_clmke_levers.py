@@ -249,7 +249,11 @@ LEVER_FLAGS = (
 )
 
 
-def test_training_script_with_levers_trains_saves_and_resumes_exactly(kg_dir, no_dropout_encoder, tmp_path):
+def test_training_script_with_levers_trains_saves_and_resumes_exactly(
+    kg_dir, no_dropout_encoder, tmp_path, monkeypatch
+):
+    from helpers import counting_trained_steps
+
     script = _load_script("train_clmke")
     flags = RESUME_FLAGS  # a constant schedule: runs of 4 and 6 steps share their first 4 steps
     run_a, run_b = tmp_path / "A", tmp_path / "B"
@@ -270,6 +274,7 @@ def test_training_script_with_levers_trains_saves_and_resumes_exactly(kg_dir, no
     script.main(
         script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_b, "--max_train_steps", 4, *flags, *LEVER_FLAGS))
     )
+    trained = counting_trained_steps(monkeypatch)
     script.main(
         script.parse_args(
             _clmke_argv(
@@ -285,6 +290,7 @@ def test_training_script_with_levers_trains_saves_and_resumes_exactly(kg_dir, no
             )
         )
     )
+    assert trained == [4, 5]
     # the queue is part of the checkpoint: without it, steps 5-6 would see fewer negatives and differ
     _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_b / "checkpoints/step_6/model.safetensors")
 

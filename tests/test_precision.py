@@ -26,8 +26,10 @@ def _train(script, kg, encoder, out, *extra):
 
 
 def test_a_bf16_run_records_its_precision_and_resumes_exactly_but_not_in_fp32(
-    script, kg_dir, no_dropout_encoder, tmp_path
+    script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch
 ):
+    from helpers import counting_trained_steps
+
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     _train(
         script, kg_dir, no_dropout_encoder, whole, "--max_train_steps", 4, "--mixed_precision", "bf16", *RESUME_FLAGS
@@ -56,6 +58,7 @@ def test_a_bf16_run_records_its_precision_and_resumes_exactly_but_not_in_fp32(
             *RESUME_FLAGS,
         )
     assert "--mixed_precision: checkpoint 'bf16', now 'no'" in str(info.value)
+    trained = counting_trained_steps(monkeypatch)
     _train(
         script,
         kg_dir,
@@ -69,6 +72,7 @@ def test_a_bf16_run_records_its_precision_and_resumes_exactly_but_not_in_fp32(
         "bf16",
         *RESUME_FLAGS,
     )
+    assert trained == [2, 3]  # the refused resume trained nothing; this one steps 3 and 4
     _assert_same_weights(
         whole / "checkpoints" / "step_4" / "model.safetensors",
         resumed / "checkpoints" / "step_4" / "model.safetensors",

@@ -94,15 +94,36 @@ def test_clmke_saved_model_and_tokenizer_load(clmke_run):
     model.check_tokenizer(tokenizer)
 
 
-def test_clmke_final_model_is_the_best_one_kept_with_keep_best(clmke_script, kg_dir, tiny_bert_dir, tmp_path):
+def test_clmke_final_model_is_the_best_one_kept_with_keep_best(
+    clmke_script, kg_dir, tiny_bert_dir, tmp_path, monkeypatch
+):
+    """Validations at steps 2 and 4 whose MRR falls (0.9, then 0.1): the final model is step 2's, not the last."""
+    from lmke_hf.commands import train_clmke
+
+    original, mrrs = train_clmke.rank_link_prediction, [0.9, 0.1]
+
+    def falling(*args, **kwargs):
+        evaluator = original(*args, **kwargs)
+        if args[3] != "validation":
+            return evaluator
+        metrics = {**evaluator.compute(), "mrr": mrrs.pop(0)}
+        return type("Validation", (), {"compute": lambda self: metrics})()
+
+    monkeypatch.setattr(train_clmke, "rank_link_prediction", falling)
     out = tmp_path / "run"
-    clmke_script.main(
-        clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, "--max_train_steps", 4, "--keep_best"))
-    )
+    flags = ("--max_train_steps", 4, "--eval_steps", 2, "--checkpointing_steps", 2, "--keep_best")
+    results = clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, tiny_bert_dir, out, *flags)))
+    assert mrrs == [] and results["best_step"] == 2
     model = ClmkeForLinkPrediction.from_pretrained(out)
     best = ClmkeForLinkPrediction.from_pretrained(out / "best")  # the best by validation MRR, as the loop saved it
     for (name, a), (_, b) in zip(model.state_dict().items(), best.state_dict().items()):
         assert torch.equal(a, b), name
+    step_2 = load_file(str(out / "checkpoints" / "step_2" / "model.safetensors"))
+    step_4 = load_file(str(out / "checkpoints" / "step_4" / "model.safetensors"))
+    final = model.state_dict()
+    assert len(set(step_2) & set(final)) == len(step_2)  # a checkpoint holds the model's own tensor names
+    assert all(torch.equal(final[k], v) for k, v in step_2.items() if k in final)
+    assert any(not torch.equal(final[k], v) for k, v in step_4.items() if k in final)
 
 
 def test_logging_steps_log_loss_pace_and_time_left_every_n_steps(clmke_script, kg_dir, tiny_bert_dir, tmp_path, caplog):
@@ -192,9 +213,11 @@ def test_lmke_loop_sets_each_epochs_negatives_also_after_a_resume(
 # ------------------------------------------------------------------------------------------------ 2. exact resume
 
 
-def test_resume_mid_epoch_is_exact_without_dropout(clmke_script, kg_dir, no_dropout_encoder, tmp_path):
+def test_resume_mid_epoch_is_exact_without_dropout(clmke_script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch):
     """Data order (skip_first_batches), optimizer, scheduler and step count survive a mid-epoch resume:
     6 uninterrupted steps == 4 steps + resume ('latest') + 2 steps."""
+    from helpers import counting_trained_steps
+
     run_a, run_b = tmp_path / "A", tmp_path / "B"
     clmke_script.main(
         clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 6, *RESUME_FLAGS))
@@ -206,6 +229,7 @@ def test_resume_mid_epoch_is_exact_without_dropout(clmke_script, kg_dir, no_drop
         run_a / "checkpoints/step_4/model.safetensors", run_b / "checkpoints/step_4/model.safetensors", atol=0.0
     )
     assert not (run_b / "checkpoints/step_6").exists()
+    trained = counting_trained_steps(monkeypatch)
     results = clmke_script.main(
         clmke_script.parse_args(
             _clmke_argv(
@@ -220,7 +244,7 @@ def test_resume_mid_epoch_is_exact_without_dropout(clmke_script, kg_dir, no_drop
             )
         )
     )
-    assert results["completed_steps"] == 6
+    assert results["completed_steps"] == 6 and trained == [4, 5]  # steps 5 and 6 only, from step 4's state
     assert json.loads((run_b / "checkpoints/step_6/trainer_state.json").read_text())["completed_steps"] == 6
     assert _steps_differ(run_a / "checkpoints/step_4/model.safetensors", run_a / "checkpoints/step_6/model.safetensors")
     _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_b / "checkpoints/step_6/model.safetensors")
@@ -254,9 +278,11 @@ def test_resume_mid_epoch_is_exact_with_dropout(clmke_script, clmke_run, kg_dir,
     _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_c / "checkpoints/step_6/model.safetensors")
 
 
-def test_resume_in_a_later_epoch_is_exact(clmke_script, kg_dir, no_dropout_encoder, tmp_path):
+def test_resume_in_a_later_epoch_is_exact(clmke_script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch):
     """A resume in epoch 1 (step 24 of 20-step epochs) continues epoch 1's shuffle order, not epoch 0's:
     26 uninterrupted steps == 24 steps + resume + 2 steps."""
+    from helpers import counting_trained_steps
+
     run_a, run_b = tmp_path / "A", tmp_path / "B"
     clmke_script.main(
         clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, run_a, "--max_train_steps", 26, *RESUME_FLAGS))
@@ -267,6 +293,7 @@ def test_resume_in_a_later_epoch_is_exact(clmke_script, kg_dir, no_dropout_encod
     _assert_same_weights(
         run_a / "checkpoints/step_24/model.safetensors", run_b / "checkpoints/step_24/model.safetensors", atol=0.0
     )
+    trained = counting_trained_steps(monkeypatch)
     clmke_script.main(
         clmke_script.parse_args(
             _clmke_argv(
@@ -281,6 +308,7 @@ def test_resume_in_a_later_epoch_is_exact(clmke_script, kg_dir, no_dropout_encod
             )
         )
     )
+    assert trained == [24, 25]
     _assert_same_weights(
         run_a / "checkpoints/step_26/model.safetensors", run_b / "checkpoints/step_26/model.safetensors"
     )
