@@ -278,6 +278,48 @@ def test_resume_mid_epoch_is_exact_with_dropout(clmke_script, clmke_run, kg_dir,
     _assert_same_weights(run_a / "checkpoints/step_6/model.safetensors", run_c / "checkpoints/step_6/model.safetensors")
 
 
+def test_a_run_stopped_mid_schedule_resumes_its_learning_rate_schedule(
+    clmke_script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch
+):
+    """Linear warmup (2 steps) and decay over 8 steps, stopped by a signal after step 4: the resume continues the
+    scheduler's state (a fresh scheduler would warm up again from 0), so the lrs and weights match an uninterrupted
+    run's."""
+    import signal
+
+    from lmke_hf.errors import TrainingStopped
+    from lmke_hf.training import loop
+
+    from helpers import counting_trained_steps
+
+    flags = ("--max_train_steps", 8, "--lr_scheduler_type", "linear", "--num_warmup_steps", 2)
+    flags += ("--checkpointing_steps", 3, "--logging_steps", 1)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    lrs = {}
+    original = loop.TrainingLoop.log_progress
+
+    def log_progress(self, epoch):  # each step's lr, and a SIGTERM after step 4 of the stopped run
+        lrs.setdefault(self.args.output_dir, []).append(self.scheduler.get_last_lr()[0])
+        if self.args.output_dir == str(stopped) and self.state.completed_steps == 4:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, epoch)
+
+    monkeypatch.setattr(loop.TrainingLoop, "log_progress", log_progress)
+    clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, whole, *flags)))
+    with pytest.raises(TrainingStopped) as error:
+        clmke_script.main(clmke_script.parse_args(_clmke_argv(kg_dir, no_dropout_encoder, stopped, *flags)))
+    assert error.value.step == 4
+    trained = counting_trained_steps(monkeypatch)
+    argv = _clmke_argv(kg_dir, no_dropout_encoder, stopped, *flags, "--resume_from_checkpoint", "latest")
+    clmke_script.main(clmke_script.parse_args(argv))
+    assert trained == [4, 5, 6, 7]
+    assert lrs[str(stopped)] == lrs[str(whole)]
+    # warmup to 1e-5 in 2 steps, then linear decay (a fresh scheduler at the resume would give 5e-6, 1e-5, ... again)
+    assert lrs[str(whole)] == pytest.approx([5e-6, 1e-5, 25e-6 / 3, 20e-6 / 3, 5e-6, 10e-6 / 3, 5e-6 / 3, 0.0])
+    _assert_same_weights(
+        whole / "checkpoints/step_8/model.safetensors", stopped / "checkpoints/step_8/model.safetensors"
+    )
+
+
 def test_resume_in_a_later_epoch_is_exact(clmke_script, kg_dir, no_dropout_encoder, tmp_path, monkeypatch):
     """A resume in epoch 1 (step 24 of 20-step epochs) continues epoch 1's shuffle order, not epoch 0's:
     26 uninterrupted steps == 24 steps + resume + 2 steps."""
