@@ -63,7 +63,13 @@ def test_link_prediction_reproduces_training_metrics(evaluate_script, clmke_out,
 
 def test_reencoded_entities_give_the_same_ranks(evaluate_script, clmke_out, kg_dir, tmp_path):
     """The shipped entity_index.safetensors is what the weights encode (no stale index)."""
+    from lmke_hf import ClmkeForLinkPrediction
+
     out, trained = clmke_out
+    assert (out / "entity_index.safetensors").is_file()
+    loaded = ClmkeForLinkPrediction.from_pretrained(out).eval()
+    shipped = loaded.load_or_build_entity_index().keys.clone()
+    torch.testing.assert_close(shipped, loaded.encode_entities(), rtol=1e-5, atol=1e-5)
     results = _run(
         evaluate_script, "--model", out, "--dataset", kg_dir, "--output_dir", tmp_path, "--reencode_entities"
     )

@@ -60,6 +60,9 @@ def test_the_batches_depend_on_seed_and_epoch_only():
     assert list(a) != list(b)
     b.set_epoch(1)
     assert list(a) == list(b)
+    assert list(LengthGroupedSampler(_Lengths(lengths), 8, seed=6)) != list(
+        LengthGroupedSampler(_Lengths(lengths), 8, seed=5)
+    )
     with pytest.raises(ValueError, match="batch_size"):
         LengthGroupedSampler(_Lengths(lengths), 0)
 

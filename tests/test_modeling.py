@@ -764,7 +764,7 @@ def test_entity_index_is_loaded_or_built_by_a_method_and_the_attribute_then_enco
         assert len(other.predict(head=0, relation=0, top_k=2)) == 2
 
 
-def test_predict_loads_the_tokenizer_and_the_saved_index_itself(tok, make_model, tmp_path):
+def test_predict_loads_the_tokenizer_and_the_saved_index_itself(tok, make_model, tmp_path, monkeypatch):
     import warnings
 
     model = make_model("clmke")
@@ -772,11 +772,11 @@ def test_predict_loads_the_tokenizer_and_the_saved_index_itself(tok, make_model,
     model.build_entity_index()
     model.save_pretrained(tmp_path / "saved")
     loaded = ClmkeForLinkPrediction.from_pretrained(tmp_path / "saved").eval()
+    expected = model.predict(head="paris", relation="P0", top_k=3)
+    monkeypatch.setattr(type(loaded), "encode_entities", lambda *a, **k: pytest.fail("encoded instead of loaded"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # no deprecated attribute on the way
-        assert loaded.predict(head="paris", relation="P0", top_k=3) == model.predict(
-            head="paris", relation="P0", top_k=3
-        )
+        assert loaded.predict(head="paris", relation="P0", top_k=3) == expected
     torch.testing.assert_close(loaded.entity_index.keys, model.entity_index.keys)  # the saved keys, attached
 
 

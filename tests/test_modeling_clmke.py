@@ -22,7 +22,7 @@ from helpers import DEGREES, LENGTHS, NUM_ENTITIES, QUERIES, TINY_ENCODER, clmke
 
 def tiny_clmke(**config_kwargs) -> ClmkeForLinkPrediction:
     """A C-LMKE on a random tiny encoder built from a config in code (no tokenizer needed)."""
-    # pad_token_id is passed explicitly: see test_models_build_from_a_config_without_pad_token_id (xfail)
+    # pad_token_id is passed explicitly (test_models_build_from_a_config_without_pad_token_id covers its absence)
     config = ClmkeConfig(
         encoder=BertConfig(vocab_size=20, **TINY_ENCODER),
         num_entities=4,
