@@ -395,17 +395,13 @@ def cli_refusal(capsys, argv) -> str:
     return printed.err.strip()
 
 
-class TrainedSteps(list):
-    """The steps a run trains, as `counting_trained_steps` records them: each call's completed steps before it."""
-
-
-def counting_trained_steps(monkeypatch) -> TrainedSteps:
+def counting_trained_steps(monkeypatch) -> list[int]:
     """Records, for each training step the loop takes from now on, how many steps were completed before it: a
     resumed segment that really continued from step k records [k, k + 1, ...], one that silently trained from
     scratch records [0, 1, ...] (its weights could still match an uninterrupted run's)."""
     from lmke_hf.training import loop
 
-    steps, original = TrainedSteps(), loop.TrainingLoop.train_step
+    steps, original = [], loop.TrainingLoop.train_step
 
     def train_step(self, batch):
         steps.append(self.state.completed_steps)
